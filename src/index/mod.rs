@@ -1,0 +1,503 @@
+//! The fingerprint index: an immutable directory built offline by [`build`] and opened
+//! read-only with memory maps, so any number of processes share one copy through the page
+//! cache.
+//!
+//! Layout (see `docs/index-format.md`): a JSON manifest (format version, parameters, corpora and
+//! their digests, checksums of every file), the document store (`docs.jsonl`, loaded into RAM),
+//! the membership filter (a binary fuse filter, loaded into RAM), and three memory-mapped
+//! arrays: postings (sampled k-gram key → document, unit position), the unit store (a 32-bit
+//! hash per unit of every document, for verification and extension) and unit spans (byte range
+//! of each unit in its document, for citing the source).
+//!
+//! Opening checks the format version, every file's size and header, and the document table
+//! against the arrays; `verify` also checks every file's checksum. Every access is bounds
+//! checked, so a damaged index yields errors or no matches, never a panic.
+
+pub mod build;
+pub mod format;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use xorf::{BinaryFuse16, Descriptor, Filter};
+
+use crate::corpus::Rights;
+pub use format::{ChannelParams, FORMAT_VERSION, Params, Posting};
+use format::{CommonKey, HEADER_LEN, Header, Span};
+
+/// The manifest: what the index is, how it was built, from what.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// The verbatim version that built it.
+    pub generator: String,
+    pub params: Params,
+    /// A content identifier: hash of all corpus digests and parameters.
+    pub index_id: String,
+    pub corpora: Vec<CorpusEntry>,
+    pub stats: IndexStats,
+    /// File name → size and xxh3-64 checksum (hex).
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CorpusEntry {
+    pub name: String,
+    pub kind: crate::corpus::CorpusKind,
+    pub rights: Rights,
+    pub license: Option<String>,
+    pub url: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub documents: u64,
+    pub bytes: u64,
+    pub skipped: u64,
+    /// xxh3-64 over every indexed file's path and content hash, in order.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexStats {
+    pub documents: u64,
+    pub units: u64,
+    pub postings: u64,
+    pub distinct_keys: u64,
+    pub common_keys: u64,
+    pub corpus_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub xxh3: String,
+}
+
+/// A document of the index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocMeta {
+    /// Index into the manifest's corpora.
+    pub corpus: u32,
+    /// Path within the corpus.
+    pub path: String,
+    pub url: Option<String>,
+    /// SPDX expression, or `NOASSERTION`.
+    pub license: String,
+    /// Where the license came from (`manifest`, or `none`).
+    pub license_source: String,
+    /// `prose` (markdown-aware) or `code`.
+    pub text: String,
+    pub bytes: u64,
+    /// First unit in the unit store.
+    pub unit_start: u64,
+    pub units: u32,
+    /// xxh3-64 of the file's bytes (hex).
+    pub xxh3: String,
+}
+
+/// Why an index could not be opened or verified. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexOpenError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a verbatim index (no {})", dir.display(), format::MANIFEST)]
+    NotAnIndex { dir: PathBuf },
+    #[error(
+        "index {} has format version {found}, this verbatim reads version {expected}: rebuild it with `verbatim index build`",
+        dir.display()
+    )]
+    FormatVersion {
+        dir: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("index file {} is corrupt: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+fn corrupt(path: &Path, detail: impl Into<String>) -> IndexOpenError {
+    IndexOpenError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// An open, read-only index.
+pub struct Index {
+    dir: PathBuf,
+    manifest: Manifest,
+    docs: Vec<DocMeta>,
+    filter: Option<BinaryFuse16>,
+    postings: Mmap,
+    bucket_bits: u32,
+    n_postings: usize,
+    units: Mmap,
+    spans: Mmap,
+    common: Mmap,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .field("id", &self.manifest.index_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map(path: &Path) -> Result<Mmap, IndexOpenError> {
+    let file = File::open(path).map_err(|source| IndexOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the index directory is immutable once built (builds write a new directory and
+    // rename it into place); truncating a file under a running reader is outside the contract,
+    // as for every mmap-based store (tantivy, LMDB).
+    unsafe { Mmap::map(&file) }.map_err(|source| IndexOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn header(path: &Path, data: &[u8], magic: [u8; 8]) -> Result<Header, IndexOpenError> {
+    let bytes = data.get(..HEADER_LEN).ok_or_else(|| {
+        corrupt(
+            path,
+            format!("{} bytes is shorter than its header", data.len()),
+        )
+    })?;
+    let h: Header = bytemuck::pod_read_unaligned(bytes);
+    if h.magic != magic {
+        return Err(corrupt(
+            path,
+            "wrong magic bytes (not this kind of index file)",
+        ));
+    }
+    if h.version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "header says format version {}, expected {FORMAT_VERSION}",
+                h.version
+            ),
+        ));
+    }
+    Ok(h)
+}
+
+/// Checks that `data` holds exactly `count` records of `T` after `skip` bytes.
+fn records<'a, T: bytemuck::Pod>(
+    path: &Path,
+    data: &'a [u8],
+    skip: usize,
+    count: u64,
+) -> Result<&'a [T], IndexOpenError> {
+    let size = std::mem::size_of::<T>() as u64;
+    let want = count
+        .checked_mul(size)
+        .and_then(|b| b.checked_add(skip as u64))
+        .ok_or_else(|| corrupt(path, "record count overflows"))?;
+    if data.len() as u64 != want {
+        return Err(corrupt(
+            path,
+            format!("{} bytes, expected {want} for {count} records", data.len()),
+        ));
+    }
+    bytemuck::try_cast_slice(&data[skip..]).map_err(|e| corrupt(path, format!("{e}")))
+}
+
+impl Index {
+    /// Opens an index directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Index, IndexOpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        let mpath = dir.join(format::MANIFEST);
+        if !mpath.is_file() {
+            return Err(IndexOpenError::NotAnIndex { dir });
+        }
+        let mtext = std::fs::read(&mpath).map_err(|source| IndexOpenError::Io {
+            path: mpath.clone(),
+            source,
+        })?;
+        // Read the version first so an index of another version says so, whatever else changed.
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: u32,
+        }
+        let v: VersionOnly = serde_json::from_slice(&mtext)
+            .map_err(|e| corrupt(&mpath, format!("invalid manifest: {e}")))?;
+        if v.format_version != FORMAT_VERSION {
+            return Err(IndexOpenError::FormatVersion {
+                dir,
+                found: v.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let manifest: Manifest = serde_json::from_slice(&mtext)
+            .map_err(|e| corrupt(&mpath, format!("invalid manifest: {e}")))?;
+        for f in &manifest.files {
+            let p = dir.join(&f.name);
+            let meta = std::fs::metadata(&p).map_err(|source| IndexOpenError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            if meta.len() != f.bytes {
+                return Err(corrupt(
+                    &p,
+                    format!("{} bytes, the manifest says {}", meta.len(), f.bytes),
+                ));
+            }
+        }
+
+        let dpath = dir.join(format::DOCS);
+        let dtext = std::fs::read_to_string(&dpath).map_err(|source| IndexOpenError::Io {
+            path: dpath.clone(),
+            source,
+        })?;
+        let mut docs = Vec::with_capacity(manifest.stats.documents as usize);
+        for (i, line) in dtext.lines().enumerate() {
+            let d: DocMeta = serde_json::from_str(line)
+                .map_err(|e| corrupt(&dpath, format!("line {}: {e}", i + 1)))?;
+            if d.corpus as usize >= manifest.corpora.len() {
+                return Err(corrupt(
+                    &dpath,
+                    format!("line {}: unknown corpus {}", i + 1, d.corpus),
+                ));
+            }
+            docs.push(d);
+        }
+        if docs.len() as u64 != manifest.stats.documents {
+            return Err(corrupt(
+                &dpath,
+                format!(
+                    "{} documents, the manifest says {}",
+                    docs.len(),
+                    manifest.stats.documents
+                ),
+            ));
+        }
+
+        let upath = dir.join(format::UNITS);
+        let units = map(&upath)?;
+        let uh = header(&upath, &units, format::MAGIC_UNITS)?;
+        records::<u32>(&upath, &units, HEADER_LEN, uh.count)?;
+        let spath = dir.join(format::SPANS);
+        let spans = map(&spath)?;
+        let sh = header(&spath, &spans, format::MAGIC_SPANS)?;
+        records::<Span>(&spath, &spans, HEADER_LEN, sh.count)?;
+        if uh.count != sh.count || uh.count != manifest.stats.units {
+            return Err(corrupt(
+                &spath,
+                "unit store and span store disagree on the unit count",
+            ));
+        }
+        let mut next = 0u64;
+        for (i, d) in docs.iter().enumerate() {
+            if d.unit_start != next {
+                return Err(corrupt(
+                    &dpath,
+                    format!("line {}: units do not follow on", i + 1),
+                ));
+            }
+            next += u64::from(d.units);
+        }
+        if next != uh.count {
+            return Err(corrupt(&dpath, "documents do not cover the unit store"));
+        }
+
+        let ppath = dir.join(format::POSTINGS);
+        let postings = map(&ppath)?;
+        let ph = header(&ppath, &postings, format::MAGIC_POSTINGS)?;
+        let bucket_bits = ph.aux as u32;
+        if !(1..=32).contains(&bucket_bits) {
+            return Err(corrupt(
+                &ppath,
+                format!("bucket bits {bucket_bits} out of range"),
+            ));
+        }
+        let dir_len = (1usize << bucket_bits) + 1;
+        let dir_bytes = dir_len * 8;
+        let entries_at = HEADER_LEN + dir_bytes;
+        if postings.len() < entries_at {
+            return Err(corrupt(&ppath, "shorter than its bucket directory"));
+        }
+        records::<Posting>(&ppath, &postings, entries_at, ph.count)?;
+        let bdir: &[u64] = bytemuck::try_cast_slice(&postings[HEADER_LEN..entries_at])
+            .map_err(|e| corrupt(&ppath, format!("{e}")))?;
+        if bdir.windows(2).any(|w| w[0] > w[1]) || bdir.last() != Some(&ph.count) {
+            return Err(corrupt(&ppath, "bucket directory is not monotone"));
+        }
+
+        let fpath = dir.join(format::FILTER);
+        let fbytes = std::fs::read(&fpath).map_err(|source| IndexOpenError::Io {
+            path: fpath.clone(),
+            source,
+        })?;
+        let fh = header(&fpath, &fbytes, format::MAGIC_FILTER)?;
+        let fps: &[u16] = records(&fpath, &fbytes, HEADER_LEN, fh.count)?;
+        let filter = (fh.count > 0).then(|| BinaryFuse16 {
+            descriptor: Descriptor {
+                seed: fh.aux,
+                segment_length: fh.aux2[0] as u32,
+                segment_length_mask: fh.aux2[1] as u32,
+                segment_count_length: fh.aux2[2] as u32,
+            },
+            fingerprints: fps.to_vec().into_boxed_slice(),
+        });
+        if let Some(f) = &filter {
+            // The filter indexes fingerprints by these values; check them so a damaged
+            // descriptor cannot index out of bounds.
+            let d = &f.descriptor;
+            let ok = d.segment_length.is_power_of_two()
+                && d.segment_length_mask == d.segment_length - 1
+                && (d.segment_count_length as u64 + 2 * d.segment_length as u64) <= fh.count;
+            if !ok {
+                return Err(corrupt(
+                    &fpath,
+                    "filter descriptor does not fit its fingerprints",
+                ));
+            }
+        }
+
+        let cpath = dir.join(format::COMMON);
+        let common = map(&cpath)?;
+        let ch = header(&cpath, &common, format::MAGIC_COMMON)?;
+        records::<CommonKey>(&cpath, &common, HEADER_LEN, ch.count)?;
+
+        Ok(Index {
+            dir,
+            manifest,
+            docs,
+            filter,
+            n_postings: ph.count as usize,
+            postings,
+            bucket_bits,
+            units,
+            spans,
+            common,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn params(&self) -> Params {
+        self.manifest.params
+    }
+    pub fn docs(&self) -> &[DocMeta] {
+        &self.docs
+    }
+    pub fn doc(&self, id: u32) -> Option<&DocMeta> {
+        self.docs.get(id as usize)
+    }
+    pub fn corpus(&self, doc: &DocMeta) -> &CorpusEntry {
+        &self.manifest.corpora[doc.corpus as usize]
+    }
+
+    /// Bytes this index keeps in anonymous memory (filter and document table, estimated);
+    /// everything else is read through the page cache.
+    pub fn resident_bytes(&self) -> u64 {
+        let filter = self.filter.as_ref().map_or(0, |f| f.fingerprints.len() * 2) as u64;
+        let docs: u64 = self
+            .docs
+            .iter()
+            .map(|d| {
+                (std::mem::size_of::<DocMeta>()
+                    + d.path.len()
+                    + d.url.as_ref().map_or(0, String::len)
+                    + d.license.len()
+                    + d.license_source.len()
+                    + d.text.len()
+                    + d.xxh3.len()) as u64
+            })
+            .sum();
+        filter + docs
+    }
+
+    fn entries(&self) -> &[Posting] {
+        let at = HEADER_LEN + ((1usize << self.bucket_bits) + 1) * 8;
+        // Validated at open: exactly n_postings aligned records.
+        bytemuck::try_cast_slice(&self.postings[at..]).unwrap_or(&[])
+    }
+
+    fn bucket_dir(&self) -> &[u64] {
+        let end = HEADER_LEN + ((1usize << self.bucket_bits) + 1) * 8;
+        bytemuck::try_cast_slice(&self.postings[HEADER_LEN..end]).unwrap_or(&[])
+    }
+
+    /// Whether the filter says `key` may be present (no false negatives).
+    #[inline]
+    pub fn may_contain(&self, key: u64) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.contains(&key))
+    }
+
+    /// The postings of a sampled k-gram key (empty if absent or common).
+    pub fn lookup(&self, key: u64) -> &[Posting] {
+        if !self.may_contain(key) {
+            return &[];
+        }
+        let b = (key >> (64 - self.bucket_bits)) as usize;
+        let dir = self.bucket_dir();
+        let (Some(&lo), Some(&hi)) = (dir.get(b), dir.get(b + 1)) else {
+            return &[];
+        };
+        let entries = self.entries();
+        let Some(bucket) = entries.get(lo as usize..(hi as usize).min(self.n_postings)) else {
+            return &[];
+        };
+        let first = bucket.partition_point(|p| p.key < key);
+        let last = bucket.partition_point(|p| p.key <= key);
+        &bucket[first..last]
+    }
+
+    /// The stored unit hashes of a document.
+    pub fn doc_units(&self, doc: u32) -> &[u32] {
+        let Some(d) = self.docs.get(doc as usize) else {
+            return &[];
+        };
+        let all: &[u32] = bytemuck::try_cast_slice(&self.units[HEADER_LEN..]).unwrap_or(&[]);
+        let s = d.unit_start as usize;
+        all.get(s..s + d.units as usize).unwrap_or(&[])
+    }
+
+    /// Byte range of unit `pos` within document `doc`.
+    pub fn unit_span(&self, doc: u32, pos: u32) -> Option<(u32, u32)> {
+        let d = self.docs.get(doc as usize)?;
+        if pos >= d.units {
+            return None;
+        }
+        let all: &[Span] = bytemuck::try_cast_slice(&self.spans[HEADER_LEN..]).ok()?;
+        let s = all.get(d.unit_start as usize + pos as usize)?;
+        Some((s.start, s.end))
+    }
+
+    /// The keys marked common, with the number of documents each occurs in.
+    pub fn common_keys(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let all: &[CommonKey] = bytemuck::try_cast_slice(&self.common[HEADER_LEN..]).unwrap_or(&[]);
+        all.iter().map(|c| (c.key, c.docs))
+    }
+
+    /// Recomputes every file's checksum and compares it with the manifest.
+    pub fn verify(&self) -> Result<(), IndexOpenError> {
+        for f in &self.manifest.files {
+            let p = self.dir.join(&f.name);
+            let got = build::file_xxh3(&p).map_err(|source| IndexOpenError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            if got != f.xxh3 {
+                return Err(corrupt(
+                    &p,
+                    format!("checksum {got} does not match the manifest's {}", f.xxh3),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! The `verbatim` command: a thin layer over the library. Errors are printed with their causes
+//! (`{:#}`) and exit with status 2; `scan` exits 1 when it found something, like grep.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use verbatim::corpus::load_manifests;
+use verbatim::index::build::{BuildOptions, build};
+use verbatim::index::{ChannelParams, Index, Params};
+use verbatim::matcher::{FindingReport, Scanner};
+use verbatim::normalize::{Lang, TextKind};
+
+#[derive(Parser)]
+#[command(
+    name = "verbatim",
+    version,
+    about = "Notice when LLM output reproduces protected text or code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, inspect and verify fingerprint indexes.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Scan a file (or stdin) for text reproduced from indexed works.
+    Scan(ScanArgs),
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Build an index from corpus manifests.
+    Build(BuildArgs),
+    /// Print an index's manifest summary.
+    Info { dir: PathBuf },
+    /// Check every file of an index against its manifest's checksums.
+    Verify { dir: PathBuf },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// A corpus manifest (repeatable), or a directory of `*.toml` manifests.
+    #[arg(long = "corpus", required = true)]
+    corpora: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Units per k-gram for prose.
+    #[arg(long, default_value_t = Params::default().prose.k)]
+    prose_k: u32,
+    /// Index sampling stride for prose (guarantee t = k + p - 1).
+    #[arg(long, default_value_t = Params::default().prose.p)]
+    prose_p: u32,
+    #[arg(long, default_value_t = Params::default().code.k)]
+    code_k: u32,
+    #[arg(long, default_value_t = Params::default().code.p)]
+    code_p: u32,
+    /// Keys found in at least this many documents are common (not evidence alone).
+    #[arg(long, default_value_t = Params::default().common_threshold)]
+    common_threshold: u32,
+    /// Skip files larger than this many MiB.
+    #[arg(long, default_value_t = 64)]
+    max_file_mib: u64,
+    /// Memory for postings before spilling a sorted run to disk, in MiB.
+    #[arg(long, default_value_t = 256)]
+    spill_mib: u64,
+    /// Replace an existing index at --out.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+    Text,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    /// By file extension; stdin is markdown.
+    Auto,
+    /// Prose, with fenced blocks as code.
+    Markdown,
+    /// Code (language from --lang or the extension).
+    Code,
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// Index directory (repeatable).
+    #[arg(long = "index", required = true)]
+    indexes: Vec<PathBuf>,
+    /// `jsonl` (default when stdout is not a terminal) or `text`.
+    #[arg(long)]
+    format: Option<Format>,
+    #[arg(long, value_enum, default_value_t = KindArg::Auto)]
+    kind: KindArg,
+    /// Language of code input (e.g. `rust`, `python`).
+    #[arg(long)]
+    lang: Option<String>,
+    /// File to scan, or `-` for stdin.
+    input: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Index(IndexCommand::Build(a)) => cmd_build(a).map(|()| ExitCode::SUCCESS),
+        Command::Index(IndexCommand::Info { dir }) => cmd_info(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Index(IndexCommand::Verify { dir }) => {
+            cmd_verify(&dir).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Scan(a) => cmd_scan(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Expands directories given to `--corpus` into their `*.toml` manifests (sorted).
+fn manifest_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(a)
+                .with_context(|| format!("cannot list {}", a.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn cmd_build(a: BuildArgs) -> Result<()> {
+    let corpora = load_manifests(&manifest_paths(&a.corpora)?)?;
+    let opts = BuildOptions {
+        params: Params {
+            prose: ChannelParams {
+                k: a.prose_k,
+                p: a.prose_p,
+            },
+            code: ChannelParams {
+                k: a.code_k,
+                p: a.code_p,
+            },
+            common_threshold: a.common_threshold,
+        },
+        max_file_bytes: a.max_file_mib << 20,
+        spill_postings: ((a.spill_mib << 20) / 16) as usize,
+        progress: !a.quiet,
+        force: a.force,
+    };
+    let s = build(&corpora, &a.out, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let mb = s.stats.corpus_bytes as f64 / 1e6;
+    let secs = s.elapsed.as_secs_f64();
+    println!("built {} ({})", s.out.display(), s.index_id);
+    println!("  documents        {:>12}", s.stats.documents);
+    println!("  corpus           {:>12.1} MB", mb);
+    println!("  units            {:>12}", s.stats.units);
+    println!("  postings         {:>12}", s.stats.postings);
+    println!("  distinct keys    {:>12}", s.stats.distinct_keys);
+    println!("  common keys      {:>12}", s.stats.common_keys);
+    println!(
+        "  size on disk     {:>12.1} MB",
+        s.size_on_disk as f64 / 1e6
+    );
+    println!(
+        "  memory to serve  {:>12.1} MB (filter and document table; the rest is mmap'd)",
+        s.resident_bytes as f64 / 1e6
+    );
+    if let Some(p) = s.peak_rss {
+        println!("  peak build RSS   {:>12.1} MB", p as f64 / 1e6);
+    }
+    println!("  spilled runs     {:>12}", s.spilled_runs);
+    println!(
+        "  build time       {:>12.2} s ({:.1} MB/s)",
+        secs,
+        mb / secs.max(1e-9)
+    );
+    println!(
+        "  guarantee t      prose {} units, code {} units",
+        opts.params.prose.t(),
+        opts.params.code.t()
+    );
+    if !s.skipped.is_empty() {
+        let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+        for k in &s.skipped {
+            *by.entry(k.reason.as_str()).or_default() += 1;
+        }
+        let parts: Vec<String> = by.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        println!(
+            "  skipped files    {:>12} ({})",
+            s.skipped.len(),
+            parts.join(", ")
+        );
+        for k in s.skipped.iter().take(20) {
+            eprintln!(
+                "skipped {}:{}: {} ({})",
+                k.corpus,
+                k.path,
+                k.reason.as_str(),
+                k.detail
+            );
+        }
+        if s.skipped.len() > 20 {
+            eprintln!("… and {} more skipped files", s.skipped.len() - 20);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_info(dir: &Path) -> Result<()> {
+    let ix = Index::open(dir)?;
+    let m = ix.manifest();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "index_id": m.index_id,
+            "format_version": m.format_version,
+            "generator": m.generator,
+            "params": m.params,
+            "stats": m.stats,
+            "corpora": m.corpora.iter().map(|c| serde_json::json!({
+                "name": c.name, "rights": c.rights, "license": c.license,
+                "documents": c.documents, "bytes": c.bytes, "skipped": c.skipped, "digest": c.digest,
+            })).collect::<Vec<_>>(),
+            "resident_bytes": ix.resident_bytes(),
+        }))?
+    );
+    Ok(())
+}
+
+fn cmd_verify(dir: &Path) -> Result<()> {
+    let ix = Index::open(dir)?;
+    ix.verify()?;
+    println!(
+        "{}: {} files verified",
+        dir.display(),
+        ix.manifest().files.len()
+    );
+    Ok(())
+}
+
+fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
+    let indexes: Vec<Index> = a
+        .indexes
+        .iter()
+        .map(|d| Index::open(d).with_context(|| format!("cannot open index {}", d.display())))
+        .collect::<Result<_>>()?;
+    let stdin = a.input.as_os_str() == "-";
+    let lang = match &a.lang {
+        Some(l) => Some(Lang::from_name(l).with_context(|| format!("unknown language `{l}`"))?),
+        None => None,
+    };
+    let kind = match a.kind {
+        KindArg::Markdown => TextKind::Markdown,
+        KindArg::Code => {
+            TextKind::Code(lang.unwrap_or_else(|| match TextKind::from_path(&a.input) {
+                TextKind::Code(l) => l,
+                TextKind::Markdown => Lang::C_LIKE,
+            }))
+        }
+        KindArg::Auto => match lang {
+            Some(l) => TextKind::Code(l),
+            None if stdin => TextKind::Markdown,
+            None => TextKind::from_path(&a.input),
+        },
+    };
+    let format = a.format.unwrap_or(if io::stdout().is_terminal() {
+        Format::Text
+    } else {
+        Format::Jsonl
+    });
+
+    let refs: Vec<&Index> = indexes.iter().collect();
+    let mut scanner = Scanner::new(&refs, kind);
+    let mut input: Box<dyn Read> = if stdin {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(&a.input)
+                .with_context(|| format!("cannot open {}", a.input.display()))?,
+        )
+    };
+    // The text report quotes the copied text, so it keeps the input; JSON Lines does not need to.
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", a.input.display()))?;
+        if n == 0 {
+            break;
+        }
+        scanner.push_bytes(&buf[..n]);
+        if matches!(format, Format::Text) {
+            kept.extend_from_slice(&buf[..n]);
+        }
+    }
+    scanner.finish();
+    let mut findings = scanner.take_findings();
+    findings.sort_by_key(|f| (f.output_start, f.output_end, f.index, f.doc));
+
+    let out = io::stdout();
+    let mut out = out.lock();
+    let name = a.input.display().to_string();
+    for f in &findings {
+        let Some(r) = FindingReport::new(&indexes[f.index], f) else {
+            continue;
+        };
+        match format {
+            Format::Jsonl => {
+                serde_json::to_writer(&mut out, &r)?;
+                writeln!(out)?;
+            }
+            Format::Text => write_text(&mut out, &name, &kept, &r)?,
+        }
+    }
+    out.flush()?;
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport) -> io::Result<()> {
+    let line = 1 + input[..(r.output_start as usize).min(input.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    writeln!(
+        out,
+        "{name}:{line}: {} {} units copied (bytes {}..{})",
+        r.units, r.channel, r.output_start, r.output_end
+    )?;
+    write!(
+        out,
+        "  from {}:{} (bytes {}..{})",
+        r.corpus, r.doc, r.source_start, r.source_end
+    )?;
+    if let Some(u) = &r.url {
+        write!(out, " {u}")?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  rights {} · license {} ({})",
+        r.rights, r.license, r.license_source
+    )?;
+    let s = (r.output_start as usize).min(input.len());
+    let e = (r.output_end as usize).min(input.len());
+    let text = String::from_utf8_lossy(&input[s..e]);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let excerpt: String = if flat.chars().count() > 160 {
+        flat.chars().take(157).collect::<String>() + "…"
+    } else {
+        flat
+    };
+    writeln!(out, "  │ {excerpt}")?;
+    writeln!(out)
+}

@@ -1,0 +1,341 @@
+//! The streaming matcher: output text in (any chunking), findings out — runs of at least `t`
+//! units that also occur, unit for unit, in an indexed document.
+//!
+//! For every unit that arrives, the k-gram it completes is probed in each index (the query side
+//! probes *every* k-gram; the index side sampled every p-th, so every run of `t = k + p − 1`
+//! units is hit by the time its t-th unit arrives). A hit is verified against the document's
+//! unit store, extended to the left through the recent output, and then kept open and
+//! extended to the right as units arrive, until a unit differs; a run that reached `t` units
+//! becomes a [`Finding`].
+//!
+//! The [`Scanner`] is sans-IO and is the one code path for `verbatim scan` and the proxy: an
+//! offline scan and a live stream cannot disagree. It owns normalisation and matching; it does
+//! not decide what to do about a finding (policy) or how to report it (callers).
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::hash::{kgram_key, stored};
+use crate::index::{Index, Params};
+use crate::normalize::{Channel, Normalizer, TextKind, Unit};
+
+/// How a run matched. This engine reports exact runs; the near-verbatim channels add kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatchKind {
+    Exact,
+}
+
+impl MatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "exact",
+        }
+    }
+}
+
+/// A run of output units found in an indexed document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Finding {
+    /// Byte range in the scanned output.
+    pub output_start: u64,
+    pub output_end: u64,
+    /// Which of the scanner's indexes.
+    pub index: usize,
+    pub doc: u32,
+    /// Unit range in the document.
+    pub doc_unit_start: u32,
+    pub units: u32,
+    pub kind: MatchKind,
+    pub channel: Channel,
+}
+
+/// Units of recent output kept for left extension. A run's first sampled k-gram starts within
+/// its first p units, so a few hundred units is far more than exact matching needs.
+const HISTORY: usize = 256;
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    doc: u32,
+    doc_start: u32,
+    /// Absolute unit number of the first output unit of the run.
+    out_unit: u64,
+    out_start: u64,
+    out_end: u64,
+    len: u32,
+    channel: Channel,
+}
+
+/// Matches one index against the unit stream.
+struct IndexMatcher<'i> {
+    index: &'i Index,
+    params: Params,
+    open: Vec<Candidate>,
+}
+
+impl<'i> IndexMatcher<'i> {
+    fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
+        if c.len >= self.params.channel(c.channel).t() {
+            out.push(Finding {
+                output_start: c.out_start,
+                output_end: c.out_end,
+                index: which,
+                doc: c.doc,
+                doc_unit_start: c.doc_start,
+                units: c.len,
+                kind: MatchKind::Exact,
+                channel: c.channel,
+            });
+        }
+    }
+
+    /// Takes unit number `n` (the last of `hist`, whose first unit is number `base`).
+    fn on_unit(
+        &mut self,
+        hist: &VecDeque<Unit>,
+        base: u64,
+        n: u64,
+        which: usize,
+        out: &mut Vec<Finding>,
+    ) {
+        let Some(unit) = hist.back() else { return };
+        let h32 = stored(unit.hash);
+        let index = self.index;
+
+        // Extend open runs by this unit, or close them.
+        let mut i = 0;
+        while i < self.open.len() {
+            let c = &mut self.open[i];
+            let units = index.doc_units(c.doc);
+            if units.get((c.doc_start + c.len) as usize) == Some(&h32) {
+                c.len += 1;
+                c.out_end = unit.end;
+                i += 1;
+            } else {
+                let c = self.open.swap_remove(i);
+                self.close(&c, which, out);
+            }
+        }
+
+        // Probe the k-gram this unit completes.
+        let ch = unit.channel;
+        let k = self.params.channel(ch).k as usize;
+        if hist.len() < k {
+            return;
+        }
+        let first = hist.len() - k;
+        if hist.range(first..).any(|u| u.channel != ch) {
+            return;
+        }
+        let key = kgram_key(hist.range(first..).map(|u| u.hash));
+        let postings = index.lookup(key);
+        if postings.is_empty() {
+            return;
+        }
+        let s = n + 1 - k as u64; // absolute number of the k-gram's first unit
+        for p in postings {
+            if self.open.iter().any(|c| c.doc == p.doc && c.out_unit <= s) {
+                continue; // already inside a run of this document
+            }
+            let units = index.doc_units(p.doc);
+            let q = p.pos as usize;
+            let Some(window) = units.get(q..q + k) else {
+                continue;
+            };
+            if !window
+                .iter()
+                .zip(hist.range(first..))
+                .all(|(d, o)| *d == stored(o.hash))
+            {
+                continue; // filter false positive or hash collision
+            }
+            // Extend left through the kept history.
+            let mut e = 0usize;
+            while e < first && e < q {
+                let o = &hist[first - e - 1];
+                if units[q - e - 1] != stored(o.hash) {
+                    break;
+                }
+                e += 1;
+            }
+            let _ = base;
+            self.open.push(Candidate {
+                doc: p.doc,
+                doc_start: (q - e) as u32,
+                out_unit: s - e as u64,
+                out_start: hist[first - e].start,
+                out_end: unit.end,
+                len: (k + e) as u32,
+                channel: ch,
+            });
+        }
+    }
+
+    fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
+        for c in std::mem::take(&mut self.open) {
+            self.close(&c, which, out);
+        }
+    }
+}
+
+/// Scans one output stream against one or more indexes.
+pub struct Scanner<'i> {
+    norm: Normalizer,
+    matchers: Vec<IndexMatcher<'i>>,
+    hist: VecDeque<Unit>,
+    /// Absolute number of `hist[0]`.
+    base: u64,
+    fresh: Vec<Unit>,
+    findings: Vec<Finding>,
+    /// Largest `t` of any channel of any index: the holdback in units.
+    t_max: u32,
+}
+
+impl<'i> Scanner<'i> {
+    pub fn new(indexes: &[&'i Index], kind: TextKind) -> Self {
+        let matchers: Vec<_> = indexes
+            .iter()
+            .map(|ix| IndexMatcher {
+                index: ix,
+                params: ix.params(),
+                open: Vec::new(),
+            })
+            .collect();
+        let t_max = matchers
+            .iter()
+            .map(|m| m.params.prose.t().max(m.params.code.t()))
+            .max()
+            .unwrap_or(1);
+        Scanner {
+            norm: Normalizer::new(kind),
+            matchers,
+            hist: VecDeque::with_capacity(HISTORY + 1),
+            base: 0,
+            fresh: Vec::new(),
+            findings: Vec::new(),
+            t_max,
+        }
+    }
+
+    /// Feeds text.
+    pub fn push_str(&mut self, text: &str) {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.norm.push_str(text, &mut fresh);
+        self.take_units(&mut fresh);
+        self.fresh = fresh;
+    }
+
+    /// Feeds raw bytes (UTF-8 sequences may be split across calls).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.norm.push_bytes(bytes, &mut fresh);
+        self.take_units(&mut fresh);
+        self.fresh = fresh;
+    }
+
+    /// Ends the stream: open runs are closed and reported.
+    pub fn finish(&mut self) {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.norm.finish(&mut fresh);
+        self.take_units(&mut fresh);
+        self.fresh = fresh;
+        for (i, m) in self.matchers.iter_mut().enumerate() {
+            m.finish(i, &mut self.findings);
+        }
+    }
+
+    fn take_units(&mut self, fresh: &mut Vec<Unit>) {
+        for u in fresh.drain(..) {
+            if self.hist.len() == HISTORY {
+                self.hist.pop_front();
+                self.base += 1;
+            }
+            self.hist.push_back(u);
+            let n = self.base + self.hist.len() as u64 - 1;
+            for (i, m) in self.matchers.iter_mut().enumerate() {
+                m.on_unit(&self.hist, self.base, n, i, &mut self.findings);
+            }
+        }
+    }
+
+    /// Findings completed so far (each is reported once).
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// Bytes received so far.
+    pub fn offset(&self) -> u64 {
+        self.norm.offset()
+    }
+
+    /// The byte offset before which output can be released without letting any unit of a run
+    /// of `t` or more units out before that run is detected: the last `t − 1` units, any unit
+    /// still being formed, and every open run are held back.
+    pub fn stable_offset(&self) -> u64 {
+        let mut p = self.norm.pending_start();
+        let held = (self.t_max as usize).saturating_sub(1);
+        if held > 0 && !self.hist.is_empty() {
+            let i = self.hist.len().saturating_sub(held);
+            p = p.min(self.hist[i].start);
+        }
+        for m in &self.matchers {
+            for c in &m.open {
+                p = p.min(c.out_start);
+            }
+        }
+        p
+    }
+
+    pub fn indexes(&self) -> impl Iterator<Item = &'i Index> + '_ {
+        self.matchers.iter().map(|m| m.index)
+    }
+}
+
+/// A finding with the facts of its source, as `scan` prints it (one JSON object per line).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FindingReport {
+    pub output_start: u64,
+    pub output_end: u64,
+    pub corpus: String,
+    pub doc: String,
+    pub url: Option<String>,
+    pub source_start: u64,
+    pub source_end: u64,
+    pub units: u32,
+    pub kind: MatchKind,
+    pub channel: &'static str,
+    pub license: String,
+    pub license_source: String,
+    pub rights: &'static str,
+    pub title: Option<String>,
+    pub rights_holder: Option<String>,
+    pub index_id: String,
+}
+
+impl FindingReport {
+    pub fn new(index: &Index, f: &Finding) -> Option<FindingReport> {
+        let doc = index.doc(f.doc)?;
+        let corpus = index.corpus(doc);
+        let (source_start, _) = index.unit_span(f.doc, f.doc_unit_start)?;
+        let (_, source_end) = index.unit_span(f.doc, f.doc_unit_start + f.units - 1)?;
+        Some(FindingReport {
+            output_start: f.output_start,
+            output_end: f.output_end,
+            corpus: corpus.name.clone(),
+            doc: doc.path.clone(),
+            url: doc.url.clone(),
+            source_start: u64::from(source_start),
+            source_end: u64::from(source_end),
+            units: f.units,
+            kind: f.kind,
+            channel: f.channel.as_str(),
+            license: doc.license.clone(),
+            license_source: doc.license_source.clone(),
+            rights: corpus.rights.as_str(),
+            title: corpus.metadata.get("title").cloned(),
+            rights_holder: corpus.metadata.get("rights_holder").cloned(),
+            index_id: index.manifest().index_id.clone(),
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! Code units: a small lexer that drops whitespace and comments and keeps identifiers, numbers,
+//! string literals (each one unit) and every other character as a one-character unit.
+//!
+//! It is a character-level state machine, so it gives the same units however the input is cut.
+//! It does not parse: multi-character operators become one unit per character, which costs a
+//! little density but keeps the lexer language-neutral and chunk-invariant. String literals end
+//! at their closing quote or at the end of the line, so one stray quote cannot swallow a file.
+
+use super::{Channel, Lang, Unit};
+use crate::hash::unit_hash;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Ident,
+    Number,
+    Str {
+        quote: char,
+        escaped: bool,
+    },
+    /// Saw `/` where `//` or `/*` may follow.
+    Slash,
+    /// Saw `-` where `--` may follow.
+    Dash,
+    LineComment,
+    BlockComment {
+        star: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CodeLexer {
+    lang: Lang,
+    state: State,
+    tok: String,
+    tok_start: u64,
+}
+
+impl CodeLexer {
+    pub(crate) fn new(lang: Lang) -> Self {
+        CodeLexer {
+            lang,
+            state: State::Idle,
+            tok: String::new(),
+            tok_start: 0,
+        }
+    }
+
+    /// Starts a new block of code in `lang` (any open token must have been flushed).
+    pub(crate) fn reset(&mut self, lang: Lang) {
+        debug_assert!(self.tok.is_empty());
+        self.lang = lang;
+        self.state = State::Idle;
+    }
+
+    pub(crate) fn pending_start(&self) -> Option<u64> {
+        match self.state {
+            State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
+                Some(self.tok_start)
+            }
+            // Comments never become units; nothing in them is pending.
+            State::Idle | State::LineComment | State::BlockComment { .. } => None,
+        }
+    }
+
+    pub(crate) fn push(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
+        for (i, c) in text.char_indices() {
+            self.push_char(c, at + i as u64, out);
+        }
+    }
+
+    fn emit(&mut self, end: u64, out: &mut Vec<Unit>) {
+        out.push(Unit {
+            hash: unit_hash(Channel::Code, self.tok.as_bytes()),
+            start: self.tok_start,
+            end,
+            channel: Channel::Code,
+        });
+        self.tok.clear();
+        self.state = State::Idle;
+    }
+
+    fn start(&mut self, c: char, at: u64, state: State) {
+        self.tok.clear();
+        self.tok.push(c);
+        self.tok_start = at;
+        self.state = state;
+    }
+
+    fn push_char(&mut self, c: char, at: u64, out: &mut Vec<Unit>) {
+        let len = c.len_utf8() as u64;
+        match self.state {
+            State::Idle => self.idle(c, at, out),
+            State::Ident => {
+                if is_ident_continue(c) {
+                    self.tok.push(c);
+                } else {
+                    self.emit(at, out);
+                    self.idle(c, at, out);
+                }
+            }
+            State::Number => {
+                if c.is_alphanumeric() || c == '_' || c == '.' {
+                    self.tok.push(c);
+                } else {
+                    self.emit(at, out);
+                    self.idle(c, at, out);
+                }
+            }
+            State::Str { quote, escaped } => {
+                if c == '\n' {
+                    // Unterminated on this line: the literal ends here.
+                    self.emit(at, out);
+                } else {
+                    self.tok.push(c);
+                    if escaped {
+                        self.state = State::Str {
+                            quote,
+                            escaped: false,
+                        };
+                    } else if c == '\\' {
+                        self.state = State::Str {
+                            quote,
+                            escaped: true,
+                        };
+                    } else if c == quote {
+                        self.emit(at + len, out);
+                    }
+                }
+            }
+            State::Slash => match c {
+                '/' => {
+                    self.tok.clear();
+                    self.state = State::LineComment;
+                }
+                '*' => {
+                    self.tok.clear();
+                    self.state = State::BlockComment { star: false };
+                }
+                _ => {
+                    self.emit(at, out);
+                    self.idle(c, at, out);
+                }
+            },
+            State::Dash => {
+                if c == '-' {
+                    self.tok.clear();
+                    self.state = State::LineComment;
+                } else {
+                    self.emit(at, out);
+                    self.idle(c, at, out);
+                }
+            }
+            State::LineComment => {
+                if c == '\n' {
+                    self.state = State::Idle;
+                }
+            }
+            State::BlockComment { star } => {
+                if star && c == '/' {
+                    self.state = State::Idle;
+                } else {
+                    self.state = State::BlockComment { star: c == '*' };
+                }
+            }
+        }
+    }
+
+    fn idle(&mut self, c: char, at: u64, out: &mut Vec<Unit>) {
+        let lang = self.lang;
+        if c.is_whitespace() {
+            return;
+        }
+        if is_ident_start(c) {
+            self.start(c, at, State::Ident);
+        } else if c.is_numeric() {
+            self.start(c, at, State::Number);
+        } else if c == '"'
+            || (c == '\'' && lang.single_quote_strings)
+            || (c == '`' && lang.backtick_strings)
+        {
+            self.start(
+                c,
+                at,
+                State::Str {
+                    quote: c,
+                    escaped: false,
+                },
+            );
+        } else if c == '/' && lang.c_comments {
+            self.start(c, at, State::Slash);
+        } else if c == '-' && lang.dash_comments {
+            self.start(c, at, State::Dash);
+        } else if (c == '#' && lang.hash_comments) || (c == ';' && lang.semicolon_comments) {
+            self.state = State::LineComment;
+        } else {
+            self.start(c, at, State::Idle);
+            self.emit(at + c.len_utf8() as u64, out);
+        }
+    }
+
+    /// Ends the block: a token still open is complete.
+    pub(crate) fn flush(&mut self, end: u64, out: &mut Vec<Unit>) {
+        match self.state {
+            State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
+                self.emit(end, out)
+            }
+            _ => {}
+        }
+        self.tok.clear();
+        self.state = State::Idle;
+    }
+}
+
+#[inline]
+fn is_ident_start(c: char) -> bool {
+    if c.is_ascii() {
+        c.is_ascii_alphabetic() || c == '_' || c == '$'
+    } else {
+        unicode_ident::is_xid_start(c)
+    }
+}
+
+#[inline]
+fn is_ident_continue(c: char) -> bool {
+    if c.is_ascii() {
+        c.is_ascii_alphanumeric() || c == '_' || c == '$'
+    } else {
+        unicode_ident::is_xid_continue(c)
+    }
+}

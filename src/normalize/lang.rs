@@ -1,0 +1,162 @@
+//! Which lexical conventions a piece of code follows: its comment syntax and which quote
+//! characters open string literals. Chosen from a file extension or a markdown fence's info
+//! string. Unknown languages get C-like conventions, the most common family.
+//!
+//! This is deliberately coarse: the normaliser only needs to drop comments and keep string
+//! literals whole, not to parse. The same table serves index build and scan, so a choice made
+//! here can never make the two disagree.
+
+/// Lexical family of a programming language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lang {
+    /// `//` line comments and `/* */` block comments.
+    pub c_comments: bool,
+    /// `#` line comments.
+    pub hash_comments: bool,
+    /// `--` line comments (SQL, Lua, Haskell).
+    pub dash_comments: bool,
+    /// `;` line comments (Lisps, assembly, ini).
+    pub semicolon_comments: bool,
+    /// `'...'` is a string literal (Python, JS, shell); otherwise `'` is punctuation, which keeps
+    /// Rust lifetimes and C char literals from swallowing the rest of a line.
+    pub single_quote_strings: bool,
+    /// `` `...` `` is a string literal (JS template strings, Go raw strings).
+    pub backtick_strings: bool,
+}
+
+impl Lang {
+    pub const C_LIKE: Lang = Lang {
+        c_comments: true,
+        hash_comments: false,
+        dash_comments: false,
+        semicolon_comments: false,
+        single_quote_strings: false,
+        backtick_strings: false,
+    };
+    const SCRIPT: Lang = Lang {
+        c_comments: false,
+        hash_comments: true,
+        dash_comments: false,
+        semicolon_comments: false,
+        single_quote_strings: true,
+        backtick_strings: false,
+    };
+    const JS: Lang = Lang {
+        single_quote_strings: true,
+        backtick_strings: true,
+        ..Lang::C_LIKE
+    };
+    const GO: Lang = Lang {
+        backtick_strings: true,
+        ..Lang::C_LIKE
+    };
+    const PHP: Lang = Lang {
+        hash_comments: true,
+        single_quote_strings: true,
+        ..Lang::C_LIKE
+    };
+    const SQL: Lang = Lang {
+        dash_comments: true,
+        single_quote_strings: true,
+        ..Lang::C_LIKE
+    };
+    const LUA: Lang = Lang {
+        c_comments: false,
+        dash_comments: true,
+        single_quote_strings: true,
+        ..Lang::C_LIKE
+    };
+    const HASKELL: Lang = Lang {
+        c_comments: false,
+        dash_comments: true,
+        ..Lang::C_LIKE
+    };
+    const LISP: Lang = Lang {
+        c_comments: false,
+        semicolon_comments: true,
+        ..Lang::C_LIKE
+    };
+    /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
+    const PLAIN: Lang = Lang {
+        c_comments: false,
+        ..Lang::C_LIKE
+    };
+
+    /// The family for a language name or file extension (case-insensitive), if it is code.
+    pub fn from_name(name: &str) -> Option<Lang> {
+        let n = name.trim().to_ascii_lowercase();
+        let lang = match n.as_str() {
+            "rs" | "rust" | "c" | "h" | "cc" | "cpp" | "cxx" | "hpp" | "hh" | "hxx" | "c++"
+            | "java" | "cs" | "csharp" | "c#" | "swift" | "kt" | "kts" | "kotlin" | "scala"
+            | "sc" | "dart" | "zig" | "v" | "sv" | "verilog" | "proto" | "groovy" | "gradle"
+            | "m" | "mm" | "objc" | "objective-c" | "d" | "glsl" | "hlsl" | "cu" | "cuda"
+            | "sol" | "solidity" | "css" | "scss" | "less" | "json5" | "jsonc" => Lang::C_LIKE,
+            "go" | "golang" => Lang::GO,
+            "js" | "mjs" | "cjs" | "jsx" | "javascript" | "ts" | "tsx" | "mts" | "cts"
+            | "typescript" | "vue" | "svelte" => Lang::JS,
+            "py" | "pyi" | "pyw" | "python" | "python3" | "sh" | "bash" | "zsh" | "fish"
+            | "shell" | "console" | "rb" | "ruby" | "pl" | "pm" | "perl" | "r" | "jl" | "julia"
+            | "toml" | "yaml" | "yml" | "cmake" | "makefile" | "mk" | "make" | "dockerfile"
+            | "nim" | "cr" | "crystal" | "ex" | "exs" | "elixir" | "tcl" | "ps1" | "powershell"
+            | "awk" | "sed" | "nix" | "gd" | "coffee" | "conf" | "cfg" | "properties" | "pyx" => {
+                Lang::SCRIPT
+            }
+            "php" => Lang::PHP,
+            "sql" | "psql" | "plsql" | "mysql" | "sqlite" => Lang::SQL,
+            "lua" | "ada" | "adb" | "ads" | "vhdl" | "vhd" => Lang::LUA,
+            "hs" | "haskell" | "elm" | "purs" | "idr" | "agda" => Lang::HASKELL,
+            "lisp" | "lsp" | "cl" | "el" | "elisp" | "clj" | "cljs" | "cljc" | "edn"
+            | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "asm" | "s"
+            | "nasm" | "ini" => Lang::LISP,
+            "html" | "htm" | "xml" | "xhtml" | "svg" | "json" | "tex" | "latex" | "sty" | "cls"
+            | "bib" | "erl" | "hrl" | "erlang" | "ml" | "mli" | "ocaml" | "fs" | "fsi" | "fsx"
+            | "fsharp" | "pas" | "pascal" | "f" | "f90" | "f95" | "fortran" | "for" | "bat"
+            | "cmd" | "vb" | "vbs" | "matlab" | "octave" | "diff" | "patch" | "code" => Lang::PLAIN,
+            _ => return None,
+        };
+        Some(lang)
+    }
+
+    /// The language of a fenced block from its info string (first word, e.g. `rust,ignore`).
+    /// An empty or unknown info string still means code: C-like conventions.
+    pub fn from_fence_info(info: &str) -> Lang {
+        let first = info
+            .trim()
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+            .find(|s| !s.is_empty())
+            .unwrap_or("");
+        Lang::from_name(first).unwrap_or(Lang::C_LIKE)
+    }
+}
+
+/// What the text of a file or a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextKind {
+    /// Prose with markdown fences: fenced blocks are lexed as code.
+    Markdown,
+    /// Code in one language, no fences.
+    Code(Lang),
+}
+
+impl TextKind {
+    /// Guess from a path: a known code extension (or well-known file name) is code; anything
+    /// else is prose, read as markdown so fenced blocks are still treated as code.
+    pub fn from_path(path: &std::path::Path) -> TextKind {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "makefile" | "gnumakefile" | "dockerfile" | "cmakelists.txt" | "build" | "bazel" => {
+                return TextKind::Code(Lang::SCRIPT);
+            }
+            _ => {}
+        }
+        path.extension()
+            .and_then(|e| e.to_str())
+            .and_then(Lang::from_name)
+            .map(TextKind::Code)
+            .unwrap_or(TextKind::Markdown)
+    }
+}

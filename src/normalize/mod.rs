@@ -1,0 +1,354 @@
+//! Normalisation: text in, *units* out, each unit carrying its byte range in the original
+//! stream so a finding can be cited, redacted or blocked exactly.
+//!
+//! One normaliser serves index build and scan, so they cannot disagree. It is incremental and
+//! gives the same units whatever way the input is chunked: split inside words, inside UTF-8
+//! sequences, one byte at a time (`tests/normalize.rs` replays every case at every split).
+//!
+//! What it owns: UTF-8 decoding of byte chunks (invalid bytes act as whitespace, keeping offsets
+//! exact), markdown fence detection (fenced blocks are code in the fence's language), prose
+//! words ([`prose`]) and code tokens ([`code`]). What it does not own: which units matter — that
+//! is the index and the matcher.
+
+mod code;
+mod lang;
+mod prose;
+
+pub use lang::{Lang, TextKind};
+pub use prose::normalize_word;
+
+use code::CodeLexer;
+use prose::ProseTokenizer;
+
+/// Which normalisation produced a unit. Prose and code hash apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Prose,
+    Code,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Prose => "prose",
+            Channel::Code => "code",
+        }
+    }
+}
+
+/// One normalised unit: a prose word or a code token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    /// Hash of the normalised text (see [`crate::hash::unit_hash`]).
+    pub hash: u64,
+    /// Byte range in the original stream.
+    pub start: u64,
+    pub end: u64,
+    pub channel: Channel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fence {
+    ch: char,
+    count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Prose,
+    /// Code; `fence` is the opening fence when inside a markdown block.
+    Code {
+        fence: Option<Fence>,
+    },
+    /// After an opening fence, reading its info string up to the end of the line.
+    FenceInfo {
+        fence: Fence,
+        info: String,
+    },
+}
+
+/// What the start of a line turned out to be.
+enum LineStart {
+    Undecided,
+    NotFence,
+    Open(Fence),
+    Close,
+}
+
+/// Incremental normaliser for one stream or document.
+pub struct Normalizer {
+    kind: TextKind,
+    mode: Mode,
+    /// Bytes decoded so far (absolute offset of the next byte after `carry`'s start).
+    offset: u64,
+    /// An incomplete UTF-8 sequence at the end of the last byte chunk.
+    carry: Vec<u8>,
+    /// Markdown only: characters at the start of a line held until we know whether they open
+    /// or close a fence (at most 3 spaces, the fence characters and trailing spaces).
+    at_line_start: bool,
+    prefix: String,
+    prefix_start: u64,
+    prose: ProseTokenizer,
+    code: CodeLexer,
+}
+
+impl Normalizer {
+    pub fn new(kind: TextKind) -> Self {
+        let (mode, lang) = match kind {
+            TextKind::Markdown => (Mode::Prose, Lang::C_LIKE),
+            TextKind::Code(lang) => (Mode::Code { fence: None }, lang),
+        };
+        Normalizer {
+            kind,
+            mode,
+            offset: 0,
+            carry: Vec::new(),
+            at_line_start: true,
+            prefix: String::new(),
+            prefix_start: 0,
+            prose: ProseTokenizer::default(),
+            code: CodeLexer::new(lang),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn offset(&self) -> u64 {
+        self.offset + self.carry.len() as u64
+    }
+
+    /// The earliest byte offset that may still become part of a unit not yet emitted. Every
+    /// byte before it is final: it either belongs to an emitted unit or to none.
+    pub fn pending_start(&self) -> u64 {
+        let mut p = self.offset;
+        if self.at_line_start && !self.prefix.is_empty() {
+            p = p.min(self.prefix_start);
+        }
+        if let Some(s) = self.prose.pending_start() {
+            p = p.min(s);
+        }
+        if let Some(s) = self.code.pending_start() {
+            p = p.min(s);
+        }
+        p
+    }
+
+    /// Feeds raw bytes; an incomplete UTF-8 sequence at the end waits for the next chunk, and
+    /// invalid bytes count as whitespace (one space per byte, so offsets stay exact).
+    pub fn push_bytes(&mut self, bytes: &[u8], out: &mut Vec<Unit>) {
+        if self.carry.is_empty() {
+            let consumed = self.push_valid_prefix(bytes, out);
+            self.carry.extend_from_slice(&bytes[consumed..]);
+        } else {
+            // Rare: only when a chunk ended inside a multi-byte sequence.
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(bytes);
+            let consumed = self.push_valid_prefix(&joined, out);
+            self.carry = joined[consumed..].to_vec();
+        }
+    }
+
+    /// Pushes the longest prefix of `bytes` that is not an incomplete trailing UTF-8 sequence,
+    /// turning invalid bytes into spaces; returns how many bytes it consumed.
+    fn push_valid_prefix(&mut self, mut bytes: &[u8], out: &mut Vec<Unit>) -> usize {
+        let total = bytes.len();
+        loop {
+            match std::str::from_utf8(bytes) {
+                Ok(s) => {
+                    self.push_str_inner(s, out);
+                    return total;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // SAFETY-free: `valid_up_to` guarantees this prefix is valid UTF-8.
+                    let s = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+                    self.push_str_inner(s, out);
+                    match e.error_len() {
+                        None => return total - (bytes.len() - valid),
+                        Some(n) => {
+                            self.push_str_inner(&"   "[..n.min(3)], out);
+                            bytes = &bytes[valid + n..];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds text that is already valid UTF-8.
+    pub fn push_str(&mut self, text: &str, out: &mut Vec<Unit>) {
+        if !self.carry.is_empty() {
+            // A byte chunk ended mid-sequence and text follows: the carried bytes are invalid.
+            let n = self.carry.len();
+            self.carry.clear();
+            self.push_str_inner(&"   "[..n.min(3)], out);
+        }
+        self.push_str_inner(text, out);
+    }
+
+    fn push_str_inner(&mut self, s: &str, out: &mut Vec<Unit>) {
+        let base = self.offset;
+        self.offset += s.len() as u64;
+        if let TextKind::Code(_) = self.kind {
+            self.code.push(s, base, out);
+            return;
+        }
+        let mut i = 0;
+        while i < s.len() {
+            let at = base + i as u64;
+            if let Mode::FenceInfo { info, fence } = &mut self.mode {
+                let rest = &s[i..];
+                match rest.find('\n') {
+                    Some(nl) => {
+                        info.push_str(&rest[..nl]);
+                        let lang = Lang::from_fence_info(info);
+                        let fence = *fence;
+                        self.code.reset(lang);
+                        self.mode = Mode::Code { fence: Some(fence) };
+                        self.at_line_start = true;
+                        self.prefix_start = at + nl as u64 + 1;
+                        i += nl + 1;
+                    }
+                    None => {
+                        info.push_str(rest);
+                        i = s.len();
+                    }
+                }
+                continue;
+            }
+            if self.at_line_start {
+                let c = s[i..].chars().next().unwrap_or(' ');
+                if self.prefix.is_empty() {
+                    self.prefix_start = at;
+                }
+                match self.classify_line_start(c) {
+                    LineStart::Undecided => {
+                        self.prefix.push(c);
+                        i += c.len_utf8();
+                    }
+                    LineStart::NotFence => {
+                        self.at_line_start = false;
+                        let prefix = std::mem::take(&mut self.prefix);
+                        self.feed(&prefix, self.prefix_start, out);
+                    }
+                    LineStart::Open(fence) => {
+                        self.prose.flush(out);
+                        self.prefix.clear();
+                        self.at_line_start = false;
+                        self.mode = Mode::FenceInfo {
+                            fence,
+                            info: String::new(),
+                        };
+                    }
+                    LineStart::Close => {
+                        self.code.flush(self.prefix_start, out);
+                        self.prefix.clear();
+                        self.mode = Mode::Prose;
+                        self.prefix_start = at + 1;
+                        i += c.len_utf8(); // the newline that ends the fence line
+                    }
+                }
+                continue;
+            }
+            let rest = &s[i..];
+            let (line, done) = match rest.find('\n') {
+                Some(nl) => (&rest[..=nl], true),
+                None => (rest, false),
+            };
+            self.feed(line, at, out);
+            i += line.len();
+            if done {
+                self.at_line_start = true;
+                self.prefix_start = base + i as u64;
+            }
+        }
+    }
+
+    fn feed(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
+        match self.mode {
+            Mode::Prose => self.prose.push(text, at, out),
+            Mode::Code { .. } => self.code.push(text, at, out),
+            Mode::FenceInfo { .. } => {}
+        }
+    }
+
+    /// Decides what the line prefix plus `c` is. Follows CommonMark: up to three spaces of
+    /// indentation, then three or more backticks or tildes; a closing fence uses the opening
+    /// character, at least as many times, and nothing but spaces after it.
+    fn classify_line_start(&self, c: char) -> LineStart {
+        let indent = self.prefix.bytes().take_while(|&b| b == b' ').count();
+        let rest = &self.prefix[indent..];
+        if rest.is_empty() {
+            return if (c == ' ' && indent < 3) || c == '`' || c == '~' {
+                LineStart::Undecided
+            } else {
+                LineStart::NotFence
+            };
+        }
+        let Some(fc) = rest.chars().next() else {
+            return LineStart::NotFence;
+        };
+        let n = rest.chars().take_while(|&x| x == fc).count();
+        let after = &rest[n * fc.len_utf8()..];
+        match &self.mode {
+            Mode::Prose => {
+                if after.is_empty() && c == fc {
+                    LineStart::Undecided
+                } else if n >= 3 {
+                    LineStart::Open(Fence { ch: fc, count: n })
+                } else {
+                    LineStart::NotFence
+                }
+            }
+            Mode::Code { fence: Some(open) } => {
+                if fc != open.ch {
+                    return LineStart::NotFence;
+                }
+                if after.is_empty() && c == fc {
+                    LineStart::Undecided
+                } else if n < open.count {
+                    LineStart::NotFence
+                } else if c == '\n' {
+                    LineStart::Close
+                } else if c == ' ' || c == '\t' || c == '\r' {
+                    LineStart::Undecided
+                } else {
+                    LineStart::NotFence
+                }
+            }
+            _ => LineStart::NotFence,
+        }
+    }
+
+    /// Ends the stream: everything pending becomes final.
+    pub fn finish(&mut self, out: &mut Vec<Unit>) {
+        if !self.carry.is_empty() {
+            let n = self.carry.len();
+            self.carry.clear();
+            self.push_str_inner(&"   "[..n.min(3)], out);
+        }
+        if self.at_line_start && !self.prefix.is_empty() {
+            let prefix = std::mem::take(&mut self.prefix);
+            if let Mode::Code { fence: Some(open) } = self.mode {
+                // A closing fence at the very end of the input, without a newline.
+                let trimmed = prefix.trim();
+                if trimmed.chars().all(|x| x == open.ch) && trimmed.len() >= open.count {
+                    self.code.flush(self.prefix_start, out);
+                    self.mode = Mode::Prose;
+                    return;
+                }
+            }
+            self.feed(&prefix, self.prefix_start, out);
+        }
+        self.prose.flush(out);
+        self.code.flush(self.offset, out);
+    }
+}
+
+/// Normalises a whole text at once.
+pub fn normalize(text: &str, kind: TextKind) -> Vec<Unit> {
+    let mut n = Normalizer::new(kind);
+    let mut out = Vec::new();
+    n.push_str(text, &mut out);
+    n.finish(&mut out);
+    out
+}

@@ -1,0 +1,115 @@
+//! Prose units: words found by Unicode word segmentation (UAX #29), each normalised with NFKC,
+//! case folding and quote unification; punctuation and whitespace produce no unit. Markdown
+//! markers (`*`, `_`, `#`, `>`, backticks, list bullets) are punctuation and so vanish too.
+//!
+//! Chunk invariance: segmentation of a buffered text is only run up to the last whitespace
+//! character. UAX #29 always breaks before a whitespace character that follows a non-whitespace
+//! one, and its look-ahead rules (WB6, WB7, WB11, WB12) need a letter or digit after the
+//! position they decide, never whitespace, so every word that ends before that cut is segmented
+//! exactly as it would be in the whole text.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
+
+use super::{Channel, Unit};
+use crate::hash::unit_hash;
+
+/// Buffers prose until it can be segmented without depending on where chunks were cut.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ProseTokenizer {
+    buf: String,
+    /// Absolute byte offset of `buf[0]` in the stream.
+    buf_start: u64,
+    /// Bytes of `buf` already searched for whitespace (so appends cost O(new bytes)).
+    searched: usize,
+    /// Start of the last whitespace char in `buf` (a safe cut), if any.
+    last_ws: Option<usize>,
+    scratch: String,
+}
+
+impl ProseTokenizer {
+    /// Offset of the first byte that may still become part of a unit.
+    pub(crate) fn pending_start(&self) -> Option<u64> {
+        (!self.buf.is_empty()).then_some(self.buf_start)
+    }
+
+    pub(crate) fn push(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
+        if text.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() {
+            self.buf_start = at;
+            self.searched = 0;
+            self.last_ws = None;
+        }
+        self.buf.push_str(text);
+        let tail = &self.buf[self.searched..];
+        if let Some((i, _)) = tail.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+            self.last_ws = Some(self.searched + i);
+        }
+        self.searched = self.buf.len();
+        if let Some(cut) = self.last_ws.take() {
+            self.emit_words(cut, out);
+        }
+    }
+
+    /// Emits the words of `buf[..cut]` and keeps the rest.
+    fn emit_words(&mut self, cut: usize, out: &mut Vec<Unit>) {
+        let base = self.buf_start;
+        for (i, word) in self.buf[..cut].unicode_word_indices() {
+            if let Some(hash) = word_hash(word, &mut self.scratch) {
+                out.push(Unit {
+                    hash,
+                    start: base + i as u64,
+                    end: base + (i + word.len()) as u64,
+                    channel: Channel::Prose,
+                });
+            }
+        }
+        self.buf.drain(..cut);
+        self.buf_start += cut as u64;
+        self.searched = self.buf.len();
+        self.last_ws = None;
+    }
+
+    /// Emits everything buffered: the end of a prose section.
+    pub(crate) fn flush(&mut self, out: &mut Vec<Unit>) {
+        let n = self.buf.len();
+        if n > 0 {
+            self.emit_words(n, out);
+        }
+    }
+}
+
+/// The normalised form of one word, hashed; `None` if nothing alphanumeric is left.
+pub(crate) fn word_hash(word: &str, scratch: &mut String) -> Option<u64> {
+    scratch.clear();
+    normalize_word(word, scratch);
+    let trimmed = scratch.trim_matches(|c| c == '_' || c == '\'');
+    if !trimmed.chars().any(char::is_alphanumeric) {
+        return None;
+    }
+    Some(unit_hash(Channel::Prose, trimmed.as_bytes()))
+}
+
+/// NFKC, case fold, quote unification. ASCII words (the vast majority) take a fast path that
+/// gives the same result as the general one.
+pub fn normalize_word(word: &str, out: &mut String) {
+    if word.is_ascii() {
+        out.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
+        return;
+    }
+    for c in word.nfkc() {
+        match c {
+            // Apostrophes and single quotes in all their typographic forms.
+            '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' | '\u{02BC}' | '\u{FF07}' => {
+                out.push('\'')
+            }
+            // Full case folding differs from lowercasing for a few letters; these matter for
+            // ALL-CAPS copies ("STRASSE" vs "straße").
+            'ß' | 'ẞ' => out.push_str("ss"),
+            'ς' => out.push('σ'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Memory figures of this process from `/proc/self/status` (Linux); `None` elsewhere. Used by
+//! build summaries and benchmarks, never for decisions.
+
+fn field(name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(name))?;
+    let kb: u64 = line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak resident set size.
+pub fn peak_rss() -> Option<u64> {
+    field("VmHWM:")
+}
+
+/// Current resident set size.
+pub fn rss() -> Option<u64> {
+    field("VmRSS:")
+}
+
+/// Resident anonymous memory (heap, stacks): what the process itself needs.
+pub fn rss_anon() -> Option<u64> {
+    field("RssAnon:")
+}
+
+/// Resident file-backed memory (memory-mapped index pages, shared through the page cache).
+pub fn rss_file() -> Option<u64> {
+    field("RssFile:")
+}
