@@ -248,6 +248,7 @@ pub fn parse_manifest(path: &Path, src: String) -> Result<Corpus, Problems> {
     }
 
     if !r.problems.is_empty() {
+        r.problems.sort();
         return Err(r.problems);
     }
     match (

@@ -51,6 +51,11 @@ impl Problems {
     pub fn extend(&mut self, other: Problems) {
         self.0.extend(other.0)
     }
+    /// Orders problems by file and position (stable for problems at the same place).
+    pub fn sort(&mut self) {
+        self.0
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    }
 }
 
 impl fmt::Display for Problems {

@@ -509,7 +509,7 @@ impl Spill {
     fn new(dir: PathBuf, budget: usize) -> Self {
         Spill {
             dir,
-            budget: budget.max(1024),
+            budget: budget.max(1),
             buf: Vec::new(),
             runs: Vec::new(),
             runs_written: 0,

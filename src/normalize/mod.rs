@@ -7,7 +7,7 @@
 //!
 //! What it owns: UTF-8 decoding of byte chunks (invalid bytes act as whitespace, keeping offsets
 //! exact), markdown fence detection (fenced blocks are code in the fence's language), prose
-//! words ([`prose`]) and code tokens ([`code`]). What it does not own: which units matter — that
+//! words (`prose.rs`) and code tokens (`code.rs`). What it does not own: which units matter — that
 //! is the index and the matcher.
 
 mod code;

@@ -1,0 +1,209 @@
+//! The `verbatim` binary as a user runs it: exit status like grep (0 nothing, 1 findings,
+//! 2 error), JSON Lines with the documented keys, readable errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_verbatim");
+const FIXTURE: &str = "tests/fixtures/index-v1";
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(c.stdin.take());
+    c.wait_with_output().unwrap()
+}
+
+const ANSWER: &str = "Here you go:\n\n```rust\npub fn total_owed(columns: &[Column]) -> std::collections::BTreeMap<String, u32> {\n    let mut totals = std::collections::BTreeMap::new();\n    for column in columns {\n        if let Column::Owed { name, shillings } = column {\n            *totals.entry(name.clone()).or_insert(0) += *shillings;\n        }\n    }\n    totals\n}\n```\n";
+
+#[test]
+fn scan_reports_findings_as_json_lines_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("answer.md");
+    std::fs::write(&f, ANSWER).unwrap();
+    let out = run(&["scan", "--index", FIXTURE, f.to_str().unwrap()], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let v = &lines[0];
+    for key in [
+        "output_start",
+        "output_end",
+        "corpus",
+        "doc",
+        "url",
+        "source_start",
+        "source_end",
+        "units",
+        "kind",
+        "license",
+        "rights",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key} in {v}");
+    }
+    assert_eq!(v["corpus"], "gpl-code");
+    assert_eq!(v["doc"], "fixtures/gpl-code/src/ledger.rs");
+    assert_eq!(v["kind"], "exact");
+    assert_eq!(v["license"], "GPL-3.0-or-later");
+    assert_eq!(v["rights"], "licensed");
+    assert_eq!(
+        v["url"],
+        "https://git.example.org/ledger/blob/main/fixtures/gpl-code/src/ledger.rs"
+    );
+    let (s, e) = (
+        v["output_start"].as_u64().unwrap() as usize,
+        v["output_end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        ANSWER[s..e].starts_with("pub fn total_owed") && ANSWER[s..e].ends_with("totals\n}"),
+        "{}",
+        &ANSWER[s..e]
+    );
+}
+
+#[test]
+fn scan_of_stdin_with_text_format_and_clean_input() {
+    let out = run(
+        &["scan", "--index", FIXTURE, "--format", "text", "-"],
+        Some(ANSWER),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("from gpl-code:fixtures/gpl-code/src/ledger.rs"),
+        "{text}"
+    );
+    assert!(text.contains("license GPL-3.0-or-later"), "{text}");
+
+    let clean = run(
+        &["scan", "--index", FIXTURE, "-"],
+        Some("Nothing here is copied from anywhere at all, I promise you that much."),
+    );
+    assert_eq!(clean.status.code(), Some(0));
+    assert!(clean.stdout.is_empty());
+}
+
+#[test]
+fn scan_errors_exit_2_with_a_message() {
+    let out = run(&["scan", "--index", "/nonexistent/idx", "-"], Some("x"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(
+            "error: cannot open index /nonexistent/idx: /nonexistent/idx is not a verbatim index"
+        ),
+        "{err}"
+    );
+
+    let out = run(
+        &["scan", "--index", FIXTURE, "/nonexistent/answer.md"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/answer.md"));
+}
+
+#[test]
+fn build_reports_every_manifest_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("bad.toml");
+    std::fs::write(
+        &m,
+        "name = \"bad\"\nrights = \"whatever\"\nkind = \"poem\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "index",
+            "build",
+            "--corpus",
+            m.to_str().unwrap(),
+            "--out",
+            dir.path().join("i").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.toml:2:10: `rights`: `whatever` is not one of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:3:8: `kind`: `poem` is not one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn build_info_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("idx");
+    let out = run(
+        &[
+            "index",
+            "build",
+            "--corpus",
+            "corpora",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "documents",
+        "units",
+        "size on disk",
+        "memory to serve",
+        "build time",
+        "guarantee t",
+    ] {
+        assert!(summary.contains(word), "{summary}");
+    }
+    // A second build to the same place needs --force.
+    let again = run(
+        &[
+            "index",
+            "build",
+            "--corpus",
+            "corpora",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("pass --force"));
+    let info = run(&["index", "info", out_dir.to_str().unwrap()], None);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["stats"]["documents"], 4);
+    let verify = run(&["index", "verify", out_dir.to_str().unwrap()], None);
+    assert_eq!(verify.status.code(), Some(0));
+}

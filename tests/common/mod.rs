@@ -1,0 +1,100 @@
+//! Helpers shared by integration tests: building small indexes from generated documents.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::path::{Path, PathBuf};
+
+use verbatim::corpus::load_manifests;
+use verbatim::index::build::{BuildOptions, build};
+use verbatim::index::{Index, Params};
+use verbatim::matcher::{Finding, Scanner};
+use verbatim::normalize::TextKind;
+
+/// Writes `docs` (relative path, text) under `dir/<name>/` with a manifest, returns its path.
+pub fn write_corpus(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    rights: &str,
+    license: Option<&str>,
+    docs: &[(String, String)],
+) -> PathBuf {
+    let root = dir.join(name);
+    for (rel, text) in docs {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let manifest = dir.join(format!("{name}.toml"));
+    let license = license
+        .map(|l| format!("license = \"{l}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &manifest,
+        format!("name = \"{name}\"\nkind = \"{kind}\"\nrights = \"{rights}\"\n{license}paths = [\"{name}\"]\nurl = \"https://example.test/{name}/{{path}}\"\n"),
+    )
+    .unwrap();
+    manifest
+}
+
+/// Builds an index at `dir/idx` from manifests.
+pub fn build_index(dir: &Path, manifests: &[PathBuf], params: Params) -> Index {
+    let corpora = load_manifests(manifests).unwrap();
+    let out = dir.join("idx");
+    let opts = BuildOptions {
+        params,
+        force: true,
+        ..BuildOptions::default()
+    };
+    build(&corpora, &out, &opts).unwrap();
+    Index::open(&out).unwrap()
+}
+
+/// Scans `text` pushed in pieces cut at `cuts` (byte offsets, ascending).
+pub fn scan_cuts(index: &Index, kind: TextKind, text: &[u8], cuts: &[usize]) -> Vec<Finding> {
+    let mut s = Scanner::new(&[index], kind);
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&text.len())) {
+        let c = c.clamp(prev, text.len());
+        s.push_bytes(&text[prev..c]);
+        prev = c;
+    }
+    s.finish();
+    let mut f = s.take_findings();
+    f.sort_by_key(|f| (f.output_start, f.doc, f.doc_unit_start));
+    f
+}
+
+pub fn scan(index: &Index, kind: TextKind, text: &str) -> Vec<Finding> {
+    scan_cuts(index, kind, text.as_bytes(), &[])
+}
+
+/// Deterministic xorshift.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut s = self.0 | 1;
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        self.0 = s;
+        s
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A vocabulary of made-up words; `tag` keeps two vocabularies disjoint. Some are multi-byte.
+pub fn vocabulary(tag: char, n: usize, seed: u64) -> Vec<String> {
+    let mut r = Rng(seed);
+    let letters: Vec<char> = "abcdefghijklmnopqrstuvwxyzéøüñß".chars().collect();
+    (0..n)
+        .map(|i| {
+            let len = 3 + r.below(6);
+            let mut w: String = (0..len).map(|_| letters[r.below(letters.len())]).collect();
+            w.push(tag);
+            w.push_str(&i.to_string());
+            w
+        })
+        .collect()
+}

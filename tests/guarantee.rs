@@ -1,0 +1,292 @@
+//! The product's backbone: any shared run of at least `t = k + p − 1` units is reported, with the
+//! right document and offsets, however the output is chunked; a run of `t − 1` units is not;
+//! unrelated text gives nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{Rng, build_index, scan, scan_cuts, vocabulary, write_corpus};
+use proptest::prelude::*;
+use verbatim::index::{ChannelParams, Index, Params};
+use verbatim::normalize::{Lang, TextKind, normalize};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    index: Index,
+    prose_docs: Vec<String>,
+    code_docs: Vec<String>,
+    /// Words that never occur in any document.
+    outside: Vec<String>,
+}
+
+const RUST: TextKind = TextKind::Code(Lang::C_LIKE);
+
+fn params_sets() -> [Params; 2] {
+    [
+        Params::default(),
+        Params {
+            prose: ChannelParams { k: 3, p: 4 },
+            code: ChannelParams { k: 5, p: 3 },
+            common_threshold: 32,
+        },
+    ]
+}
+
+fn fixture(which: usize) -> &'static Fixture {
+    static F: [OnceLock<Fixture>; 2] = [OnceLock::new(), OnceLock::new()];
+    F[which].get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let vocab = vocabulary('q', 400, 7);
+        let mut r = Rng(99 + which as u64);
+        let seps = [" ", " ", " ", "\n", ", ", ". ", " — ", "  ", "\n\n"];
+        let prose_docs: Vec<String> = (0..6)
+            .map(|_| {
+                let mut s = String::new();
+                for _ in 0..(150 + r.below(200)) {
+                    s.push_str(&vocab[r.below(vocab.len())]);
+                    s.push_str(seps[r.below(seps.len())]);
+                }
+                s
+            })
+            .collect();
+        let punct = [
+            "(", ")", "{", "}", ";", "=", "+", "->", "::", ",", "&", "<", ">",
+        ];
+        let code_docs: Vec<String> = (0..4)
+            .map(|_| {
+                let mut s = String::new();
+                for _ in 0..(200 + r.below(200)) {
+                    if r.below(3) == 0 {
+                        s.push_str(punct[r.below(punct.len())]);
+                    } else {
+                        s.push_str(
+                            &vocab[r.below(vocab.len())]
+                                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+                        );
+                    }
+                    s.push_str(["", " ", "\n", "\n    "][r.below(4)]);
+                }
+                s
+            })
+            .collect();
+        let pd: Vec<(String, String)> = prose_docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("p{i}.txt"), t.clone()))
+            .collect();
+        let cd: Vec<(String, String)> = code_docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("c{i}.rs"), t.clone()))
+            .collect();
+        let m1 = write_corpus(dir.path(), "prose", "prose", "copyrighted", None, &pd);
+        let m2 = write_corpus(
+            dir.path(),
+            "code",
+            "code",
+            "licensed",
+            Some("GPL-3.0-only"),
+            &cd,
+        );
+        let index = build_index(dir.path(), &[m1, m2], params_sets()[which]);
+        Fixture {
+            _dir: dir,
+            index,
+            prose_docs,
+            code_docs,
+            outside: vocabulary('z', 300, 11),
+        }
+    })
+}
+
+/// Output text embedding units `a..a+len` of a document between unrelated words; returns the
+/// text, the embedded byte range in it, and the source byte range.
+fn embed(
+    doc: &str,
+    kind: TextKind,
+    a: usize,
+    len: usize,
+    outside: &[String],
+    r: &mut Rng,
+    fenced: bool,
+) -> (String, (u64, u64), (u64, u64)) {
+    let units = normalize(doc, kind);
+    let a = a % (units.len() - len);
+    let (ss, se) = (units[a].start, units[a + len - 1].end);
+    let copied = &doc[ss as usize..se as usize];
+    let mut out = String::new();
+    for _ in 0..r.below(30) {
+        out.push_str(&outside[r.below(outside.len())]);
+        out.push(' ');
+    }
+    if fenced {
+        out.push_str("\n```rust\n");
+    }
+    let os = out.len() as u64;
+    out.push_str(copied);
+    let oe = out.len() as u64;
+    if fenced {
+        out.push_str("\n```\n");
+    } else {
+        out.push(' ');
+    }
+    for _ in 0..r.below(30) {
+        out.push_str(&outside[r.below(outside.len())]);
+        out.push(' ');
+    }
+    (out, (os, oe), (ss, se))
+}
+
+/// Cut points: `mode` 0 = whole, 1 = every byte, 2 = random.
+fn cuts(len: usize, mode: u8, r: &mut Rng) -> Vec<usize> {
+    match mode {
+        0 => vec![],
+        1 => (1..len).collect(),
+        _ => {
+            let mut v: Vec<usize> = (0..r.below(40)).map(|_| r.below(len + 1)).collect();
+            v.sort_unstable();
+            v
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_run_of_t_units_is_found_at_every_chunking(
+        which in 0usize..2,
+        code in any::<bool>(),
+        fenced in any::<bool>(),
+        doc in 0usize..16,
+        start in 0usize..10_000,
+        extra in prop_oneof![Just(0usize), 0usize..25],
+        seed in any::<u64>(),
+    ) {
+        let f = fixture(which);
+        let params = f.index.params();
+        let mut r = Rng(seed);
+        let (docs, kind, t, doc_id_base) = if code {
+            (&f.code_docs, RUST, params.code.t(), f.prose_docs.len())
+        } else {
+            (&f.prose_docs, TextKind::Markdown, params.prose.t(), 0)
+        };
+        let d = doc % docs.len();
+        let len = t as usize + extra;
+        let (text, (os, oe), (ss, se)) = embed(&docs[d], kind, start, len, &f.outside, &mut r, code && fenced);
+        let scan_kind = if code && !fenced { RUST } else { TextKind::Markdown };
+        let whole = scan_cuts(&f.index, scan_kind, text.as_bytes(), &[]);
+        prop_assert_eq!(whole.len(), 1, "expected one finding in {:?}", text);
+        let w = &whole[0];
+        prop_assert_eq!(w.doc as usize, doc_id_base + d);
+        prop_assert_eq!((w.output_start, w.output_end), (os, oe));
+        prop_assert_eq!(w.units as usize, len);
+        let (s0, _) = f.index.unit_span(w.doc, w.doc_unit_start).unwrap();
+        let (_, s1) = f.index.unit_span(w.doc, w.doc_unit_start + w.units - 1).unwrap();
+        prop_assert_eq!((u64::from(s0), u64::from(s1)), (ss, se));
+        for mode in [1u8, 2, 2, 2] {
+            let c = cuts(text.len(), mode, &mut r);
+            let got = scan_cuts(&f.index, scan_kind, text.as_bytes(), &c);
+            prop_assert_eq!(&got, &whole, "chunking changed the findings; cuts {:?}", c);
+        }
+    }
+
+    #[test]
+    fn a_run_of_t_minus_one_units_is_not_reported(
+        which in 0usize..2,
+        code in any::<bool>(),
+        doc in 0usize..16,
+        start in 0usize..10_000,
+        seed in any::<u64>(),
+    ) {
+        let f = fixture(which);
+        let params = f.index.params();
+        let mut r = Rng(seed);
+        let (docs, kind, t) = if code {
+            (&f.code_docs, RUST, params.code.t())
+        } else {
+            (&f.prose_docs, TextKind::Markdown, params.prose.t())
+        };
+        let d = doc % docs.len();
+        let (text, _, _) = embed(&docs[d], kind, start, t as usize - 1, &f.outside, &mut r, false);
+        let got = scan_cuts(&f.index, kind, text.as_bytes(), &cuts(text.len(), 2, &mut r));
+        prop_assert!(got.is_empty(), "t-1 units reported: {:?}", got);
+    }
+
+    #[test]
+    fn unrelated_text_gives_no_finding(which in 0usize..2, seed in any::<u64>()) {
+        let f = fixture(which);
+        let mut r = Rng(seed);
+        // Same vocabulary as the documents, in a fresh random order.
+        let vocab = vocabulary('q', 400, 7);
+        let text: String = (0..400).map(|_| format!("{} ", vocab[r.below(vocab.len())])).collect();
+        prop_assert!(scan(&f.index, TextKind::Markdown, &text).is_empty());
+    }
+}
+
+#[test]
+fn two_copies_from_two_documents_are_both_reported() {
+    let f = fixture(0);
+    let mut r = Rng(5);
+    let (a, _, _) = embed(
+        &f.prose_docs[1],
+        TextKind::Markdown,
+        17,
+        20,
+        &f.outside,
+        &mut r,
+        false,
+    );
+    let (b, _, _) = embed(
+        &f.prose_docs[4],
+        TextKind::Markdown,
+        40,
+        30,
+        &f.outside,
+        &mut r,
+        false,
+    );
+    let text = format!("{a}\n\n{b}");
+    let got = scan(&f.index, TextKind::Markdown, &text);
+    let docs: Vec<u32> = got.iter().map(|g| g.doc).collect();
+    assert_eq!(docs, [1, 4]);
+    assert_eq!(got.iter().map(|g| g.units).collect::<Vec<_>>(), [20, 30]);
+}
+
+/// Exhaustive over the boundary: exactly `t` units copied from every start position of every
+/// document, for both parameter sets and both channels. (A sampling off-by-one only misses some
+/// alignments, which random cases can fail to hit.)
+#[test]
+fn exactly_t_units_from_every_position_are_found() {
+    for which in 0..2 {
+        let f = fixture(which);
+        let params = f.index.params();
+        for (code, docs) in [(false, &f.prose_docs), (true, &f.code_docs)] {
+            let (kind, t, base) = if code {
+                (RUST, params.code.t() as usize, f.prose_docs.len())
+            } else {
+                (TextKind::Markdown, params.prose.t() as usize, 0)
+            };
+            for (d, doc) in docs.iter().enumerate() {
+                let units = normalize(doc, kind);
+                for a in 0..=units.len() - t {
+                    let copied = &doc[units[a].start as usize..units[a + t - 1].end as usize];
+                    let text = format!(
+                        "{} {copied} {}",
+                        f.outside[a % 300],
+                        f.outside[(a + 7) % 300]
+                    );
+                    let got = scan(&f.index, kind, &text);
+                    assert!(
+                        got.iter()
+                            .any(|g| g.doc as usize == base + d && g.units as usize >= t),
+                        "params {which}, doc {d} ({}), start {a}: not found",
+                        if code { "code" } else { "prose" }
+                    );
+                }
+            }
+        }
+    }
+}

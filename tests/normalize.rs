@@ -1,0 +1,248 @@
+//! The normaliser: the insensitivities it promises, and that chunking never changes its output
+//! (STYLE.md habit 3). Every case is replayed whole, one byte at a time, split at every byte
+//! position, and at seeded random points; a failure names the split that broke.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use verbatim::normalize::{Lang, Normalizer, TextKind, Unit, normalize};
+
+const RUST: TextKind = TextKind::Code(Lang::C_LIKE);
+
+fn py() -> TextKind {
+    TextKind::Code(Lang::from_name("python").unwrap())
+}
+
+/// Cases replayed at every chunking: (name, text, kind).
+fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
+    vec![
+        (
+            "plain prose",
+            "The quick brown fox jumps over the lazy dog.",
+            TextKind::Markdown,
+        ),
+        (
+            "multibyte words",
+            "Café naïve straße — «quoted» 日本語のテキスト ÆØÅ ﬁne.",
+            TextKind::Markdown,
+        ),
+        ("apostrophes", "don’t can't won`t ʼtis", TextKind::Markdown),
+        (
+            "combining marks after space",
+            "a \u{301}b e\u{301}t\u{301}e \u{200d}x",
+            TextKind::Markdown,
+        ),
+        (
+            "markdown and fence",
+            "Intro **bold** _it_ text.\n\n```rust\nfn main() { let x = \"s t r\"; } // c\n```\nAfter the fence.\n",
+            TextKind::Markdown,
+        ),
+        (
+            "fence indented and tilde",
+            "  ~~~~ python\nx = 'a b'  # comment\n~~~~\n````\nnot closed by three ```\n````\nend",
+            TextKind::Markdown,
+        ),
+        (
+            "fence at end without newline",
+            "text\n```\ncode here\n```",
+            TextKind::Markdown,
+        ),
+        (
+            "unclosed fence",
+            "text\n```js\nconst a = `tmpl ${x}`;\n",
+            TextKind::Markdown,
+        ),
+        (
+            "rust code",
+            "fn f<'a>(x: &'a str) -> u8 { /* block\n comment */ x.len() as u8 // tail\n}",
+            RUST,
+        ),
+        (
+            "python code",
+            "def f(a, b='x'):\n    # comment\n    return a ** 2 + 0x1F / 1.5e3  # more\n",
+            py(),
+        ),
+        ("unterminated string", "let s = \"abc\nlet t = 1;", RUST),
+        (
+            "crlf",
+            "line one\r\nline two\r\n```\r\nx = 1\r\n```\r\n",
+            TextKind::Markdown,
+        ),
+        ("empty", "", TextKind::Markdown),
+    ]
+}
+
+fn whole(text: &[u8], kind: TextKind) -> Vec<Unit> {
+    let mut n = Normalizer::new(kind);
+    let mut out = Vec::new();
+    n.push_bytes(text, &mut out);
+    n.finish(&mut out);
+    out
+}
+
+fn chunked(text: &[u8], kind: TextKind, cuts: &[usize]) -> Vec<Unit> {
+    let mut n = Normalizer::new(kind);
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&text.len())) {
+        n.push_bytes(&text[prev..c], &mut out);
+        prev = c;
+    }
+    n.finish(&mut out);
+    out
+}
+
+/// Deterministic xorshift for reproducible random splits.
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+#[test]
+fn chunking_never_changes_units() {
+    for (name, text, kind) in chunking_cases() {
+        let bytes = text.as_bytes();
+        let expect = whole(bytes, kind);
+        // Sanity: the str path agrees with the bytes path.
+        assert_eq!(
+            normalize(text, kind),
+            expect,
+            "{name}: push_str vs push_bytes"
+        );
+        let every: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(
+            chunked(bytes, kind, &every),
+            expect,
+            "{name}: one byte at a time"
+        );
+        for cut in 1..bytes.len() {
+            assert_eq!(
+                chunked(bytes, kind, &[cut]),
+                expect,
+                "{name}: split at byte {cut}"
+            );
+        }
+        let mut r = rng(0x5eed ^ bytes.len() as u64);
+        for trial in 0..50 {
+            let mut cuts: Vec<usize> = (0..(r() % 8))
+                .map(|_| (r() as usize) % (bytes.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                chunked(bytes, kind, &cuts),
+                expect,
+                "{name}: random trial {trial} cuts {cuts:?}"
+            );
+        }
+    }
+}
+
+fn hashes(text: &str, kind: TextKind) -> Vec<u64> {
+    normalize(text, kind).iter().map(|u| u.hash).collect()
+}
+
+#[test]
+fn prose_is_insensitive_to_case_space_quotes_dashes_and_markup() {
+    let base = "It's the writing that keeps the bell honest - he said, and the sea agreed";
+    let variants = [
+        "IT'S THE WRITING THAT KEEPS THE BELL HONEST — HE SAID, AND THE SEA AGREED",
+        "It’s   the writing\nthat keeps the\n\nbell honest – he said,\tand the sea agreed",
+        "> It's the **writing** that keeps the _bell_ honest -- he said, and the `sea` agreed",
+        "- It's the writing that *keeps* the bell honest: he said; and the sea agreed!",
+        "It＇s the ｗｒｉｔｉｎｇ that keeps the bell honest — he said, and the sea agreed",
+    ];
+    let expect = hashes(base, TextKind::Markdown);
+    assert_eq!(expect.len(), 14);
+    for v in variants {
+        assert_eq!(hashes(v, TextKind::Markdown), expect, "variant: {v}");
+    }
+    // ß folds to ss, so an ALL-CAPS copy still matches.
+    assert_eq!(
+        hashes("Die Straße", TextKind::Markdown),
+        hashes("DIE STRASSE", TextKind::Markdown)
+    );
+}
+
+#[test]
+fn prose_differs_when_words_differ() {
+    assert_ne!(
+        hashes("the bell rang twice", TextKind::Markdown),
+        hashes("the bell rang thrice", TextKind::Markdown)
+    );
+}
+
+#[test]
+fn code_is_insensitive_to_whitespace_indentation_and_comments() {
+    let base = "fn add(a: u32, b: u32) -> u32 {\n    a + b\n}\n";
+    let variants = [
+        "fn add(a:u32,b:u32)->u32{a+b}",
+        "fn add(\n        a: u32, // first\n        b: u32 /* second */\n) -> u32 {\n\ta + b\n}",
+        "/// Adds.\nfn add(a: u32, b: u32) -> u32 { a + b }",
+    ];
+    let expect = hashes(base, RUST);
+    for v in variants {
+        assert_eq!(hashes(v, RUST), expect, "variant: {v}");
+    }
+    // Python comments use `#`.
+    assert_eq!(
+        hashes("x = f(y)  # why\nreturn x\n", py()),
+        hashes("x=f(y)\nreturn x", py())
+    );
+    // Case matters in code; string literals are kept whole.
+    assert_ne!(hashes("let X = 1;", RUST), hashes("let x = 1;", RUST));
+    assert_ne!(hashes("s = \"a b\"", RUST), hashes("s = \"a  b\"", RUST));
+}
+
+#[test]
+fn units_map_back_to_their_bytes() {
+    let text = "Héllo, **wörld**!\n```py\nx = 'q' # c\n```\nBye";
+    let units = normalize(text, TextKind::Markdown);
+    let pieces: Vec<&str> = units
+        .iter()
+        .map(|u| &text[u.start as usize..u.end as usize])
+        .collect();
+    assert_eq!(pieces, ["Héllo", "wörld", "x", "=", "'q'", "Bye"]);
+}
+
+#[test]
+fn invalid_utf8_acts_as_whitespace_and_keeps_offsets() {
+    let mut bytes = b"alpha".to_vec();
+    bytes.push(0xff);
+    bytes.extend_from_slice(b"beta \xe2\x82 gamma");
+    let units = whole(&bytes, TextKind::Markdown);
+    let spans: Vec<(u64, u64)> = units.iter().map(|u| (u.start, u.end)).collect();
+    assert_eq!(spans, [(0, 5), (6, 10), (14, 19)]);
+    assert_eq!(
+        units[0].hash,
+        normalize("alpha", TextKind::Markdown)[0].hash
+    );
+    // A sequence cut at the end of the input is invalid, not lost.
+    let mut n = Normalizer::new(TextKind::Markdown);
+    let mut out = Vec::new();
+    n.push_bytes(b"word \xe2", &mut out);
+    n.finish(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(n.offset(), 6);
+}
+
+#[test]
+fn pending_start_never_passes_an_unfinished_unit() {
+    let text = "alpha beta gam";
+    let mut n = Normalizer::new(TextKind::Markdown);
+    let mut out = Vec::new();
+    n.push_str(text, &mut out);
+    // "gam" may still grow into "gamma"; "beta" is not final either until whitespace
+    // follows it, which it does.
+    assert_eq!(
+        n.pending_start(),
+        10,
+        "the space before `gam` and what follows are pending"
+    );
+    assert_eq!(out.len(), 2);
+    n.push_str("ma ", &mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(&text[out[2].start as usize..], "gam");
+}
