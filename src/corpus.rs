@@ -328,12 +328,19 @@ fn build_globs(r: &mut TomlReader, key: &str, list: Vec<Spanned<String>>) -> Opt
     }
 }
 
-/// Checks an SPDX license expression (`NOASSERTION` is accepted as "unknown").
+/// Checks an SPDX license expression (`NOASSERTION` is accepted as "unknown"). Deprecated
+/// identifiers (`GPL-3.0`, meaning `GPL-3.0-only`) are still SPDX and common in the wild, so they
+/// are accepted; unknown identifiers are not (they are usually typos).
 pub fn validate_spdx(expr: &str) -> Result<(), String> {
     if expr == "NOASSERTION" {
         return Ok(());
     }
-    spdx::Expression::parse(expr)
+    let mode = spdx::ParseMode {
+        allow_deprecated: true,
+        allow_postfix_plus_on_gpl: true,
+        ..spdx::ParseMode::STRICT
+    };
+    spdx::Expression::parse_mode(expr, mode)
         .map(|_| ())
         .map_err(|e| format!("invalid SPDX expression `{expr}`: {}", e.reason))
 }
@@ -411,7 +418,24 @@ impl Corpus {
                 if !self.selected(&rel) {
                     continue;
                 }
-                let ft = entry.file_type();
+                // A path the manifest names is followed even if it is a link (walkdir follows
+                // roots); links found below it are not.
+                let ft = if entry.depth() == 0 && entry.path_is_symlink() {
+                    match fs::metadata(entry.path()) {
+                        Ok(m) => m.file_type(),
+                        Err(e) => {
+                            skipped.push(Skipped {
+                                corpus: self.name.clone(),
+                                path: rel,
+                                reason: SkipReason::Unreadable,
+                                detail: e.to_string(),
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    entry.file_type()
+                };
                 if ft.is_symlink() {
                     skipped.push(Skipped {
                         corpus: self.name.clone(),
@@ -420,7 +444,7 @@ impl Corpus {
                         detail: "symbolic links are not followed".into(),
                     });
                 } else if ft.is_file() {
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    let size = fs::metadata(entry.path()).map(|m| m.len()).unwrap_or(0);
                     files.push(SourceFile {
                         abs: entry.path().to_path_buf(),
                         rel,

@@ -5,7 +5,7 @@
 //! so a hash that changes between releases or machines (std's `DefaultHasher`, `ahash`) would
 //! silently break every index. Changing anything here is an index format change.
 
-use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::normalize::Channel;
 
@@ -31,12 +31,99 @@ pub fn stored(hash: u64) -> u32 {
     (hash ^ (hash >> 32)) as u32
 }
 
-/// Key of the k-gram made of `units` (their 64-bit hashes, in order).
+/// Multiplier of the polynomial k-gram hash (odd, so multiplication is invertible mod 2^64).
+const KGRAM_BASE: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Key of the k-gram made of `units` (their 64-bit hashes, in order): the polynomial
+/// `Σ hᵢ·B^(k−1−i) mod 2^64`, finalised by a 64-bit mixer. Unit hashes are already uniformly
+/// random, so a polynomial over them is a good hash, and unlike hashing the k·8 bytes afresh it
+/// can be rolled in O(1) per unit ([`RollingKgram`]), which is what the scan's hot path does.
 #[inline]
 pub fn kgram_key(units: impl IntoIterator<Item = u64>) -> u64 {
-    let mut h = Xxh3::with_seed(KGRAM_SEED);
-    for u in units {
-        h.update(&u.to_le_bytes());
+    finalize(
+        units
+            .into_iter()
+            .fold(0u64, |acc, h| acc.wrapping_mul(KGRAM_BASE).wrapping_add(h)),
+    )
+}
+
+#[inline]
+fn finalize(mut x: u64) -> u64 {
+    // MurmurHash3's fmix64.
+    x ^= KGRAM_SEED;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The key of the last `k` units, updated in O(1) per unit. The caller supplies the unit that
+/// leaves the window (the one `k` units back).
+#[derive(Debug, Clone)]
+pub struct RollingKgram {
+    k: usize,
+    /// B^k, to remove the unit leaving the window.
+    base_k: u64,
+    acc: u64,
+    /// Units in the window so far (saturates at k).
+    filled: usize,
+}
+
+impl RollingKgram {
+    pub fn new(k: usize) -> Self {
+        let base_k = (0..k).fold(1u64, |p, _| p.wrapping_mul(KGRAM_BASE));
+        RollingKgram {
+            k,
+            base_k,
+            acc: 0,
+            filled: 0,
+        }
     }
-    h.digest()
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Empties the window (e.g. when the channel changes).
+    pub fn reset(&mut self) {
+        self.acc = 0;
+        self.filled = 0;
+    }
+
+    /// Adds `h`; `leaving` must be the unit `k` positions back once the window is full.
+    /// Returns the key once the window holds `k` units.
+    #[inline]
+    pub fn push(&mut self, h: u64, leaving: Option<u64>) -> Option<u64> {
+        self.acc = self.acc.wrapping_mul(KGRAM_BASE).wrapping_add(h);
+        if self.filled == self.k {
+            let old = leaving.unwrap_or(0);
+            self.acc = self.acc.wrapping_sub(old.wrapping_mul(self.base_k));
+        } else {
+            self.filled += 1;
+        }
+        (self.filled == self.k).then(|| finalize(self.acc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_key_equals_direct_key() {
+        let hs: Vec<u64> = (0..200u64).map(|i| xxh3_64_with_seed(&i.to_le_bytes(), 1)).collect();
+        for k in [1, 2, 5, 8, 16, 64] {
+            let mut r = RollingKgram::new(k);
+            for i in 0..hs.len() {
+                let leaving = i.checked_sub(k).map(|j| hs[j]);
+                let got = r.push(hs[i], leaving);
+                if i + 1 >= k {
+                    assert_eq!(got, Some(kgram_key(hs[i + 1 - k..=i].iter().copied())), "k {k} at {i}");
+                } else {
+                    assert_eq!(got, None);
+                }
+            }
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::hash::{kgram_key, stored};
+use crate::hash::{stored, RollingKgram};
 use crate::index::{Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit};
 
@@ -72,6 +72,10 @@ struct IndexMatcher<'i> {
     index: &'i Index,
     params: Params,
     open: Vec<Candidate>,
+    roll: RollingKgram,
+    roll_channel: Option<Channel>,
+    /// Per fresh unit: its k-gram key if the filter may contain it.
+    probes: Vec<Option<u64>>,
 }
 
 impl<'i> IndexMatcher<'i> {
@@ -90,12 +94,41 @@ impl<'i> IndexMatcher<'i> {
         }
     }
 
-    /// Takes unit number `n` (the last of `hist`, whose first unit is number `base`).
+    /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and probes the filter for all
+    /// of them in one tight loop, so the filter's cache misses overlap instead of stalling the
+    /// per-unit logic one at a time. Fills `self.probes` with one entry per fresh unit.
+    fn prepare(&mut self, hist: &VecDeque<Unit>, fresh: &[Unit]) {
+        self.probes.clear();
+        for (j, u) in fresh.iter().enumerate() {
+            let k = self.params.channel(u.channel).k as usize;
+            if self.roll_channel != Some(u.channel) {
+                self.roll = RollingKgram::new(k);
+                self.roll_channel = Some(u.channel);
+            }
+            let leaving = if j >= k {
+                Some(fresh[j - k].hash)
+            } else {
+                hist.len().checked_sub(k - j).map(|i| hist[i].hash)
+            };
+            self.probes.push(self.roll.push(u.hash, leaving));
+        }
+        let index = self.index;
+        for p in &mut self.probes {
+            if let Some(key) = *p {
+                if !index.may_contain(key) {
+                    *p = None;
+                }
+            }
+        }
+    }
+
+    /// Takes unit number `n` (the last of `hist`); `probe` is the key of the k-gram it
+    /// completes if the filter says the index may hold it.
     fn on_unit(
         &mut self,
         hist: &VecDeque<Unit>,
-        base: u64,
         n: u64,
+        probe: Option<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
@@ -118,18 +151,11 @@ impl<'i> IndexMatcher<'i> {
             }
         }
 
-        // Probe the k-gram this unit completes.
+        let Some(key) = probe else { return };
         let ch = unit.channel;
         let k = self.params.channel(ch).k as usize;
-        if hist.len() < k {
-            return;
-        }
         let first = hist.len() - k;
-        if hist.range(first..).any(|u| u.channel != ch) {
-            return;
-        }
-        let key = kgram_key(hist.range(first..).map(|u| u.hash));
-        let postings = index.lookup(key);
+        let postings = index.lookup_unfiltered(key);
         if postings.is_empty() {
             return;
         }
@@ -159,7 +185,6 @@ impl<'i> IndexMatcher<'i> {
                 }
                 e += 1;
             }
-            let _ = base;
             self.open.push(Candidate {
                 doc: p.doc,
                 doc_start: (q - e) as u32,
@@ -200,6 +225,9 @@ impl<'i> Scanner<'i> {
                 index: ix,
                 params: ix.params(),
                 open: Vec::new(),
+                roll: RollingKgram::new(1),
+                roll_channel: None,
+                probes: Vec::new(),
             })
             .collect();
         let t_max = matchers
@@ -246,7 +274,13 @@ impl<'i> Scanner<'i> {
     }
 
     fn take_units(&mut self, fresh: &mut Vec<Unit>) {
-        for u in fresh.drain(..) {
+        if fresh.is_empty() {
+            return;
+        }
+        for m in &mut self.matchers {
+            m.prepare(&self.hist, fresh);
+        }
+        for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
                 self.base += 1;
@@ -254,7 +288,8 @@ impl<'i> Scanner<'i> {
             self.hist.push_back(u);
             let n = self.base + self.hist.len() as u64 - 1;
             for (i, m) in self.matchers.iter_mut().enumerate() {
-                m.on_unit(&self.hist, self.base, n, i, &mut self.findings);
+                let probe = m.probes[j];
+                m.on_unit(&self.hist, n, probe, i, &mut self.findings);
             }
         }
     }

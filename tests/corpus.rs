@@ -175,3 +175,25 @@ fn a_file_that_vanishes_before_reading_is_unreadable_not_a_panic() {
     assert_eq!(reason, SkipReason::Unreadable);
     assert!(detail.contains("No such file"), "{detail}");
 }
+
+#[test]
+fn a_linked_path_named_by_the_manifest_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(real.join("sub")).unwrap();
+    std::fs::write(real.join("sub/a.txt"), "some words").unwrap();
+    std::fs::write(dir.path().join("single.txt"), "one file").unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("linked")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("single.txt"), dir.path().join("file-link.txt")).unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "name = \"l\"\nrights = \"copyrighted\"\npaths = [\"linked\", \"file-link.txt\"]\n",
+    )
+    .unwrap();
+    let c = load_manifests(&[dir.path().join("m.toml")]).unwrap().remove(0);
+    let (files, skipped) = c.files();
+    let rels: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
+    assert_eq!(rels, ["linked/sub/a.txt", "file-link.txt"]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(files[0].size, 10);
+}

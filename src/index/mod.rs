@@ -442,6 +442,11 @@ impl Index {
         if !self.may_contain(key) {
             return &[];
         }
+        self.lookup_unfiltered(key)
+    }
+
+    /// [`Index::lookup`] for a key the filter already let through.
+    pub fn lookup_unfiltered(&self, key: u64) -> &[Posting] {
         let b = (key >> (64 - self.bucket_bits)) as usize;
         let dir = self.bucket_dir();
         let (Some(&lo), Some(&hi)) = (dir.get(b), dir.get(b + 1)) else {

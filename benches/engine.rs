@@ -1,0 +1,236 @@
+//! Engine benchmark: memory to serve, bulk scan throughput and per-chunk scan latency, each
+//! beside a baseline measured in the same run (normalisation alone), because absolute figures
+//! on a shared 2-core machine drift.
+//!
+//!   cargo bench --bench engine -- --index IDX --corpus-root DIR [--sample-mib 32] [--json F]
+//!
+//! `--corpus-root` is the directory the index's document paths are relative to (the manifests'
+//! directory). Under `cargo test --all-targets` (no `--bench` flag) it runs once on the committed
+//! fixture index so the program itself is tested; those numbers mean nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use verbatim::index::Index;
+use verbatim::matcher::Scanner;
+use verbatim::normalize::{Normalizer, TextKind};
+use verbatim::procstat;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    index: Option<PathBuf>,
+    #[arg(long)]
+    corpus_root: Option<PathBuf>,
+    /// Files never indexed (e.g. held-out crates): the "unrelated" workload.
+    #[arg(long)]
+    unrelated_root: Option<PathBuf>,
+    /// Bytes of corpus text to sample for the scan workloads.
+    #[arg(long, default_value_t = 32)]
+    sample_mib: u64,
+    /// Repetitions of each throughput measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long)]
+    bench: bool,
+}
+
+struct Doc {
+    kind: TextKind,
+    text: Vec<u8>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Up to `want` bytes of text files under `root` (links followed), in path order.
+fn read_tree(root: &Path, want: u64) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    let mut got = 0;
+    for e in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        if got >= want || !e.file_type().is_file() {
+            continue;
+        }
+        let kind = TextKind::from_path(e.path());
+        let ext = e.path().extension().and_then(|x| x.to_str()).unwrap_or("");
+        if matches!(kind, TextKind::Markdown) && !matches!(ext, "md" | "txt") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(e.path()) else { continue };
+        if text.len() > 4 << 20 || std::str::from_utf8(&text).is_err() {
+            continue;
+        }
+        got += text.len() as u64;
+        docs.push(Doc { kind, text });
+    }
+    docs
+}
+
+fn throughput(docs: &[Doc], reps: usize, mut f: impl FnMut(&Doc)) -> f64 {
+    let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        for d in docs {
+            f(d);
+        }
+        rates.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    median(&mut rates)
+}
+
+fn main() {
+    let args = Args::parse();
+    let smoke = !args.bench;
+    let (index_dir, root, unrelated_root) = if smoke {
+        println!("test mode: one smoke run on the fixture index; the numbers mean nothing");
+        (PathBuf::from("tests/fixtures/index-v1"), PathBuf::from("corpora"), PathBuf::from("src"))
+    } else {
+        (
+            args.index.clone().expect("--index is required"),
+            args.corpus_root.clone().expect("--corpus-root is required"),
+            args.unrelated_root.clone().expect("--unrelated-root is required"),
+        )
+    };
+    let reps = if smoke { 1 } else { args.reps.max(1) };
+
+    let anon0 = procstat::rss_anon().unwrap_or(0);
+    let t = Instant::now();
+    let index = Index::open(&index_dir).expect("open index");
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let anon1 = procstat::rss_anon().unwrap_or(0);
+    let corpus_gb = index.manifest().stats.corpus_bytes as f64 / 1e9;
+
+    // Sample documents spread over the whole index.
+    let want = args.sample_mib << 20;
+    let ndocs = index.docs().len();
+    let stride = (ndocs / 4000).max(1);
+    let mut pos = Vec::new();
+    let mut got = 0u64;
+    for (i, d) in index.docs().iter().enumerate().step_by(stride) {
+        if got >= want {
+            break;
+        }
+        if d.bytes > 4 << 20 {
+            continue;
+        }
+        let Ok(text) = std::fs::read(root.join(&d.path)) else { continue };
+        let kind = if d.text == "code" {
+            match TextKind::from_path(Path::new(&d.path)) {
+                TextKind::Code(l) => TextKind::Code(l),
+                TextKind::Markdown => TextKind::Code(verbatim::normalize::Lang::C_LIKE),
+            }
+        } else {
+            TextKind::Markdown
+        };
+        got += text.len() as u64;
+        pos.push(Doc { kind, text });
+        let _ = i;
+    }
+    let neg = read_tree(&unrelated_root, want);
+    let sample_mb = got as f64 / 1e6;
+    let unrelated_mb = neg.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
+
+    // Throughput, single thread: normalisation alone (the baseline) and full scans.
+    let chunk = 64 << 10;
+    let norm = |d: &Doc| {
+        let mut n = Normalizer::new(d.kind);
+        let mut out = Vec::new();
+        for c in d.text.chunks(chunk) {
+            n.push_bytes(c, &mut out);
+            out.clear();
+        }
+        n.finish(&mut out);
+    };
+    let findings = std::cell::Cell::new(0usize);
+    let scan = |d: &Doc| {
+        let mut s = Scanner::new(&[&index], d.kind);
+        for c in d.text.chunks(chunk) {
+            s.push_bytes(c);
+        }
+        s.finish();
+        findings.set(findings.get() + s.take_findings().len());
+    };
+    let norm_pos = throughput(&pos, reps, norm);
+    let scan_pos = throughput(&pos, reps, scan);
+    let pos_findings = findings.replace(0) / reps;
+    let norm_neg = throughput(&neg, reps, norm);
+    let scan_neg = throughput(&neg, reps, scan);
+    let neg_findings = findings.replace(0) / reps;
+
+    // Latency of each 32-byte chunk pushed into a scanner, over interleaved copied and
+    // unrelated text (a stream of ~4 MiB at most).
+    let timer_ns = {
+        let mut v: Vec<u64> = (0..100_000)
+            .map(|_| {
+                let t = Instant::now();
+                t.elapsed().as_nanos() as u64
+            })
+            .collect();
+        v.sort_unstable();
+        percentile(&v, 0.5)
+    };
+    let mut lat: Vec<u64> = Vec::new();
+    let mut budget = 4usize << 20;
+    for (p, n) in pos.iter().zip(&neg) {
+        for d in [p, n] {
+            if budget == 0 {
+                break;
+            }
+            let mut s = Scanner::new(&[&index], d.kind);
+            for c in d.text.chunks(32) {
+                let t = Instant::now();
+                s.push_bytes(c);
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            s.finish();
+            budget = budget.saturating_sub(d.text.len());
+        }
+    }
+    lat.sort_unstable();
+    let anon2 = procstat::rss_anon().unwrap_or(0);
+    let file2 = procstat::rss_file().unwrap_or(0);
+
+    let serve_anon = anon1.saturating_sub(anon0);
+    let report = serde_json::json!({
+        "index": index_dir,
+        "corpus_gb": corpus_gb,
+        "documents": index.manifest().stats.documents,
+        "open_ms": open_ms,
+        "resident_anon_bytes_after_open": serve_anon,
+        "resident_anon_gb_per_corpus_gb": serve_anon as f64 / 1e9 / corpus_gb.max(1e-12),
+        "index_estimate_resident_bytes": index.resident_bytes(),
+        "rss_file_after_scans_bytes": file2,
+        "rss_anon_after_scans_bytes": anon2,
+        "sample_mb": sample_mb,
+        "sample_docs": pos.len(),
+        "unrelated_mb": unrelated_mb,
+        "unrelated_docs": neg.len(),
+        "reps": reps,
+        "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings},
+        "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings},
+        "chunk32_latency_ns": {
+            "chunks": lat.len(),
+            "p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99),
+            "p999": percentile(&lat, 0.999), "max": lat.last().copied().unwrap_or(0),
+            "timer_overhead_p50": timer_ns,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    }
+}

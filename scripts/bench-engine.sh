@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The detection-engine benchmark of docs/benchmarks.md, end to end:
+#   1. fetch ~1 GB of crate sources from the crate registry (scripts/fetch-crates.sh);
+#   2. hold out every crate whose name hashes to 0 mod 10 (all its versions) as unrelated text;
+#   3. build an index of the rest, timed by /usr/bin/time (wall, CPU, peak RSS);
+#   4. run `cargo bench --bench engine` (memory to serve, throughput, per-chunk latency).
+# Results go to bench-data/results/ (not committed); docs/benchmarks.md quotes them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=bench-data/crates
+R=bench-data/results
+mkdir -p "$R"
+[ -d "$D/manifests/src" ] || scripts/fetch-crates.sh "$D"
+
+rm -rf "$D/indexed" "$D/held-out"
+mkdir -p "$D/indexed" "$D/held-out"
+ln -s ../manifests/src "$D/indexed/src"
+for m in "$D"/manifests/*.toml; do
+  base=$(basename "$m" .toml)
+  crate=${base%-[0-9]*}
+  if [ $(( $(printf '%s' "$crate" | cksum | cut -d' ' -f1) % 10 )) -eq 0 ]; then
+    ln -s "$(cd "$D/manifests/src/$base" && pwd -P)" "$D/held-out/$base"
+  else
+    ln -s "../manifests/$base.toml" "$D/indexed/$base.toml"
+  fi
+done
+echo "indexed manifests: $(ls "$D"/indexed/*.toml | wc -l), held-out crate versions: $(ls "$D/held-out" | wc -l)"
+
+cargo build --release --quiet
+/usr/bin/time -v -o "$R/build-time.txt" ./target/release/verbatim index build \
+  --corpus "$D/indexed" --out bench-data/idx-crates --force --quiet --json > "$R/build.json"
+grep -E "Elapsed|User time|System time|Maximum resident" "$R/build-time.txt"
+python3 - "$R/build.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+st = s["stats"]; gb = st["corpus_bytes"] / 1e9; secs = s["elapsed"]["secs"] + s["elapsed"]["nanos"] / 1e9
+print(f"corpus {gb*1000:.0f} MB, {st['documents']} documents, {st['units']} units, {st['postings']} postings, {st['common_keys']} common keys")
+print(f"build {secs:.1f} s = {gb*1000/secs:.1f} MB/s wall; index on disk {s['size_on_disk']/1e9:.2f} GB = {s['size_on_disk']/1e9/gb:.2f} GB per GB")
+print(f"peak build RSS {s['peak_rss']/1e6:.0f} MB; memory to serve (estimate) {s['resident_bytes']/1e6:.1f} MB = {s['resident_bytes']/1e9/gb:.3f} GB per GB")
+PY
+cargo bench --quiet --bench engine -- --index bench-data/idx-crates --corpus-root "$D/indexed" \
+  --unrelated-root "$D/held-out" --json "$R/engine.json" > /dev/null
+cat "$R/engine.json"
