@@ -27,6 +27,9 @@ struct Args {
     /// Files never indexed (e.g. held-out crates): the "unrelated" workload.
     #[arg(long)]
     unrelated_root: Option<PathBuf>,
+    /// Prose never indexed (e.g. the Python documentation sources): the "prose" workload.
+    #[arg(long)]
+    prose_root: Option<PathBuf>,
     /// Bytes of corpus text to sample for the scan workloads.
     #[arg(long, default_value_t = 32)]
     sample_mib: u64,
@@ -59,17 +62,22 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn read_tree(root: &Path, want: u64) -> Vec<Doc> {
     let mut docs = Vec::new();
     let mut got = 0;
-    for e in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let Ok(e) = e else { continue };
         if got >= want || !e.file_type().is_file() {
             continue;
         }
         let kind = TextKind::from_path(e.path());
         let ext = e.path().extension().and_then(|x| x.to_str()).unwrap_or("");
-        if matches!(kind, TextKind::Markdown) && !matches!(ext, "md" | "txt") {
+        if !matches!(kind, TextKind::Code(_)) && !matches!(ext, "md" | "txt") {
             continue;
         }
-        let Ok(text) = std::fs::read(e.path()) else { continue };
+        let Ok(text) = std::fs::read(e.path()) else {
+            continue;
+        };
         if text.len() > 4 << 20 || std::str::from_utf8(&text).is_err() {
             continue;
         }
@@ -97,12 +105,18 @@ fn main() {
     let smoke = !args.bench;
     let (index_dir, root, unrelated_root) = if smoke {
         println!("test mode: one smoke run on the fixture index; the numbers mean nothing");
-        (PathBuf::from("tests/fixtures/index-v1"), PathBuf::from("corpora"), PathBuf::from("src"))
+        (
+            PathBuf::from("tests/fixtures/index-v1"),
+            PathBuf::from("corpora"),
+            PathBuf::from("src"),
+        )
     } else {
         (
             args.index.clone().expect("--index is required"),
             args.corpus_root.clone().expect("--corpus-root is required"),
-            args.unrelated_root.clone().expect("--unrelated-root is required"),
+            args.unrelated_root
+                .clone()
+                .expect("--unrelated-root is required"),
         )
     };
     let reps = if smoke { 1 } else { args.reps.max(1) };
@@ -127,20 +141,25 @@ fn main() {
         if d.bytes > 4 << 20 {
             continue;
         }
-        let Ok(text) = std::fs::read(root.join(&d.path)) else { continue };
-        let kind = if d.text == "code" {
-            match TextKind::from_path(Path::new(&d.path)) {
-                TextKind::Code(l) => TextKind::Code(l),
-                TextKind::Markdown => TextKind::Code(verbatim::normalize::Lang::C_LIKE),
-            }
-        } else {
-            TextKind::Markdown
+        let Ok(text) = std::fs::read(root.join(&d.path)) else {
+            continue;
+        };
+        let kind = match (d.text.as_str(), TextKind::from_path(Path::new(&d.path))) {
+            ("code", TextKind::Code(l)) => TextKind::Code(l),
+            ("code", _) => TextKind::Code(verbatim::normalize::Lang::C_LIKE),
+            ("markdown", _) => TextKind::Markdown,
+            _ => TextKind::Prose,
         };
         got += text.len() as u64;
         pos.push(Doc { kind, text });
         let _ = i;
     }
     let neg = read_tree(&unrelated_root, want);
+    let prose = match (&args.prose_root, smoke) {
+        (Some(p), _) => read_tree(p, want),
+        (None, true) => read_tree(Path::new("docs"), want),
+        (None, false) => Vec::new(),
+    };
     let sample_mb = got as f64 / 1e6;
     let unrelated_mb = neg.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
 
@@ -170,6 +189,15 @@ fn main() {
     let norm_neg = throughput(&neg, reps, norm);
     let scan_neg = throughput(&neg, reps, scan);
     let neg_findings = findings.replace(0) / reps;
+    let (norm_prose, scan_prose) = if prose.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (
+            throughput(&prose, reps, norm),
+            throughput(&prose, reps, scan),
+        )
+    };
+    let prose_findings = findings.replace(0) / reps;
 
     // Latency of each 32-byte chunk pushed into a scanner, over interleaved copied and
     // unrelated text (a stream of ~4 MiB at most).
@@ -221,6 +249,7 @@ fn main() {
         "unrelated_docs": neg.len(),
         "reps": reps,
         "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings},
+        "prose": {"mb": prose.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6, "normalise_mb_s": norm_prose, "scan_mb_s": scan_prose, "scan_over_normalise": scan_prose / norm_prose, "findings": prose_findings},
         "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings},
         "chunk32_latency_ns": {
             "chunks": lat.len(),

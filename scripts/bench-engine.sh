@@ -11,6 +11,13 @@ D=bench-data/crates
 R=bench-data/results
 mkdir -p "$R"
 [ -d "$D/manifests/src" ] || scripts/fetch-crates.sh "$D"
+# Unrelated prose: the Python documentation sources from Debian's python3.11-doc.
+P=bench-data/debian/pydoc
+if [ ! -d "$P" ]; then
+  mkdir -p bench-data/debian
+  (cd bench-data/debian && { apt-get download python3.11-doc || { apt-get update -qq && apt-get download python3.11-doc; }; } \
+    && dpkg-deb -x python3.11-doc_*.deb pydoc)
+fi
 
 rm -rf "$D/indexed" "$D/held-out"
 mkdir -p "$D/indexed" "$D/held-out"
@@ -39,5 +46,5 @@ print(f"build {secs:.1f} s = {gb*1000/secs:.1f} MB/s wall; index on disk {s['siz
 print(f"peak build RSS {s['peak_rss']/1e6:.0f} MB; memory to serve (estimate) {s['resident_bytes']/1e6:.1f} MB = {s['resident_bytes']/1e9/gb:.3f} GB per GB")
 PY
 cargo bench --quiet --bench engine -- --index bench-data/idx-crates --corpus-root "$D/indexed" \
-  --unrelated-root "$D/held-out" --json "$R/engine.json" > /dev/null
+  --unrelated-root "$D/held-out" --prose-root "$P/usr/share/doc/python3.11/html/_sources" --json "$R/engine.json" > /dev/null
 cat "$R/engine.json"

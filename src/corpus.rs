@@ -19,7 +19,7 @@ use crate::normalize::TextKind;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CorpusKind {
-    /// Prose (markdown-aware: fenced blocks are code).
+    /// Prose (markdown files are read as markdown: fenced blocks are code).
     Prose,
     /// Code; the language of each file comes from its extension.
     Code,
@@ -480,10 +480,15 @@ impl Corpus {
     /// How a file of this corpus is normalised.
     pub fn text_kind(&self, rel: &str) -> TextKind {
         match self.kind {
-            CorpusKind::Prose => TextKind::Markdown,
+            CorpusKind::Prose => match TextKind::from_path(Path::new(rel)) {
+                TextKind::Markdown => TextKind::Markdown,
+                TextKind::Prose | TextKind::Code(_) => TextKind::Prose,
+            },
             CorpusKind::Code => match TextKind::from_path(Path::new(rel)) {
                 TextKind::Code(l) => TextKind::Code(l),
-                TextKind::Markdown => TextKind::Code(crate::normalize::Lang::C_LIKE),
+                TextKind::Markdown | TextKind::Prose => {
+                    TextKind::Code(crate::normalize::Lang::C_LIKE)
+                }
             },
             CorpusKind::Auto => TextKind::from_path(Path::new(rel)),
         }

@@ -112,14 +112,20 @@ mod tests {
 
     #[test]
     fn rolling_key_equals_direct_key() {
-        let hs: Vec<u64> = (0..200u64).map(|i| xxh3_64_with_seed(&i.to_le_bytes(), 1)).collect();
+        let hs: Vec<u64> = (0..200u64)
+            .map(|i| xxh3_64_with_seed(&i.to_le_bytes(), 1))
+            .collect();
         for k in [1, 2, 5, 8, 16, 64] {
             let mut r = RollingKgram::new(k);
             for i in 0..hs.len() {
                 let leaving = i.checked_sub(k).map(|j| hs[j]);
                 let got = r.push(hs[i], leaving);
                 if i + 1 >= k {
-                    assert_eq!(got, Some(kgram_key(hs[i + 1 - k..=i].iter().copied())), "k {k} at {i}");
+                    assert_eq!(
+                        got,
+                        Some(kgram_key(hs[i + 1 - k..=i].iter().copied())),
+                        "k {k} at {i}"
+                    );
                 } else {
                     assert_eq!(got, None);
                 }

@@ -92,8 +92,10 @@ enum Format {
 enum KindArg {
     /// By file extension; stdin is markdown.
     Auto,
-    /// Prose, with fenced blocks as code.
+    /// Prose, with fenced blocks as code (model output).
     Markdown,
+    /// Plain prose, no fences.
+    Prose,
     /// Code (language from --lang or the extension).
     Code,
 }
@@ -280,10 +282,11 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     };
     let kind = match a.kind {
         KindArg::Markdown => TextKind::Markdown,
+        KindArg::Prose => TextKind::Prose,
         KindArg::Code => {
             TextKind::Code(lang.unwrap_or_else(|| match TextKind::from_path(&a.input) {
                 TextKind::Code(l) => l,
-                TextKind::Markdown => Lang::C_LIKE,
+                TextKind::Markdown | TextKind::Prose => Lang::C_LIKE,
             }))
         }
         KindArg::Auto => match lang {

@@ -14,9 +14,10 @@
 
 use std::collections::VecDeque;
 
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{stored, RollingKgram};
+use crate::hash::{RollingKgram, stored};
 use crate::index::{Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit};
 
@@ -56,11 +57,11 @@ pub struct Finding {
 const HISTORY: usize = 256;
 
 #[derive(Debug, Clone)]
-struct Candidate {
+struct Candidate<'i> {
+    /// The document's stored units (resolved once, read on every extension).
+    units: &'i [u32],
     doc: u32,
     doc_start: u32,
-    /// Absolute unit number of the first output unit of the run.
-    out_unit: u64,
     out_start: u64,
     out_end: u64,
     len: u32,
@@ -71,7 +72,10 @@ struct Candidate {
 struct IndexMatcher<'i> {
     index: &'i Index,
     params: Params,
-    open: Vec<Candidate>,
+    open: Vec<Candidate<'i>>,
+    /// Documents with an open run (at most one run per document is open at a time, which also
+    /// keeps repetitive documents from reporting the same output twice).
+    open_docs: FxHashSet<u32>,
     roll: RollingKgram,
     roll_channel: Option<Channel>,
     /// Per fresh unit: its k-gram key if the filter may contain it.
@@ -79,7 +83,7 @@ struct IndexMatcher<'i> {
 }
 
 impl<'i> IndexMatcher<'i> {
-    fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
+    fn close(&self, c: &Candidate<'i>, which: usize, out: &mut Vec<Finding>) {
         if c.len >= self.params.channel(c.channel).t() {
             out.push(Finding {
                 output_start: c.out_start,
@@ -122,12 +126,11 @@ impl<'i> IndexMatcher<'i> {
         }
     }
 
-    /// Takes unit number `n` (the last of `hist`); `probe` is the key of the k-gram it
-    /// completes if the filter says the index may hold it.
+    /// Takes the last unit of `hist`; `probe` is the key of the k-gram it completes if the
+    /// filter says the index may hold it.
     fn on_unit(
         &mut self,
         hist: &VecDeque<Unit>,
-        n: u64,
         probe: Option<u64>,
         which: usize,
         out: &mut Vec<Finding>,
@@ -140,13 +143,13 @@ impl<'i> IndexMatcher<'i> {
         let mut i = 0;
         while i < self.open.len() {
             let c = &mut self.open[i];
-            let units = index.doc_units(c.doc);
-            if units.get((c.doc_start + c.len) as usize) == Some(&h32) {
+            if c.units.get((c.doc_start + c.len) as usize) == Some(&h32) {
                 c.len += 1;
                 c.out_end = unit.end;
                 i += 1;
             } else {
                 let c = self.open.swap_remove(i);
+                self.open_docs.remove(&c.doc);
                 self.close(&c, which, out);
             }
         }
@@ -159,9 +162,8 @@ impl<'i> IndexMatcher<'i> {
         if postings.is_empty() {
             return;
         }
-        let s = n + 1 - k as u64; // absolute number of the k-gram's first unit
         for p in postings {
-            if self.open.iter().any(|c| c.doc == p.doc && c.out_unit <= s) {
+            if self.open_docs.contains(&p.doc) {
                 continue; // already inside a run of this document
             }
             let units = index.doc_units(p.doc);
@@ -185,10 +187,11 @@ impl<'i> IndexMatcher<'i> {
                 }
                 e += 1;
             }
+            self.open_docs.insert(p.doc);
             self.open.push(Candidate {
+                units,
                 doc: p.doc,
                 doc_start: (q - e) as u32,
-                out_unit: s - e as u64,
                 out_start: hist[first - e].start,
                 out_end: unit.end,
                 len: (k + e) as u32,
@@ -198,6 +201,7 @@ impl<'i> IndexMatcher<'i> {
     }
 
     fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
+        self.open_docs.clear();
         for c in std::mem::take(&mut self.open) {
             self.close(&c, which, out);
         }
@@ -209,8 +213,6 @@ pub struct Scanner<'i> {
     norm: Normalizer,
     matchers: Vec<IndexMatcher<'i>>,
     hist: VecDeque<Unit>,
-    /// Absolute number of `hist[0]`.
-    base: u64,
     fresh: Vec<Unit>,
     findings: Vec<Finding>,
     /// Largest `t` of any channel of any index: the holdback in units.
@@ -225,6 +227,7 @@ impl<'i> Scanner<'i> {
                 index: ix,
                 params: ix.params(),
                 open: Vec::new(),
+                open_docs: FxHashSet::default(),
                 roll: RollingKgram::new(1),
                 roll_channel: None,
                 probes: Vec::new(),
@@ -239,7 +242,6 @@ impl<'i> Scanner<'i> {
             norm: Normalizer::new(kind),
             matchers,
             hist: VecDeque::with_capacity(HISTORY + 1),
-            base: 0,
             fresh: Vec::new(),
             findings: Vec::new(),
             t_max,
@@ -283,13 +285,11 @@ impl<'i> Scanner<'i> {
         for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
-                self.base += 1;
             }
             self.hist.push_back(u);
-            let n = self.base + self.hist.len() as u64 - 1;
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
-                m.on_unit(&self.hist, n, probe, i, &mut self.findings);
+                m.on_unit(&self.hist, probe, i, &mut self.findings);
             }
         }
     }

@@ -184,13 +184,19 @@ fn a_linked_path_named_by_the_manifest_is_followed() {
     std::fs::write(real.join("sub/a.txt"), "some words").unwrap();
     std::fs::write(dir.path().join("single.txt"), "one file").unwrap();
     std::os::unix::fs::symlink(&real, dir.path().join("linked")).unwrap();
-    std::os::unix::fs::symlink(dir.path().join("single.txt"), dir.path().join("file-link.txt")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("single.txt"),
+        dir.path().join("file-link.txt"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("m.toml"),
         "name = \"l\"\nrights = \"copyrighted\"\npaths = [\"linked\", \"file-link.txt\"]\n",
     )
     .unwrap();
-    let c = load_manifests(&[dir.path().join("m.toml")]).unwrap().remove(0);
+    let c = load_manifests(&[dir.path().join("m.toml")])
+        .unwrap()
+        .remove(0);
     let (files, skipped) = c.files();
     let rels: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
     assert_eq!(rels, ["linked/sub/a.txt", "file-link.txt"]);

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use common::{Rng, build_index, scan, scan_cuts, vocabulary, write_corpus};
 use proptest::prelude::*;
+use verbatim::index::build::informative;
 use verbatim::index::{ChannelParams, Index, Params};
 use verbatim::normalize::{Lang, TextKind, normalize};
 
@@ -257,20 +258,24 @@ fn two_copies_from_two_documents_are_both_reported() {
 
 /// Exhaustive over the boundary: exactly `t` units copied from every start position of every
 /// document, for both parameter sets and both channels. (A sampling off-by-one only misses some
-/// alignments, which random cases can fail to hit.)
+/// alignments, which random cases can fail to hit.) The guarantee, stated exactly: the run is
+/// found if and only if it contains a sampled k-gram that is informative.
 #[test]
 fn exactly_t_units_from_every_position_are_found() {
     for which in 0..2 {
         let f = fixture(which);
         let params = f.index.params();
         for (code, docs) in [(false, &f.prose_docs), (true, &f.code_docs)] {
-            let (kind, t, base) = if code {
-                (RUST, params.code.t() as usize, f.prose_docs.len())
+            let (kind, cp, base) = if code {
+                (RUST, params.code, f.prose_docs.len())
             } else {
-                (TextKind::Markdown, params.prose.t() as usize, 0)
+                (TextKind::Markdown, params.prose, 0)
             };
+            let (t, k) = (cp.t() as usize, cp.k as usize);
+            let (mut positions, mut exempt) = (0usize, 0usize);
             for (d, doc) in docs.iter().enumerate() {
                 let units = normalize(doc, kind);
+                let p = cp.p as usize;
                 for a in 0..=units.len() - t {
                     let copied = &doc[units[a].start as usize..units[a + t - 1].end as usize];
                     let text = format!(
@@ -279,14 +284,55 @@ fn exactly_t_units_from_every_position_are_found() {
                         f.outside[(a + 7) % 300]
                     );
                     let got = scan(&f.index, kind, &text);
-                    assert!(
-                        got.iter()
-                            .any(|g| g.doc as usize == base + d && g.units as usize >= t),
-                        "params {which}, doc {d} ({}), start {a}: not found",
+                    let found = got
+                        .iter()
+                        .any(|g| g.doc as usize == base + d && g.units as usize >= t);
+                    // From the definition, not from the builder's code: some position q in the
+                    // run with q ≡ 0 (mod p) starts an informative k-gram inside the run.
+                    let expect =
+                        (a..=a + t - k).any(|q| q % p == 0 && informative(&units[q..q + k]));
+                    positions += 1;
+                    exempt += usize::from(!expect);
+                    assert_eq!(
+                        found,
+                        expect,
+                        "params {which}, doc {d} ({}), start {a}",
                         if code { "code" } else { "prose" }
                     );
                 }
             }
+            // On diverse text the exception is rare; if it were not, this test would be vacuous.
+            assert!(
+                exempt * 100 <= positions,
+                "params {which}: {exempt} of {positions} runs exempt"
+            );
         }
     }
+}
+
+#[test]
+fn runs_of_repeated_units_are_not_evidence() {
+    // A document full of table rules and zero padding, copied whole: nothing in it is
+    // informative enough to index, so nothing is reported.
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("{}\n", "-".repeat(200)) + &"0, ".repeat(200) + "\n" + &"ha ".repeat(100);
+    let m = write_corpus(
+        dir.path(),
+        "pad",
+        "code",
+        "licensed",
+        None,
+        &[("t.c".to_string(), table.clone())],
+    );
+    let ix = build_index(dir.path(), &[m], verbatim::index::Params::default());
+    assert_eq!(ix.manifest().stats.postings, 0);
+    assert!(scan(&ix, RUST, &table).is_empty());
+    // The same padding inside a copied informative run is still part of the finding.
+    let f = fixture(0);
+    let doc = &f.code_docs[0];
+    let units = normalize(doc, RUST);
+    let copied = &doc[units[10].start as usize..units[60].end as usize];
+    let got = scan(&f.index, RUST, &format!("zzz {copied} zzz"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].units, 51);
 }

@@ -67,6 +67,11 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
             TextKind::Markdown,
         ),
         ("empty", "", TextKind::Markdown),
+        (
+            "plain prose with tildes",
+            "Title\n~~~~~\n```\nnot code\n```\n",
+            TextKind::Prose,
+        ),
     ]
 }
 
@@ -245,4 +250,31 @@ fn pending_start_never_passes_an_unfinished_unit() {
     n.push_str("ma ", &mut out);
     assert_eq!(out.len(), 3);
     assert_eq!(&text[out[2].start as usize..], "gam");
+}
+
+#[test]
+fn plain_prose_has_no_fences_but_markdown_does() {
+    // reStructuredText underlines headings with `~~~`; in plain prose that is punctuation.
+    let rst = "Heading\n~~~~~~~\n\nSome words here ``code`` and more.\n";
+    let prose: Vec<&str> = normalize(rst, TextKind::Prose)
+        .iter()
+        .map(|u| &rst[u.start as usize..u.end as usize])
+        .collect();
+    assert_eq!(
+        prose,
+        ["Heading", "Some", "words", "here", "code", "and", "more"]
+    );
+    let md = normalize(rst, TextKind::Markdown);
+    assert!(
+        md.iter()
+            .any(|u| u.channel == verbatim::normalize::Channel::Code)
+    );
+    assert_eq!(
+        TextKind::from_path(std::path::Path::new("a/b.rst.txt")),
+        TextKind::Prose
+    );
+    assert_eq!(
+        TextKind::from_path(std::path::Path::new("README.md")),
+        TextKind::Markdown
+    );
 }

@@ -27,7 +27,7 @@ use super::format::{self, CommonKey, HEADER_LEN, Header, Params, Posting, Span};
 use super::{CorpusEntry, DocMeta, FileEntry, IndexStats, Manifest};
 use crate::corpus::{Corpus, SkipReason, Skipped, SourceFile, read_text};
 use crate::hash::{kgram_key, stored};
-use crate::normalize::{TextKind, normalize};
+use crate::normalize::normalize;
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -144,10 +144,7 @@ fn process(
             url: corpus.url_for(&file.rel),
             license,
             license_source: license_source.into(),
-            text: match kind {
-                TextKind::Markdown => "prose".into(),
-                TextKind::Code(_) => "code".into(),
-            },
+            text: kind.label().into(),
             bytes: text.len() as u64,
             unit_start: 0,
             units: units.len() as u32,
@@ -166,8 +163,9 @@ fn process(
 }
 
 /// The index side's sample: the k-gram starting at every unit position that is a multiple of
-/// its channel's `p`, if all k units are of that channel. With the query side probing every
-/// k-gram, any shared single-channel run of `t = k + p − 1` units contains a sampled k-gram.
+/// its channel's `p`, if all k units are of that channel and it is informative. With the query
+/// side probing every k-gram, any shared single-channel run of `t = k + p − 1` units contains a
+/// sampled k-gram — unless every k-gram of the run is uninformative (see [`informative`]).
 pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u64, u32)> {
     let mut keys = Vec::new();
     for (q, u) in units.iter().enumerate() {
@@ -178,12 +176,32 @@ pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u6
         let Some(window) = units.get(q..q + cp.k as usize) else {
             continue;
         };
-        if window.iter().any(|w| w.channel != u.channel) {
+        if window.iter().any(|w| w.channel != u.channel) || !informative(window) {
             continue;
         }
         keys.push((kgram_key(window.iter().map(|w| w.hash)), q as u32));
     }
     keys
+}
+
+/// Whether a k-gram has enough distinct units to be evidence: at least max(2, ⌈k/4⌉) (4 for
+/// code's k = 16). Runs of one or a few repeated units (table rules `----+----`, `0, 0, 0, …`,
+/// "ha ha ha") match anything with the same padding, so they are never indexed; a run made only
+/// of them is never reported.
+pub fn informative(window: &[crate::normalize::Unit]) -> bool {
+    let need = 2.max(window.len().div_ceil(4));
+    let mut seen: [u64; 16] = [0; 16];
+    let mut n = 0;
+    for u in window {
+        if !seen[..n].contains(&u.hash) {
+            seen[n] = u.hash;
+            n += 1;
+            if n >= need || n == seen.len() {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {

@@ -132,15 +132,26 @@ impl Lang {
 /// What the text of a file or a stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TextKind {
-    /// Prose with markdown fences: fenced blocks are lexed as code.
+    /// Prose with markdown fences: fenced blocks are lexed as code. Model output is this.
     Markdown,
+    /// Plain prose: no fences (reStructuredText underlines headings with `~~~`).
+    Prose,
     /// Code in one language, no fences.
     Code(Lang),
 }
 
 impl TextKind {
-    /// Guess from a path: a known code extension (or well-known file name) is code; anything
-    /// else is prose, read as markdown so fenced blocks are still treated as code.
+    /// How a document of this kind is described in the index (`docs.jsonl`).
+    pub fn label(self) -> &'static str {
+        match self {
+            TextKind::Markdown => "markdown",
+            TextKind::Prose => "prose",
+            TextKind::Code(_) => "code",
+        }
+    }
+
+    /// Guess from a path: a known code extension (or well-known file name) is code, markdown
+    /// extensions are markdown, anything else is plain prose.
     pub fn from_path(path: &std::path::Path) -> TextKind {
         let name = path
             .file_name()
@@ -153,10 +164,16 @@ impl TextKind {
             }
             _ => {}
         }
-        path.extension()
+        let ext = path
+            .extension()
             .and_then(|e| e.to_str())
-            .and_then(Lang::from_name)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if matches!(ext.as_str(), "md" | "markdown" | "mdx" | "mkd" | "mdown") {
+            return TextKind::Markdown;
+        }
+        Lang::from_name(&ext)
             .map(TextKind::Code)
-            .unwrap_or(TextKind::Markdown)
+            .unwrap_or(TextKind::Prose)
     }
 }

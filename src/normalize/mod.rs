@@ -95,7 +95,7 @@ pub struct Normalizer {
 impl Normalizer {
     pub fn new(kind: TextKind) -> Self {
         let (mode, lang) = match kind {
-            TextKind::Markdown => (Mode::Prose, Lang::C_LIKE),
+            TextKind::Markdown | TextKind::Prose => (Mode::Prose, Lang::C_LIKE),
             TextKind::Code(lang) => (Mode::Code { fence: None }, lang),
         };
         Normalizer {
@@ -188,9 +188,10 @@ impl Normalizer {
     fn push_str_inner(&mut self, s: &str, out: &mut Vec<Unit>) {
         let base = self.offset;
         self.offset += s.len() as u64;
-        if let TextKind::Code(_) = self.kind {
-            self.code.push(s, base, out);
-            return;
+        match self.kind {
+            TextKind::Code(_) => return self.code.push(s, base, out),
+            TextKind::Prose => return self.prose.push(s, base, out),
+            TextKind::Markdown => {}
         }
         let mut i = 0;
         while i < s.len() {
