@@ -118,10 +118,10 @@ impl<'i> IndexMatcher<'i> {
         }
         let index = self.index;
         for p in &mut self.probes {
-            if let Some(key) = *p {
-                if !index.may_contain(key) {
-                    *p = None;
-                }
+            if let Some(key) = *p
+                && !index.may_contain(key)
+            {
+                *p = None;
             }
         }
     }
