@@ -123,7 +123,7 @@ fn main() {
 
     let anon0 = procstat::rss_anon().unwrap_or(0);
     let t = Instant::now();
-    let index = Index::open(&index_dir).expect("open index");
+    let index = std::sync::Arc::new(Index::open(&index_dir).expect("open index"));
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let anon1 = procstat::rss_anon().unwrap_or(0);
     let corpus_gb = index.manifest().stats.corpus_bytes as f64 / 1e9;
@@ -176,7 +176,7 @@ fn main() {
     };
     let findings = std::cell::Cell::new(0usize);
     let scan = |d: &Doc| {
-        let mut s = Scanner::new(&[&index], d.kind);
+        let mut s = Scanner::new(std::slice::from_ref(&index), d.kind);
         for c in d.text.chunks(chunk) {
             s.push_bytes(c);
         }
@@ -218,7 +218,7 @@ fn main() {
             if budget == 0 {
                 break;
             }
-            let mut s = Scanner::new(&[&index], d.kind);
+            let mut s = Scanner::new(std::slice::from_ref(&index), d.kind);
             for c in d.text.chunks(32) {
                 let t = Instant::now();
                 s.push_bytes(c);

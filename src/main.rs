@@ -4,6 +4,7 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -270,10 +271,14 @@ fn cmd_verify(dir: &Path) -> Result<()> {
 }
 
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
-    let indexes: Vec<Index> = a
+    let indexes: Vec<Arc<Index>> = a
         .indexes
         .iter()
-        .map(|d| Index::open(d).with_context(|| format!("cannot open index {}", d.display())))
+        .map(|d| {
+            Index::open(d)
+                .map(Arc::new)
+                .with_context(|| format!("cannot open index {}", d.display()))
+        })
         .collect::<Result<_>>()?;
     let stdin = a.input.as_os_str() == "-";
     let lang = match &a.lang {
@@ -301,8 +306,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         Format::Jsonl
     });
 
-    let refs: Vec<&Index> = indexes.iter().collect();
-    let mut scanner = Scanner::new(&refs, kind);
+    let mut scanner = Scanner::new(&indexes, kind);
     let mut input: Box<dyn Read> = if stdin {
         Box::new(io::stdin().lock())
     } else {

@@ -13,6 +13,7 @@
 //! not decide what to do about a finding (policy) or how to report it (callers).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
 use serde::Serialize;
@@ -50,6 +51,8 @@ pub struct Finding {
     pub units: u32,
     pub kind: MatchKind,
     pub channel: Channel,
+    /// The run also occurs in text the caller supplied in the request.
+    pub caller_supplied: bool,
 }
 
 /// Units of recent output kept for left extension. A run's first sampled k-gram starts within
@@ -57,22 +60,22 @@ pub struct Finding {
 const HISTORY: usize = 256;
 
 #[derive(Debug, Clone)]
-struct Candidate<'i> {
-    /// The document's stored units (resolved once, read on every extension).
-    units: &'i [u32],
+struct Candidate {
     doc: u32,
     doc_start: u32,
     out_start: u64,
     out_end: u64,
     len: u32,
     channel: Channel,
+    /// Seeded by a k-gram that also occurs in the caller's own request text.
+    caller_supplied: bool,
 }
 
 /// Matches one index against the unit stream.
-struct IndexMatcher<'i> {
-    index: &'i Index,
+struct IndexMatcher {
+    index: Arc<Index>,
     params: Params,
-    open: Vec<Candidate<'i>>,
+    open: Vec<Candidate>,
     /// Documents with an open run (at most one run per document is open at a time, which also
     /// keeps repetitive documents from reporting the same output twice).
     open_docs: FxHashSet<u32>,
@@ -82,8 +85,8 @@ struct IndexMatcher<'i> {
     probes: Vec<Option<u64>>,
 }
 
-impl<'i> IndexMatcher<'i> {
-    fn close(&self, c: &Candidate<'i>, which: usize, out: &mut Vec<Finding>) {
+impl IndexMatcher {
+    fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
         if c.len >= self.params.channel(c.channel).t() {
             out.push(Finding {
                 output_start: c.out_start,
@@ -94,6 +97,7 @@ impl<'i> IndexMatcher<'i> {
                 units: c.len,
                 kind: MatchKind::Exact,
                 channel: c.channel,
+                caller_supplied: c.caller_supplied,
             });
         }
     }
@@ -116,7 +120,7 @@ impl<'i> IndexMatcher<'i> {
             };
             self.probes.push(self.roll.push(u.hash, leaving));
         }
-        let index = self.index;
+        let index = &self.index;
         for p in &mut self.probes {
             if let Some(key) = *p
                 && !index.may_contain(key)
@@ -132,18 +136,19 @@ impl<'i> IndexMatcher<'i> {
         &mut self,
         hist: &VecDeque<Unit>,
         probe: Option<u64>,
+        exempt: &FxHashSet<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
         let h32 = stored(unit.hash);
-        let index = self.index;
+        let index = &*self.index;
 
         // Extend open runs by this unit, or close them.
         let mut i = 0;
         while i < self.open.len() {
             let c = &mut self.open[i];
-            if c.units.get((c.doc_start + c.len) as usize) == Some(&h32) {
+            if index.doc_units(c.doc).get((c.doc_start + c.len) as usize) == Some(&h32) {
                 c.len += 1;
                 c.out_end = unit.end;
                 i += 1;
@@ -189,13 +194,13 @@ impl<'i> IndexMatcher<'i> {
             }
             self.open_docs.insert(p.doc);
             self.open.push(Candidate {
-                units,
                 doc: p.doc,
                 doc_start: (q - e) as u32,
                 out_start: hist[first - e].start,
                 out_end: unit.end,
                 len: (k + e) as u32,
                 channel: ch,
+                caller_supplied: exempt.contains(&key),
             });
         }
     }
@@ -209,9 +214,11 @@ impl<'i> IndexMatcher<'i> {
 }
 
 /// Scans one output stream against one or more indexes.
-pub struct Scanner<'i> {
+pub struct Scanner {
     norm: Normalizer,
-    matchers: Vec<IndexMatcher<'i>>,
+    matchers: Vec<IndexMatcher>,
+    /// K-gram keys of text the caller supplied (see [`Exemptions`]).
+    exempt: Arc<FxHashSet<u64>>,
     hist: VecDeque<Unit>,
     fresh: Vec<Unit>,
     findings: Vec<Finding>,
@@ -219,12 +226,12 @@ pub struct Scanner<'i> {
     t_max: u32,
 }
 
-impl<'i> Scanner<'i> {
-    pub fn new(indexes: &[&'i Index], kind: TextKind) -> Self {
+impl Scanner {
+    pub fn new(indexes: &[Arc<Index>], kind: TextKind) -> Self {
         let matchers: Vec<_> = indexes
             .iter()
             .map(|ix| IndexMatcher {
-                index: ix,
+                index: Arc::clone(ix),
                 params: ix.params(),
                 open: Vec::new(),
                 open_docs: FxHashSet::default(),
@@ -241,6 +248,7 @@ impl<'i> Scanner<'i> {
         Scanner {
             norm: Normalizer::new(kind),
             matchers,
+            exempt: Arc::default(),
             hist: VecDeque::with_capacity(HISTORY + 1),
             fresh: Vec::new(),
             findings: Vec::new(),
@@ -289,7 +297,7 @@ impl<'i> Scanner<'i> {
             self.hist.push_back(u);
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
-                m.on_unit(&self.hist, probe, i, &mut self.findings);
+                m.on_unit(&self.hist, probe, &self.exempt, i, &mut self.findings);
             }
         }
     }
@@ -322,9 +330,80 @@ impl<'i> Scanner<'i> {
         p
     }
 
-    pub fn indexes(&self) -> impl Iterator<Item = &'i Index> + '_ {
-        self.matchers.iter().map(|m| m.index)
+    pub fn indexes(&self) -> impl Iterator<Item = &Arc<Index>> + '_ {
+        self.matchers.iter().map(|m| &m.index)
     }
+
+    /// Treats runs seeded by these k-gram keys as text the caller supplied.
+    pub fn set_exemptions(&mut self, exempt: Arc<FxHashSet<u64>>) {
+        self.exempt = exempt;
+    }
+
+    /// The runs still open (still growing): where they start in the output, how long they are.
+    pub fn open_runs(&self) -> impl Iterator<Item = OpenRun> + '_ {
+        self.matchers.iter().enumerate().flat_map(|(i, m)| {
+            m.open.iter().map(move |c| OpenRun {
+                output_start: c.out_start,
+                output_end: c.out_end,
+                units: c.len,
+                channel: c.channel,
+                index: i,
+                doc: c.doc,
+                caller_supplied: c.caller_supplied,
+            })
+        })
+    }
+}
+
+/// A run still being matched (see [`Scanner::open_runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenRun {
+    pub output_start: u64,
+    pub output_end: u64,
+    pub units: u32,
+    pub channel: Channel,
+    pub index: usize,
+    pub doc: u32,
+    pub caller_supplied: bool,
+}
+
+/// The k-gram keys of text the caller supplied (system prompt, messages, tool results,
+/// documents), computed with the k of every channel of every index, so a run of the output
+/// that repeats the request can be told apart from one the model produced.
+pub fn exemptions<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    indexes: &[Arc<Index>],
+) -> FxHashSet<u64> {
+    let mut ks: Vec<(Channel, usize)> = indexes
+        .iter()
+        .flat_map(|ix| {
+            let p = ix.params();
+            [
+                (Channel::Prose, p.prose.k as usize),
+                (Channel::Code, p.code.k as usize),
+            ]
+        })
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let mut keys = FxHashSet::default();
+    for text in texts {
+        let units = crate::normalize::normalize(text, TextKind::Markdown);
+        for &(channel, k) in &ks {
+            let mut roll = RollingKgram::new(k);
+            for (i, u) in units.iter().enumerate() {
+                if u.channel != channel {
+                    roll.reset();
+                    continue;
+                }
+                let leaving = i.checked_sub(k).map(|j| units[j].hash);
+                if let Some(key) = roll.push(u.hash, leaving) {
+                    keys.insert(key);
+                }
+            }
+        }
+    }
+    keys
 }
 
 /// A finding with the facts of its source, as `scan` prints it (one JSON object per line).
@@ -346,6 +425,8 @@ pub struct FindingReport {
     pub title: Option<String>,
     pub rights_holder: Option<String>,
     pub index_id: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub caller_supplied: bool,
 }
 
 impl FindingReport {
@@ -371,6 +452,7 @@ impl FindingReport {
             title: corpus.metadata.get("title").cloned(),
             rights_holder: corpus.metadata.get("rights_holder").cloned(),
             index_id: index.manifest().index_id.clone(),
+            caller_supplied: f.caller_supplied,
         })
     }
 }

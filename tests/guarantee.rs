@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use common::{Rng, build_index, scan, scan_cuts, vocabulary, write_corpus};
 use proptest::prelude::*;
@@ -15,7 +15,7 @@ use verbatim::normalize::{Lang, TextKind, normalize};
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    index: Index,
+    index: Arc<Index>,
     prose_docs: Vec<String>,
     code_docs: Vec<String>,
     /// Words that never occur in any document.
@@ -335,4 +335,31 @@ fn runs_of_repeated_units_are_not_evidence() {
     let got = scan(&f.index, RUST, &format!("zzz {copied} zzz"));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].units, 51);
+}
+
+#[test]
+fn runs_the_caller_supplied_are_marked() {
+    let f = fixture(0);
+    let mut r = Rng(77);
+    let (text, _, _) = embed(
+        &f.prose_docs[2],
+        TextKind::Markdown,
+        30,
+        25,
+        &f.outside,
+        &mut r,
+        false,
+    );
+    // The request carried the copied passage; the output repeats it.
+    let keys = verbatim::matcher::exemptions([text.as_str()], std::slice::from_ref(&f.index));
+    let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&f.index), TextKind::Markdown);
+    s.set_exemptions(Arc::new(keys));
+    s.push_str(&text);
+    s.finish();
+    let got = s.take_findings();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].caller_supplied);
+    // Without the exemption the same output is not caller-supplied.
+    let plain = scan(&f.index, TextKind::Markdown, &text);
+    assert!(!plain[0].caller_supplied);
 }

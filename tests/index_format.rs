@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use verbatim::corpus::load_manifests;
 use verbatim::index::build::{BuildOptions, build, sample_keys};
@@ -33,8 +34,8 @@ fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
     (dir, p)
 }
 
-fn scan_all(index: &Index, text: &str) -> Vec<FindingReport> {
-    let mut s = Scanner::new(&[index], TextKind::Markdown);
+fn scan_all(index: &Arc<Index>, text: &str) -> Vec<FindingReport> {
+    let mut s = Scanner::new(std::slice::from_ref(index), TextKind::Markdown);
     s.push_str(text);
     s.finish();
     s.take_findings()
@@ -45,7 +46,7 @@ fn scan_all(index: &Index, text: &str) -> Vec<FindingReport> {
 
 #[test]
 fn committed_v1_fixture_opens_verifies_and_still_matches() {
-    let ix = Index::open(FIXTURE).unwrap();
+    let ix = Arc::new(Index::open(FIXTURE).unwrap());
     ix.verify().unwrap();
     let got = scan_all(&ix, COPIED);
     assert_eq!(got.len(), 1, "{got:?}");
@@ -270,7 +271,7 @@ fn flipped_bytes_anywhere_never_panic() {
             b[i] ^= 1 << (r.below(8));
             std::fs::write(&path, b).unwrap();
             // Either it opens and scans (perhaps finding less), or it says what is wrong.
-            if let Ok(ix) = Index::open(&p) {
+            if let Ok(ix) = Index::open(&p).map(Arc::new) {
                 let _ = scan_all(&ix, COPIED);
             }
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use verbatim::corpus::load_manifests;
 use verbatim::index::build::{BuildOptions, build};
@@ -37,7 +38,7 @@ pub fn write_corpus(
 }
 
 /// Builds an index at `dir/idx` from manifests.
-pub fn build_index(dir: &Path, manifests: &[PathBuf], params: Params) -> Index {
+pub fn build_index(dir: &Path, manifests: &[PathBuf], params: Params) -> Arc<Index> {
     let corpora = load_manifests(manifests).unwrap();
     let out = dir.join("idx");
     let opts = BuildOptions {
@@ -46,12 +47,12 @@ pub fn build_index(dir: &Path, manifests: &[PathBuf], params: Params) -> Index {
         ..BuildOptions::default()
     };
     build(&corpora, &out, &opts).unwrap();
-    Index::open(&out).unwrap()
+    Arc::new(Index::open(&out).unwrap())
 }
 
 /// Scans `text` pushed in pieces cut at `cuts` (byte offsets, ascending).
-pub fn scan_cuts(index: &Index, kind: TextKind, text: &[u8], cuts: &[usize]) -> Vec<Finding> {
-    let mut s = Scanner::new(&[index], kind);
+pub fn scan_cuts(index: &Arc<Index>, kind: TextKind, text: &[u8], cuts: &[usize]) -> Vec<Finding> {
+    let mut s = Scanner::new(std::slice::from_ref(index), kind);
     let mut prev = 0;
     for &c in cuts.iter().chain(std::iter::once(&text.len())) {
         let c = c.clamp(prev, text.len());
@@ -64,7 +65,7 @@ pub fn scan_cuts(index: &Index, kind: TextKind, text: &[u8], cuts: &[usize]) -> 
     f
 }
 
-pub fn scan(index: &Index, kind: TextKind, text: &str) -> Vec<Finding> {
+pub fn scan(index: &Arc<Index>, kind: TextKind, text: &str) -> Vec<Finding> {
     scan_cuts(index, kind, text.as_bytes(), &[])
 }
 
