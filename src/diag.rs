@@ -167,6 +167,42 @@ impl TomlReader {
         self.opt_str(table, prefix, key)
     }
 
+    /// A non-negative integer, or a problem if present with another type.
+    pub fn opt_u64(&mut self, table: &Table, prefix: &str, key: &str) -> Option<Spanned<u64>> {
+        let item = table.get(key)?;
+        match item.as_integer() {
+            Some(i) if i >= 0 => Some(Spanned {
+                value: i as u64,
+                span: item.span(),
+            }),
+            Some(_) => {
+                self.problem(item.span(), &join_key(prefix, key), "must not be negative");
+                None
+            }
+            None => {
+                self.type_problem(item, prefix, key, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A standard table (`[name]`), or a problem if present with another type.
+    pub fn opt_std_table<'d>(
+        &mut self,
+        table: &'d Table,
+        prefix: &str,
+        key: &str,
+    ) -> Option<&'d Table> {
+        let item = table.get(key)?;
+        match item.as_table() {
+            Some(t) => Some(t),
+            None => {
+                self.type_problem(item, prefix, key, "a table");
+                None
+            }
+        }
+    }
+
     /// A string or an array of strings (a single string counts as a one-element list).
     pub fn opt_str_list(
         &mut self,

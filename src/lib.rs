@@ -17,3 +17,4 @@ pub mod index;
 pub mod matcher;
 pub mod normalize;
 pub mod procstat;
+pub mod proxy;

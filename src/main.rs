@@ -33,6 +33,31 @@ enum Command {
     Index(IndexCommand),
     /// Scan a file (or stdin) for text reproduced from indexed works.
     Scan(ScanArgs),
+    /// Run the proxy.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (see proxy-config/verbatim.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// OpenAI-compatible upstream base URL [default: https://api.openai.com].
+    #[arg(long)]
+    upstream_openai: Option<String>,
+    /// Anthropic upstream base URL [default: https://api.anthropic.com].
+    #[arg(long)]
+    upstream_anthropic: Option<String>,
+    /// Index directory to scan against (repeatable; replaces the config's list).
+    #[arg(long = "index")]
+    indexes: Vec<PathBuf>,
+    /// `strict` holds back just enough that nothing of a blocked run is released; `none` adds
+    /// no delay (annotate/log only).
+    #[arg(long, value_parser = ["strict", "none"])]
+    hold: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +152,7 @@ fn main() -> ExitCode {
             cmd_verify(&dir).map(|()| ExitCode::SUCCESS)
         }
         Command::Scan(a) => cmd_scan(a),
+        Command::Serve(a) => cmd_serve(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -392,4 +418,95 @@ fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport)
     };
     writeln!(out, "  │ {excerpt}")?;
     writeln!(out)
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    use verbatim::proxy::config::{Config, parse_upstream};
+    use verbatim::proxy::pipeline::Hold;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(u) = &a.upstream_openai {
+        cfg.upstream_openai = parse_upstream(u)
+            .map_err(anyhow::Error::msg)
+            .context("--upstream-openai")?;
+    }
+    if let Some(u) = &a.upstream_anthropic {
+        cfg.upstream_anthropic = parse_upstream(u)
+            .map_err(anyhow::Error::msg)
+            .context("--upstream-anthropic")?;
+    }
+    if !a.indexes.is_empty() {
+        cfg.indexes = a.indexes.clone();
+    }
+    if let Some(h) = &a.hold {
+        cfg.hold = if h == "none" {
+            Hold::None
+        } else {
+            Hold::Strict
+        };
+    }
+    let indexes: Vec<Arc<Index>> = cfg
+        .indexes
+        .iter()
+        .map(|d| {
+            Index::open(d)
+                .map(Arc::new)
+                .with_context(|| format!("cannot open index {}", d.display()))
+        })
+        .collect::<Result<_>>()?;
+    if indexes.is_empty() {
+        tracing::warn!("no index configured (--index DIR): responses are relayed without scanning");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let server = verbatim::proxy::server::Server::bind(cfg.clone(), indexes).await?;
+        tracing::info!(
+            listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            openai = %cfg.upstream_openai,
+            anthropic = %cfg.upstream_anthropic,
+            indexes = cfg.indexes.len(),
+            hold = ?cfg.hold,
+            "verbatim proxy listening"
+        );
+        server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

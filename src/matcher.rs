@@ -349,6 +349,7 @@ impl Scanner {
                 channel: c.channel,
                 index: i,
                 doc: c.doc,
+                doc_unit_start: c.doc_start,
                 caller_supplied: c.caller_supplied,
             })
         })
@@ -364,7 +365,25 @@ pub struct OpenRun {
     pub channel: Channel,
     pub index: usize,
     pub doc: u32,
+    pub doc_unit_start: u32,
     pub caller_supplied: bool,
+}
+
+impl OpenRun {
+    /// The run as a finding (as if it ended now).
+    pub fn as_finding(&self) -> Finding {
+        Finding {
+            output_start: self.output_start,
+            output_end: self.output_end,
+            index: self.index,
+            doc: self.doc,
+            doc_unit_start: self.doc_unit_start,
+            units: self.units,
+            kind: MatchKind::Exact,
+            channel: self.channel,
+            caller_supplied: self.caller_supplied,
+        }
+    }
 }
 
 /// The k-gram keys of text the caller supplied (system prompt, messages, tool results,

@@ -1,0 +1,748 @@
+//! Provider adapters: which API a request is, where its events and responses carry text, and
+//! how each provider's own wire format says "stopped by a content filter" or carries a citation.
+//!
+//! Text lives in *streams* (one per choice, content block, output item or tool call), each
+//! scanned on its own. Unknown fields and event types are never dropped: the adapters read
+//! JSON, and the pipeline relays the original bytes of any event it does not change.
+
+use serde_json::{Map, Value, json};
+
+/// The APIs whose responses are scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI legacy `POST /v1/completions`.
+    Completions,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+}
+
+impl Api {
+    /// The scanned API for a request, if any (everything else passes through).
+    pub fn route(method: &http::Method, path: &str) -> Option<Api> {
+        if method != http::Method::POST {
+            return None;
+        }
+        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+        // Accept a deployment prefix before /v1 (e.g. /openai/v1/chat/completions).
+        if path.ends_with("/v1/chat/completions") || path == "/chat/completions" {
+            Some(Api::ChatCompletions)
+        } else if path.ends_with("/v1/completions") || path == "/completions" {
+            Some(Api::Completions)
+        } else if path.ends_with("/v1/responses") || path == "/responses" {
+            Some(Api::Responses)
+        } else if path.ends_with("/v1/messages") || path == "/messages" {
+            Some(Api::Messages)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_anthropic(self) -> bool {
+        self == Api::Messages
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat-completions",
+            Api::Completions => "completions",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+        }
+    }
+}
+
+/// What kind of text a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    Text,
+    /// Tool-call arguments / tool-use input JSON.
+    ToolArgs,
+    Thinking,
+}
+
+/// Identifies one text stream within a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    /// Choice index (OpenAI), content block index (Anthropic), output index (Responses).
+    pub a: u64,
+    /// Tool call index within a choice, content index within an output item.
+    pub b: u64,
+    pub part: Part,
+}
+
+/// A piece of text an event or response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub key: StreamKey,
+    pub text: String,
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn key(a: u64, b: u64, part: Part) -> StreamKey {
+    StreamKey { a, b, part }
+}
+
+/// Text pieces of one streamed event (already parsed from its `data`).
+pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut push = |k: StreamKey, t: Option<&str>| {
+        if let Some(t) = t.filter(|t| !t.is_empty()) {
+            out.push(Piece {
+                key: k,
+                text: t.to_string(),
+            });
+        }
+    };
+    match api {
+        Api::ChatCompletions => {
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = u(c, "index");
+                let Some(d) = c.get("delta") else { continue };
+                push(
+                    key(i, 0, Part::Text),
+                    d.get("content").and_then(Value::as_str),
+                );
+                push(
+                    key(i, 0, Part::Thinking),
+                    d.get("reasoning_content").and_then(Value::as_str),
+                );
+                for tc in d
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let args = tc
+                        .get("function")
+                        .and_then(|f| f.get("arguments"))
+                        .and_then(Value::as_str);
+                    push(key(i, u(tc, "index"), Part::ToolArgs), args);
+                }
+            }
+        }
+        Api::Completions => {
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                push(
+                    key(u(c, "index"), 0, Part::Text),
+                    c.get("text").and_then(Value::as_str),
+                );
+            }
+        }
+        Api::Responses => match v.get("type").and_then(Value::as_str) {
+            Some("response.output_text.delta") => push(
+                key(u(v, "output_index"), u(v, "content_index"), Part::Text),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.function_call_arguments.delta") => push(
+                key(u(v, "output_index"), 0, Part::ToolArgs),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.reasoning_text.delta") => push(
+                key(u(v, "output_index"), u(v, "content_index"), Part::Thinking),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            _ => {}
+        },
+        Api::Messages => {
+            if v.get("type").and_then(Value::as_str) == Some("content_block_delta") {
+                let i = u(v, "index");
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                match d.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        push(key(i, 0, Part::Text), d.get("text").and_then(Value::as_str))
+                    }
+                    Some("input_json_delta") => push(
+                        key(i, 0, Part::ToolArgs),
+                        d.get("partial_json").and_then(Value::as_str),
+                    ),
+                    Some("thinking_delta") => push(
+                        key(i, 0, Part::Thinking),
+                        d.get("thinking").and_then(Value::as_str),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The text slot of `key` in a streamed event, for rewriting.
+fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
+    match api {
+        Api::ChatCompletions => {
+            let c = v
+                .get_mut("choices")?
+                .as_array_mut()?
+                .iter_mut()
+                .find(|c| u(c, "index") == k.a)?;
+            let d = c.get_mut("delta")?;
+            match k.part {
+                Part::Text => d.get_mut("content"),
+                Part::Thinking => d.get_mut("reasoning_content"),
+                Part::ToolArgs => d
+                    .get_mut("tool_calls")?
+                    .as_array_mut()?
+                    .iter_mut()
+                    .find(|t| u(t, "index") == k.b)?
+                    .get_mut("function")?
+                    .get_mut("arguments"),
+            }
+        }
+        Api::Completions => v
+            .get_mut("choices")?
+            .as_array_mut()?
+            .iter_mut()
+            .find(|c| u(c, "index") == k.a)?
+            .get_mut("text"),
+        Api::Responses => v.get_mut("delta"),
+        Api::Messages => {
+            let d = v.get_mut("delta")?;
+            match k.part {
+                Part::Text => d.get_mut("text"),
+                Part::ToolArgs => d.get_mut("partial_json"),
+                Part::Thinking => d.get_mut("thinking"),
+            }
+        }
+    }
+}
+
+/// Replaces the text of `key` in a streamed event.
+pub fn set_event_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
+    if let Some(slot) = event_slot(api, v, k) {
+        *slot = Value::String(text.to_string());
+    }
+}
+
+/// Text pieces of a whole (non-streamed) response.
+pub fn response_pieces(api: Api, v: &Value) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for_each_response_slot(api, v, |k, t| {
+        if !t.is_empty() {
+            out.push(Piece {
+                key: k,
+                text: t.to_string(),
+            })
+        }
+    });
+    out
+}
+
+fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str)) {
+    match api {
+        Api::ChatCompletions => {
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = u(c, "index");
+                let Some(m) = c.get("message") else { continue };
+                if let Some(t) = m.get("content").and_then(Value::as_str) {
+                    f(key(i, 0, Part::Text), t);
+                }
+                for tc in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if let Some(t) =
+                        tc.1.get("function")
+                            .and_then(|x| x.get("arguments"))
+                            .and_then(Value::as_str)
+                    {
+                        f(key(i, tc.0 as u64, Part::ToolArgs), t);
+                    }
+                }
+            }
+        }
+        Api::Completions => {
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = c.get("text").and_then(Value::as_str) {
+                    f(key(u(c, "index"), 0, Part::Text), t);
+                }
+            }
+        }
+        Api::Responses => {
+            for (oi, item) in v
+                .get("output")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if let Some(args) = item.get("arguments").and_then(Value::as_str) {
+                    f(key(oi as u64, 0, Part::ToolArgs), args);
+                }
+                for (ci, c) in item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if let Some(t) = c.get("text").and_then(Value::as_str) {
+                        f(key(oi as u64, ci as u64, Part::Text), t);
+                    }
+                }
+            }
+        }
+        Api::Messages => {
+            for (i, b) in v
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                match b.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        if let Some(t) = b.get("text").and_then(Value::as_str) {
+                            f(key(i as u64, 0, Part::Text), t)
+                        }
+                    }
+                    Some("thinking") => {
+                        if let Some(t) = b.get("thinking").and_then(Value::as_str) {
+                            f(key(i as u64, 0, Part::Thinking), t)
+                        }
+                    }
+                    Some("tool_use") => {
+                        if let Some(input) = b.get("input") {
+                            f(key(i as u64, 0, Part::ToolArgs), &input.to_string())
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the text of `key` in a whole response (tool-use input is left as JSON).
+pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
+    let slot = match api {
+        Api::ChatCompletions => v
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
+            .and_then(|cs| cs.iter_mut().find(|c| u(c, "index") == k.a))
+            .and_then(|c| c.get_mut("message"))
+            .and_then(|m| match k.part {
+                Part::Text => m.get_mut("content"),
+                _ => m
+                    .get_mut("tool_calls")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|t| t.get_mut(k.b as usize))
+                    .and_then(|t| t.get_mut("function"))
+                    .and_then(|f| f.get_mut("arguments")),
+            }),
+        Api::Completions => v
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
+            .and_then(|cs| cs.iter_mut().find(|c| u(c, "index") == k.a))
+            .and_then(|c| c.get_mut("text")),
+        Api::Responses => v
+            .get_mut("output")
+            .and_then(Value::as_array_mut)
+            .and_then(|o| o.get_mut(k.a as usize))
+            .and_then(|item| match k.part {
+                Part::ToolArgs => item.get_mut("arguments"),
+                _ => item
+                    .get_mut("content")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|c| c.get_mut(k.b as usize))
+                    .and_then(|c| c.get_mut("text")),
+            }),
+        Api::Messages => v
+            .get_mut("content")
+            .and_then(Value::as_array_mut)
+            .and_then(|c| c.get_mut(k.a as usize))
+            .and_then(|b| match k.part {
+                Part::Text => b.get_mut("text"),
+                Part::Thinking => b.get_mut("thinking"),
+                Part::ToolArgs => None,
+            }),
+    };
+    if let Some(s) = slot {
+        *s = Value::String(text.to_string());
+    }
+}
+
+/// Every string the caller supplied in a request body (messages, system prompt, tool results,
+/// documents, prompt, input, instructions), for the caller-supplied exemption.
+pub fn request_texts(api: Api, body: &Value) -> Vec<String> {
+    let fields: &[&str] = match api {
+        Api::ChatCompletions => &["messages"],
+        Api::Completions => &["prompt", "suffix"],
+        Api::Responses => &["input", "instructions"],
+        Api::Messages => &["system", "messages"],
+    };
+    let mut out = Vec::new();
+    for f in fields {
+        if let Some(v) = body.get(f) {
+            collect_strings(v, &mut out);
+        }
+    }
+    out
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        // Short strings are roles, types and ids; no run of t units fits in them.
+        Value::String(s) if s.len() >= 16 => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Whether a request asked for a streamed response.
+pub fn wants_stream(body: &Value) -> bool {
+    body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// What the proxy found, as it travels beside the text (also used for the block explanation).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Citation {
+    pub key_a: u64,
+    pub corpus: String,
+    pub doc: String,
+    pub url: Option<String>,
+    pub license: String,
+    pub rights: String,
+    pub channel: String,
+    pub units: u32,
+    /// Byte offsets in the stream's text.
+    pub output_start: u64,
+    pub output_end: u64,
+    pub source_start: u64,
+    pub source_end: u64,
+    pub action: String,
+    pub reason: String,
+}
+
+impl Citation {
+    fn azure(&self, filtered: bool) -> Value {
+        let cat = if self.channel == "code" {
+            "protected_material_code"
+        } else {
+            "protected_material_text"
+        };
+        let mut m = Map::new();
+        m.insert(
+            cat.into(),
+            json!({
+                "filtered": filtered,
+                "detected": true,
+                "citation": {"URL": self.url.clone().unwrap_or_default(), "license": self.license},
+            }),
+        );
+        Value::Object(m)
+    }
+
+    pub fn explanation(&self) -> String {
+        format!(
+            "verbatim: output stopped; it reproduced {} {} units of {}:{} ({}, {})",
+            self.units, self.channel, self.corpus, self.doc, self.license, self.rights
+        )
+    }
+}
+
+/// Fields of the stream the synthetic events must repeat (id, model, …).
+#[derive(Debug, Clone, Default)]
+pub struct StreamMeta {
+    pub id: Option<Value>,
+    pub created: Option<Value>,
+    pub model: Option<Value>,
+    pub object: Option<Value>,
+    pub system_fingerprint: Option<Value>,
+    /// Responses: the response object from `response.created`.
+    pub response: Option<Value>,
+    pub sequence: u64,
+    /// Anthropic: content blocks started and not yet stopped; output tokens so far.
+    pub open_blocks: Vec<u64>,
+    pub output_tokens: u64,
+    /// Choice / output indexes seen.
+    pub indexes: Vec<u64>,
+}
+
+impl StreamMeta {
+    /// Learns from each streamed event.
+    pub fn observe(&mut self, api: Api, v: &Value) {
+        match api {
+            Api::ChatCompletions | Api::Completions => {
+                for (f, slot) in [
+                    ("id", &mut self.id),
+                    ("created", &mut self.created),
+                    ("model", &mut self.model),
+                    ("object", &mut self.object),
+                    ("system_fingerprint", &mut self.system_fingerprint),
+                ] {
+                    if let Some(x) = v.get(f) {
+                        *slot = Some(x.clone());
+                    }
+                }
+                for c in v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = u(c, "index");
+                    if !self.indexes.contains(&i) {
+                        self.indexes.push(i);
+                    }
+                }
+            }
+            Api::Responses => {
+                if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {
+                    self.sequence = n;
+                }
+                if let Some(r) = v.get("response") {
+                    self.response = Some(r.clone());
+                }
+            }
+            Api::Messages => match v.get("type").and_then(Value::as_str) {
+                Some("content_block_start") => self.open_blocks.push(u(v, "index")),
+                Some("content_block_stop") => {
+                    let i = u(v, "index");
+                    self.open_blocks.retain(|&b| b != i);
+                }
+                Some("message_delta") => {
+                    if let Some(n) = v
+                        .get("usage")
+                        .and_then(|x| x.get("output_tokens"))
+                        .and_then(Value::as_u64)
+                    {
+                        self.output_tokens = n;
+                    }
+                }
+                Some("message_start") => {
+                    if let Some(n) = v
+                        .pointer("/message/usage/output_tokens")
+                        .and_then(Value::as_u64)
+                    {
+                        self.output_tokens = n;
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        let mut m = Map::new();
+        for (f, v) in [
+            ("id", &self.id),
+            ("object", &self.object),
+            ("created", &self.created),
+            ("model", &self.model),
+            ("system_fingerprint", &self.system_fingerprint),
+        ] {
+            if let Some(v) = v {
+                m.insert(f.into(), v.clone());
+            }
+        }
+        m.insert("choices".into(), Value::Array(choices));
+        Value::Object(m)
+    }
+}
+
+/// The events that end a blocked stream, in the provider's own format.
+pub fn block_events(
+    api: Api,
+    meta: &mut StreamMeta,
+    why: &Citation,
+) -> Vec<(Option<&'static str>, Value)> {
+    let ext = json!({"action": "block", "reason": why.reason, "explanation": why.explanation(), "finding": why});
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            let mut idx = meta.indexes.clone();
+            if idx.is_empty() {
+                idx.push(0);
+            }
+            let choices = idx
+                .iter()
+                .map(|&i| {
+                    let mut c =
+                        json!({"index": i, "finish_reason": "content_filter", "logprobs": null});
+                    if api == Api::ChatCompletions {
+                        c["delta"] = json!({});
+                    } else {
+                        c["text"] = json!("");
+                    }
+                    if i == why.key_a {
+                        c["content_filter_results"] = why.azure(true);
+                    }
+                    c
+                })
+                .collect();
+            let mut chunk = meta.chunk(choices);
+            chunk["verbatim"] = ext;
+            vec![(None, chunk)]
+        }
+        Api::Responses => {
+            meta.sequence += 1;
+            let mut r = meta.response.clone().unwrap_or_else(|| json!({}));
+            r["status"] = json!("incomplete");
+            r["incomplete_details"] = json!({"reason": "content_filter"});
+            r["verbatim"] = ext;
+            vec![(
+                Some("response.incomplete"),
+                json!({"type": "response.incomplete", "sequence_number": meta.sequence, "response": r}),
+            )]
+        }
+        Api::Messages => {
+            let mut out: Vec<(Option<&'static str>, Value)> = meta
+                .open_blocks
+                .drain(..)
+                .map(|i| {
+                    (
+                        Some("content_block_stop"),
+                        json!({"type": "content_block_stop", "index": i}),
+                    )
+                })
+                .collect();
+            out.push((
+                Some("message_delta"),
+                json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "refusal", "stop_sequence": null},
+                    "usage": {"output_tokens": meta.output_tokens},
+                    "verbatim": ext,
+                }),
+            ));
+            out.push((Some("message_stop"), json!({"type": "message_stop"})));
+            out
+        }
+    }
+}
+
+/// Trailer of a blocked OpenAI-style stream.
+pub fn done_marker(api: Api) -> Option<&'static str> {
+    matches!(api, Api::ChatCompletions | Api::Completions).then_some("[DONE]")
+}
+
+/// An event carrying citations beside the text (annotate), or `None` where the provider's
+/// format carries them on a later event (Anthropic: the final `message_delta`).
+pub fn annotation_event(
+    api: Api,
+    meta: &mut StreamMeta,
+    cites: &[Citation],
+) -> Option<(Option<&'static str>, Value)> {
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            let mut choices = Vec::new();
+            for c in cites {
+                let mut ch = json!({"index": c.key_a, "finish_reason": null, "content_filter_results": c.azure(false)});
+                if api == Api::ChatCompletions {
+                    ch["delta"] = json!({});
+                } else {
+                    ch["text"] = json!("");
+                }
+                choices.push(ch);
+            }
+            let mut chunk = meta.chunk(choices);
+            chunk["verbatim"] = json!({"action": "annotate", "findings": cites});
+            Some((None, chunk))
+        }
+        Api::Responses => {
+            let c = cites.first()?;
+            meta.sequence += 1;
+            Some((
+                Some("response.output_text.annotation.added"),
+                json!({
+                    "type": "response.output_text.annotation.added",
+                    "sequence_number": meta.sequence,
+                    "item_id": "",
+                    "output_index": c.key_a,
+                    "content_index": 0,
+                    "annotation_index": 0,
+                    "annotation": {
+                        "type": "url_citation",
+                        "start_index": c.output_start,
+                        "end_index": c.output_end,
+                        "url": c.url.clone().unwrap_or_default(),
+                        "title": format!("{}:{} ({})", c.corpus, c.doc, c.license),
+                    },
+                    "verbatim": {"action": "annotate", "findings": cites},
+                }),
+            ))
+        }
+        Api::Messages => None,
+    }
+}
+
+/// Adds citations to a whole (non-streamed) response, or to Anthropic's final `message_delta`.
+pub fn annotate_value(api: Api, v: &mut Value, cites: &[Citation], filtered: bool) {
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            if let Some(cs) = v.get_mut("choices").and_then(Value::as_array_mut) {
+                for c in cs.iter_mut() {
+                    let i = u(c, "index");
+                    if let Some(cite) = cites.iter().find(|x| x.key_a == i) {
+                        c["content_filter_results"] = cite.azure(filtered);
+                    }
+                }
+            }
+        }
+        Api::Responses | Api::Messages => {}
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "verbatim".into(),
+            json!({"action": if filtered { "block" } else { "annotate" }, "findings": cites}),
+        );
+    }
+}
+
+/// Marks a whole (non-streamed) response as stopped by the filter.
+pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            if let Some(cs) = v.get_mut("choices").and_then(Value::as_array_mut) {
+                for c in cs.iter_mut() {
+                    if u(c, "index") == why.key_a {
+                        c["finish_reason"] = json!("content_filter");
+                    }
+                }
+            }
+        }
+        Api::Responses => {
+            v["status"] = json!("incomplete");
+            v["incomplete_details"] = json!({"reason": "content_filter"});
+        }
+        Api::Messages => {
+            v["stop_reason"] = json!("refusal");
+        }
+    }
+    annotate_value(api, v, std::slice::from_ref(why), true);
+    if let Some(obj) = v.get_mut("verbatim").and_then(Value::as_object_mut) {
+        obj.insert("explanation".into(), json!(why.explanation()));
+        obj.insert("reason".into(), json!(why.reason));
+    }
+}

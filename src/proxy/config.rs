@@ -1,0 +1,201 @@
+//! The proxy's configuration (`proxy-config/verbatim.toml`): read raw, validated into
+//! [`Config`] with every problem reported at once (file, line, key). Command-line flags
+//! override the file; with neither, the built-in defaults apply.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Problems, TomlReader};
+use crate::proxy::pipeline::{Action, Hold, Rules};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream_openai: http::Uri,
+    pub upstream_anthropic: http::Uri,
+    pub indexes: Vec<PathBuf>,
+    pub hold: Hold,
+    pub rules: Rules,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub max_event_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream_openai: http::Uri::from_static("https://api.openai.com"),
+            upstream_anthropic: http::Uri::from_static("https://api.anthropic.com"),
+            indexes: Vec::new(),
+            hold: Hold::Strict,
+            rules: Rules::default(),
+            max_request_bytes: 32 << 20,
+            max_response_bytes: 64 << 20,
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+/// Checks an upstream base URL: http or https, with a host.
+pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok(uri)
+}
+
+const TOP: &[&str] = &["listen", "indexes", "hold", "upstream", "rules", "limits"];
+const ACTIONS: &[(&str, Action)] = &[
+    ("allow", Action::Allow),
+    ("log", Action::Log),
+    ("annotate", Action::Annotate),
+    ("redact", Action::Redact),
+    ("block", Action::Block),
+];
+
+impl Config {
+    /// Reads and validates a config file; relative index paths are relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, src).map_err(ConfigError::Invalid)
+    }
+
+    pub fn parse(path: &Path, src: String) -> Result<Config, Problems> {
+        let (mut r, doc) = TomlReader::parse(path, src);
+        let Some(doc) = doc else {
+            return Err(r.problems);
+        };
+        let t = doc.as_table();
+        let mut c = Config::default();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        r.unknown_keys(t, "", TOP);
+        if let Some(l) = r.opt_str(t, "", "listen") {
+            match l.value.parse() {
+                Ok(a) => c.listen = a,
+                Err(_) => r.problem(
+                    l.span,
+                    "listen",
+                    format!("`{}` is not an address:port", l.value),
+                ),
+            }
+        }
+        if let Some(list) = r.opt_str_list(t, "", "indexes") {
+            c.indexes = list.into_iter().map(|s| base.join(s.value)).collect();
+        }
+        if let Some(h) = r.opt_str(t, "", "hold") {
+            match h.value.as_str() {
+                "strict" => c.hold = Hold::Strict,
+                "none" => c.hold = Hold::None,
+                other => r.problem(
+                    h.span,
+                    "hold",
+                    format!("`{other}` is not one of `strict`, `none`"),
+                ),
+            }
+        }
+        if let Some(u) = r.opt_std_table(t, "", "upstream") {
+            r.unknown_keys(u, "upstream", &["openai", "anthropic"]);
+            for (key, slot) in [
+                ("openai", &mut c.upstream_openai),
+                ("anthropic", &mut c.upstream_anthropic),
+            ] {
+                if let Some(v) = r.opt_str(u, "upstream", key) {
+                    match parse_upstream(&v.value) {
+                        Ok(uri) => *slot = uri,
+                        Err(e) => r.problem(v.span, &format!("upstream.{key}"), e),
+                    }
+                }
+            }
+        }
+        if let Some(rt) = r.opt_std_table(t, "", "rules") {
+            r.unknown_keys(
+                rt,
+                "rules",
+                &[
+                    "long_prose_units",
+                    "long_code_units",
+                    "long_action",
+                    "short_action",
+                    "caller_supplied",
+                ],
+            );
+            if let Some(v) = r.opt_u64(rt, "rules", "long_prose_units") {
+                c.rules.long_prose_units = v.value.min(u32::MAX as u64) as u32;
+            }
+            if let Some(v) = r.opt_u64(rt, "rules", "long_code_units") {
+                c.rules.long_code_units = v.value.min(u32::MAX as u64) as u32;
+            }
+            for (key, slot) in [
+                ("long_action", &mut c.rules.long_action),
+                ("short_action", &mut c.rules.short_action),
+                ("caller_supplied", &mut c.rules.caller_supplied),
+            ] {
+                if let Some(v) = r.opt_str(rt, "rules", key) {
+                    match ACTIONS.iter().find(|(n, _)| *n == v.value) {
+                        Some((_, a)) => *slot = *a,
+                        None => r.problem(
+                            v.span,
+                            &format!("rules.{key}"),
+                            format!(
+                                "`{}` is not one of `allow`, `log`, `annotate`, `redact`, `block`",
+                                v.value
+                            ),
+                        ),
+                    }
+                }
+            }
+        }
+        if let Some(lt) = r.opt_std_table(t, "", "limits") {
+            r.unknown_keys(
+                lt,
+                "limits",
+                &["max_request_bytes", "max_response_bytes", "max_event_bytes"],
+            );
+            for (key, slot) in [
+                ("max_request_bytes", &mut c.max_request_bytes),
+                ("max_response_bytes", &mut c.max_response_bytes),
+                ("max_event_bytes", &mut c.max_event_bytes),
+            ] {
+                if let Some(v) = r.opt_u64(lt, "limits", key) {
+                    if v.value < 1024 {
+                        r.problem(
+                            v.span,
+                            &format!("limits.{key}"),
+                            "must be at least 1024 bytes",
+                        );
+                    } else {
+                        *slot = v.value as usize;
+                    }
+                }
+            }
+        }
+        if r.problems.is_empty() {
+            Ok(c)
+        } else {
+            r.problems.sort();
+            Err(r.problems)
+        }
+    }
+}

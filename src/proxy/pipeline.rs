@@ -1,0 +1,682 @@
+//! The response pipeline: upstream bytes in, the bytes that may be sent now out. Sans-IO: it
+//! knows nothing of sockets; the hyper body wrapper only polls and forwards.
+//!
+//! Streaming responses are decoded into SSE events; each event's text pieces are pushed into a
+//! scanner per text stream. An event is released when every piece it carries lies before its
+//! stream's stable offset (the last `t − 1` units, anything still being formed and every open
+//! run are held back), so no unit of a run of `t` or more units leaves before the run is
+//! detected. Events without text are released as soon as everything before them is. With
+//! `hold = none` everything is released at once and only annotate/log are meaningful.
+//!
+//! When a run reaches the block threshold the stream is ended in the provider's own format; a
+//! finished run is redacted in the held events, annotated with an extra event (or, for
+//! Anthropic, on the final `message_delta`), or just recorded. Events nobody changed go out as
+//! the exact upstream bytes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
+use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
+use crate::index::Index;
+use crate::matcher::{Finding, FindingReport, Scanner};
+use crate::normalize::{Channel, TextKind};
+
+/// What to do about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Allow,
+    Log,
+    Annotate,
+    Redact,
+    Block,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Log => "log",
+            Action::Annotate => "annotate",
+            Action::Redact => "redact",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// How much output is held back while it is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hold {
+    /// Hold the last t − 1 units and every open run: nothing of a blocked run is released.
+    Strict,
+    /// Release at once (annotate/log-only routes): no added delay.
+    None,
+}
+
+/// The built-in rules, until policies exist: long runs get `long_action`, shorter ones
+/// `short_action`, runs the caller supplied `caller_supplied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub long_prose_units: u32,
+    pub long_code_units: u32,
+    pub long_action: Action,
+    pub short_action: Action,
+    pub caller_supplied: Action,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            long_prose_units: 32,
+            long_code_units: 50,
+            long_action: Action::Block,
+            short_action: Action::Annotate,
+            caller_supplied: Action::Log,
+        }
+    }
+}
+
+impl Rules {
+    fn long(&self, c: Channel) -> u32 {
+        match c {
+            Channel::Prose => self.long_prose_units,
+            Channel::Code => self.long_code_units,
+        }
+    }
+
+    /// The action and a stable reason code for a run.
+    pub fn decide(
+        &self,
+        channel: Channel,
+        units: u32,
+        caller_supplied: bool,
+    ) -> (Action, &'static str) {
+        if caller_supplied {
+            (self.caller_supplied, "caller-supplied")
+        } else if units >= self.long(channel) {
+            (
+                self.long_action,
+                if channel == Channel::Code {
+                    "long-code-run"
+                } else {
+                    "long-prose-run"
+                },
+            )
+        } else {
+            (self.short_action, "short-run")
+        }
+    }
+}
+
+/// One decision, for logs and (later) the audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: &'static str,
+    pub stream: String,
+    pub citation: Citation,
+}
+
+/// How a response's scanning is set up.
+#[derive(Clone)]
+pub struct ScanSetup {
+    pub indexes: Vec<Arc<Index>>,
+    pub exempt: Arc<FxHashSet<u64>>,
+    pub rules: Rules,
+    pub hold: Hold,
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldSpan {
+    stream: usize,
+    key: StreamKey,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    raw: Bytes,
+    event: Option<String>,
+    json: Option<Value>,
+    spans: Vec<HeldSpan>,
+    changed: bool,
+}
+
+impl Held {
+    fn synthetic(event: Option<&str>, v: Value) -> Held {
+        Held {
+            raw: Bytes::new(),
+            event: event.map(str::to_string),
+            json: Some(v),
+            spans: Vec::new(),
+            changed: true,
+        }
+    }
+
+    fn bytes(&self) -> Bytes {
+        match (&self.json, self.changed) {
+            (Some(v), true) => encode(self.event.as_deref(), &v.to_string()),
+            _ => self.raw.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Relaying,
+    /// Blocked (or failed): nothing more from upstream is relayed.
+    Ended,
+}
+
+/// Scans one streamed response.
+pub struct Pipeline {
+    api: Api,
+    setup: ScanSetup,
+    decoder: SseDecoder,
+    streams: Vec<(StreamKey, Scanner)>,
+    queue: VecDeque<Held>,
+    out: BytesMut,
+    meta: StreamMeta,
+    state: State,
+    /// Anthropic: citations waiting for the final `message_delta`.
+    pending_cites: Vec<Citation>,
+    decisions: Vec<Decision>,
+    blocked: bool,
+    /// Upstream events seen.
+    pub events_in: u64,
+}
+
+impl Pipeline {
+    pub fn new(api: Api, setup: ScanSetup) -> Self {
+        Pipeline {
+            api,
+            decoder: SseDecoder::new(setup.max_event_bytes),
+            setup,
+            streams: Vec::new(),
+            queue: VecDeque::new(),
+            out: BytesMut::new(),
+            meta: StreamMeta::default(),
+            state: State::Relaying,
+            pending_cites: Vec::new(),
+            decisions: Vec::new(),
+            blocked: false,
+            events_in: 0,
+        }
+    }
+
+    /// Whether the pipeline has ended the response (blocked, or failed): stop reading upstream.
+    pub fn ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Whether a block ended the response.
+    pub fn ended_by_block(&self) -> bool {
+        self.blocked
+    }
+
+    /// Decisions made so far (each reported once).
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// Feeds upstream bytes; returns what may be sent to the client now.
+    pub fn push(&mut self, bytes: &[u8]) -> Bytes {
+        if self.state == State::Relaying {
+            let mut events = Vec::new();
+            let r = self.decoder.push(bytes, &mut events);
+            for ev in events {
+                self.on_event(ev);
+                if self.state != State::Relaying {
+                    break;
+                }
+            }
+            if let Err(EventTooLarge { limit }) = r {
+                tracing::warn!(limit, "upstream event too large; ending the stream");
+                self.fail();
+            }
+            self.release();
+        }
+        self.out.split().freeze()
+    }
+
+    /// The upstream ended cleanly: everything still held is decided and released, and bytes
+    /// after the last complete event are relayed as they came.
+    pub fn finish(&mut self) -> Bytes {
+        self.end(true)
+    }
+
+    /// The upstream failed: complete events still held are decided and released; a partial
+    /// last event is dropped so the client never sees half an event.
+    pub fn abort(&mut self) -> Bytes {
+        self.end(false)
+    }
+
+    fn end(&mut self, clean: bool) -> Bytes {
+        if self.state == State::Relaying {
+            let rest = self.decoder.finish().filter(|_| clean);
+            for i in 0..self.streams.len() {
+                self.streams[i].1.finish();
+            }
+            self.decide();
+            if self.state == State::Relaying {
+                while let Some(h) = self.queue.pop_front() {
+                    self.out.extend_from_slice(&h.bytes());
+                }
+                if let Some(rest) = rest {
+                    self.out.extend_from_slice(&rest);
+                }
+                self.state = State::Ended;
+            }
+        }
+        self.out.split().freeze()
+    }
+
+    /// Ends the stream without relaying what is held (an oversized event).
+    fn fail(&mut self) {
+        self.queue.clear();
+        self.state = State::Ended;
+    }
+
+    fn stream(&mut self, key: StreamKey) -> usize {
+        if let Some(i) = self.streams.iter().position(|(k, _)| *k == key) {
+            return i;
+        }
+        let mut s = Scanner::new(&self.setup.indexes, TextKind::Markdown);
+        s.set_exemptions(Arc::clone(&self.setup.exempt));
+        self.streams.push((key, s));
+        self.streams.len() - 1
+    }
+
+    fn finish_streams(&mut self, pred: impl Fn(&StreamKey) -> bool) {
+        for (k, s) in &mut self.streams {
+            if pred(k) {
+                s.finish();
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SseEvent) {
+        self.events_in += 1;
+        let api = self.api;
+        let done = ev.data.as_deref() == Some("[DONE]");
+        let json: Option<Value> = match ev.data.as_deref() {
+            Some(d) if !done => serde_json::from_str(d).ok(),
+            _ => None,
+        };
+        let ty = json
+            .as_ref()
+            .and_then(|v| v.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // Stream ends that must be decided *before* this event goes into the queue, so that
+        // citations precede the terminal event.
+        if done
+            || matches!(
+                ty.as_deref(),
+                Some("response.completed" | "response.incomplete")
+            )
+        {
+            self.finish_streams(|_| true);
+            self.decide();
+            if self.state != State::Relaying {
+                return;
+            }
+        }
+        let mut held = Held {
+            raw: ev.raw,
+            event: ev.event,
+            json,
+            spans: Vec::new(),
+            changed: false,
+        };
+        if let Some(v) = &mut held.json {
+            self.meta.observe(api, v);
+            for piece in api::event_pieces(api, v) {
+                let s = self.stream(piece.key);
+                let sc = &mut self.streams[s].1;
+                let start = sc.offset();
+                sc.push_str(&piece.text);
+                held.spans.push(HeldSpan {
+                    stream: s,
+                    key: piece.key,
+                    start,
+                    end: sc.offset(),
+                });
+            }
+            if api == Api::Messages
+                && ty.as_deref() == Some("message_delta")
+                && !self.pending_cites.is_empty()
+            {
+                let cites = std::mem::take(&mut self.pending_cites);
+                v["verbatim"] = serde_json::json!({"action": "annotate", "findings": cites});
+                held.changed = true;
+            }
+        }
+        // Stream ends decided after the event: the text it carried is complete.
+        let ended: Vec<u64> = match (api, ty.as_deref(), &held.json) {
+            (Api::Messages, Some("content_block_stop"), Some(v)) => {
+                vec![v.get("index").and_then(Value::as_u64).unwrap_or(0)]
+            }
+            (
+                Api::Responses,
+                Some("response.output_text.done" | "response.output_item.done"),
+                Some(v),
+            ) => {
+                vec![v.get("output_index").and_then(Value::as_u64).unwrap_or(0)]
+            }
+            (Api::ChatCompletions | Api::Completions, _, Some(v)) => v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+                .filter_map(|c| c.get("index").and_then(Value::as_u64))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.queue.push_back(held);
+        if !ended.is_empty() {
+            self.finish_streams(|k| ended.contains(&k.a));
+        }
+        self.decide();
+    }
+
+    fn citation(
+        &self,
+        stream: usize,
+        f: &Finding,
+        action: Action,
+        reason: &str,
+    ) -> Option<Citation> {
+        let ix = self.setup.indexes.get(f.index)?;
+        let r = FindingReport::new(ix, f)?;
+        Some(Citation {
+            key_a: self.streams[stream].0.a,
+            corpus: r.corpus,
+            doc: r.doc,
+            url: r.url,
+            license: r.license,
+            rights: r.rights.to_string(),
+            channel: r.channel.to_string(),
+            units: r.units,
+            output_start: f.output_start,
+            output_end: f.output_end,
+            source_start: r.source_start,
+            source_end: r.source_end,
+            action: action.as_str().to_string(),
+            reason: reason.to_string(),
+        })
+    }
+
+    fn record(&mut self, stream: usize, action: Action, reason: &'static str, cite: &Citation) {
+        let k = self.streams[stream].0;
+        self.decisions.push(Decision {
+            action,
+            reason,
+            stream: format!("{}:{}:{:?}", k.a, k.b, k.part),
+            citation: cite.clone(),
+        });
+    }
+
+    /// Acts on finished runs and on open runs that reached the block threshold.
+    fn decide(&mut self) {
+        let rules = self.setup.rules;
+        for s in 0..self.streams.len() {
+            for f in self.streams[s].1.take_findings() {
+                let (action, reason) = rules.decide(f.channel, f.units, f.caller_supplied);
+                let Some(cite) = self.citation(s, &f, action, reason) else {
+                    continue;
+                };
+                self.record(s, action, reason, &cite);
+                match action {
+                    Action::Block => return self.block(s, f.output_start, &cite),
+                    Action::Redact => self.redact(s, f.output_start, f.output_end, &cite),
+                    Action::Annotate => self.annotate(cite),
+                    Action::Log | Action::Allow => {}
+                }
+            }
+        }
+        if rules.long_action != Action::Block {
+            return;
+        }
+        for s in 0..self.streams.len() {
+            let hit = self.streams[s]
+                .1
+                .open_runs()
+                .find(|r| !r.caller_supplied && r.units >= rules.long(r.channel));
+            if let Some(run) = hit {
+                let f = run.as_finding();
+                let (action, reason) = rules.decide(f.channel, f.units, false);
+                if let Some(cite) = self.citation(s, &f, action, reason) {
+                    self.record(s, action, reason, &cite);
+                    return self.block(s, f.output_start, &cite);
+                }
+            }
+        }
+    }
+
+    fn annotate(&mut self, cite: Citation) {
+        match api::annotation_event(self.api, &mut self.meta, std::slice::from_ref(&cite)) {
+            Some((event, v)) => self.queue.push_back(Held::synthetic(event, v)),
+            None => self.pending_cites.push(cite),
+        }
+    }
+
+    /// Replaces `[start, end)` of a stream's text in the held events by a placeholder.
+    fn redact(&mut self, stream: usize, start: u64, end: u64, cite: &Citation) {
+        let placeholder = format!(
+            "[verbatim: redacted {} {} units of {}:{} ({})]",
+            cite.units, cite.channel, cite.corpus, cite.doc, cite.license
+        );
+        let api = self.api;
+        let mut placed = false;
+        for h in &mut self.queue {
+            let Some(v) = &mut h.json else { continue };
+            for sp in h
+                .spans
+                .iter()
+                .filter(|sp| sp.stream == stream && sp.end > start && sp.start < end)
+            {
+                let Some(text) = api::event_pieces(api, v)
+                    .into_iter()
+                    .find(|p| p.key == sp.key)
+                    .map(|p| p.text)
+                else {
+                    continue;
+                };
+                let cut_a = (start.saturating_sub(sp.start) as usize).min(text.len());
+                let cut_b = (end.saturating_sub(sp.start) as usize).min(text.len());
+                let mut new = String::with_capacity(text.len());
+                new.push_str(text.get(..cut_a).unwrap_or(""));
+                if !placed {
+                    new.push_str(&placeholder);
+                    placed = true;
+                }
+                new.push_str(text.get(cut_b..).unwrap_or(""));
+                api::set_event_text(api, v, sp.key, &new);
+                h.changed = true;
+            }
+        }
+        if !placed {
+            // Already released (hold = none): say so in the log; nothing can be taken back.
+            tracing::warn!(doc = %cite.doc, "a run to redact was already released (hold = none)");
+        }
+    }
+
+    /// Ends the response: releases what lies before `at` on `stream` (cutting the event that
+    /// straddles it), drops everything after, and appends the provider's own ending.
+    fn block(&mut self, stream: usize, at: u64, cite: &Citation) {
+        let api = self.api;
+        while let Some(h) = self.queue.front() {
+            let ok = h.spans.iter().all(|sp| {
+                if sp.stream == stream {
+                    sp.end <= at
+                } else {
+                    sp.end <= self.streams[sp.stream].1.stable_offset()
+                }
+            });
+            if !ok {
+                break;
+            }
+            if let Some(h) = self.queue.pop_front() {
+                self.out.extend_from_slice(&h.bytes());
+            }
+        }
+        if let Some(mut h) = self.queue.pop_front() {
+            let part: Vec<HeldSpan> = h
+                .spans
+                .iter()
+                .copied()
+                .filter(|sp| sp.stream == stream && sp.start < at)
+                .collect();
+            if let (false, Some(v)) = (part.is_empty(), &mut h.json) {
+                let pieces = api::event_pieces(api, v);
+                for sp in &h.spans {
+                    let text = pieces
+                        .iter()
+                        .find(|p| p.key == sp.key)
+                        .map(|p| p.text.as_str())
+                        .unwrap_or("");
+                    let keep = if sp.stream == stream {
+                        ((at - sp.start) as usize).min(text.len())
+                    } else {
+                        0
+                    };
+                    api::set_event_text(api, v, sp.key, text.get(..keep).unwrap_or(""));
+                }
+                h.changed = true;
+                self.out.extend_from_slice(&h.bytes());
+            }
+        }
+        self.queue.clear();
+        for (event, v) in api::block_events(api, &mut self.meta, cite) {
+            self.out.extend_from_slice(&encode(event, &v.to_string()));
+        }
+        if let Some(done) = api::done_marker(api) {
+            self.out.extend_from_slice(&encode(None, done));
+        }
+        self.state = State::Ended;
+        self.blocked = true;
+    }
+
+    /// Moves every event that is safe to send from the queue to the output.
+    fn release(&mut self) {
+        if self.state != State::Relaying {
+            return;
+        }
+        while let Some(h) = self.queue.front() {
+            let ok = self.setup.hold == Hold::None
+                || h.spans
+                    .iter()
+                    .all(|sp| sp.end <= self.streams[sp.stream].1.stable_offset());
+            if !ok {
+                break;
+            }
+            if let Some(h) = self.queue.pop_front() {
+                self.out.extend_from_slice(&h.bytes());
+            }
+        }
+    }
+}
+
+/// Scans a whole (non-streamed) JSON response. Returns the new body if anything had to change,
+/// `None` to relay the upstream bytes as they are, and the decisions made.
+pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return (None, Vec::new());
+    };
+    let mut decisions = Vec::new();
+    let mut cites = Vec::new();
+    let mut block: Option<Citation> = None;
+    let mut edits: Vec<(StreamKey, String)> = Vec::new();
+    for piece in api::response_pieces(api, &v) {
+        let mut s = Scanner::new(&setup.indexes, TextKind::Markdown);
+        s.set_exemptions(Arc::clone(&setup.exempt));
+        s.push_str(&piece.text);
+        s.finish();
+        let mut findings = s.take_findings();
+        findings.sort_by_key(|f| std::cmp::Reverse(f.output_start));
+        let mut text = piece.text.clone();
+        let mut changed = false;
+        for f in findings {
+            let (action, reason) = setup.rules.decide(f.channel, f.units, f.caller_supplied);
+            let Some(ix) = setup.indexes.get(f.index) else {
+                continue;
+            };
+            let Some(r) = FindingReport::new(ix, &f) else {
+                continue;
+            };
+            let cite = Citation {
+                key_a: piece.key.a,
+                corpus: r.corpus,
+                doc: r.doc,
+                url: r.url,
+                license: r.license,
+                rights: r.rights.to_string(),
+                channel: r.channel.to_string(),
+                units: r.units,
+                output_start: f.output_start,
+                output_end: f.output_end,
+                source_start: r.source_start,
+                source_end: r.source_end,
+                action: action.as_str().into(),
+                reason: reason.into(),
+            };
+            decisions.push(Decision {
+                action,
+                reason,
+                stream: format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
+                citation: cite.clone(),
+            });
+            let (a, b) = (f.output_start as usize, f.output_end as usize);
+            match action {
+                Action::Block => {
+                    // Keep what precedes the run; later findings are moot.
+                    text.truncate(a.min(text.len()));
+                    changed = true;
+                    if block.is_none() {
+                        block = Some(cite);
+                    }
+                }
+                Action::Redact if b <= text.len() => {
+                    let ph = format!(
+                        "[verbatim: redacted {} {} units of {}:{} ({})]",
+                        cite.units, cite.channel, cite.corpus, cite.doc, cite.license
+                    );
+                    text.replace_range(a..b, &ph);
+                    changed = true;
+                    cites.push(cite);
+                }
+                Action::Redact | Action::Annotate => cites.push(cite),
+                Action::Log | Action::Allow => {}
+            }
+        }
+        if changed && piece.key.part != Part::ToolArgs {
+            edits.push((piece.key, text));
+        } else if changed {
+            // Tool input cannot be cut without breaking its JSON: blank it.
+            edits.push((piece.key, String::new()));
+        }
+    }
+    if edits.is_empty() && cites.is_empty() && block.is_none() {
+        return (None, decisions);
+    }
+    for (k, t) in edits {
+        api::set_response_text(api, &mut v, k, &t);
+    }
+    if let Some(b) = &block {
+        api::block_value(api, &mut v, b);
+    } else {
+        api::annotate_value(api, &mut v, &cites, false);
+    }
+    (serde_json::to_vec(&v).ok().map(Bytes::from), decisions)
+}

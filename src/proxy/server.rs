@@ -1,0 +1,416 @@
+//! The hyper layer: accept connections, route each request to its upstream, and wrap scanned
+//! response bodies in a [`PipelineBody`], which only polls the upstream, forwards bytes through
+//! the sans-IO [`Pipeline`] and reports how the stream ended, exactly once. Dropping the body
+//! (the client went away, or a block ended the stream) drops the upstream body, which cancels
+//! the upstream request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use super::api::{self, Api};
+use super::config::Config;
+use super::pipeline::{Pipeline, ScanSetup, scan_response};
+use crate::index::Index;
+use crate::matcher::exemptions;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+struct Shared {
+    cfg: Config,
+    indexes: Vec<Arc<Index>>,
+    client: HttpsClient,
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The upstream client: TLS with the bundled Mozilla roots (works offline and in minimal
+/// containers), HTTP/2 where the upstream offers it, `TCP_NODELAY`.
+fn client() -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+impl Server {
+    pub async fn bind(cfg: Config, indexes: Vec<Arc<Index>>) -> Result<Server, ServeError> {
+        let addr = cfg.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                cfg,
+                indexes,
+                client: client(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` completes, then waits for open connections to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let shared = Arc::clone(&self.shared);
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = Arc::clone(&shared);
+                        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    // Tracked by `graceful`: shutdown waits for it.
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        graceful.shutdown().await;
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A JSON error in the OpenAI/Anthropic shape both SDKs parse.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and others a proxy must not forward as they are.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HOST,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+}
+
+fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
+    let prefix = base.path().trim_end_matches('/');
+    let pq = format!("{prefix}{path_and_query}");
+    Uri::builder()
+        .scheme(base.scheme()?.clone())
+        .authority(base.authority()?.clone())
+        .path_and_query(pq)
+        .build()
+        .ok()
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let cfg = &shared.cfg;
+    let api = Api::route(req.method(), req.uri().path());
+    let anthropic = match api {
+        Some(a) => a.is_anthropic(),
+        None => {
+            req.headers().contains_key("anthropic-version")
+                || req.headers().contains_key("x-api-key")
+        }
+    };
+    let base = if anthropic {
+        &cfg.upstream_anthropic
+    } else {
+        &cfg.upstream_openai
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Some(uri) = upstream_uri(base, pq) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "verbatim: cannot build the upstream URL",
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.uri = uri;
+
+    // Requests to scanned APIs are read whole (bounded): the stream flag and the caller's own
+    // text decide how the response is handled. Everything else streams through untouched.
+    let scan = api.filter(|_| !shared.indexes.is_empty());
+    let (upstream_req, setup) = match scan {
+        None => (
+            Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
+            None,
+        ),
+        Some(api) => {
+            let bytes = match Limited::new(body, cfg.max_request_bytes).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    return if e.is::<http_body_util::LengthLimitError>() {
+                        error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request_too_large",
+                            &format!(
+                                "verbatim: request body over {} bytes",
+                                cfg.max_request_bytes
+                            ),
+                        )
+                    } else {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request_error",
+                            "verbatim: could not read the request body",
+                        )
+                    };
+                }
+            };
+            let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            let exempt = match &json {
+                Some(v) => exemptions(
+                    api::request_texts(api, v).iter().map(String::as_str),
+                    &shared.indexes,
+                ),
+                None => Default::default(),
+            };
+            // The response must arrive uncompressed to be scanned.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let setup = ScanSetup {
+                indexes: shared.indexes.clone(),
+                exempt: Arc::new(exempt),
+                rules: cfg.rules,
+                hold: cfg.hold,
+                max_event_bytes: cfg.max_event_bytes,
+            };
+            (Request::from_parts(parts, full(bytes)), Some((api, setup)))
+        }
+    };
+
+    let resp = match shared.client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, upstream = %base, "upstream request failed");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "verbatim: the upstream could not be reached",
+            );
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    let Some((api, setup)) = setup.filter(|_| rparts.status.is_success()) else {
+        return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
+    };
+    let ctype = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ctype.starts_with("text/event-stream") {
+        rparts.headers.remove(header::CONTENT_LENGTH);
+        let body = PipelineBody {
+            upstream: Some(rbody),
+            pipeline: Pipeline::new(api, setup),
+            end: None,
+        };
+        return Response::from_parts(rparts, body.boxed());
+    }
+    if ctype.starts_with("application/json") {
+        let bytes = match Limited::new(rbody, cfg.max_response_bytes).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream response could not be read");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "verbatim: the upstream response could not be read",
+                );
+            }
+        };
+        let (changed, decisions) = scan_response(api, &bytes, &setup);
+        log_decisions(api, &decisions);
+        let body = changed.unwrap_or(bytes);
+        rparts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        return Response::from_parts(rparts, full(body));
+    }
+    Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+fn log_decisions(api: Api, decisions: &[super::pipeline::Decision]) {
+    for d in decisions {
+        tracing::info!(
+            api = api.name(),
+            action = d.action.as_str(),
+            reason = d.reason,
+            corpus = %d.citation.corpus,
+            doc = %d.citation.doc,
+            license = %d.citation.license,
+            units = d.citation.units,
+            "finding"
+        );
+    }
+}
+
+/// How a scanned stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    Completed,
+    Blocked,
+    UpstreamError,
+    ClientCancelled,
+}
+
+/// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
+pub struct PipelineBody {
+    upstream: Option<Incoming>,
+    pipeline: Pipeline,
+    end: Option<StreamEnd>,
+}
+
+impl PipelineBody {
+    fn ended(&mut self, how: StreamEnd) {
+        if self.end.is_none() {
+            self.end = Some(how);
+            log_decisions(Api::ChatCompletions, &self.pipeline.take_decisions());
+            tracing::info!(end = ?how, events = self.pipeline.events_in, "stream ended");
+        }
+    }
+}
+
+impl Drop for PipelineBody {
+    fn drop(&mut self) {
+        self.ended(StreamEnd::ClientCancelled);
+    }
+}
+
+impl Body for PipelineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.end.is_some() {
+                return Poll::Ready(None);
+            }
+            let Some(up) = this.upstream.as_mut() else {
+                // Upstream finished, failed or was dropped after a block.
+                let rest = this.pipeline.finish();
+                let how = if this.pipeline.ended_by_block() {
+                    StreamEnd::Blocked
+                } else {
+                    StreamEnd::Completed
+                };
+                this.ended(how);
+                return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+            };
+            match Pin::new(up).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let out = this.pipeline.push(&data);
+                    if this.pipeline.ended() {
+                        this.upstream = None; // cancels the upstream request
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream stream failed; ending the response");
+                    this.upstream = None;
+                    let rest = this.pipeline.abort();
+                    this.ended(StreamEnd::UpstreamError);
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                }
+                Poll::Ready(None) => this.upstream = None,
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Incremental Server-Sent Events decoding that keeps every event's raw bytes, so an event the
+//! proxy does not touch is relayed byte for byte. Events end at a blank line (`\n\n` or
+//! `\r\n\r\n`); fields are `event`, `data` (joined with `\n`), and comments (`:`), which carry
+//! no text. Chunk boundaries never change the events (tested at every split).
+
+use bytes::{Bytes, BytesMut};
+
+/// One event as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The exact bytes, including the terminating blank line.
+    pub raw: Bytes,
+    pub event: Option<String>,
+    /// The `data` lines joined with `\n`; `None` if the event has no data field.
+    pub data: Option<String>,
+}
+
+/// An event larger than the limit: the stream is ended rather than buffered without bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an upstream event exceeded {limit} bytes")]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
+#[derive(Debug)]
+pub struct SseDecoder {
+    buf: BytesMut,
+    /// Bytes of `buf` already searched for an event end.
+    searched: usize,
+    max_event: usize,
+}
+
+impl SseDecoder {
+    pub fn new(max_event: usize) -> Self {
+        SseDecoder {
+            buf: BytesMut::new(),
+            searched: 0,
+            max_event,
+        }
+    }
+
+    /// Feeds bytes; returns the events they complete.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+        self.buf.extend_from_slice(bytes);
+        loop {
+            match find_event_end(&self.buf, self.searched.saturating_sub(3)) {
+                Some(end) => {
+                    let raw = self.buf.split_to(end).freeze();
+                    self.searched = 0;
+                    out.push(parse(raw));
+                }
+                None => {
+                    self.searched = self.buf.len();
+                    if self.buf.len() > self.max_event {
+                        return Err(EventTooLarge {
+                            limit: self.max_event,
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Bytes left at the end of the stream that never formed a complete event.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        self.searched = 0;
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+}
+
+/// End (exclusive) of the first complete event at or after `from`: just past a blank line.
+fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        let nl = buf[i..].iter().position(|&b| b == b'\n')? + i;
+        // A line ending here; is the next line empty?
+        let next = nl + 1;
+        if buf.get(next) == Some(&b'\n') {
+            return Some(next + 1);
+        }
+        if buf.get(next) == Some(&b'\r') && buf.get(next + 1) == Some(&b'\n') {
+            return Some(next + 2);
+        }
+        if next >= buf.len() || (buf.get(next) == Some(&b'\r') && next + 1 >= buf.len()) {
+            return None; // need more bytes to know
+        }
+        i = next;
+    }
+    None
+}
+
+fn parse(raw: Bytes) -> SseEvent {
+    let mut event = None;
+    let mut data: Option<String> = None;
+    if let Ok(text) = std::str::from_utf8(&raw) {
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() || line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => event = Some(value.to_string()),
+                "data" => match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                _ => {}
+            }
+        }
+    }
+    SseEvent { raw, event, data }
+}
+
+/// Encodes an event the proxy made or changed.
+pub fn encode(event: Option<&str>, data: &str) -> Bytes {
+    let mut s = String::with_capacity(data.len() + 32);
+    if let Some(e) = event {
+        s.push_str("event: ");
+        s.push_str(e);
+        s.push('\n');
+    }
+    for line in data.split('\n') {
+        s.push_str("data: ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push('\n');
+    Bytes::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str =
+        "event: a\ndata: {\"x\":1}\n\n: ping\n\ndata: line1\ndata: line2\r\n\r\ndata: [DONE]\n\n";
+
+    fn decode_split(bytes: &[u8], cuts: &[usize]) -> (Vec<SseEvent>, Option<Bytes>) {
+        let mut d = SseDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for &c in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            d.push(&bytes[prev..c], &mut out).unwrap();
+            prev = c;
+        }
+        (out, d.finish())
+    }
+
+    #[test]
+    fn events_are_the_same_at_every_split_and_keep_their_bytes() {
+        let b = STREAM.as_bytes();
+        let (whole, rest) = decode_split(b, &[]);
+        assert_eq!(rest, None);
+        assert_eq!(whole.len(), 4);
+        assert_eq!(whole[0].event.as_deref(), Some("a"));
+        assert_eq!(whole[0].data.as_deref(), Some("{\"x\":1}"));
+        assert_eq!(whole[1].data, None);
+        assert_eq!(whole[2].data.as_deref(), Some("line1\nline2"));
+        assert_eq!(whole[3].data.as_deref(), Some("[DONE]"));
+        let joined: Vec<u8> = whole.iter().flat_map(|e| e.raw.to_vec()).collect();
+        assert_eq!(joined, b);
+        for cut in 1..b.len() {
+            assert_eq!(decode_split(b, &[cut]).0, whole, "split at {cut}");
+        }
+        let every: Vec<usize> = (1..b.len()).collect();
+        assert_eq!(decode_split(b, &every).0, whole, "byte at a time");
+    }
+
+    #[test]
+    fn an_unfinished_event_is_returned_at_the_end_and_a_huge_one_is_refused() {
+        let (ev, rest) = decode_split(b"data: a\n\ndata: partial", &[]);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(rest.as_deref(), Some(&b"data: partial"[..]));
+        let mut d = SseDecoder::new(16);
+        let mut out = Vec::new();
+        assert_eq!(
+            d.push(&[b'x'; 17], &mut out),
+            Err(EventTooLarge { limit: 16 })
+        );
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let e = encode(Some("message_stop"), "{\"type\":\"message_stop\"}");
+        let (ev, _) = decode_split(&e, &[]);
+        assert_eq!(ev[0].event.as_deref(), Some("message_stop"));
+        assert_eq!(ev[0].data.as_deref(), Some("{\"type\":\"message_stop\"}"));
+    }
+}

@@ -1,0 +1,493 @@
+//! The proxy in process: a mock provider on 127.0.0.1:0 replays recorded OpenAI and Anthropic
+//! streams with chosen chunk sizes; the real proxy scans them against the committed fixture
+//! index. Every case has a defined outcome and none may hang (each request has a deadline).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod proxy_mock;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proxy_mock::*;
+use serde_json::{Value, json};
+use verbatim::index::Index;
+use verbatim::proxy::config::Config;
+use verbatim::proxy::pipeline::{Action, Hold};
+use verbatim::proxy::server::Server;
+use verbatim::proxy::sse::SseDecoder;
+
+const FIXTURE: &str = "tests/fixtures/index-v1";
+/// 49 words of `corpora/fixtures/acme-books/chapter-01.md`: over the 32-word block threshold.
+const COPIED: &str = "Marguerite Oduya kept the lighthouse on Carrow Point for eleven winters before she opened the ledger that her predecessor had hidden beneath the third stair. It was bound in green oilcloth and smelled of paraffin and salt, and every page was ruled into columns that nobody had asked for";
+/// 21 words of chapter 2: over t = 12, under 32 — annotated.
+const SHORT: &str = "Tobias Renwick had rowed the crossing to Carrow Point since he was fourteen, and in all that time he had never";
+const INTRO: &str = "Here is a short story about a lighthouse, as you asked. ";
+const OUTRO: &str = " That is all I can write today, I am afraid.";
+const UNRELATED: &str = "The weather in the valley was mild all week, and the farmers planted their barley early because the soil had dried out sooner than anyone expected this spring.";
+
+struct Proxy {
+    addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn proxy(mock: &Mock, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_openai: format!("http://{}", mock.addr).parse().unwrap(),
+        upstream_anthropic: format!("http://{}", mock.addr).parse().unwrap(),
+        ..Config::default()
+    };
+    tweak(&mut cfg);
+    let index = Arc::new(Index::open(FIXTURE).unwrap());
+    let server = Server::bind(cfg, vec![index]).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    Proxy { addr, _stop: tx }
+}
+
+type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> C {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, http::HeaderMap, Bytes) {
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test-secret")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let fut = async {
+        let resp = client().request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, headers, body)
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("request hung")
+}
+
+fn chat_req(stream: bool, user: &str) -> Value {
+    json!({"model": "mock-model", "stream": stream, "messages": [{"role": "user", "content": user}]})
+}
+
+fn msg_req(stream: bool, user: &str) -> Value {
+    json!({"model": "mock-model", "max_tokens": 100, "stream": stream, "messages": [{"role": "user", "content": user}]})
+}
+
+fn events(body: &[u8]) -> Vec<(Option<String>, Value)> {
+    let mut d = SseDecoder::new(1 << 20);
+    let mut ev = Vec::new();
+    d.push(body, &mut ev).unwrap();
+    assert_eq!(d.finish(), None, "response ends mid-event");
+    ev.into_iter()
+        .filter_map(|e| {
+            let data = e.data?;
+            if data == "[DONE]" {
+                return Some((e.event, json!("[DONE]")));
+            }
+            Some((
+                e.event,
+                serde_json::from_str(&data).unwrap_or(Value::String(data)),
+            ))
+        })
+        .collect()
+}
+
+fn openai_text(evs: &[(Option<String>, Value)]) -> String {
+    evs.iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
+        .collect()
+}
+
+fn anthropic_text(evs: &[(Option<String>, Value)]) -> String {
+    evs.iter()
+        .filter_map(|(_, v)| v.pointer("/delta/text").and_then(Value::as_str))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_streams_pass_through_byte_identical() {
+    for (piece, chunk) in [(1, 1), (3, 17), (50, 4096)] {
+        let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+        let upstream = openai_stream(&text, piece);
+        let mock = start(Reply::sse(&upstream, chunk)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (status, headers, body) = post(
+            p.addr,
+            "/v1/chat/completions",
+            &chat_req(true, "tell me a story"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "text/event-stream");
+        assert_eq!(
+            headers["x-request-id"], "req_mock_1",
+            "upstream headers reach the client"
+        );
+        assert_eq!(body, Bytes::from(upstream), "piece {piece} chunk {chunk}");
+        // The request reached the upstream unchanged, credentials included.
+        {
+            let seen = mock.seen.lock().unwrap();
+            assert_eq!(seen.requests[0].0, "/v1/chat/completions");
+            assert_eq!(seen.requests[0].1["authorization"], "Bearer sk-test-secret");
+        }
+
+        let up = anthropic_stream(&text, piece);
+        *mock.reply.lock().unwrap() = Reply::sse(&up, chunk);
+        let (status, _, body) =
+            post(p.addr, "/v1/messages", &msg_req(true, "tell me a story")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            Bytes::from(up),
+            "anthropic piece {piece} chunk {chunk}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_run_is_blocked_with_nothing_of_it_released_at_every_chunking() {
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let run_start = INTRO.len();
+    for (piece, chunk) in [
+        (1, 1),
+        (1, 64),
+        (2, 7),
+        (5, 33),
+        (13, 100),
+        (40, 4096),
+        (500, 4096),
+    ] {
+        let mock = start(Reply::sse(&openai_stream(&text, piece), chunk)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (status, _, body) = post(
+            p.addr,
+            "/v1/chat/completions",
+            &chat_req(true, "a story please"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let evs = events(&body);
+        let got = openai_text(&evs);
+        assert!(
+            text.starts_with(&got) && got.len() <= run_start,
+            "piece {piece} chunk {chunk}: released {got:?}"
+        );
+        let last = &evs[evs.len() - 2].1;
+        assert_eq!(
+            last.pointer("/choices/0/finish_reason"),
+            Some(&json!("content_filter")),
+            "{last}"
+        );
+        assert_eq!(
+            last.pointer("/choices/0/content_filter_results/protected_material_text/filtered"),
+            Some(&json!(true))
+        );
+        assert_eq!(
+            last.pointer("/verbatim/finding/doc"),
+            Some(&json!("fixtures/acme-books/chapter-01.md"))
+        );
+        assert!(
+            last.pointer("/verbatim/explanation")
+                .and_then(Value::as_str)
+                .unwrap()
+                .contains("LicenseRef-Acme-Proprietary")
+        );
+        assert_eq!(evs.last().unwrap().1, json!("[DONE]"));
+
+        let mock = start(Reply::sse(&anthropic_stream(&text, piece), chunk)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "a story please")).await;
+        let evs = events(&body);
+        let got = anthropic_text(&evs);
+        assert!(
+            text.starts_with(&got) && got.len() <= run_start,
+            "anthropic piece {piece} chunk {chunk}: {got:?}"
+        );
+        let names: Vec<&str> = evs
+            .iter()
+            .rev()
+            .take(3)
+            .filter_map(|(n, _)| n.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            ["message_stop", "message_delta", "content_block_stop"]
+        );
+        let delta = &evs[evs.len() - 2].1;
+        assert_eq!(delta.pointer("/delta/stop_reason"), Some(&json!("refusal")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_is_annotated_and_the_text_flows() {
+    let text = format!("{INTRO}{SHORT}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 4), 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    assert_eq!(openai_text(&evs), text, "annotate changes no text");
+    let ann: Vec<&Value> = evs
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v.pointer("/choices/0/content_filter_results").is_some())
+        .collect();
+    assert_eq!(ann.len(), 1);
+    let cit = ann[0]
+        .pointer("/choices/0/content_filter_results/protected_material_text")
+        .unwrap();
+    assert_eq!(cit["detected"], json!(true));
+    assert_eq!(cit["filtered"], json!(false));
+    assert_eq!(
+        cit["citation"]["URL"],
+        json!("https://books.example.org/fixtures/acme-books/chapter-02.md")
+    );
+    assert_eq!(
+        ann[0].pointer("/verbatim/findings/0/units"),
+        Some(&json!(21))
+    );
+    // The annotation comes before [DONE] and after the finish chunk.
+    let pos = evs.iter().position(|(_, v)| v == ann[0]).unwrap();
+    assert!(pos < evs.len() - 1);
+
+    *mock.reply.lock().unwrap() = Reply::sse(&anthropic_stream(&text, 4), 64);
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "go")).await;
+    let evs = events(&body);
+    assert_eq!(anthropic_text(&evs), text);
+    let delta = evs
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("message_delta"))
+        .unwrap();
+    assert_eq!(
+        delta.1.pointer("/delta/stop_reason"),
+        Some(&json!("end_turn"))
+    );
+    assert_eq!(
+        delta.1.pointer("/verbatim/findings/0/doc"),
+        Some(&json!("fixtures/acme-books/chapter-02.md"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_replaces_the_copied_span_with_a_citation() {
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    for piece in [1, 6, 1000] {
+        let mock = start(Reply::sse(&openai_stream(&text, piece), 50)).await;
+        let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+        let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        let got = openai_text(&events(&body));
+        assert!(got.starts_with(INTRO), "{got}");
+        assert!(got.contains("[verbatim: redacted 49 prose units of acme-books:fixtures/acme-books/chapter-01.md (LicenseRef-Acme-Proprietary)]"), "{got}");
+        assert!(
+            !got.contains("Oduya") && !got.contains("oilcloth"),
+            "piece {piece}: {got}"
+        );
+        assert!(
+            got.ends_with(&format!("(LicenseRef-Acme-Proprietary)]{OUTRO}")),
+            "{got}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_the_caller_supplied_is_not_acted_on() {
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let upstream = openai_stream(&text, 5);
+    let mock = start(Reply::sse(&upstream, 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let user = format!("Please fix the typos in this passage I wrote down: {COPIED}");
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, &user)).await;
+    assert_eq!(
+        body,
+        Bytes::from(upstream),
+        "caller-supplied runs are only logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_responses_are_scanned_too() {
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::json(200, &openai_json(&text))).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (status, headers, body) =
+        post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["content-length"], body.len().to_string());
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(v.pointer("/choices/0/message/content"), Some(&json!(INTRO)));
+    assert_eq!(
+        v.pointer("/usage/total_tokens"),
+        Some(&json!(12)),
+        "unknown fields survive"
+    );
+
+    *mock.reply.lock().unwrap() =
+        Reply::json(200, &anthropic_json(&format!("{INTRO}{SHORT}{OUTRO}")));
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(false, "go")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/stop_reason"), Some(&json!("end_turn")));
+    assert_eq!(v.pointer("/verbatim/action"), Some(&json!("annotate")));
+
+    let clean = anthropic_json(UNRELATED);
+    *mock.reply.lock().unwrap() = Reply::json(200, &clean);
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(false, "go")).await;
+    assert_eq!(
+        body,
+        Bytes::from(clean.to_string()),
+        "byte-identical when nothing is found"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_reach_the_client_as_sent() {
+    for status in [400u16, 401, 429, 500, 529] {
+        let err = json!({"error": {"message": "mock failure", "type": "server_error"}});
+        let mock = start(Reply::json(status, &err)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (s, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(s, status);
+        assert_eq!(body, Bytes::from(err.to_string()));
+    }
+    // No upstream at all: a 502 in the error shape the SDKs parse.
+    let mock = start(Reply::json(200, &json!({}))).await;
+    let mut p = proxy(&mock, |_| {}).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    p = {
+        drop(p);
+        let m2 = Mock { addr: dead, ..mock };
+        proxy(&m2, |_| {}).await
+    };
+    let (s, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(s, 502);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/error/type"), Some(&json!("upstream_error")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_stream_ends_the_response_cleanly() {
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let upstream = openai_stream(&text, 3);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.reset_after = Some(10);
+    let mock = start(reply).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    // What arrived is a prefix of what the upstream sent before it broke, ending on an event.
+    assert!(
+        upstream.starts_with(&body) && body.len() <= 400,
+        "{}",
+        body.len()
+    );
+    assert!(body.ends_with(b"\n\n") || body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_the_upstream() {
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}").repeat(20);
+    let mut reply = Reply::sse(&openai_stream(&text, 3), 64);
+    reply.delay = Duration::from_millis(5);
+    let mock = start(reply).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", p.addr))
+        .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    drop(body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mock.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_and_invalid_utf8_pass_through() {
+    let mut upstream =
+        b"data: not json at all\n\n: comment\n\nevent: weird\ndata: {\"unknown\": true}\n\n"
+            .to_vec();
+    // Invalid UTF-8 split across two events' content.
+    upstream.extend_from_slice(
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\xc3\"}}]}\n\n",
+    );
+    upstream.extend_from_slice(
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xa9 ok\"}}]}\n\n",
+    );
+    upstream.extend_from_slice(&openai_stream(UNRELATED, 10));
+    for chunk in [1, 5, 4096] {
+        let mock = start(Reply::sse(&upstream, chunk)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, Bytes::from(upstream.clone()), "chunk {chunk}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_endpoints_pass_through_untouched() {
+    let models = json!({"object": "list", "data": [{"id": "mock-model", "object": "model"}]});
+    let mock = start(Reply::json(200, &models)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = http::Request::get(format!("http://{}/v1/models?limit=5", p.addr))
+        .header("authorization", "Bearer sk-x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, Bytes::from(models.to_string()));
+    assert_eq!(
+        mock.seen.lock().unwrap().requests[0].0,
+        "/v1/models?limit=5"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_none_releases_at_once_and_still_annotates() {
+    let text = format!("{INTRO}{SHORT}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 4), 64)).await;
+    let p = proxy(&mock, |c| c.hold = Hold::None).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    assert_eq!(openai_text(&evs), text);
+    assert!(
+        evs.iter()
+            .any(|(_, v)| v.pointer("/choices/0/content_filter_results").is_some())
+    );
+}
