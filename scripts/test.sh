@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: formatting, lints, tests, docs.
-# Installs what the tests need (nothing outside cargo yet). `.ci/run` calls exactly this.
+# The whole test suite, from a fresh clone: formatting, lints, Rust tests, docs, and the
+# end-to-end tests with the official Python SDKs (installed into .venv from PyPI).
+# `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,10 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+echo "== python SDK end-to-end tests (openai, anthropic)"
+if [ ! -x .venv/bin/pytest ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check "openai>=1.50" "anthropic>=0.40" "pytest>=8"
+cargo build --locked --quiet
+(cd tests/sdk && ../../.venv/bin/python -m pytest -q -p no:cacheprovider)

@@ -1,0 +1,112 @@
+"""A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions and
+Anthropic messages, streamed or not, with a text chosen by a marker in the last user message:
+COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
+shorter passage of chapter-02.md, annotated), anything else (unrelated text)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+INTRO = "Here is a short story about a lighthouse, as you asked. "
+OUTRO = " That is all I can write today, I am afraid."
+COPIED = ("Marguerite Oduya kept the lighthouse on Carrow Point for eleven winters before she opened the "
+          "ledger that her predecessor had hidden beneath the third stair. It was bound in green oilcloth "
+          "and smelled of paraffin and salt, and every page was ruled into columns that nobody had asked for")
+SHORT = ("Tobias Renwick had rowed the crossing to Carrow Point since he was fourteen, and in all that time "
+         "he had never")
+UNRELATED = ("The weather in the valley was mild all week, and the farmers planted their barley early because "
+             "the soil had dried out sooner than anyone expected this spring.")
+
+
+def answer_for(body):
+    msgs = body.get("messages") or []
+    last = msgs[-1]["content"] if msgs else ""
+    if isinstance(last, list):
+        last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+    if "COPY" in last:
+        return INTRO + COPIED + OUTRO
+    if "SHORT" in last:
+        return INTRO + SHORT + OUTRO
+    return INTRO + UNRELATED + OUTRO
+
+
+def pieces(text, n=7):
+    return [text[i:i + n] for i in range(0, len(text), n)]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, ctype, body):
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("x-request-id", "req_mock")
+        self.end_headers()
+        if isinstance(body, str):
+            body = body.encode()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/v1/models"):
+            self.send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+        else:
+            self.send(404, "application/json", json.dumps({"error": {"message": "not found", "type": "not_found"}}))
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        text = answer_for(body)
+        if self.path.startswith("/v1/chat/completions"):
+            self.chat(body, text)
+        elif self.path.startswith("/v1/messages"):
+            self.messages(body, text)
+        else:
+            self.send(404, "application/json", json.dumps({"error": {"message": "not found", "type": "not_found"}}))
+
+    def chat(self, body, text):
+        base = {"id": "chatcmpl-mock", "created": 1700000000, "model": body.get("model", "mock-model")}
+        if not body.get("stream"):
+            self.send(200, "application/json", json.dumps({**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}))
+            return
+        out = []
+        def chunk(delta, finish=None):
+            out.append("data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + "\n\n")
+        chunk({"role": "assistant", "content": ""})
+        for p in pieces(text):
+            chunk({"content": p})
+        chunk({}, "stop")
+        out.append("data: [DONE]\n\n")
+        self.send(200, "text/event-stream", "".join(out))
+
+    def messages(self, body, text):
+        model = body.get("model", "mock-model")
+        if not body.get("stream"):
+            self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 30}}))
+            return
+        out = []
+        def ev(name, data):
+            out.append(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        ev("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        ev("ping", {"type": "ping"})
+        for p in pieces(text):
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 30}})
+        ev("message_stop", {"type": "message_stop"})
+        self.send(200, "text/event-stream", "".join(out))
+
+
+def start():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
