@@ -288,6 +288,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
     if ctype.starts_with("text/event-stream") {
         rparts.headers.remove(header::CONTENT_LENGTH);
         let body = PipelineBody {
+            api,
             upstream: Some(rbody),
             pipeline: Pipeline::new(api, setup),
             end: None,
@@ -343,6 +344,7 @@ pub enum StreamEnd {
 
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
 pub struct PipelineBody {
+    api: Api,
     upstream: Option<Incoming>,
     pipeline: Pipeline,
     end: Option<StreamEnd>,
@@ -352,8 +354,8 @@ impl PipelineBody {
     fn ended(&mut self, how: StreamEnd) {
         if self.end.is_none() {
             self.end = Some(how);
-            log_decisions(Api::ChatCompletions, &self.pipeline.take_decisions());
-            tracing::info!(end = ?how, events = self.pipeline.events_in, "stream ended");
+            log_decisions(self.api, &self.pipeline.take_decisions());
+            tracing::info!(api = self.api.name(), end = ?how, events = self.pipeline.events_in, "stream ended");
         }
     }
 }
