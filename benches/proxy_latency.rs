@@ -56,13 +56,19 @@ fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-const WORDS: &[&str] = &["the", "valley", "was", "mild", "all", "week", "and", "farmers", "planted", "barley", "early", "because", "soil", "dried", "sooner", "than", "anyone", "expected"];
+const WORDS: &[&str] = &[
+    "the", "valley", "was", "mild", "all", "week", "and", "farmers", "planted", "barley", "early",
+    "because", "soil", "dried", "sooner", "than", "anyone", "expected",
+];
 
 struct ChannelBody(mpsc::Receiver<Bytes>);
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -72,32 +78,49 @@ async fn mock(events: usize, pace: Duration) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let (tx, rx) = mpsc::channel(4);
-                    tokio::spawn(async move {
-                        for i in 0..events {
-                            if i > 0 {
-                                tokio::time::sleep(pace).await;
-                            }
-                            let w = WORDS[i % WORDS.len()];
-                            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        let (tx, rx) = mpsc::channel(4);
+                        tokio::spawn(async move {
+                            for i in 0..events {
+                                if i > 0 {
+                                    tokio::time::sleep(pace).await;
+                                }
+                                let w = WORDS[i % WORDS.len()];
+                                let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
                                 "choices": [{"index": 0, "delta": {"content": format!("{w} ")}, "finish_reason": null}],
                                 "ts": now_ns()});
-                            if tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await.is_err() {
-                                return;
+                                if tx
+                                    .send(Bytes::from(format!("data: {chunk}\n\n")))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
                             }
-                        }
-                        let end = json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                            let end = json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
                             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-                        let _ = tx.send(Bytes::from(format!("data: {end}\n\ndata: [DONE]\n\n"))).await;
-                    });
-                    Ok::<_, Infallible>(hyper::Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx)).unwrap())
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = tx
+                                .send(Bytes::from(format!("data: {end}\n\ndata: [DONE]\n\n")))
+                                .await;
+                        });
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(ChannelBody(rx))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -129,7 +152,8 @@ type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>
 
 /// One stream: returns TTFT (request sent → first content event) and per-event latencies.
 async fn stream(client: &C, addr: SocketAddr, s: &mut Sample) {
-    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
@@ -141,14 +165,20 @@ async fn stream(client: &C, addr: SocketAddr, s: &mut Sample) {
     let mut first = true;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         let at = now_ns();
         s.frames += 1;
         buf.extend_from_slice(&data);
         while let Some(p) = buf.windows(2).position(|w| w == b"\n\n") {
             let ev: Vec<u8> = buf.drain(..p + 2).collect();
-            let Some(json) = ev.strip_prefix(b"data: ") else { continue };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json[..json.len() - 2]) else { continue };
+            let Some(json) = ev.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json[..json.len() - 2]) else {
+                continue;
+            };
             if let Some(ts) = v.get("ts").and_then(|t| t.as_u64()) {
                 s.content_events += 1;
                 if first {
@@ -178,8 +208,14 @@ fn main() {
         args.pace_ms = 1;
         args.concurrency = 4;
     }
-    let index_dir = args.index.clone().unwrap_or_else(|| PathBuf::from("tests/fixtures/index-v1"));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let index_dir = args
+        .index
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("tests/fixtures/index-v1"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let index = Arc::new(Index::open(&index_dir).unwrap());
         let pace = Duration::from_millis(args.pace_ms);

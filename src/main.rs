@@ -296,16 +296,18 @@ fn cmd_verify(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
-    let indexes: Vec<Arc<Index>> = a
-        .indexes
-        .iter()
+fn open_indexes(dirs: &[PathBuf]) -> Result<Vec<Arc<Index>>> {
+    dirs.iter()
         .map(|d| {
             Index::open(d)
                 .map(Arc::new)
                 .with_context(|| format!("cannot open index {}", d.display()))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
+    let indexes = open_indexes(&a.indexes)?;
     let stdin = a.input.as_os_str() == "-";
     let lang = match &a.lang {
         Some(l) => Some(Lang::from_name(l).with_context(|| format!("unknown language `{l}`"))?),
@@ -457,15 +459,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             Hold::Strict
         };
     }
-    let indexes: Vec<Arc<Index>> = cfg
-        .indexes
-        .iter()
-        .map(|d| {
-            Index::open(d)
-                .map(Arc::new)
-                .with_context(|| format!("cannot open index {}", d.display()))
-        })
-        .collect::<Result<_>>()?;
+    let indexes = open_indexes(&cfg.indexes)?;
     if indexes.is_empty() {
         tracing::warn!("no index configured (--index DIR): responses are relayed without scanning");
     }

@@ -464,6 +464,14 @@ impl Citation {
         Value::Object(m)
     }
 
+    /// What replaces a redacted span.
+    pub fn placeholder(&self) -> String {
+        format!(
+            "[verbatim: redacted {} {} units of {}:{} ({})]",
+            self.units, self.channel, self.corpus, self.doc, self.license
+        )
+    }
+
     pub fn explanation(&self) -> String {
         format!(
             "verbatim: output stopped; it reproduced {} {} units of {}:{} ({}, {})",

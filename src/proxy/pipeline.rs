@@ -397,24 +397,13 @@ impl Pipeline {
         action: Action,
         reason: &str,
     ) -> Option<Citation> {
-        let ix = self.setup.indexes.get(f.index)?;
-        let r = FindingReport::new(ix, f)?;
-        Some(Citation {
-            key_a: self.streams[stream].0.a,
-            corpus: r.corpus,
-            doc: r.doc,
-            url: r.url,
-            license: r.license,
-            rights: r.rights.to_string(),
-            channel: r.channel.to_string(),
-            units: r.units,
-            output_start: f.output_start,
-            output_end: f.output_end,
-            source_start: r.source_start,
-            source_end: r.source_end,
-            action: action.as_str().to_string(),
-            reason: reason.to_string(),
-        })
+        citation(
+            &self.setup.indexes,
+            self.streams[stream].0.a,
+            f,
+            action,
+            reason,
+        )
     }
 
     fn record(&mut self, stream: usize, action: Action, reason: &'static str, cite: &Citation) {
@@ -473,10 +462,7 @@ impl Pipeline {
 
     /// Replaces `[start, end)` of a stream's text in the held events by a placeholder.
     fn redact(&mut self, stream: usize, start: u64, end: u64, cite: &Citation) {
-        let placeholder = format!(
-            "[verbatim: redacted {} {} units of {}:{} ({})]",
-            cite.units, cite.channel, cite.corpus, cite.doc, cite.license
-        );
+        let placeholder = cite.placeholder();
         let api = self.api;
         let mut placed = false;
         for h in &mut self.queue {
@@ -588,6 +574,33 @@ impl Pipeline {
     }
 }
 
+/// The citation of a finding of `indexes[f.index]` in the text stream `key_a`.
+fn citation(
+    indexes: &[Arc<Index>],
+    key_a: u64,
+    f: &Finding,
+    action: Action,
+    reason: &str,
+) -> Option<Citation> {
+    let r = FindingReport::new(indexes.get(f.index)?, f)?;
+    Some(Citation {
+        key_a,
+        corpus: r.corpus,
+        doc: r.doc,
+        url: r.url,
+        license: r.license,
+        rights: r.rights.to_string(),
+        channel: r.channel.to_string(),
+        units: r.units,
+        output_start: f.output_start,
+        output_end: f.output_end,
+        source_start: r.source_start,
+        source_end: r.source_end,
+        action: action.as_str().to_string(),
+        reason: reason.to_string(),
+    })
+}
+
 /// Scans a whole (non-streamed) JSON response. Returns the new body if anything had to change,
 /// `None` to relay the upstream bytes as they are, and the decisions made.
 pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
@@ -609,27 +622,8 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let mut changed = false;
         for f in findings {
             let (action, reason) = setup.rules.decide(f.channel, f.units, f.caller_supplied);
-            let Some(ix) = setup.indexes.get(f.index) else {
+            let Some(cite) = citation(&setup.indexes, piece.key.a, &f, action, reason) else {
                 continue;
-            };
-            let Some(r) = FindingReport::new(ix, &f) else {
-                continue;
-            };
-            let cite = Citation {
-                key_a: piece.key.a,
-                corpus: r.corpus,
-                doc: r.doc,
-                url: r.url,
-                license: r.license,
-                rights: r.rights.to_string(),
-                channel: r.channel.to_string(),
-                units: r.units,
-                output_start: f.output_start,
-                output_end: f.output_end,
-                source_start: r.source_start,
-                source_end: r.source_end,
-                action: action.as_str().into(),
-                reason: reason.into(),
             };
             decisions.push(Decision {
                 action,
@@ -648,11 +642,7 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                     }
                 }
                 Action::Redact if b <= text.len() => {
-                    let ph = format!(
-                        "[verbatim: redacted {} {} units of {}:{} ({})]",
-                        cite.units, cite.channel, cite.corpus, cite.doc, cite.license
-                    );
-                    text.replace_range(a..b, &ph);
+                    text.replace_range(a..b, &cite.placeholder());
                     changed = true;
                     cites.push(cite);
                 }
