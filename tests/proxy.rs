@@ -491,3 +491,121 @@ async fn hold_none_releases_at_once_and_still_annotates() {
             .any(|(_, v)| v.pointer("/choices/0/content_filter_results").is_some())
     );
 }
+
+fn responses_text(evs: &[(Option<String>, Value)]) -> String {
+    evs.iter()
+        .filter(|(n, _)| n.as_deref() == Some("response.output_text.delta"))
+        .filter_map(|(_, v)| v.get("delta").and_then(Value::as_str))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_passes_blocks_annotates_and_redacts_everywhere() {
+    let req = json!({"model": "mock-model", "stream": true, "input": "a story"});
+    // Passthrough.
+    let clean = responses_stream(&format!("{INTRO}{UNRELATED}{OUTRO}"), 5);
+    let mock = start(Reply::sse(&clean, 50)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    assert_eq!(body, Bytes::from(clean));
+    // Block: nothing of the run, then response.incomplete with the content_filter reason.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    *mock.reply.lock().unwrap() = Reply::sse(&responses_stream(&text, 3), 30);
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let evs = events(&body);
+    let got = responses_text(&evs);
+    assert!(text.starts_with(&got) && got.len() <= INTRO.len(), "{got}");
+    assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
+    let (name, last) = evs.last().unwrap();
+    assert_eq!(name.as_deref(), Some("response.incomplete"));
+    assert_eq!(
+        last.pointer("/response/incomplete_details/reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(last.pointer("/response/id"), Some(&json!("resp_mock")));
+    // Annotate: a url_citation annotation event.
+    *mock.reply.lock().unwrap() =
+        Reply::sse(&responses_stream(&format!("{INTRO}{SHORT}{OUTRO}"), 4), 30);
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let evs = events(&body);
+    let ann = evs
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("response.output_text.annotation.added"))
+        .unwrap();
+    assert_eq!(
+        ann.1.pointer("/annotation/type"),
+        Some(&json!("url_citation"))
+    );
+    assert_eq!(
+        ann.1.pointer("/annotation/url"),
+        Some(&json!(
+            "https://books.example.org/fixtures/acme-books/chapter-02.md"
+        ))
+    );
+    // Redact: the span is gone from the deltas *and* from the events that repeat the text.
+    let mock = start(Reply::sse(&responses_stream(&text, 3), 30)).await;
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya") && !all.contains("oilcloth"), "{all}");
+    assert_eq!(
+        all.matches("[verbatim: redacted 49 prose units").count(),
+        5,
+        "deltas, text.done, part.done, item.done, completed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_completions_pass_and_block() {
+    let req = json!({"model": "mock-model", "stream": true, "prompt": "once upon a time"});
+    let clean = completions_stream(&format!("{INTRO}{UNRELATED}"), 4);
+    let mock = start(Reply::sse(&clean, 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/completions", &req).await;
+    assert_eq!(body, Bytes::from(clean));
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    *mock.reply.lock().unwrap() = Reply::sse(&completions_stream(&text, 4), 64);
+    let (_, _, body) = post(p.addr, "/v1/completions", &req).await;
+    let evs = events(&body);
+    let got: String = evs
+        .iter()
+        .filter_map(|(_, v)| v.pointer("/choices/0/text").and_then(Value::as_str))
+        .collect();
+    assert!(text.starts_with(&got) && got.len() <= INTRO.len(), "{got}");
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_choices_and_a_tool_call_are_scanned_separately() {
+    // Choice 0 is clean; choice 1 streams a copied passage as tool-call arguments.
+    let args = format!("{{\"query\": \"{COPIED}\"}}");
+    let up = openai_two_choices(&format!("{INTRO}{UNRELATED}"), &args, 6);
+    let mock = start(Reply::sse(&up, 40)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    let tool: String = evs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/tool_calls/0/function/arguments")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert!(!tool.contains("Oduya"), "{tool}");
+    let last = &evs[evs.len() - 2].1;
+    let choices = last["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "every choice ends: {last}");
+    assert!(
+        choices
+            .iter()
+            .all(|c| c["finish_reason"] == json!("content_filter"))
+    );
+    assert_eq!(
+        last.pointer("/verbatim/finding/key_a"),
+        Some(&json!(1)),
+        "the copy was in choice 1"
+    );
+}

@@ -183,6 +183,12 @@ pub struct Pipeline {
     setup: ScanSetup,
     decoder: SseDecoder,
     streams: Vec<(StreamKey, Scanner)>,
+    /// Each stream's text so far: a redaction must also reach the events that repeat it whole
+    /// (the Responses API's `*.done` events and `response.completed`).
+    texts: Vec<String>,
+    /// Redactions made so far (original text, placeholder), applied to every later event that
+    /// repeats text, since those may arrive after the run was redacted.
+    redactions: Vec<(String, String)>,
     queue: VecDeque<Held>,
     out: BytesMut,
     meta: StreamMeta,
@@ -202,6 +208,8 @@ impl Pipeline {
             decoder: SseDecoder::new(setup.max_event_bytes),
             setup,
             streams: Vec::new(),
+            texts: Vec::new(),
+            redactions: Vec::new(),
             queue: VecDeque::new(),
             out: BytesMut::new(),
             meta: StreamMeta::default(),
@@ -293,6 +301,7 @@ impl Pipeline {
         let mut s = Scanner::new(&self.setup.indexes, TextKind::Markdown);
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         self.streams.push((key, s));
+        self.texts.push(String::new());
         self.streams.len() - 1
     }
 
@@ -345,6 +354,7 @@ impl Pipeline {
                 let sc = &mut self.streams[s].1;
                 let start = sc.offset();
                 sc.push_str(&piece.text);
+                self.texts[s].push_str(&piece.text);
                 held.spans.push(HeldSpan {
                     stream: s,
                     key: piece.key,
@@ -359,6 +369,11 @@ impl Pipeline {
                 let cites = std::mem::take(&mut self.pending_cites);
                 v["verbatim"] = serde_json::json!({"action": "annotate", "findings": cites});
                 held.changed = true;
+            }
+        }
+        if let (true, Some(v)) = (held.spans.is_empty(), &mut held.json) {
+            for (from, to) in &self.redactions {
+                held.changed |= replace_strings(v, from, to);
             }
         }
         // Stream ends decided after the event: the text it carried is complete.
@@ -492,6 +507,20 @@ impl Pipeline {
                 h.changed = true;
             }
         }
+        // Events that repeat the whole text (Responses `*.done`, `response.completed`) must
+        // not carry the original either.
+        let original = self.texts[stream]
+            .get(start as usize..end as usize)
+            .unwrap_or("")
+            .to_string();
+        if !original.is_empty() {
+            for h in &mut self.queue {
+                if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
+                    h.changed |= replace_strings(v, &original, &placeholder);
+                }
+            }
+            self.redactions.push((original, placeholder));
+        }
         if !placed {
             // Already released (hold = none): say so in the log; nothing can be taken back.
             tracing::warn!(doc = %cite.doc, "a run to redact was already released (hold = none)");
@@ -571,6 +600,23 @@ impl Pipeline {
                 self.out.extend_from_slice(&h.bytes());
             }
         }
+    }
+}
+
+/// Replaces `from` by `to` in every string inside `v`; whether anything changed.
+fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
+    match v {
+        Value::String(s) if s.contains(from) => {
+            *s = s.replace(from, to);
+            true
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .fold(false, |c, x| replace_strings(x, from, to) | c),
+        Value::Object(o) => o
+            .values_mut()
+            .fold(false, |c, x| replace_strings(x, from, to) | c),
+        _ => false,
     }
 }
 

@@ -230,3 +230,116 @@ pub fn anthropic_json(text: &str) -> Value {
            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
            "usage": {"input_tokens": 10, "output_tokens": 42}})
 }
+
+/// An OpenAI Responses API stream carrying `text` in deltas of `piece` characters, with the
+/// `*.done` events and `response.completed` that repeat the whole text.
+pub fn responses_stream(text: &str, piece: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let mut n = 0;
+    let mut ev = |name: &str, mut v: Value| {
+        v["sequence_number"] = json!(n);
+        n += 1;
+        out.push_str(&format!("event: {name}\ndata: {v}\n\n"));
+    };
+    let resp = |status: &str, output: Value| {
+        json!({"id": "resp_mock", "object": "response", "created_at": 1_700_000_000,
+        "status": status, "model": "mock-model", "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
+        "tools": [], "error": null, "incomplete_details": null, "instructions": null, "metadata": {}, "temperature": 1.0, "top_p": 1.0})
+    };
+    ev(
+        "response.created",
+        json!({"type": "response.created", "response": resp("in_progress", json!([]))}),
+    );
+    ev(
+        "response.output_item.added",
+        json!({"type": "response.output_item.added", "output_index": 0,
+        "item": {"id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}),
+    );
+    ev(
+        "response.content_part.added",
+        json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    );
+    let chars: Vec<char> = text.chars().collect();
+    for c in chars.chunks(piece.max(1)) {
+        let s: String = c.iter().collect();
+        ev(
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "delta": s, "logprobs": []}),
+        );
+    }
+    ev(
+        "response.output_text.done",
+        json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "text": text, "logprobs": []}),
+    );
+    let part = json!({"type": "output_text", "text": text, "annotations": []});
+    ev(
+        "response.content_part.done",
+        json!({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "part": part}),
+    );
+    let item = json!({"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": [part]});
+    ev(
+        "response.output_item.done",
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+    );
+    ev(
+        "response.completed",
+        json!({"type": "response.completed", "response": resp("completed", json!([item]))}),
+    );
+    out.into_bytes()
+}
+
+/// A legacy completions stream.
+pub fn completions_stream(text: &str, piece: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for c in chars.chunks(piece.max(1)) {
+        let s: String = c.iter().collect();
+        out.push_str(&format!("data: {}\n\n", json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+            "model": "mock-model", "choices": [{"index": 0, "text": s, "logprobs": null, "finish_reason": null}]})));
+    }
+    out.push_str(&format!("data: {}\n\n", json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+        "model": "mock-model", "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]})));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// A chat stream with two choices interleaved (n = 2) and a tool call on choice 1.
+pub fn openai_two_choices(a: &str, b: &str, piece: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let chunk = |i: usize, delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": "mock-model", "choices": [{"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        )
+    };
+    let (ca, cb): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let (pa, pb): (Vec<&[char]>, Vec<&[char]>) =
+        (ca.chunks(piece).collect(), cb.chunks(piece).collect());
+    out.push_str(&chunk(
+        1,
+        json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+        "function": {"name": "lookup", "arguments": ""}}]}),
+        Value::Null,
+    ));
+    for i in 0..pa.len().max(pb.len()) {
+        if let Some(p) = pa.get(i) {
+            out.push_str(&chunk(
+                0,
+                json!({"content": p.iter().collect::<String>()}),
+                Value::Null,
+            ));
+        }
+        if let Some(p) = pb.get(i) {
+            out.push_str(&chunk(1, json!({"tool_calls": [{"index": 0, "function": {"arguments": p.iter().collect::<String>()}}]}), Value::Null));
+        }
+    }
+    out.push_str(&chunk(0, json!({}), json!("stop")));
+    out.push_str(&chunk(1, json!({}), json!("tool_calls")));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
