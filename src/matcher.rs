@@ -222,8 +222,8 @@ pub struct Scanner {
     hist: VecDeque<Unit>,
     fresh: Vec<Unit>,
     findings: Vec<Finding>,
-    /// Largest `t` of any channel of any index: the holdback in units.
-    t_max: u32,
+    /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
+    t_max: [u32; 2],
 }
 
 impl Scanner {
@@ -240,11 +240,14 @@ impl Scanner {
                 probes: Vec::new(),
             })
             .collect();
-        let t_max = matchers
-            .iter()
-            .map(|m| m.params.prose.t().max(m.params.code.t()))
-            .max()
-            .unwrap_or(1);
+        let t_of = |c: Channel| {
+            matchers
+                .iter()
+                .map(|m| m.params.channel(c).t())
+                .max()
+                .unwrap_or(1)
+        };
+        let t_max = [t_of(Channel::Prose), t_of(Channel::Code)];
         Scanner {
             norm: Normalizer::new(kind),
             matchers,
@@ -313,14 +316,21 @@ impl Scanner {
     }
 
     /// The byte offset before which output can be released without letting any unit of a run
-    /// of `t` or more units out before that run is detected: the last `t − 1` units, any unit
-    /// still being formed, and every open run are held back.
+    /// of `t` or more units out before that run is detected: the last `t − 1` units (t of the
+    /// latest unit's channel: a channel change closes every run of the other channel, so those
+    /// are decided already), any unit still being formed, and every open run are held back.
     pub fn stable_offset(&self) -> u64 {
         let mut p = self.norm.pending_start();
-        let held = (self.t_max as usize).saturating_sub(1);
-        if held > 0 && !self.hist.is_empty() {
-            let i = self.hist.len().saturating_sub(held);
-            p = p.min(self.hist[i].start);
+        if let Some(last) = self.hist.back() {
+            let t = self.t_max[match last.channel {
+                Channel::Prose => 0,
+                Channel::Code => 1,
+            }];
+            let held = (t as usize).saturating_sub(1);
+            if held > 0 {
+                let i = self.hist.len().saturating_sub(held);
+                p = p.min(self.hist[i].start);
+            }
         }
         for m in &self.matchers {
             for c in &m.open {

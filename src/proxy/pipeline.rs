@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -190,7 +190,8 @@ pub struct Pipeline {
     /// repeats text, since those may arrive after the run was redacted.
     redactions: Vec<(String, String)>,
     queue: VecDeque<Held>,
-    out: BytesMut,
+    /// Released events, one frame each (the upstream's event framing is kept).
+    out: Vec<Bytes>,
     meta: StreamMeta,
     state: State,
     /// Anthropic: citations waiting for the final `message_delta`.
@@ -211,7 +212,7 @@ impl Pipeline {
             texts: Vec::new(),
             redactions: Vec::new(),
             queue: VecDeque::new(),
-            out: BytesMut::new(),
+            out: Vec::new(),
             meta: StreamMeta::default(),
             state: State::Relaying,
             pending_cites: Vec::new(),
@@ -236,8 +237,8 @@ impl Pipeline {
         std::mem::take(&mut self.decisions)
     }
 
-    /// Feeds upstream bytes; returns what may be sent to the client now.
-    pub fn push(&mut self, bytes: &[u8]) -> Bytes {
+    /// Feeds upstream bytes; returns the events that may be sent to the client now.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Bytes> {
         if self.state == State::Relaying {
             let mut events = Vec::new();
             let r = self.decoder.push(bytes, &mut events);
@@ -253,22 +254,22 @@ impl Pipeline {
             }
             self.release();
         }
-        self.out.split().freeze()
+        std::mem::take(&mut self.out)
     }
 
     /// The upstream ended cleanly: everything still held is decided and released, and bytes
     /// after the last complete event are relayed as they came.
-    pub fn finish(&mut self) -> Bytes {
+    pub fn finish(&mut self) -> Vec<Bytes> {
         self.end(true)
     }
 
     /// The upstream failed: complete events still held are decided and released; a partial
     /// last event is dropped so the client never sees half an event.
-    pub fn abort(&mut self) -> Bytes {
+    pub fn abort(&mut self) -> Vec<Bytes> {
         self.end(false)
     }
 
-    fn end(&mut self, clean: bool) -> Bytes {
+    fn end(&mut self, clean: bool) -> Vec<Bytes> {
         if self.state == State::Relaying {
             let rest = self.decoder.finish().filter(|_| clean);
             for i in 0..self.streams.len() {
@@ -277,15 +278,15 @@ impl Pipeline {
             self.decide();
             if self.state == State::Relaying {
                 while let Some(h) = self.queue.pop_front() {
-                    self.out.extend_from_slice(&h.bytes());
+                    self.out.push(h.bytes());
                 }
                 if let Some(rest) = rest {
-                    self.out.extend_from_slice(&rest);
+                    self.out.push(rest);
                 }
                 self.state = State::Ended;
             }
         }
-        self.out.split().freeze()
+        std::mem::take(&mut self.out)
     }
 
     /// Ends the stream without relaying what is held (an oversized event).
@@ -543,7 +544,7 @@ impl Pipeline {
                 break;
             }
             if let Some(h) = self.queue.pop_front() {
-                self.out.extend_from_slice(&h.bytes());
+                self.out.push(h.bytes());
             }
         }
         if let Some(mut h) = self.queue.pop_front() {
@@ -569,15 +570,15 @@ impl Pipeline {
                     api::set_event_text(api, v, sp.key, text.get(..keep).unwrap_or(""));
                 }
                 h.changed = true;
-                self.out.extend_from_slice(&h.bytes());
+                self.out.push(h.bytes());
             }
         }
         self.queue.clear();
         for (event, v) in api::block_events(api, &mut self.meta, cite) {
-            self.out.extend_from_slice(&encode(event, &v.to_string()));
+            self.out.push(encode(event, &v.to_string()));
         }
         if let Some(done) = api::done_marker(api) {
-            self.out.extend_from_slice(&encode(None, done));
+            self.out.push(encode(None, done));
         }
         self.state = State::Ended;
         self.blocked = true;
@@ -597,7 +598,7 @@ impl Pipeline {
                 break;
             }
             if let Some(h) = self.queue.pop_front() {
-                self.out.extend_from_slice(&h.bytes());
+                self.out.push(h.bytes());
             }
         }
     }

@@ -289,6 +289,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         rparts.headers.remove(header::CONTENT_LENGTH);
         let body = PipelineBody {
             api,
+            ready: Default::default(),
             upstream: Some(rbody),
             pipeline: Pipeline::new(api, setup),
             end: None,
@@ -345,6 +346,8 @@ pub enum StreamEnd {
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
 pub struct PipelineBody {
     api: Api,
+    /// Released events not yet handed to hyper (one frame each).
+    ready: std::collections::VecDeque<Bytes>,
     upstream: Option<Incoming>,
     pipeline: Pipeline,
     end: Option<StreamEnd>,
@@ -376,19 +379,22 @@ impl Body for PipelineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
+            if let Some(b) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
             if this.end.is_some() {
                 return Poll::Ready(None);
             }
             let Some(up) = this.upstream.as_mut() else {
                 // Upstream finished, failed or was dropped after a block.
-                let rest = this.pipeline.finish();
+                this.ready.extend(this.pipeline.finish());
                 let how = if this.pipeline.ended_by_block() {
                     StreamEnd::Blocked
                 } else {
                     StreamEnd::Completed
                 };
                 this.ended(how);
-                return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                continue;
             };
             match Pin::new(up).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -396,20 +402,16 @@ impl Body for PipelineBody {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let out = this.pipeline.push(&data);
+                    this.ready.extend(this.pipeline.push(&data));
                     if this.pipeline.ended() {
                         this.upstream = None; // cancels the upstream request
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream failed; ending the response");
                     this.upstream = None;
-                    let rest = this.pipeline.abort();
+                    this.ready.extend(this.pipeline.abort());
                     this.ended(StreamEnd::UpstreamError);
-                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
                 Poll::Ready(None) => this.upstream = None,
             }
