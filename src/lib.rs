@@ -10,6 +10,7 @@ compile_error!(
     "the index format is little-endian and read in place; big-endian hosts are not supported"
 );
 
+pub mod audit;
 pub mod corpus;
 pub mod diag;
 pub mod hash;

@@ -58,6 +58,9 @@ struct ServeArgs {
     /// no delay (annotate/log only).
     #[arg(long, value_parser = ["strict", "none"])]
     hold: Option<String>,
+    /// Append the audit trail (JSON Lines, docs/audit-log.md) to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -451,6 +454,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     }
     if !a.indexes.is_empty() {
         cfg.indexes = a.indexes.clone();
+    }
+    if let Some(p) = &a.audit_log {
+        cfg.audit_log = Some(p.clone());
     }
     if let Some(h) = &a.hold {
         cfg.hold = if h == "none" {

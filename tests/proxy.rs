@@ -609,3 +609,133 @@ async fn two_choices_and_a_tool_call_are_scanned_separately() {
         "the copy was in choice 1"
     );
 }
+
+/// Waits until the audit log holds `n` `stream_end` records; returns every record.
+async fn audit_records(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let recs: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if recs.iter().filter(|r| r["type"] == "stream_end").count() >= n {
+            return recs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "audit log has {} records: {text}",
+            recs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_and_every_stream_end_is_audited_once_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 5), 64)).await;
+    let p = proxy(&mock, |c| c.audit_log = Some(log.clone())).await;
+    // 1. blocked
+    post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    // 2. completed, with an annotate decision
+    *mock.reply.lock().unwrap() =
+        Reply::sse(&openai_stream(&format!("{INTRO}{SHORT}{OUTRO}"), 5), 64);
+    post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    // 3. upstream error
+    let mut r = Reply::sse(&openai_stream(UNRELATED, 3), 40);
+    r.reset_after = Some(3);
+    *mock.reply.lock().unwrap() = r;
+    post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    // 4. non-streamed, blocked
+    *mock.reply.lock().unwrap() = Reply::json(200, &openai_json(&text));
+    post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    // 5. client cancelled
+    let mut r = Reply::sse(&openai_stream(&UNRELATED.repeat(30), 3), 64);
+    r.delay = Duration::from_millis(5);
+    *mock.reply.lock().unwrap() = r;
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", p.addr))
+        .header("x-api-key", "sk-ant-very-secret")
+        .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let _ = body.frame().await;
+    drop(body);
+
+    let recs = audit_records(&log, 5).await;
+    let ends: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["type"] == "stream_end")
+        .map(|r| r["data"]["end"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "blocked",
+            "completed",
+            "upstream_error",
+            "blocked",
+            "client_cancelled"
+        ]
+    );
+    let ids: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter(|r| r["type"] == "stream_end")
+        .map(|r| r["data"]["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "one stream_end per response");
+    for r in &recs {
+        assert_eq!(r["v"], 1);
+    }
+    let decisions: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "decision")
+        .map(|r| &r["data"])
+        .collect();
+    assert_eq!(
+        decisions
+            .iter()
+            .map(|d| d["action"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["block", "annotate", "block"]
+    );
+    let b = decisions[0];
+    assert_eq!(b["reason"], "long-prose-run");
+    assert_eq!(b["doc"], "fixtures/acme-books/chapter-01.md");
+    assert_eq!(b["license"], "LicenseRef-Acme-Proprietary");
+    assert_eq!(b["model"], "mock-model");
+    assert_eq!(b["hold"], "strict");
+    assert_eq!(b["upstream_request_id"], "req_mock_1");
+    // A streamed block is decided when the open run reaches the threshold: the span is the run
+    // so far. The non-streamed response is scanned whole: the span is the whole run.
+    let (s, e) = (
+        b["output_start"].as_u64().unwrap() as usize,
+        b["output_end"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(s, INTRO.len());
+    assert!(b["units"].as_u64().unwrap() >= 32);
+    assert_eq!(
+        b["span_sha256"],
+        verbatim::audit::sha256_hex(&text.as_bytes()[s..e])
+    );
+    assert_eq!(
+        decisions[2]["span_sha256"],
+        verbatim::audit::sha256_hex(COPIED.as_bytes())
+    );
+    assert_eq!(
+        b["tenant"],
+        verbatim::audit::sha256_hex(b"sk-test-secret")[..16]
+    );
+    let all = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !all.contains("sk-test-secret") && !all.contains("sk-ant-very-secret"),
+        "a credential reached the audit log"
+    );
+    assert!(
+        !all.contains("Oduya"),
+        "span text is not recorded, only its hash"
+    );
+}

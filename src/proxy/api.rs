@@ -443,6 +443,7 @@ pub struct Citation {
     pub source_end: u64,
     pub action: String,
     pub reason: String,
+    pub index_id: String,
 }
 
 impl Citation {

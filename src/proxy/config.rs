@@ -20,6 +20,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub max_event_bytes: usize,
+    /// JSON Lines audit trail (see `docs/audit-log.md`); none if unset.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             max_request_bytes: 32 << 20,
             max_response_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
+            audit_log: None,
         }
     }
 }
@@ -63,7 +66,15 @@ pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
-const TOP: &[&str] = &["listen", "indexes", "hold", "upstream", "rules", "limits"];
+const TOP: &[&str] = &[
+    "listen",
+    "indexes",
+    "hold",
+    "audit_log",
+    "upstream",
+    "rules",
+    "limits",
+];
 const ACTIONS: &[(&str, Action)] = &[
     ("allow", Action::Allow),
     ("log", Action::Log),
@@ -103,6 +114,9 @@ impl Config {
         }
         if let Some(list) = r.opt_str_list(t, "", "indexes") {
             c.indexes = list.into_iter().map(|s| base.join(s.value)).collect();
+        }
+        if let Some(a) = r.opt_str(t, "", "audit_log") {
+            c.audit_log = Some(base.join(a.value));
         }
         if let Some(h) = r.opt_str(t, "", "hold") {
             match h.value.as_str() {

@@ -122,6 +122,8 @@ pub struct Decision {
     pub reason: &'static str,
     pub stream: String,
     pub citation: Citation,
+    /// SHA-256 of the copied span of the output (the text itself is never recorded).
+    pub span_sha256: String,
 }
 
 /// How a response's scanning is set up.
@@ -424,11 +426,15 @@ impl Pipeline {
 
     fn record(&mut self, stream: usize, action: Action, reason: &'static str, cite: &Citation) {
         let k = self.streams[stream].0;
+        let span = self.texts[stream]
+            .get(cite.output_start as usize..cite.output_end as usize)
+            .unwrap_or("");
         self.decisions.push(Decision {
             action,
             reason,
             stream: format!("{}:{}:{:?}", k.a, k.b, k.part),
             citation: cite.clone(),
+            span_sha256: crate::audit::sha256_hex(span.as_bytes()),
         });
     }
 
@@ -645,6 +651,7 @@ fn citation(
         source_end: r.source_end,
         action: action.as_str().to_string(),
         reason: reason.to_string(),
+        index_id: r.index_id,
     })
 }
 
@@ -672,11 +679,16 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
             let Some(cite) = citation(&setup.indexes, piece.key.a, &f, action, reason) else {
                 continue;
             };
+            let span = piece
+                .text
+                .get(f.output_start as usize..f.output_end as usize)
+                .unwrap_or("");
             decisions.push(Decision {
                 action,
                 reason,
                 stream: format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
                 citation: cite.clone(),
+                span_sha256: crate::audit::sha256_hex(span.as_bytes()),
             });
             let (a, b) = (f.output_start as usize, f.output_end as usize);
             match action {

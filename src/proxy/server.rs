@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 
 use super::api::{self, Api};
 use super::config::Config;
-use super::pipeline::{Pipeline, ScanSetup, scan_response};
+use super::pipeline::{Decision, Pipeline, ScanSetup, scan_response};
+use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
 use crate::matcher::exemptions;
 
@@ -34,12 +35,14 @@ struct Shared {
     cfg: Config,
     indexes: Vec<Arc<Index>>,
     client: HttpsClient,
+    audit: AuditSink,
 }
 
 /// A bound, not yet running proxy.
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    audit_writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why the proxy could not start.
@@ -48,6 +51,11 @@ pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    Audit {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
 }
@@ -73,13 +81,25 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let (audit, audit_writer) = match &cfg.audit_log {
+            Some(path) => {
+                let (sink, handle) = AuditSink::open(path).map_err(|source| ServeError::Audit {
+                    path: path.clone(),
+                    source,
+                })?;
+                (sink, Some(handle))
+            }
+            None => (AuditSink::disabled(), None),
+        };
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
                 cfg,
                 indexes,
                 client: client(),
+                audit,
             }),
+            audit_writer,
         })
     }
 
@@ -121,6 +141,12 @@ impl Server {
             }
         }
         graceful.shutdown().await;
+        // Every connection is done: dropping the last sinks lets the audit writer drain.
+        drop(self.shared);
+        drop(builder);
+        if let Some(w) = self.audit_writer {
+            let _ = w.await;
+        }
     }
 }
 
@@ -205,6 +231,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         );
     };
     let (mut parts, body) = req.into_parts();
+    let mut info = RequestInfo {
+        request_id: request_id(),
+        tenant: tenant(&parts.headers),
+        route: api.map(Api::name).unwrap_or("passthrough").to_string(),
+        ..RequestInfo::default()
+    };
     strip_hop_by_hop(&mut parts.headers);
     parts.uri = uri;
 
@@ -239,6 +271,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 }
             };
             let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            if let Some(v) = &json {
+                info.model = v.get("model").and_then(|m| m.as_str()).map(str::to_string);
+                info.streamed = api::wants_stream(v);
+            }
             let exempt = match &json {
                 Some(v) => exemptions(
                     api::request_texts(api, v).iter().map(String::as_str),
@@ -276,6 +312,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
     };
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
+    info.upstream_request_id = ["x-request-id", "request-id"]
+        .iter()
+        .find_map(|h| rparts.headers.get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let Some((api, setup)) = setup.filter(|_| rparts.status.is_success()) else {
         return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
     };
@@ -287,8 +328,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         .to_ascii_lowercase();
     if ctype.starts_with("text/event-stream") {
         rparts.headers.remove(header::CONTENT_LENGTH);
+        let hold = format!("{:?}", setup.hold).to_lowercase();
         let body = PipelineBody {
             api,
+            audit: shared.audit.clone(),
+            info,
+            hold,
+            decisions: 0,
             ready: Default::default(),
             upstream: Some(rbody),
             pipeline: Pipeline::new(api, setup),
@@ -310,6 +356,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         };
         let (changed, decisions) = scan_response(api, &bytes, &setup);
         log_decisions(api, &decisions);
+        let hold = format!("{:?}", setup.hold).to_lowercase();
+        for d in &decisions {
+            shared
+                .audit
+                .record(Record::Decision(Box::new(decision_record(&info, d, &hold))));
+        }
+        let blocked = decisions
+            .iter()
+            .any(|d| d.action == super::pipeline::Action::Block);
+        shared.audit.record(Record::StreamEnd(StreamEndRecord {
+            time: audit::now(),
+            request: info,
+            end: if blocked { "blocked" } else { "completed" }.into(),
+            events: 0,
+            decisions: decisions.len() as u64,
+        }));
         let body = changed.unwrap_or(bytes);
         rparts
             .headers
@@ -317,6 +379,56 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         return Response::from_parts(rparts, full(body));
     }
     Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// A request id of our own: time and a process-wide counter, hashed (unique per process run).
+fn request_id() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = xxhash_rust::xxh3::xxh3_64(&[t.to_le_bytes().as_slice(), &n.to_le_bytes()].concat());
+    format!("vb_{h:016x}{n:x}")
+}
+
+/// A pseudonymous tenant: the first 16 hex digits of the SHA-256 of the credential. The
+/// credential itself never leaves the request.
+fn tenant(h: &HeaderMap) -> Option<String> {
+    let key = h
+        .get("x-api-key")
+        .or_else(|| h.get(header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())?;
+    let key = key.strip_prefix("Bearer ").unwrap_or(key);
+    Some(audit::sha256_hex(key.as_bytes())[..16].to_string())
+}
+
+fn decision_record(info: &RequestInfo, d: &Decision, hold: &str) -> DecisionRecord {
+    let c = &d.citation;
+    DecisionRecord {
+        time: audit::now(),
+        request: info.clone(),
+        action: d.action.as_str().into(),
+        reason: d.reason.into(),
+        rule: format!("built-in/{}", d.reason),
+        policy_version: "built-in-1".into(),
+        stream: d.stream.clone(),
+        output_start: c.output_start,
+        output_end: c.output_end,
+        span_sha256: d.span_sha256.clone(),
+        units: c.units,
+        channel: c.channel.clone(),
+        corpus: c.corpus.clone(),
+        doc: c.doc.clone(),
+        url: c.url.clone(),
+        source_start: c.source_start,
+        source_end: c.source_end,
+        license: c.license.clone(),
+        rights: c.rights.clone(),
+        index_id: c.index_id.clone(),
+        hold: hold.into(),
+    }
 }
 
 fn log_decisions(api: Api, decisions: &[super::pipeline::Decision]) {
@@ -346,6 +458,10 @@ pub enum StreamEnd {
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
 pub struct PipelineBody {
     api: Api,
+    audit: AuditSink,
+    info: RequestInfo,
+    hold: String,
+    decisions: u64,
     /// Released events not yet handed to hyper (one frame each).
     ready: std::collections::VecDeque<Bytes>,
     upstream: Option<Incoming>,
@@ -354,11 +470,37 @@ pub struct PipelineBody {
 }
 
 impl PipelineBody {
+    /// Sends the decisions made so far to the log and the audit trail.
+    fn flush_decisions(&mut self) {
+        let ds = self.pipeline.take_decisions();
+        log_decisions(self.api, &ds);
+        for d in &ds {
+            self.audit.record(Record::Decision(Box::new(decision_record(
+                &self.info, d, &self.hold,
+            ))));
+        }
+        self.decisions += ds.len() as u64;
+    }
+
+    /// Records how the stream ended, exactly once.
     fn ended(&mut self, how: StreamEnd) {
         if self.end.is_none() {
             self.end = Some(how);
-            log_decisions(self.api, &self.pipeline.take_decisions());
+            self.flush_decisions();
             tracing::info!(api = self.api.name(), end = ?how, events = self.pipeline.events_in, "stream ended");
+            let end = match how {
+                StreamEnd::Completed => "completed",
+                StreamEnd::Blocked => "blocked",
+                StreamEnd::UpstreamError => "upstream_error",
+                StreamEnd::ClientCancelled => "client_cancelled",
+            };
+            self.audit.record(Record::StreamEnd(StreamEndRecord {
+                time: audit::now(),
+                request: self.info.clone(),
+                end: end.into(),
+                events: self.pipeline.events_in,
+                decisions: self.decisions,
+            }));
         }
     }
 }
@@ -403,6 +545,7 @@ impl Body for PipelineBody {
                         continue;
                     };
                     this.ready.extend(this.pipeline.push(&data));
+                    this.flush_decisions();
                     if this.pipeline.ended() {
                         this.upstream = None; // cancels the upstream request
                     }
