@@ -44,9 +44,13 @@ pub struct DecisionRecord {
     pub request: RequestInfo,
     pub action: String,
     pub reason: String,
-    /// The rule that decided (built-in rules until policy files exist).
+    /// The rule that decided, and the policy it belongs to (name and SHA-256 of its file).
     pub rule: String,
+    pub policy: String,
     pub policy_version: String,
+    /// What the policy said; differs from `action` only in shadow mode.
+    pub policy_action: String,
+    pub shadow: bool,
     pub stream: String,
     pub output_start: u64,
     pub output_end: u64,

@@ -17,5 +17,6 @@ pub mod hash;
 pub mod index;
 pub mod matcher;
 pub mod normalize;
+pub mod policy;
 pub mod procstat;
 pub mod proxy;

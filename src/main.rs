@@ -61,6 +61,9 @@ struct ServeArgs {
     /// Append the audit trail (JSON Lines, docs/audit-log.md) to this file.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Policy file (docs/policy.md); replaces the config's built-in `[rules]`.
+    #[arg(long)]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -454,6 +457,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     }
     if !a.indexes.is_empty() {
         cfg.indexes = a.indexes.clone();
+    }
+    if let Some(p) = &a.policy {
+        cfg.policy = Some(p.clone());
     }
     if let Some(p) = &a.audit_log {
         cfg.audit_log = Some(p.clone());

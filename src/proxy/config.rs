@@ -22,6 +22,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// JSON Lines audit trail (see `docs/audit-log.md`); none if unset.
     pub audit_log: Option<PathBuf>,
+    /// Policy file; without one, `rules` describes the built-in policy.
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             max_response_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
             audit_log: None,
+            policy: None,
         }
     }
 }
@@ -70,6 +73,7 @@ const TOP: &[&str] = &[
     "listen",
     "indexes",
     "hold",
+    "policy",
     "audit_log",
     "upstream",
     "rules",
@@ -114,6 +118,9 @@ impl Config {
         }
         if let Some(list) = r.opt_str_list(t, "", "indexes") {
             c.indexes = list.into_iter().map(|s| base.join(s.value)).collect();
+        }
+        if let Some(p) = r.opt_str(t, "", "policy") {
+            c.policy = Some(base.join(p.value));
         }
         if let Some(a) = r.opt_str(t, "", "audit_log") {
             c.audit_log = Some(base.join(a.value));

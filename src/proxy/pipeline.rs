@@ -25,7 +25,33 @@ use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
 use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
 use crate::index::Index;
 use crate::matcher::{Finding, FindingReport, Scanner};
-use crate::normalize::{Channel, TextKind};
+use crate::normalize::TextKind;
+use crate::policy::{Facts, Policy, Verdict};
+
+/// The request facts a policy can select on.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub tenant: Option<String>,
+    pub route: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A policy's view of a finding.
+fn facts(f: &Finding, c: &Citation, scope: &Scope) -> Facts {
+    Facts {
+        kind: if f.caller_supplied { "caller-supplied" } else { f.kind.as_str() }.to_string(),
+        source: f.channel.as_str().to_string(),
+        rights: c.rights.clone(),
+        license: c.license.clone(),
+        corpus: c.corpus.clone(),
+        units: f.units,
+        chars: f.output_end.saturating_sub(f.output_start),
+        similarity: 1.0,
+        tenant: scope.tenant.clone(),
+        route: scope.route.clone(),
+        model: scope.model.clone(),
+    }
+}
 
 /// What to do about a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,43 +109,16 @@ impl Default for Rules {
     }
 }
 
-impl Rules {
-    fn long(&self, c: Channel) -> u32 {
-        match c {
-            Channel::Prose => self.long_prose_units,
-            Channel::Code => self.long_code_units,
-        }
-    }
-
-    /// The action and a stable reason code for a run.
-    pub fn decide(
-        &self,
-        channel: Channel,
-        units: u32,
-        caller_supplied: bool,
-    ) -> (Action, &'static str) {
-        if caller_supplied {
-            (self.caller_supplied, "caller-supplied")
-        } else if units >= self.long(channel) {
-            (
-                self.long_action,
-                if channel == Channel::Code {
-                    "long-code-run"
-                } else {
-                    "long-prose-run"
-                },
-            )
-        } else {
-            (self.short_action, "short-run")
-        }
-    }
-}
-
-/// One decision, for logs and (later) the audit trail.
+/// One decision, for logs and the audit trail.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    /// What was done (`log` in shadow mode).
     pub action: Action,
-    pub reason: &'static str,
+    /// What the policy said.
+    pub policy_action: Action,
+    pub shadow: bool,
+    pub rule: String,
+    pub reason: String,
     pub stream: String,
     pub citation: Citation,
     /// SHA-256 of the copied span of the output (the text itself is never recorded).
@@ -131,7 +130,9 @@ pub struct Decision {
 pub struct ScanSetup {
     pub indexes: Vec<Arc<Index>>,
     pub exempt: Arc<FxHashSet<u64>>,
-    pub rules: Rules,
+    pub policy: Arc<Policy>,
+    /// Who asked, through which route, for which model: policy facts of every finding.
+    pub scope: Scope,
     pub hold: Hold,
     pub max_event_bytes: usize,
 }
@@ -408,47 +409,38 @@ impl Pipeline {
         self.decide();
     }
 
-    fn citation(
-        &self,
-        stream: usize,
-        f: &Finding,
-        action: Action,
-        reason: &str,
-    ) -> Option<Citation> {
-        citation(
-            &self.setup.indexes,
-            self.streams[stream].0.a,
-            f,
-            action,
-            reason,
-        )
+    /// The finding's citation and the policy's verdict on it.
+    fn judge(&self, stream: usize, f: &Finding) -> Option<(Citation, Verdict)> {
+        judge(&self.setup, self.streams[stream].0.a, f)
     }
 
-    fn record(&mut self, stream: usize, action: Action, reason: &'static str, cite: &Citation) {
+    fn record(&mut self, stream: usize, v: &Verdict, cite: &Citation) {
         let k = self.streams[stream].0;
         let span = self.texts[stream]
             .get(cite.output_start as usize..cite.output_end as usize)
             .unwrap_or("");
         self.decisions.push(Decision {
-            action,
-            reason,
+            action: v.effective,
+            policy_action: v.action,
+            shadow: v.shadow,
+            rule: v.rule.clone(),
+            reason: v.reason.clone(),
             stream: format!("{}:{}:{:?}", k.a, k.b, k.part),
             citation: cite.clone(),
             span_sha256: crate::audit::sha256_hex(span.as_bytes()),
         });
     }
 
-    /// Acts on finished runs and on open runs that reached the block threshold.
+    /// Acts on finished runs, and blocks a still-growing run as soon as the policy would
+    /// block it at its present length.
     fn decide(&mut self) {
-        let rules = self.setup.rules;
         for s in 0..self.streams.len() {
             for f in self.streams[s].1.take_findings() {
-                let (action, reason) = rules.decide(f.channel, f.units, f.caller_supplied);
-                let Some(cite) = self.citation(s, &f, action, reason) else {
+                let Some((cite, v)) = self.judge(s, &f) else {
                     continue;
                 };
-                self.record(s, action, reason, &cite);
-                match action {
+                self.record(s, &v, &cite);
+                match v.effective {
                     Action::Block => return self.block(s, f.output_start, &cite),
                     Action::Redact => self.redact(s, f.output_start, f.output_end, &cite),
                     Action::Annotate => self.annotate(cite),
@@ -456,19 +448,13 @@ impl Pipeline {
                 }
             }
         }
-        if rules.long_action != Action::Block {
-            return;
-        }
         for s in 0..self.streams.len() {
-            let hit = self.streams[s]
-                .1
-                .open_runs()
-                .find(|r| !r.caller_supplied && r.units >= rules.long(r.channel));
-            if let Some(run) = hit {
-                let f = run.as_finding();
-                let (action, reason) = rules.decide(f.channel, f.units, false);
-                if let Some(cite) = self.citation(s, &f, action, reason) {
-                    self.record(s, action, reason, &cite);
+            let runs: Vec<Finding> = self.streams[s].1.open_runs().map(|r| r.as_finding()).collect();
+            for f in runs {
+                if let Some((cite, v)) = self.judge(s, &f)
+                    && v.effective == Action::Block
+                {
+                    self.record(s, &v, &cite);
                     return self.block(s, f.output_start, &cite);
                 }
             }
@@ -627,6 +613,15 @@ fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
     }
 }
 
+/// The citation of a finding and the policy's verdict on it.
+fn judge(setup: &ScanSetup, key_a: u64, f: &Finding) -> Option<(Citation, Verdict)> {
+    let mut cite = citation(&setup.indexes, key_a, f, Action::Log, "")?;
+    let v = setup.policy.decide(&facts(f, &cite, &setup.scope));
+    cite.action = v.effective.as_str().to_string();
+    cite.reason = v.reason.clone();
+    Some((cite, v))
+}
+
 /// The citation of a finding of `indexes[f.index]` in the text stream `key_a`.
 fn citation(
     indexes: &[Arc<Index>],
@@ -675,17 +670,20 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let mut text = piece.text.clone();
         let mut changed = false;
         for f in findings {
-            let (action, reason) = setup.rules.decide(f.channel, f.units, f.caller_supplied);
-            let Some(cite) = citation(&setup.indexes, piece.key.a, &f, action, reason) else {
+            let Some((cite, v)) = judge(setup, piece.key.a, &f) else {
                 continue;
             };
+            let action = v.effective;
             let span = piece
                 .text
                 .get(f.output_start as usize..f.output_end as usize)
                 .unwrap_or("");
             decisions.push(Decision {
                 action,
-                reason,
+                policy_action: v.action,
+                shadow: v.shadow,
+                rule: v.rule.clone(),
+                reason: v.reason.clone(),
                 stream: format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
                 citation: cite.clone(),
                 span_sha256: crate::audit::sha256_hex(span.as_bytes()),

@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 
 use super::api::{self, Api};
 use super::config::Config;
-use super::pipeline::{Decision, Pipeline, ScanSetup, scan_response};
+use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
+use crate::policy::Policy;
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
 use crate::matcher::exemptions;
@@ -33,6 +34,7 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody
 
 struct Shared {
     cfg: Config,
+    policy: Arc<Policy>,
     indexes: Vec<Arc<Index>>,
     client: HttpsClient,
     audit: AuditSink,
@@ -53,6 +55,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Policy(String),
     #[error("cannot open the audit log {}: {source}", path.display())]
     Audit {
         path: std::path::PathBuf,
@@ -78,6 +82,17 @@ fn client() -> HttpsClient {
 impl Server {
     pub async fn bind(cfg: Config, indexes: Vec<Arc<Index>>) -> Result<Server, ServeError> {
         let addr = cfg.listen;
+        let policy = match &cfg.policy {
+            Some(path) => {
+                let p = Policy::load(path).map_err(|e| ServeError::Policy(e.to_string()))?;
+                let problems = p.check_against(path, &indexes);
+                if !problems.is_empty() {
+                    return Err(ServeError::Policy(problems.to_string()));
+                }
+                p
+            }
+            None => Policy::from_rules(&cfg.rules),
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -95,6 +110,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 cfg,
+                policy: Arc::new(policy),
                 indexes,
                 client: client(),
                 audit,
@@ -291,7 +307,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
             let setup = ScanSetup {
                 indexes: shared.indexes.clone(),
                 exempt: Arc::new(exempt),
-                rules: cfg.rules,
+                policy: Arc::clone(&shared.policy),
+                scope: Scope {
+                    tenant: info.tenant.clone(),
+                    route: Some(api.name().to_string()),
+                    model: info.model.clone(),
+                },
                 hold: cfg.hold,
                 max_event_bytes: cfg.max_event_bytes,
             };
@@ -332,6 +353,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         let body = PipelineBody {
             api,
             audit: shared.audit.clone(),
+            policy: Arc::clone(&shared.policy),
             info,
             hold,
             decisions: 0,
@@ -360,7 +382,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         for d in &decisions {
             shared
                 .audit
-                .record(Record::Decision(Box::new(decision_record(&info, d, &hold))));
+                .record(Record::Decision(Box::new(decision_record(&info, &shared.policy, d, &hold))));
         }
         let blocked = decisions
             .iter()
@@ -404,15 +426,18 @@ fn tenant(h: &HeaderMap) -> Option<String> {
     Some(audit::sha256_hex(key.as_bytes())[..16].to_string())
 }
 
-fn decision_record(info: &RequestInfo, d: &Decision, hold: &str) -> DecisionRecord {
+fn decision_record(info: &RequestInfo, policy: &Policy, d: &Decision, hold: &str) -> DecisionRecord {
     let c = &d.citation;
     DecisionRecord {
         time: audit::now(),
         request: info.clone(),
         action: d.action.as_str().into(),
-        reason: d.reason.into(),
-        rule: format!("built-in/{}", d.reason),
-        policy_version: "built-in-1".into(),
+        reason: d.reason.clone(),
+        rule: d.rule.clone(),
+        policy: policy.name.clone(),
+        policy_version: policy.hash.clone(),
+        policy_action: d.policy_action.as_str().into(),
+        shadow: d.shadow,
         stream: d.stream.clone(),
         output_start: c.output_start,
         output_end: c.output_end,
@@ -459,6 +484,7 @@ pub enum StreamEnd {
 pub struct PipelineBody {
     api: Api,
     audit: AuditSink,
+    policy: Arc<Policy>,
     info: RequestInfo,
     hold: String,
     decisions: u64,
@@ -476,7 +502,10 @@ impl PipelineBody {
         log_decisions(self.api, &ds);
         for d in &ds {
             self.audit.record(Record::Decision(Box::new(decision_record(
-                &self.info, d, &self.hold,
+                &self.info,
+                &self.policy,
+                d,
+                &self.hold,
             ))));
         }
         self.decisions += ds.len() as u64;
