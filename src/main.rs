@@ -35,6 +35,43 @@ enum Command {
     Scan(ScanArgs),
     /// Run the proxy.
     Serve(ServeArgs),
+    /// Check, test and explain policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy (and, with --index, its corpus names and thresholds).
+    Check {
+        file: PathBuf,
+        #[arg(long = "index")]
+        indexes: Vec<PathBuf>,
+    },
+    /// Run the policy's own test cases; exit 1 if any fails.
+    Test {
+        file: PathBuf,
+        #[arg(long = "index")]
+        indexes: Vec<PathBuf>,
+    },
+    /// Show which rule decides each finding, and why the others did not.
+    Explain {
+        file: PathBuf,
+        /// Findings as printed by `verbatim scan --format jsonl`.
+        #[arg(long, conflicts_with = "text")]
+        findings: Option<PathBuf>,
+        /// A sample text to scan (needs --index).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        #[arg(long = "index")]
+        indexes: Vec<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -159,6 +196,7 @@ fn main() -> ExitCode {
         }
         Command::Scan(a) => cmd_scan(a),
         Command::Serve(a) => cmd_serve(a).map(|()| ExitCode::SUCCESS),
+        Command::Policy(c) => cmd_policy(c),
     };
     match result {
         Ok(code) => code,
@@ -514,5 +552,216 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+fn load_policy(
+    file: &Path,
+    indexes: &[PathBuf],
+) -> Result<(verbatim::policy::Policy, Vec<Arc<Index>>)> {
+    let policy = verbatim::policy::Policy::load(file)?;
+    let ixs = open_indexes(indexes)?;
+    let problems = policy.check_against(file, &ixs);
+    if !problems.is_empty() {
+        anyhow::bail!("{problems}");
+    }
+    for l in &policy.lints {
+        eprintln!("warning: {l}");
+    }
+    Ok((policy, ixs))
+}
+
+fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
+    use verbatim::policy::Facts;
+    match c {
+        PolicyCommand::Check { file, indexes } => {
+            let (p, _) = load_policy(&file, &indexes)?;
+            println!(
+                "{}: policy `{}` is valid: {} rules, {} exceptions, {} tests, default {}{}",
+                file.display(),
+                p.name,
+                p.rules.len(),
+                p.exceptions.len(),
+                p.tests.len(),
+                p.default_action.as_str(),
+                if p.shadow { ", shadow mode" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test { file, indexes } => {
+            let (p, _) = load_policy(&file, &indexes)?;
+            let results = p.run_tests();
+            let mut failed = 0;
+            for (t, v, ok) in &results {
+                if *ok {
+                    println!("ok     {} → {} ({})", t.name, v.action.as_str(), v.rule);
+                } else {
+                    failed += 1;
+                    let want_rule = t
+                        .rule
+                        .as_deref()
+                        .map(|r| format!(" by `{r}`"))
+                        .unwrap_or_default();
+                    println!(
+                        "FAILED {}: expected {}{want_rule}, got {} by `{}` ({})",
+                        t.name,
+                        t.expect.as_str(),
+                        v.action.as_str(),
+                        v.rule,
+                        v.reason
+                    );
+                }
+            }
+            let used: std::collections::HashSet<&str> =
+                results.iter().map(|(_, v, _)| v.rule.as_str()).collect();
+            for r in p.rules.iter().chain(&p.exceptions) {
+                if !used.contains(r.name.as_str()) {
+                    eprintln!("warning: rule `{}` decided no test case", r.name);
+                }
+            }
+            println!("{} passed, {} failed", results.len() - failed, failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        PolicyCommand::Explain {
+            file,
+            findings,
+            text,
+            indexes,
+            tenant,
+            route,
+            model,
+        } => {
+            let (p, ixs) = load_policy(&file, &indexes)?;
+            let mut facts: Vec<(String, Facts)> = Vec::new();
+            let scope = |mut f: Facts| {
+                f.tenant = tenant.clone();
+                f.route = route.clone();
+                f.model = model.clone();
+                f
+            };
+            if let Some(path) = &findings {
+                let body = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                for (i, line) in body
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let r: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+                    let s = |k: &str| {
+                        r.get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                    let f = Facts {
+                        kind: if r
+                            .get("caller_supplied")
+                            .and_then(|v| v.as_bool())
+                            .unwrap_or(false)
+                        {
+                            "caller-supplied".into()
+                        } else {
+                            s("kind")
+                        },
+                        source: s("channel"),
+                        rights: s("rights"),
+                        license: s("license"),
+                        corpus: s("corpus"),
+                        units: n("units") as u32,
+                        chars: n("output_end").saturating_sub(n("output_start")),
+                        similarity: r.get("similarity").and_then(|v| v.as_f64()).unwrap_or(1.0),
+                        ..Facts::default()
+                    };
+                    facts.push((
+                        format!("{}:{} {}", s("corpus"), s("doc"), n("units")),
+                        scope(f),
+                    ));
+                }
+            } else if let Some(path) = &text {
+                anyhow::ensure!(!ixs.is_empty(), "--text needs --index");
+                let body = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let mut sc = Scanner::new(&ixs, TextKind::Markdown);
+                sc.push_bytes(&body);
+                sc.finish();
+                for f in sc.take_findings() {
+                    let Some(r) = FindingReport::new(&ixs[f.index], &f) else {
+                        continue;
+                    };
+                    let fa = Facts {
+                        kind: if f.caller_supplied {
+                            "caller-supplied".into()
+                        } else {
+                            f.kind.as_str().into()
+                        },
+                        source: f.channel.as_str().into(),
+                        rights: r.rights.into(),
+                        license: r.license.clone(),
+                        corpus: r.corpus.clone(),
+                        units: f.units,
+                        chars: f.output_end - f.output_start,
+                        similarity: 1.0,
+                        ..Facts::default()
+                    };
+                    facts.push((
+                        format!(
+                            "bytes {}..{} from {}:{}",
+                            f.output_start, f.output_end, r.corpus, r.doc
+                        ),
+                        scope(fa),
+                    ));
+                }
+            } else {
+                anyhow::bail!("give --findings FILE.jsonl or --text FILE --index DIR");
+            }
+            for (label, f) in &facts {
+                let v = p.decide(f);
+                println!(
+                    "{label}: {} by `{}` ({}){}",
+                    v.action.as_str(),
+                    v.rule,
+                    v.reason,
+                    if v.shadow {
+                        " [shadow: only logged]"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "  facts: kind {}, source {}, rights {}, license {} ({}), corpus {}, {} units",
+                    f.kind,
+                    f.source,
+                    f.rights,
+                    f.license,
+                    verbatim::policy::category(&f.license, &p.categories).as_str(),
+                    f.corpus,
+                    f.units
+                );
+                for r in p
+                    .exceptions
+                    .iter()
+                    .map(|r| ("exception", r))
+                    .chain(p.rules.iter().map(|r| ("rule", r)))
+                {
+                    match r.1.when.mismatch(f, &p.categories) {
+                        None => {
+                            println!("  {} `{}` matches → {}", r.0, r.1.name, r.1.action.as_str())
+                        }
+                        Some(why) => println!("  {} `{}` does not match: {why}", r.0, r.1.name),
+                    }
+                }
+            }
+            if facts.is_empty() {
+                println!("no findings");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -55,9 +55,19 @@ impl Category {
 }
 
 /// Licenses dedicated to the public domain (SPDX metadata has no flag for it).
-const PUBLIC_DOMAIN: &[&str] = &["CC0-1.0", "Unlicense", "CC-PDDC", "PDDL-1.0", "WTFPL", "0BSD", "MIT-0"];
+const PUBLIC_DOMAIN: &[&str] = &[
+    "CC0-1.0",
+    "Unlicense",
+    "CC-PDDC",
+    "PDDL-1.0",
+    "WTFPL",
+    "0BSD",
+    "MIT-0",
+];
 /// File- or library-level copyleft (the `spdx` crate marks these copyleft too).
-const WEAK_COPYLEFT_PREFIXES: &[&str] = &["LGPL-", "MPL-", "EPL-", "CDDL-", "CPL-", "MS-RL", "APSL-", "ErlPL-"];
+const WEAK_COPYLEFT_PREFIXES: &[&str] = &[
+    "LGPL-", "MPL-", "EPL-", "CDDL-", "CPL-", "MS-RL", "APSL-", "ErlPL-",
+];
 
 fn base_category(name: &str, extra: &BTreeMap<String, Category>) -> Category {
     if let Some(c) = extra.get(name) {
@@ -129,7 +139,14 @@ pub struct Facts {
     pub model: Option<String>,
 }
 
-const KINDS: &[&str] = &["exact", "renamed", "near", "license-text", "license-marker", "caller-supplied"];
+const KINDS: &[&str] = &[
+    "exact",
+    "renamed",
+    "near",
+    "license-text",
+    "license-marker",
+    "caller-supplied",
+];
 const SOURCES: &[&str] = &["prose", "code"];
 const RIGHTS: &[&str] = &["copyrighted", "licensed", "public-domain"];
 const ACTIONS: &[(&str, Action)] = &[
@@ -175,7 +192,8 @@ impl When {
     /// `None` if the facts match, else the first condition that fails (for `explain`).
     pub fn mismatch(&self, f: &Facts, extra: &BTreeMap<String, Category>) -> Option<String> {
         let list = |name: &str, want: &[String], got: &str| {
-            (!want.is_empty() && !want.iter().any(|w| w == got)).then(|| format!("{name} `{got}` is not one of {want:?}"))
+            (!want.is_empty() && !want.iter().any(|w| w == got))
+                .then(|| format!("{name} `{got}` is not one of {want:?}"))
         };
         let opt = |name: &str, want: &[String], got: &Option<String>| match got {
             _ if want.is_empty() => None,
@@ -190,23 +208,50 @@ impl When {
             .or_else(|| opt("route", &self.route, &f.route))
             .or_else(|| {
                 let ids = license_ids(&f.license);
-                (!self.license.is_empty() && !ids.iter().any(|i| self.license.contains(i)))
-                    .then(|| format!("license `{}` mentions none of {:?}", f.license, self.license))
+                (!self.license.is_empty() && !ids.iter().any(|i| self.license.contains(i))).then(
+                    || {
+                        format!(
+                            "license `{}` mentions none of {:?}",
+                            f.license, self.license
+                        )
+                    },
+                )
             })
             .or_else(|| {
                 let c = category(&f.license, extra);
-                (!self.category.is_empty() && !self.category.contains(&c))
-                    .then(|| format!("category `{}` is not one of {:?}", c.as_str(), self.category.iter().map(|c| c.as_str()).collect::<Vec<_>>()))
+                (!self.category.is_empty() && !self.category.contains(&c)).then(|| {
+                    format!(
+                        "category `{}` is not one of {:?}",
+                        c.as_str(),
+                        self.category.iter().map(|c| c.as_str()).collect::<Vec<_>>()
+                    )
+                })
             })
             .or_else(|| match (&self.model, &f.model) {
                 (None, _) => None,
                 (Some(g), Some(m)) if g.set.is_match(m) => None,
                 (Some(g), _) => Some(format!("model {:?} matches none of {:?}", f.model, g.text)),
             })
-            .or_else(|| self.min_units.filter(|&m| f.units < m).map(|m| format!("{} units < min_units {m}", f.units)))
-            .or_else(|| self.max_units.filter(|&m| f.units > m).map(|m| format!("{} units > max_units {m}", f.units)))
-            .or_else(|| self.min_chars.filter(|&m| f.chars < m).map(|m| format!("{} chars < min_chars {m}", f.chars)))
-            .or_else(|| self.min_similarity.filter(|&m| f.similarity < m).map(|m| format!("similarity {} < {m}", f.similarity)))
+            .or_else(|| {
+                self.min_units
+                    .filter(|&m| f.units < m)
+                    .map(|m| format!("{} units < min_units {m}", f.units))
+            })
+            .or_else(|| {
+                self.max_units
+                    .filter(|&m| f.units > m)
+                    .map(|m| format!("{} units > max_units {m}", f.units))
+            })
+            .or_else(|| {
+                self.min_chars
+                    .filter(|&m| f.chars < m)
+                    .map(|m| format!("{} chars < min_chars {m}", f.chars))
+            })
+            .or_else(|| {
+                self.min_similarity
+                    .filter(|&m| f.similarity < m)
+                    .map(|m| format!("similarity {} < {m}", f.similarity))
+            })
     }
 }
 
@@ -274,7 +319,12 @@ impl Policy {
             action,
             reason: name.into(),
             description: None,
-            when: When { source: vec![source.into()], min_units: Some(min), kind: vec!["exact".into()], ..When::default() },
+            when: When {
+                source: vec![source.into()],
+                min_units: Some(min),
+                kind: vec!["exact".into()],
+                ..When::default()
+            },
             line: 0,
         };
         Policy {
@@ -284,14 +334,27 @@ impl Policy {
             default_reason: "short-run".into(),
             categories: BTreeMap::new(),
             rules: vec![
-                r("long-prose-run", rules.long_action, "prose", rules.long_prose_units),
-                r("long-code-run", rules.long_action, "code", rules.long_code_units),
+                r(
+                    "long-prose-run",
+                    rules.long_action,
+                    "prose",
+                    rules.long_prose_units,
+                ),
+                r(
+                    "long-code-run",
+                    rules.long_action,
+                    "code",
+                    rules.long_code_units,
+                ),
                 Rule {
                     name: "caller-supplied".into(),
                     action: rules.caller_supplied,
                     reason: "caller-supplied".into(),
                     description: None,
-                    when: When { kind: vec!["caller-supplied".into()], ..When::default() },
+                    when: When {
+                        kind: vec!["caller-supplied".into()],
+                        ..When::default()
+                    },
                     line: 0,
                 },
             ],
@@ -311,12 +374,18 @@ impl Policy {
             reason: reason.to_string(),
             shadow: self.shadow,
         };
-        if let Some(e) = self.exceptions.iter().find(|e| e.when.mismatch(f, &self.categories).is_none()) {
+        if let Some(e) = self
+            .exceptions
+            .iter()
+            .find(|e| e.when.mismatch(f, &self.categories).is_none())
+        {
             return verdict(e.action, &e.name, &e.reason);
         }
         let mut best: Option<&Rule> = None;
         for r in &self.rules {
-            if r.when.mismatch(f, &self.categories).is_none() && best.is_none_or(|b| r.action > b.action) {
+            if r.when.mismatch(f, &self.categories).is_none()
+                && best.is_none_or(|b| r.action > b.action)
+            {
                 best = Some(r);
             }
         }
@@ -331,7 +400,10 @@ impl Policy {
     pub fn block_threshold(&self, source: &str) -> Option<u32> {
         self.rules
             .iter()
-            .filter(|r| r.action == Action::Block && (r.when.source.is_empty() || r.when.source.iter().any(|s| s == source)))
+            .filter(|r| {
+                r.action == Action::Block
+                    && (r.when.source.is_empty() || r.when.source.iter().any(|s| s == source))
+            })
             .map(|r| r.when.min_units.unwrap_or(0))
             .min()
     }
@@ -350,29 +422,46 @@ impl Policy {
 
     /// Loads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Policy::parse(path, src).map_err(PolicyError::Invalid)
     }
 
     /// Checks the policy against the indexes it will run with: known corpus names, and no
     /// threshold below an index's guarantee `t` (runs shorter than t are never reported).
-    pub fn check_against(&self, path: &Path, indexes: &[std::sync::Arc<crate::index::Index>]) -> Problems {
+    pub fn check_against(
+        &self,
+        path: &Path,
+        indexes: &[std::sync::Arc<crate::index::Index>],
+    ) -> Problems {
         let mut p = Problems::default();
         if indexes.is_empty() {
             return p;
         }
-        let corpora: Vec<&str> = indexes.iter().flat_map(|i| i.manifest().corpora.iter().map(|c| c.name.as_str())).collect();
+        let corpora: Vec<&str> = indexes
+            .iter()
+            .flat_map(|i| i.manifest().corpora.iter().map(|c| c.name.as_str()))
+            .collect();
         for r in self.rules.iter().chain(&self.exceptions) {
             for c in &r.when.corpus {
                 if !corpora.contains(&c.as_str()) {
-                    p.0.push(Problem { file: path.into(), line: r.line, column: 1, key: format!("{}.when.corpus", r.name), message: format!("no index has a corpus named `{c}`") });
+                    p.0.push(Problem {
+                        file: path.into(),
+                        line: r.line,
+                        column: 1,
+                        key: format!("{}.when.corpus", r.name),
+                        message: format!("no index has a corpus named `{c}`"),
+                    });
                 }
             }
             if let Some(m) = r.when.min_units {
                 for ix in indexes {
                     let params = ix.params();
                     for (src, t) in [("prose", params.prose.t()), ("code", params.code.t())] {
-                        let applies = r.when.source.is_empty() || r.when.source.iter().any(|s| s == src);
+                        let applies =
+                            r.when.source.is_empty() || r.when.source.iter().any(|s| s == src);
                         if applies && m > 0 && m < t {
                             p.0.push(Problem { file: path.into(), line: r.line, column: 1, key: format!("{}.when.min_units", r.name),
                                 message: format!("{m} is below the guarantee t = {t} of {src} in index {}: shorter runs are never reported", ix.manifest().index_id) });
@@ -389,13 +478,21 @@ impl Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy {}: {source}", path.display())]
-    Read { path: std::path::PathBuf, source: std::io::Error },
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(Problems),
 }
 
 fn is_kebab(s: &str) -> bool {
-    !s.is_empty() && s.split('-').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+    !s.is_empty()
+        && s.split('-').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
 }
 
 /// The tables of an array of tables (or of an inline-table array), with a problem otherwise.
@@ -414,7 +511,11 @@ fn tables(r: &mut TomlReader, t: &Table, key: &str) -> Vec<Table> {
             })
             .collect(),
         Some(other) => {
-            r.problem(other.span(), key, format!("expected an array of tables (`[[{key}]]`)"));
+            r.problem(
+                other.span(),
+                key,
+                format!("expected an array of tables (`[[{key}]]`)"),
+            );
             Vec::new()
         }
     }
@@ -435,27 +536,60 @@ fn action(r: &mut TomlReader, v: Spanned<String>, key: &str) -> Option<Action> {
     match ACTIONS.iter().find(|(n, _)| *n == v.value) {
         Some((_, a)) => Some(*a),
         None => {
-            r.problem(v.span, key, format!("`{}` is not one of `allow`, `log`, `annotate`, `redact`, `block`", v.value));
+            r.problem(
+                v.span,
+                key,
+                format!(
+                    "`{}` is not one of `allow`, `log`, `annotate`, `redact`, `block`",
+                    v.value
+                ),
+            );
             None
         }
     }
 }
 
 fn one_of(r: &mut TomlReader, t: &Table, prefix: &str, key: &str, allowed: &[&str]) -> Vec<String> {
-    let Some(list) = r.opt_str_list(t, prefix, key) else { return Vec::new() };
+    let Some(list) = r.opt_str_list(t, prefix, key) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (i, v) in list.into_iter().enumerate() {
         if allowed.is_empty() || allowed.contains(&v.value.as_str()) {
             out.push(v.value);
         } else {
-            r.problem(v.span, &format!("{prefix}.{key}[{i}]"), format!("`{}` is not one of {}", v.value, allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")));
+            r.problem(
+                v.span,
+                &format!("{prefix}.{key}[{i}]"),
+                format!(
+                    "`{}` is not one of {}",
+                    v.value,
+                    allowed
+                        .iter()
+                        .map(|a| format!("`{a}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
         }
     }
     out
 }
 
 const WHEN_KEYS: &[&str] = &[
-    "kind", "source", "rights", "license", "category", "corpus", "tenant", "route", "model", "min_units", "max_units", "min_chars", "min_similarity",
+    "kind",
+    "source",
+    "rights",
+    "license",
+    "category",
+    "corpus",
+    "tenant",
+    "route",
+    "model",
+    "min_units",
+    "max_units",
+    "min_chars",
+    "min_similarity",
 ];
 
 fn parse_when(r: &mut TomlReader, t: &Table, prefix: &str) -> When {
@@ -466,18 +600,41 @@ fn parse_when(r: &mut TomlReader, t: &Table, prefix: &str) -> When {
         rights: one_of(r, t, prefix, "rights", RIGHTS),
         corpus: one_of(r, t, prefix, "corpus", &[]),
         tenant: one_of(r, t, prefix, "tenant", &[]),
-        route: one_of(r, t, prefix, "route", &["chat-completions", "completions", "responses", "messages"]),
+        route: one_of(
+            r,
+            t,
+            prefix,
+            "route",
+            &["chat-completions", "completions", "responses", "messages"],
+        ),
         ..When::default()
     };
-    for (i, l) in r.opt_str_list(t, prefix, "license").unwrap_or_default().into_iter().enumerate() {
+    for (i, l) in r
+        .opt_str_list(t, prefix, "license")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let known = l.value.starts_with("LicenseRef-") || spdx::license_id(&l.value).is_some();
         if known {
             w.license.push(l.value);
         } else {
-            r.problem(l.span, &format!("{prefix}.license[{i}]"), format!("`{}` is not an SPDX license identifier (or LicenseRef-…)", l.value));
+            r.problem(
+                l.span,
+                &format!("{prefix}.license[{i}]"),
+                format!(
+                    "`{}` is not an SPDX license identifier (or LicenseRef-…)",
+                    l.value
+                ),
+            );
         }
     }
-    for (i, c) in r.opt_str_list(t, prefix, "category").unwrap_or_default().into_iter().enumerate() {
+    for (i, c) in r
+        .opt_str_list(t, prefix, "category")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         match Category::parse(&c.value) {
             Some(cat) => w.category.push(cat),
             None => r.problem(c.span, &format!("{prefix}.category[{i}]"), format!("`{}` is not one of `public-domain`, `permissive`, `weak-copyleft`, `copyleft`, `proprietary`", c.value)),
@@ -492,18 +649,33 @@ fn parse_when(r: &mut TomlReader, t: &Table, prefix: &str) -> When {
                     b.add(x);
                     text.push(g.value);
                 }
-                Err(e) => r.problem(g.span, &format!("{prefix}.model[{i}]"), format!("invalid glob: {}", e.kind())),
+                Err(e) => r.problem(
+                    g.span,
+                    &format!("{prefix}.model[{i}]"),
+                    format!("invalid glob: {}", e.kind()),
+                ),
             }
         }
         w.model = b.build().ok().map(|set| Globs { text, set });
     }
-    w.min_units = r.opt_u64(t, prefix, "min_units").map(|v| v.value.min(u32::MAX as u64) as u32);
-    w.max_units = r.opt_u64(t, prefix, "max_units").map(|v| v.value.min(u32::MAX as u64) as u32);
+    w.min_units = r
+        .opt_u64(t, prefix, "min_units")
+        .map(|v| v.value.min(u32::MAX as u64) as u32);
+    w.max_units = r
+        .opt_u64(t, prefix, "max_units")
+        .map(|v| v.value.min(u32::MAX as u64) as u32);
     w.min_chars = r.opt_u64(t, prefix, "min_chars").map(|v| v.value);
     if let Some(item) = t.get("min_similarity") {
-        match item.as_float().or_else(|| item.as_integer().map(|i| i as f64)) {
+        match item
+            .as_float()
+            .or_else(|| item.as_integer().map(|i| i as f64))
+        {
             Some(x) if (0.0..=1.0).contains(&x) => w.min_similarity = Some(x),
-            _ => r.problem(item.span(), &format!("{prefix}.min_similarity"), "expected a number between 0 and 1"),
+            _ => r.problem(
+                item.span(),
+                &format!("{prefix}.min_similarity"),
+                "expected a number between 0 and 1",
+            ),
         }
     }
     w
@@ -514,16 +686,44 @@ impl Policy {
         let hash = crate::audit::sha256_hex(src.as_bytes());
         let text = src.clone();
         let (mut r, doc) = TomlReader::parse(path, src);
-        let Some(doc) = doc else { return Err(r.problems) };
+        let Some(doc) = doc else {
+            return Err(r.problems);
+        };
         let t = doc.as_table();
-        r.unknown_keys(t, "", &["version", "name", "shadow", "defaults", "categories", "rules", "exceptions", "tests"]);
+        r.unknown_keys(
+            t,
+            "",
+            &[
+                "version",
+                "name",
+                "shadow",
+                "defaults",
+                "categories",
+                "rules",
+                "exceptions",
+                "tests",
+            ],
+        );
         let line = |off: usize| text[..off.min(text.len())].matches('\n').count() + 1;
         match t.get("version").and_then(Item::as_integer) {
             Some(1) => {}
-            Some(v) => r.problem(t.get("version").and_then(Item::span), "version", format!("policy format version {v} is not supported (this verbatim reads version 1)")),
+            Some(v) => r.problem(
+                t.get("version").and_then(Item::span),
+                "version",
+                format!(
+                    "policy format version {v} is not supported (this verbatim reads version 1)"
+                ),
+            ),
             None => r.problem(None, "version", "missing `version = 1`"),
         }
-        let name = r.opt_str(t, "", "name").map(|s| s.value).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let name = r
+            .opt_str(t, "", "name")
+            .map(|s| s.value)
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
         let shadow = match t.get("shadow") {
             None => false,
             Some(i) => i.as_bool().unwrap_or_else(|| {
@@ -531,17 +731,35 @@ impl Policy {
                 false
             }),
         };
-        let mut p = Policy { name, shadow, default_action: Action::Log, default_reason: "unmatched".into(), categories: BTreeMap::new(), rules: Vec::new(), exceptions: Vec::new(), tests: Vec::new(), lints: Vec::new(), hash };
+        let mut p = Policy {
+            name,
+            shadow,
+            default_action: Action::Log,
+            default_reason: "unmatched".into(),
+            categories: BTreeMap::new(),
+            rules: Vec::new(),
+            exceptions: Vec::new(),
+            tests: Vec::new(),
+            lints: Vec::new(),
+            hash,
+        };
         if let Some(d) = r.opt_std_table(t, "", "defaults") {
             r.unknown_keys(d, "defaults", &["action", "reason"]);
-            if let Some(a) = r.opt_str(d, "defaults", "action").and_then(|v| action(&mut r, v, "defaults.action")) {
+            if let Some(a) = r
+                .opt_str(d, "defaults", "action")
+                .and_then(|v| action(&mut r, v, "defaults.action"))
+            {
                 p.default_action = a;
             }
             if let Some(reason) = r.opt_str(d, "defaults", "reason") {
                 if is_kebab(&reason.value) {
                     p.default_reason = reason.value;
                 } else {
-                    r.problem(reason.span, "defaults.reason", "a reason code is kebab-case (`long-code-run`)");
+                    r.problem(
+                        reason.span,
+                        "defaults.reason",
+                        "a reason code is kebab-case (`long-code-run`)",
+                    );
                 }
             }
         }
@@ -561,21 +779,49 @@ impl Policy {
         for (section, is_exception) in [("rules", false), ("exceptions", true)] {
             for (i, rt) in tables(&mut r, t, section).iter().enumerate() {
                 let prefix = format!("{section}[{i}]");
-                r.unknown_keys(rt, &prefix, &["name", "action", "reason", "description", "when"]);
-                let rline = line(rt.span().or_else(|| rt.iter().next().and_then(|(_, v)| v.span())).map(|s| s.start).unwrap_or(0));
-                let Some(name) = r.req_str(rt, &prefix, "name") else { continue };
+                r.unknown_keys(
+                    rt,
+                    &prefix,
+                    &["name", "action", "reason", "description", "when"],
+                );
+                let rline = line(
+                    rt.span()
+                        .or_else(|| rt.iter().next().and_then(|(_, v)| v.span()))
+                        .map(|s| s.start)
+                        .unwrap_or(0),
+                );
+                let Some(name) = r.req_str(rt, &prefix, "name") else {
+                    continue;
+                };
                 if !is_kebab(&name.value) {
-                    r.problem(name.span.clone(), &format!("{prefix}.name"), "a rule name is kebab-case (`block-copyleft-code`)");
+                    r.problem(
+                        name.span.clone(),
+                        &format!("{prefix}.name"),
+                        "a rule name is kebab-case (`block-copyleft-code`)",
+                    );
                 }
                 if names.contains(&name.value) {
-                    r.problem(name.span.clone(), &format!("{prefix}.name"), format!("`{}` names another rule too", name.value));
+                    r.problem(
+                        name.span.clone(),
+                        &format!("{prefix}.name"),
+                        format!("`{}` names another rule too", name.value),
+                    );
                 }
                 names.push(name.value.clone());
-                let act = r.req_str(rt, &prefix, "action").and_then(|v| action(&mut r, v, &format!("{prefix}.action")));
-                let reason = r.opt_str(rt, &prefix, "reason").map(|s| s.value).unwrap_or_else(|| name.value.clone());
-                if !is_kebab(&reason) {
-                    r.problem(rt.get("reason").and_then(Item::span), &format!("{prefix}.reason"), "a reason code is kebab-case (`long-code-run`)");
+                let act = r
+                    .req_str(rt, &prefix, "action")
+                    .and_then(|v| action(&mut r, v, &format!("{prefix}.action")));
+                let written = r.opt_str(rt, &prefix, "reason");
+                if let Some(w) = written.as_ref().filter(|w| !is_kebab(&w.value)) {
+                    r.problem(
+                        w.span.clone(),
+                        &format!("{prefix}.reason"),
+                        "a reason code is kebab-case (`long-code-run`)",
+                    );
                 }
+                let reason = written
+                    .map(|s| s.value)
+                    .unwrap_or_else(|| name.value.clone());
                 if let Some(prev) = reasons.insert(reason.clone(), name.value.clone()) {
                     r.problem(rt.get("reason").and_then(Item::span).or(name.span.clone()), &format!("{prefix}.reason"), format!("reason code `{reason}` is also used by `{prev}`; reason codes are unique"));
                 }
@@ -584,17 +830,45 @@ impl Policy {
                     Some(w) => parse_when(&mut r, &w, &format!("{prefix}.when")),
                     None => When::default(),
                 };
-                if is_exception && when.corpus.is_empty() && when.tenant.is_empty() && when.route.is_empty() {
-                    r.problem(name.span.clone(), &prefix, "an exception is scoped: give `when.corpus`, `when.tenant` or `when.route`");
+                if is_exception
+                    && when.corpus.is_empty()
+                    && when.tenant.is_empty()
+                    && when.route.is_empty()
+                {
+                    r.problem(
+                        name.span.clone(),
+                        &prefix,
+                        "an exception is scoped: give `when.corpus`, `when.tenant` or `when.route`",
+                    );
                 }
-                let rule = Rule { name: name.value, action: act.unwrap_or(Action::Log), reason, description, when, line: rline };
-                if let (Some(a), Some(b)) = (rule.when.min_units, rule.when.max_units) {
-                    if a > b {
-                        p.lints.push(Problem { file: path.into(), line: rline, column: 1, key: format!("{prefix}.when"), message: format!("rule `{}` can never match: min_units {a} > max_units {b}", rule.name) });
-                    }
+                let rule = Rule {
+                    name: name.value,
+                    action: act.unwrap_or(Action::Log),
+                    reason,
+                    description,
+                    when,
+                    line: rline,
+                };
+                if let (Some(a), Some(b)) = (rule.when.min_units, rule.when.max_units)
+                    && a > b
+                {
+                    p.lints.push(Problem {
+                        file: path.into(),
+                        line: rline,
+                        column: 1,
+                        key: format!("{prefix}.when"),
+                        message: format!(
+                            "rule `{}` can never match: min_units {a} > max_units {b}",
+                            rule.name
+                        ),
+                    });
                 }
                 if !rule.when.license.is_empty() && !rule.when.category.is_empty() {
-                    let fits = rule.when.license.iter().any(|l| rule.when.category.contains(&base_category(l, &p.categories)));
+                    let fits = rule.when.license.iter().any(|l| {
+                        rule.when
+                            .category
+                            .contains(&base_category(l, &p.categories))
+                    });
                     if !fits {
                         p.lints.push(Problem { file: path.into(), line: rline, column: 1, key: format!("{prefix}.when"), message: format!("rule `{}` can never match: none of its licenses is in its categories", rule.name) });
                     }
@@ -602,8 +876,20 @@ impl Policy {
                 if is_exception {
                     p.exceptions.push(rule);
                 } else {
-                    if let Some(prev) = p.rules.iter().find(|x| x.when == rule.when && x.action != rule.action) {
-                        r.problem(rt.get("when").and_then(Item::span), &format!("{prefix}.when"), format!("contradicts `{}`: same conditions, different action", prev.name));
+                    if let Some(prev) = p
+                        .rules
+                        .iter()
+                        .find(|x| x.when == rule.when && x.action != rule.action)
+                    {
+                        let span = rt.get("when").and_then(Item::span).or(name.span.clone());
+                        r.problem(
+                            span,
+                            &format!("{prefix}.when"),
+                            format!(
+                                "contradicts `{}`: same conditions, different action",
+                                prev.name
+                            ),
+                        );
                     }
                     p.rules.push(rule);
                 }
@@ -612,17 +898,31 @@ impl Policy {
         for (i, tt) in tables(&mut r, t, "tests").iter().enumerate() {
             let prefix = format!("tests[{i}]");
             r.unknown_keys(tt, &prefix, &["name", "finding", "expect", "rule"]);
-            let name = r.req_str(tt, &prefix, "name").map(|s| s.value).unwrap_or_default();
-            let expect = r.req_str(tt, &prefix, "expect").and_then(|v| action(&mut r, v, &format!("{prefix}.expect")));
+            let name = r
+                .req_str(tt, &prefix, "name")
+                .map(|s| s.value)
+                .unwrap_or_default();
+            let expect = r
+                .req_str(tt, &prefix, "expect")
+                .and_then(|v| action(&mut r, v, &format!("{prefix}.expect")));
             let rule = r.opt_str(tt, &prefix, "rule").map(|s| s.value);
-            if let Some(rn) = &rule {
-                if rn != "default" && !names.contains(rn) {
-                    r.problem(tt.get("rule").and_then(Item::span), &format!("{prefix}.rule"), format!("no rule is named `{rn}`"));
-                }
+            if let Some(rn) = &rule
+                && rn != "default"
+                && !names.contains(rn)
+            {
+                r.problem(
+                    tt.get("rule").and_then(Item::span),
+                    &format!("{prefix}.rule"),
+                    format!("no rule is named `{rn}`"),
+                );
             }
             let facts = match sub_table(&mut r, tt, &prefix, "finding") {
                 None => {
-                    r.problem(tt.span(), &format!("{prefix}.finding"), "missing required key");
+                    r.problem(
+                        tt.span(),
+                        &format!("{prefix}.finding"),
+                        "missing required key",
+                    );
                     None
                 }
                 Some(ft) => {
@@ -638,14 +938,23 @@ impl Policy {
                             Some(f)
                         }
                         Err(e) => {
-                            r.problem(tt.get("finding").and_then(Item::span), &format!("{prefix}.finding"), e.message().trim().to_string());
+                            r.problem(
+                                tt.get("finding").and_then(Item::span),
+                                &format!("{prefix}.finding"),
+                                e.message().trim().to_string(),
+                            );
                             None
                         }
                     }
                 }
             };
             if let (Some(expect), Some(facts)) = (expect, facts) {
-                p.tests.push(TestCase { name, facts, expect, rule });
+                p.tests.push(TestCase {
+                    name,
+                    facts,
+                    expect,
+                    rule,
+                });
             }
         }
         if r.problems.is_empty() {

@@ -39,7 +39,12 @@ pub struct Scope {
 /// A policy's view of a finding.
 fn facts(f: &Finding, c: &Citation, scope: &Scope) -> Facts {
     Facts {
-        kind: if f.caller_supplied { "caller-supplied" } else { f.kind.as_str() }.to_string(),
+        kind: if f.caller_supplied {
+            "caller-supplied"
+        } else {
+            f.kind.as_str()
+        }
+        .to_string(),
         source: f.channel.as_str().to_string(),
         rights: c.rights.clone(),
         license: c.license.clone(),
@@ -449,7 +454,11 @@ impl Pipeline {
             }
         }
         for s in 0..self.streams.len() {
-            let runs: Vec<Finding> = self.streams[s].1.open_runs().map(|r| r.as_finding()).collect();
+            let runs: Vec<Finding> = self.streams[s]
+                .1
+                .open_runs()
+                .map(|r| r.as_finding())
+                .collect();
             for f in runs {
                 if let Some((cite, v)) = self.judge(s, &f)
                     && v.effective == Action::Block

@@ -23,10 +23,10 @@ use tokio::net::TcpListener;
 use super::api::{self, Api};
 use super::config::Config;
 use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
-use crate::policy::Policy;
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
 use crate::matcher::exemptions;
+use crate::policy::Policy;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -382,7 +382,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         for d in &decisions {
             shared
                 .audit
-                .record(Record::Decision(Box::new(decision_record(&info, &shared.policy, d, &hold))));
+                .record(Record::Decision(Box::new(decision_record(
+                    &info,
+                    &shared.policy,
+                    d,
+                    &hold,
+                ))));
         }
         let blocked = decisions
             .iter()
@@ -426,7 +431,12 @@ fn tenant(h: &HeaderMap) -> Option<String> {
     Some(audit::sha256_hex(key.as_bytes())[..16].to_string())
 }
 
-fn decision_record(info: &RequestInfo, policy: &Policy, d: &Decision, hold: &str) -> DecisionRecord {
+fn decision_record(
+    info: &RequestInfo,
+    policy: &Policy,
+    d: &Decision,
+    hold: &str,
+) -> DecisionRecord {
     let c = &d.citation;
     DecisionRecord {
         time: audit::now(),
