@@ -739,3 +739,92 @@ async fn every_decision_and_every_stream_end_is_audited_once_without_credentials
         "span text is not recorded, only its hash"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_in_shadow_mode_records_but_does_not_act_and_exceptions_are_scoped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let tenant = verbatim::audit::sha256_hex(b"sk-test-secret")[..16].to_string();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version = 1\nname = \"shadowed\"\nshadow = true\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = {{ source = [\"prose\"], corpus = [\"acme-books\"], min_units = 12 }}\n"
+        ),
+    )
+    .unwrap();
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let upstream = openai_stream(&text, 5);
+    let mock = start(Reply::sse(&upstream, 64)).await;
+    let p = proxy(&mock, |c| {
+        c.policy = Some(policy.clone());
+        c.audit_log = Some(log.clone());
+    })
+    .await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(
+        body,
+        Bytes::from(upstream.clone()),
+        "shadow mode changes nothing on the wire"
+    );
+    let recs = audit_records(&log, 1).await;
+    let d = recs.iter().find(|r| r["type"] == "decision").unwrap();
+    assert_eq!(d["data"]["action"], "log");
+    assert_eq!(d["data"]["policy_action"], "block");
+    assert_eq!(d["data"]["shadow"], true);
+    assert_eq!(d["data"]["rule"], "block-books");
+    assert_eq!(d["data"]["policy"], "shadowed");
+    assert_eq!(
+        d["data"]["policy_version"],
+        verbatim::audit::sha256_hex(&std::fs::read(&policy).unwrap())
+    );
+
+    // Not in shadow mode, with an exception for this tenant: logged; others are blocked.
+    let policy2 = dir.path().join("p2.toml");
+    std::fs::write(
+        &policy2,
+        format!(
+            "version = 1\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = {{ source = [\"prose\"], corpus = [\"acme-books\"], min_units = 12 }}\n[[exceptions]]\nname = \"partner\"\naction = \"log\"\nwhen = {{ tenant = [\"{tenant}\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let p2 = proxy(&mock, |c| c.policy = Some(policy2.clone())).await;
+    let (_, _, body) = post(p2.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(
+        body,
+        Bytes::from(upstream),
+        "the excepted tenant gets the text"
+    );
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", p2.addr))
+        .header("authorization", "Bearer sk-someone-else")
+        .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let evs = events(&body);
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_an_invalid_policy_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("bad.toml");
+    std::fs::write(&policy, "version = 1\n[[rules]]\nname = \"x\"\naction = \"shred\"\nwhen = { corpus = [\"nope\"], min_units = 3 }\n").unwrap();
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        policy: Some(policy),
+        ..Config::default()
+    };
+    let index = Arc::new(Index::open(FIXTURE).unwrap());
+    let err = match Server::bind(cfg, vec![index]).await {
+        Ok(_) => panic!("started with an invalid policy"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("`rules[0].action`: `shred` is not one of"),
+        "{err}"
+    );
+}
