@@ -101,6 +101,9 @@ struct ServeArgs {
     /// Policy file (docs/policy.md); replaces the config's built-in `[rules]`.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Admin listener for /metrics, /healthz, /readyz and POST /admin/reload (off by default).
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -496,6 +499,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     if !a.indexes.is_empty() {
         cfg.indexes = a.indexes.clone();
     }
+    if let Some(x) = a.admin_listen {
+        cfg.admin_listen = Some(x);
+    }
     if let Some(p) = &a.policy {
         cfg.policy = Some(p.clone());
     }
@@ -518,12 +524,24 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let server = verbatim::proxy::server::Server::bind(cfg.clone(), indexes).await?;
+        // SIGHUP reloads the policy and indexes; in-flight streams keep theirs.
+        #[cfg(unix)]
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            let handle = server.handle();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = handle.reload();
+                }
+            });
+        }
         tracing::info!(
             listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             openai = %cfg.upstream_openai,
             anthropic = %cfg.upstream_anthropic,
             indexes = cfg.indexes.len(),
             hold = ?cfg.hold,
+            admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             "verbatim proxy listening"
         );
         server.run(shutdown_signal()).await;

@@ -33,6 +33,7 @@ const UNRELATED: &str = "The weather in the valley was mild all week, and the fa
 
 struct Proxy {
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -47,11 +48,16 @@ async fn proxy(mock: &Mock, tweak: impl FnOnce(&mut Config)) -> Proxy {
     let index = Arc::new(Index::open(FIXTURE).unwrap());
     let server = Server::bind(cfg, vec![index]).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let admin = server.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    Proxy { addr, _stop: tx }
+    Proxy {
+        addr,
+        admin,
+        _stop: tx,
+    }
 }
 
 type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -748,9 +754,7 @@ async fn a_policy_in_shadow_mode_records_but_does_not_act_and_exceptions_are_sco
     let policy = dir.path().join("p.toml");
     std::fs::write(
         &policy,
-        format!(
-            "version = 1\nname = \"shadowed\"\nshadow = true\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = {{ source = [\"prose\"], corpus = [\"acme-books\"], min_units = 12 }}\n"
-        ),
+        "version = 1\nname = \"shadowed\"\nshadow = true\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = { source = [\"prose\"], corpus = [\"acme-books\"], min_units = 12 }\n",
     )
     .unwrap();
     let text = format!("{INTRO}{COPIED}{OUTRO}");
@@ -827,4 +831,139 @@ async fn the_proxy_refuses_an_invalid_policy_with_every_problem() {
         err.contains("`rules[0].action`: `shred` is not one of"),
         "{err}"
     );
+}
+
+async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics() {
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 5), 64)).await;
+    let p = proxy(&mock, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let (s, body) = admin(p.addr, "GET", "/healthz").await;
+    assert_eq!((s, body.as_str()), (200, "ok\n"));
+    let (s, _) = admin(p.addr, "GET", "/readyz").await;
+    assert_eq!(s, 200);
+    assert!(
+        mock.seen.lock().unwrap().requests.is_empty(),
+        "health checks are not forwarded"
+    );
+    post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let admin_addr = p.admin.unwrap();
+    let (s, m) = admin(admin_addr, "GET", "/metrics").await;
+    assert_eq!(s, 200);
+    for line in [
+        "verbatim_decisions_total{action=\"block\",reason=\"long-prose-run\",channel=\"prose\"} 1",
+        "verbatim_response_ends_total{route=\"chat-completions\",end=\"blocked\"} 1",
+        "verbatim_requests_total{route=\"chat-completions\",status=\"2xx\"} 1",
+        "verbatim_loaded{what=\"policy\",name=\"built-in\",version=\"built-in\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line} in:\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_keeps_every_stream_and_a_bad_reload_keeps_the_old_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\nname = \"observe\"\n[defaults]\naction = \"log\"\n",
+    )
+    .unwrap();
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let upstream = openai_stream(&text, 4);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.delay = Duration::from_millis(15);
+    let mock = start(reply).await;
+    let p = proxy(&mock, |c| {
+        c.policy = Some(policy.clone());
+        c.indexes = vec![FIXTURE.into()];
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let admin_addr = p.admin.unwrap();
+    // Eight streams in flight under the log-only policy…
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = p.addr;
+            tokio::spawn(
+                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // …when the policy changes to blocking.
+    std::fs::write(
+        &policy,
+        "version = 1\nname = \"enforce\"\n[defaults]\naction = \"block\"\n",
+    )
+    .unwrap();
+    let (s, body) = admin(admin_addr, "POST", "/admin/reload").await;
+    assert_eq!((s, body.as_str()), (200, "reloaded\n"));
+    for st in streams {
+        let (status, _, body) = st.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            Bytes::from(upstream.clone()),
+            "an in-flight stream finishes under the policy it started with"
+        );
+    }
+    mock.reply.lock().unwrap().delay = Duration::ZERO;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "new streams use the new policy"
+    );
+    // A broken policy is refused and the running one stays.
+    std::fs::write(
+        &policy,
+        "version = 1\n[defaults]\naction = \"obliterate\"\n",
+    )
+    .unwrap();
+    let (s, body) = admin(admin_addr, "POST", "/admin/reload").await;
+    assert_eq!(s, 422);
+    assert!(body.contains("`obliterate` is not one of"), "{body}");
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    let (_, m) = admin(admin_addr, "GET", "/metrics").await;
+    assert!(
+        m.contains("verbatim_reloads_total{result=\"ok\"} 1")
+            && m.contains("verbatim_reloads_total{result=\"rejected\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("name=\"enforce\""), "{m}");
 }

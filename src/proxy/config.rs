@@ -24,6 +24,9 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Policy file; without one, `rules` describes the built-in policy.
     pub policy: Option<PathBuf>,
+    /// A second listener for `/metrics`, `/healthz`, `/readyz` and `POST /admin/reload`; off
+    /// unless set.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             max_event_bytes: 1 << 20,
             audit_log: None,
             policy: None,
+            admin_listen: None,
         }
     }
 }
@@ -74,6 +78,7 @@ const TOP: &[&str] = &[
     "indexes",
     "hold",
     "policy",
+    "admin_listen",
     "audit_log",
     "upstream",
     "rules",
@@ -118,6 +123,16 @@ impl Config {
         }
         if let Some(list) = r.opt_str_list(t, "", "indexes") {
             c.indexes = list.into_iter().map(|s| base.join(s.value)).collect();
+        }
+        if let Some(a) = r.opt_str(t, "", "admin_listen") {
+            match a.value.parse() {
+                Ok(x) => c.admin_listen = Some(x),
+                Err(_) => r.problem(
+                    a.span,
+                    "admin_listen",
+                    format!("`{}` is not an address:port", a.value),
+                ),
+            }
         }
         if let Some(p) = r.opt_str(t, "", "policy") {
             c.policy = Some(base.join(p.value));

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod sse;

@@ -22,29 +22,114 @@ use tokio::net::TcpListener;
 
 use super::api::{self, Api};
 use super::config::Config;
+use super::metrics::Metrics;
 use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
 use crate::matcher::exemptions;
 use crate::policy::Policy;
+use arc_swap::ArcSwap;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
+/// What a reload replaces: the policy and the indexes. Each request takes a snapshot, so a
+/// stream finishes under the policy and indexes it started with.
+pub struct Loaded {
+    pub policy: Arc<Policy>,
+    pub indexes: Vec<Arc<Index>>,
+}
+
 struct Shared {
     cfg: Config,
-    policy: Arc<Policy>,
-    indexes: Vec<Arc<Index>>,
+    loaded: ArcSwap<Loaded>,
     client: HttpsClient,
     audit: AuditSink,
+    metrics: Metrics,
 }
 
 /// A bound, not yet running proxy.
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     audit_writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Controls a running proxy (reload); cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Re-reads the policy file and reopens the indexes named in the configuration, and
+    /// swaps them in. On any problem the running policy and indexes stay, and the problem is
+    /// returned (and logged, and counted in metrics). In-flight streams are not affected.
+    pub fn reload(&self) -> Result<(), String> {
+        let s = &self.shared;
+        let current = s.loaded.load_full();
+        let indexes = if s.cfg.indexes.is_empty() {
+            current.indexes.clone()
+        } else {
+            let mut v = Vec::new();
+            for d in &s.cfg.indexes {
+                match Index::open(d) {
+                    Ok(ix) => v.push(Arc::new(ix)),
+                    Err(e) => return s.reload_failed(format!("index {}: {e}", d.display())),
+                }
+            }
+            v
+        };
+        match policy_for(&s.cfg, &indexes) {
+            Ok(policy) => {
+                let loaded = Loaded {
+                    policy: Arc::new(policy),
+                    indexes,
+                };
+                set_loaded_metrics(&s.metrics, &loaded);
+                tracing::info!(policy = %loaded.policy.name, version = %loaded.policy.hash, indexes = loaded.indexes.len(), "reloaded");
+                s.loaded.store(Arc::new(loaded));
+                s.metrics.reload(true);
+                Ok(())
+            }
+            Err(e) => s.reload_failed(e),
+        }
+    }
+}
+
+impl Shared {
+    fn reload_failed(&self, e: String) -> Result<(), String> {
+        tracing::error!(error = %e, "reload rejected; the running policy and indexes stay");
+        self.metrics.reload(false);
+        Err(e)
+    }
+}
+
+fn set_loaded_metrics(m: &Metrics, l: &Loaded) {
+    let ids: Vec<String> = l
+        .indexes
+        .iter()
+        .map(|i| i.manifest().index_id.clone())
+        .collect();
+    m.set_loaded(&l.policy.name, &l.policy.hash, &ids);
+}
+
+/// The policy the configuration names (checked against the indexes), or its built-in rules.
+fn policy_for(cfg: &Config, indexes: &[Arc<Index>]) -> Result<Policy, String> {
+    match &cfg.policy {
+        Some(path) => {
+            let p = Policy::load(path).map_err(|e| e.to_string())?;
+            let problems = p.check_against(path, indexes);
+            if problems.is_empty() {
+                Ok(p)
+            } else {
+                Err(problems.to_string())
+            }
+        }
+        None => Ok(Policy::from_rules(&cfg.rules)),
+    }
 }
 
 /// Why the proxy could not start.
@@ -82,20 +167,18 @@ fn client() -> HttpsClient {
 impl Server {
     pub async fn bind(cfg: Config, indexes: Vec<Arc<Index>>) -> Result<Server, ServeError> {
         let addr = cfg.listen;
-        let policy = match &cfg.policy {
-            Some(path) => {
-                let p = Policy::load(path).map_err(|e| ServeError::Policy(e.to_string()))?;
-                let problems = p.check_against(path, &indexes);
-                if !problems.is_empty() {
-                    return Err(ServeError::Policy(problems.to_string()));
-                }
-                p
-            }
-            None => Policy::from_rules(&cfg.rules),
-        };
+        let policy = policy_for(&cfg, &indexes).map_err(ServeError::Policy)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: a, source })?,
+            ),
+            None => None,
+        };
         let (audit, audit_writer) = match &cfg.audit_log {
             Some(path) => {
                 let (sink, handle) = AuditSink::open(path).map_err(|source| ServeError::Audit {
@@ -106,14 +189,21 @@ impl Server {
             }
             None => (AuditSink::disabled(), None),
         };
+        let loaded = Loaded {
+            policy: Arc::new(policy),
+            indexes,
+        };
+        let metrics = Metrics::default();
+        set_loaded_metrics(&metrics, &loaded);
         Ok(Server {
             listener,
+            admin,
             shared: Arc::new(Shared {
                 cfg,
-                policy: Arc::new(policy),
-                indexes,
+                loaded: ArcSwap::from_pointee(loaded),
                 client: client(),
                 audit,
+                metrics,
             }),
             audit_writer,
         })
@@ -123,13 +213,38 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
+    /// The admin listener's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Serves until `shutdown` completes, then waits for open connections to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         tokio::pin!(shutdown);
+        let admin = self.admin;
         loop {
             tokio::select! {
+                accepted = async { admin.as_ref()?.accept().await.ok() }, if admin.is_some() => {
+                    let Some((stream, _)) = accepted else { continue };
+                    let handle = Handle { shared: Arc::clone(&self.shared) };
+                    let service = hyper::service::service_fn(move |req| {
+                        let handle = handle.clone();
+                        async move { Ok::<_, Infallible>(admin_handle(handle, req).await) }
+                    });
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    // Tracked by `graceful`: shutdown waits for it.
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
                 accepted = self.listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(x) => x,
@@ -219,8 +334,50 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
         .ok()
 }
 
+/// The admin listener: metrics, health, reload.
+async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> {
+    let text = |status: StatusCode, body: String| {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    };
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => text(StatusCode::OK, h.shared.metrics.render(&h.shared.audit)),
+        ("GET", "/healthz") | ("GET", "/readyz") => text(StatusCode::OK, "ok\n".into()),
+        ("POST", "/admin/reload") => match h.reload() {
+            Ok(()) => text(StatusCode::OK, "reloaded\n".into()),
+            Err(e) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload rejected; the running policy stays:\n{e}\n"),
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    // Liveness and readiness are answered here, never forwarded.
+    if req.method() == http::Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz") {
+        let mut r = Response::new(full("ok\n"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return r;
+    }
+    let route = Api::route(req.method(), req.uri().path())
+        .map(Api::name)
+        .unwrap_or("passthrough");
+    let resp = forward(Arc::clone(&shared), req).await;
+    shared.metrics.request(route, resp.status().as_u16());
+    resp
+}
+
+async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     let cfg = &shared.cfg;
+    let loaded = shared.loaded.load_full();
     let api = Api::route(req.method(), req.uri().path());
     let anthropic = match api {
         Some(a) => a.is_anthropic(),
@@ -258,7 +415,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
 
     // Requests to scanned APIs are read whole (bounded): the stream flag and the caller's own
     // text decide how the response is handled. Everything else streams through untouched.
-    let scan = api.filter(|_| !shared.indexes.is_empty());
+    let scan = api.filter(|_| !loaded.indexes.is_empty());
     let (upstream_req, setup) = match scan {
         None => (
             Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
@@ -294,7 +451,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
             let exempt = match &json {
                 Some(v) => exemptions(
                     api::request_texts(api, v).iter().map(String::as_str),
-                    &shared.indexes,
+                    &loaded.indexes,
                 ),
                 None => Default::default(),
             };
@@ -305,9 +462,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
             );
             parts.headers.remove(header::CONTENT_LENGTH);
             let setup = ScanSetup {
-                indexes: shared.indexes.clone(),
+                indexes: loaded.indexes.clone(),
                 exempt: Arc::new(exempt),
-                policy: Arc::clone(&shared.policy),
+                policy: Arc::clone(&loaded.policy),
                 scope: Scope {
                     tenant: info.tenant.clone(),
                     route: Some(api.name().to_string()),
@@ -352,8 +509,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         let hold = format!("{:?}", setup.hold).to_lowercase();
         let body = PipelineBody {
             api,
+            shared: Arc::clone(&shared),
             audit: shared.audit.clone(),
-            policy: Arc::clone(&shared.policy),
+            policy: Arc::clone(&loaded.policy),
             info,
             hold,
             decisions: 0,
@@ -384,7 +542,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 .audit
                 .record(Record::Decision(Box::new(decision_record(
                     &info,
-                    &shared.policy,
+                    &loaded.policy,
                     d,
                     &hold,
                 ))));
@@ -392,6 +550,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         let blocked = decisions
             .iter()
             .any(|d| d.action == super::pipeline::Action::Block);
+        for d in &decisions {
+            shared
+                .metrics
+                .decision(d.action.as_str(), &d.reason, &d.citation.channel);
+        }
+        shared
+            .metrics
+            .stream_end(api.name(), if blocked { "blocked" } else { "completed" });
         shared.audit.record(Record::StreamEnd(StreamEndRecord {
             time: audit::now(),
             request: info,
@@ -493,6 +659,7 @@ pub enum StreamEnd {
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
 pub struct PipelineBody {
     api: Api,
+    shared: Arc<Shared>,
     audit: AuditSink,
     policy: Arc<Policy>,
     info: RequestInfo,
@@ -519,6 +686,11 @@ impl PipelineBody {
             ))));
         }
         self.decisions += ds.len() as u64;
+        for d in &ds {
+            self.shared
+                .metrics
+                .decision(d.action.as_str(), &d.reason, &d.citation.channel);
+        }
     }
 
     /// Records how the stream ended, exactly once.
@@ -533,6 +705,7 @@ impl PipelineBody {
                 StreamEnd::UpstreamError => "upstream_error",
                 StreamEnd::ClientCancelled => "client_cancelled",
             };
+            self.shared.metrics.stream_end(self.api.name(), end);
             self.audit.record(Record::StreamEnd(StreamEndRecord {
                 time: audit::now(),
                 request: self.info.clone(),
