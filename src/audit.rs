@@ -80,6 +80,13 @@ pub struct StreamEndRecord {
     pub decisions: u64,
 }
 
+/// What travels to the writer.
+enum Msg {
+    Record(Record),
+    /// Write everything before this, sync, and end.
+    Stop,
+}
+
 #[derive(Debug, Clone)]
 pub enum Record {
     Decision(Box<DecisionRecord>),
@@ -128,7 +135,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The sending side; cheap to clone. A disabled sink records nothing.
 #[derive(Clone, Default)]
 pub struct AuditSink {
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<Msg>>,
     dropped: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
@@ -175,9 +182,16 @@ impl AuditSink {
     /// Queues a record without waiting; a full queue is counted and logged, never silent.
     pub fn record(&self, r: Record) {
         let Some(tx) = &self.tx else { return };
-        if let Err(e) = tx.try_send(r) {
+        if let Err(e) = tx.try_send(Msg::Record(r)) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(dropped_total = n, reason = %e, "audit record not queued");
+        }
+    }
+
+    /// Asks the writer to write everything queued so far, sync and end (at shutdown).
+    pub async fn stop(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Stop).await;
         }
     }
 
@@ -197,15 +211,23 @@ impl AuditSink {
 fn writer(
     mut file: std::fs::File,
     path: PathBuf,
-    mut rx: mpsc::Receiver<Record>,
+    mut rx: mpsc::Receiver<Msg>,
     counters: AuditSink,
 ) {
     let mut batch: Vec<u8> = Vec::new();
     let mut in_batch = 0u64;
+    let mut stop = false;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         // Take whatever else is queued, so a burst costs one write.
-        while let Some(r) = next {
+        while let Some(msg) = next {
+            let r = match msg {
+                Msg::Record(r) => r,
+                Msg::Stop => {
+                    stop = true;
+                    break;
+                }
+            };
             match r.line() {
                 Ok(l) => {
                     batch.extend_from_slice(&l);
@@ -233,6 +255,9 @@ fn writer(
         }
         batch.clear();
         in_batch = 0;
+        if stop {
+            break;
+        }
     }
     if let Err(e) = file.sync_all() {
         tracing::error!(path = %path.display(), error = %e, "audit log sync failed");

@@ -20,3 +20,4 @@ pub mod normalize;
 pub mod policy;
 pub mod procstat;
 pub mod proxy;
+pub mod report;

@@ -38,6 +38,16 @@ enum Command {
     /// Check, test and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Make a self-contained HTML report from an audit log.
+    Report {
+        #[arg(long)]
+        audit_log: PathBuf,
+        /// Only records at or after this RFC 3339 time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +210,11 @@ fn main() -> ExitCode {
         Command::Scan(a) => cmd_scan(a),
         Command::Serve(a) => cmd_serve(a).map(|()| ExitCode::SUCCESS),
         Command::Policy(c) => cmd_policy(c),
+        Command::Report {
+            audit_log,
+            since,
+            out,
+        } => cmd_report(&audit_log, since.as_deref(), &out).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -782,4 +797,28 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn cmd_report(log: &Path, since: Option<&str>, out: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let summary = verbatim::report::read(&text, since);
+    let page = verbatim::report::html(
+        &summary,
+        &log.display().to_string(),
+        &verbatim::audit::now(),
+    );
+    std::fs::write(out, page).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}: {} decisions, {} responses{}",
+        out.display(),
+        summary.decisions.len(),
+        summary.stream_ends.len(),
+        if summary.skipped_lines > 0 {
+            format!(", {} unreadable lines skipped", summary.skipped_lines)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }

@@ -272,9 +272,9 @@ impl Server {
             }
         }
         graceful.shutdown().await;
-        // Every connection is done: dropping the last sinks lets the audit writer drain.
-        drop(self.shared);
-        drop(builder);
+        // Every connection is done: the writer writes what is queued, syncs and ends. (A
+        // `Handle` may still hold the sink, so this cannot wait for the last sender to drop.)
+        self.shared.audit.stop().await;
         if let Some(w) = self.audit_writer {
             let _ = w.await;
         }
