@@ -967,3 +967,46 @@ async fn reload_under_load_keeps_every_stream_and_a_bad_reload_keeps_the_old_pol
     );
     assert!(m.contains("name=\"enforce\""), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_thinking_and_tool_use_blocks_are_relayed_and_scanned() {
+    let tool = format!("{{\"query\": \"{UNRELATED}\"}}");
+    let clean = anthropic_blocks(UNRELATED, &format!("{INTRO}{OUTRO}"), &tool, 5);
+    let mock = start(Reply::sse(&clean, 50)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "go")).await;
+    assert_eq!(
+        body,
+        Bytes::from(clean),
+        "thinking, signature and tool-use events pass untouched"
+    );
+    // A protected passage in the thinking block: blocked there, nothing of it released.
+    let copied = anthropic_blocks(
+        &format!("{INTRO}{COPIED}{OUTRO}"),
+        "never reached",
+        &tool,
+        5,
+    );
+    *mock.reply.lock().unwrap() = Reply::sse(&copied, 50);
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "go")).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(
+        !all.contains("Oduya") && !all.contains("never reached"),
+        "{all}"
+    );
+    let evs = events(&body);
+    let names: Vec<&str> = evs
+        .iter()
+        .rev()
+        .take(3)
+        .filter_map(|(n, _)| n.as_deref())
+        .collect();
+    assert_eq!(
+        names,
+        ["message_stop", "message_delta", "content_block_stop"]
+    );
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/delta/stop_reason"),
+        Some(&json!("refusal"))
+    );
+}

@@ -343,3 +343,74 @@ pub fn openai_two_choices(a: &str, b: &str, piece: usize) -> Vec<u8> {
     out.push_str("data: [DONE]\n\n");
     out.into_bytes()
 }
+
+/// An Anthropic stream with a thinking block (0), a text block (1) and a tool_use block (2)
+/// whose input arrives as JSON fragments.
+pub fn anthropic_blocks(thinking: &str, text: &str, tool_json: &str, piece: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let mut ev = |name: &str, v: Value| out.push_str(&format!("event: {name}\ndata: {v}\n\n"));
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+        "model": "mock-model", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+    );
+    let chunks = |s: &str| {
+        s.chars()
+            .collect::<Vec<_>>()
+            .chunks(piece.max(1))
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+    };
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+    );
+    for c in chunks(thinking) {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": c}}),
+        );
+    }
+    ev(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig"}}),
+    );
+    ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+    );
+    for c in chunks(text) {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": c}}),
+        );
+    }
+    ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 1}),
+    );
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}}),
+    );
+    for c in chunks(tool_json) {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": c}}),
+        );
+    }
+    ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 2}),
+    );
+    ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 42}}),
+    );
+    ev("message_stop", json!({"type": "message_stop"}));
+    out.into_bytes()
+}
