@@ -149,13 +149,6 @@ const KINDS: &[&str] = &[
 ];
 const SOURCES: &[&str] = &["prose", "code"];
 const RIGHTS: &[&str] = &["copyrighted", "licensed", "public-domain"];
-const ACTIONS: &[(&str, Action)] = &[
-    ("allow", Action::Allow),
-    ("log", Action::Log),
-    ("annotate", Action::Annotate),
-    ("redact", Action::Redact),
-    ("block", Action::Block),
-];
 
 /// Compiled globs that compare equal by their text.
 #[derive(Debug, Clone)]
@@ -533,17 +526,10 @@ fn sub_table(r: &mut TomlReader, t: &Table, prefix: &str, key: &str) -> Option<T
 }
 
 fn action(r: &mut TomlReader, v: Spanned<String>, key: &str) -> Option<Action> {
-    match ACTIONS.iter().find(|(n, _)| *n == v.value) {
-        Some((_, a)) => Some(*a),
+    match Action::parse(&v.value) {
+        Some(a) => Some(a),
         None => {
-            r.problem(
-                v.span,
-                key,
-                format!(
-                    "`{}` is not one of `allow`, `log`, `annotate`, `redact`, `block`",
-                    v.value
-                ),
-            );
+            r.problem(v.span, key, Action::unknown(&v.value));
             None
         }
     }

@@ -84,13 +84,6 @@ const TOP: &[&str] = &[
     "rules",
     "limits",
 ];
-const ACTIONS: &[(&str, Action)] = &[
-    ("allow", Action::Allow),
-    ("log", Action::Log),
-    ("annotate", Action::Annotate),
-    ("redact", Action::Redact),
-    ("block", Action::Block),
-];
 
 impl Config {
     /// Reads and validates a config file; relative index paths are relative to the file.
@@ -189,16 +182,11 @@ impl Config {
                 ("caller_supplied", &mut c.rules.caller_supplied),
             ] {
                 if let Some(v) = r.opt_str(rt, "rules", key) {
-                    match ACTIONS.iter().find(|(n, _)| *n == v.value) {
-                        Some((_, a)) => *slot = *a,
-                        None => r.problem(
-                            v.span,
-                            &format!("rules.{key}"),
-                            format!(
-                                "`{}` is not one of `allow`, `log`, `annotate`, `redact`, `block`",
-                                v.value
-                            ),
-                        ),
+                    match Action::parse(&v.value) {
+                        Some(a) => *slot = a,
+                        None => {
+                            r.problem(v.span, &format!("rules.{key}"), Action::unknown(&v.value))
+                        }
                     }
                 }
             }

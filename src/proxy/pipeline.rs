@@ -70,6 +70,25 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, least severe first.
+    pub const ALL: [Action; 5] = [
+        Action::Allow,
+        Action::Log,
+        Action::Annotate,
+        Action::Redact,
+        Action::Block,
+    ];
+
+    /// The action a policy or config names (`allow`, `log`, `annotate`, `redact`, `block`).
+    pub fn parse(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The problem message for a name that is not an action.
+    pub fn unknown(name: &str) -> String {
+        format!("`{name}` is not one of `allow`, `log`, `annotate`, `redact`, `block`")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Allow => "allow",
