@@ -278,3 +278,28 @@ fn plain_prose_has_no_fences_but_markdown_does() {
         TextKind::Markdown
     );
 }
+
+mod ascii_segmentation {
+    use proptest::prelude::*;
+    use unicode_segmentation::UnicodeSegmentation;
+    use verbatim::normalize::{TextKind, normalize};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+        /// The ASCII fast path must give exactly the words UAX #29 gives (checked through the
+        /// units' byte ranges, which the fast path produces for ASCII input).
+        #[test]
+        fn ascii_fast_path_equals_uax29(s in "[a-cA-C0-2_.,;:'\" \\n\\r\\t!?()/-]{0,40}") {
+            let want: Vec<(usize, usize)> = s
+                .unicode_word_indices()
+                .map(|(i, w)| (i, i + w.len()))
+                .filter(|&(a, b)| s[a..b].trim_matches(|c| c == '_' || c == '\'').chars().any(char::is_alphanumeric))
+                .collect();
+            let got: Vec<(usize, usize)> = normalize(&s, TextKind::Prose)
+                .iter()
+                .map(|u| (u.start as usize, u.end as usize))
+                .collect();
+            prop_assert_eq!(got, want, "text {:?}", s);
+        }
+    }
+}
