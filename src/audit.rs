@@ -175,10 +175,6 @@ impl AuditSink {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
     /// Queues a record without waiting; a full queue is counted and logged, never silent.
     pub fn record(&self, r: Record) {
         let Some(tx) = &self.tx else { return };

@@ -340,10 +340,6 @@ impl Scanner {
         p
     }
 
-    pub fn indexes(&self) -> impl Iterator<Item = &Arc<Index>> + '_ {
-        self.matchers.iter().map(|m| &m.index)
-    }
-
     /// Treats runs seeded by these k-gram keys as text the caller supplied.
     pub fn set_exemptions(&mut self, exempt: Arc<FxHashSet<u64>>) {
         self.exempt = exempt;

@@ -388,15 +388,21 @@ impl Policy {
         }
     }
 
-    /// The smallest run length any block/redact rule needs, per channel: the pipeline blocks a
-    /// still-growing run as soon as it reaches this.
-    pub fn block_threshold(&self, source: &str) -> Option<u32> {
+    /// The shortest run of `source` this policy could block, or `None` if it never blocks one
+    /// (shadow mode, or no block rule, exception or default). Runs only grow, so the pipeline
+    /// need not judge a still-growing run until it reaches this length.
+    pub fn min_block_units(&self, source: &str) -> Option<u32> {
+        if self.shadow {
+            return None;
+        }
+        if self.default_action == Action::Block {
+            return Some(0);
+        }
         self.rules
             .iter()
-            .filter(|r| {
-                r.action == Action::Block
-                    && (r.when.source.is_empty() || r.when.source.iter().any(|s| s == source))
-            })
+            .chain(&self.exceptions)
+            .filter(|r| r.action == Action::Block)
+            .filter(|r| r.when.source.is_empty() || r.when.source.iter().any(|s| s == source))
             .map(|r| r.when.min_units.unwrap_or(0))
             .min()
     }

@@ -18,11 +18,6 @@ pub fn peak_rss() -> Option<u64> {
     field("VmHWM:")
 }
 
-/// Current resident set size.
-pub fn rss() -> Option<u64> {
-    field("VmRSS:")
-}
-
 /// Resident anonymous memory (heap, stacks): what the process itself needs.
 pub fn rss_anon() -> Option<u64> {
     field("RssAnon:")

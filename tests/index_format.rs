@@ -140,6 +140,11 @@ fn round_trip_every_sampled_key_finds_its_posting() {
         }
     }
     assert!(ix.lookup(0xdead_beef).is_empty());
+    // The keys marked common are readable and counted as the manifest says.
+    assert_eq!(
+        ix.common_keys().count() as u64,
+        ix.manifest().stats.common_keys
+    );
 }
 
 fn open_err(dir: &Path) -> String {

@@ -339,3 +339,71 @@ fn the_config_rules_are_the_built_in_policy() {
     f.kind = "caller-supplied".into();
     assert_eq!(p.decide(&f).action, Action::Log);
 }
+
+#[test]
+fn no_run_shorter_than_min_block_units_is_ever_blocked() {
+    // The pipeline skips judging growing runs below this length; that must never skip a block.
+    let mut policies: Vec<Policy> = std::fs::read_dir("proxy-config/policies")
+        .unwrap()
+        .map(|e| Policy::load(&e.unwrap().path()).unwrap())
+        .collect();
+    policies.push(Policy::builtin());
+    policies.push(
+        parse(
+            "shadow.toml",
+            "version = 1\nshadow = true\n[defaults]\naction = \"block\"\n",
+        )
+        .unwrap(),
+    );
+    policies.push(parse("d.toml", "version = 1\n[defaults]\naction = \"block\"\n").unwrap());
+    let mut blocks = 0;
+    for p in &policies {
+        for source in ["prose", "code"] {
+            let min = p.min_block_units(source);
+            for kind in ["exact", "caller-supplied"] {
+                for (license, rights, corpus, tenant) in [
+                    ("GPL-3.0-only", "licensed", "gpl-code", None),
+                    ("MIT", "licensed", "crates", None),
+                    (
+                        "LicenseRef-Acme-Proprietary",
+                        "copyrighted",
+                        "acme-books",
+                        None,
+                    ),
+                    ("NOASSERTION", "public-domain", "kjv", None),
+                    (
+                        "LicenseRef-Acme-Proprietary",
+                        "copyrighted",
+                        "acme-handbook",
+                        Some("2f6a0c9d1e8b7a55"),
+                    ),
+                ] {
+                    for units in 0..=120 {
+                        let f = Facts {
+                            kind: kind.into(),
+                            source: source.into(),
+                            rights: rights.into(),
+                            license: license.into(),
+                            corpus: corpus.into(),
+                            units,
+                            similarity: 1.0,
+                            tenant: tenant.map(str::to_string),
+                            ..Facts::default()
+                        };
+                        if p.decide(&f).effective == Action::Block {
+                            blocks += 1;
+                            assert!(
+                                min.is_some_and(|m| units >= m),
+                                "{}: {source} run of {units} blocked below {min:?}",
+                                p.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(blocks > 1000, "the cases must include blocks ({blocks})");
+    assert_eq!(Policy::builtin().min_block_units("prose"), Some(32));
+    assert_eq!(Policy::builtin().min_block_units("code"), Some(50));
+}

@@ -184,6 +184,56 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
     out
 }
 
+/// Which text streams a streamed event ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnds {
+    None,
+    /// A terminal event (`[DONE]`, `response.completed`): every stream ends, and must be
+    /// decided before the event is queued so that citations precede it.
+    AllBefore,
+    /// The streams whose first-level index (choice, content block, output item) is listed end
+    /// with this event, after the text it carries.
+    After(Vec<u64>),
+}
+
+/// Where the provider's stream ends each text stream.
+pub fn stream_ends(api: Api, v: Option<&Value>, done: bool) -> StreamEnds {
+    if done {
+        return StreamEnds::AllBefore;
+    }
+    let Some(v) = v else { return StreamEnds::None };
+    let ty = v.get("type").and_then(Value::as_str);
+    let ended: Vec<u64> = match (api, ty) {
+        (Api::Responses, Some("response.completed" | "response.incomplete")) => {
+            return StreamEnds::AllBefore;
+        }
+        (Api::Messages, Some("content_block_stop")) => vec![u(v, "index")],
+        (Api::Responses, Some("response.output_text.done" | "response.output_item.done")) => {
+            vec![u(v, "output_index")]
+        }
+        (Api::ChatCompletions | Api::Completions, _) => v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+            .map(|c| u(c, "index"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if ended.is_empty() {
+        StreamEnds::None
+    } else {
+        StreamEnds::After(ended)
+    }
+}
+
+/// Whether this event is where a provider without a separate annotation event carries the
+/// citations found earlier (Anthropic: the final `message_delta`).
+pub fn carries_late_citations(api: Api, v: &Value) -> bool {
+    api == Api::Messages && v.get("type").and_then(Value::as_str) == Some("message_delta")
+}
+
 /// The text slot of `key` in a streamed event, for rewriting.
 fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
     match api {

@@ -25,7 +25,7 @@ use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
 use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
 use crate::index::Index;
 use crate::matcher::{Finding, FindingReport, Scanner};
-use crate::normalize::TextKind;
+use crate::normalize::{Channel, TextKind};
 use crate::policy::{Facts, Policy, Verdict};
 
 /// The request facts a policy can select on.
@@ -225,13 +225,20 @@ pub struct Pipeline {
     pending_cites: Vec<Citation>,
     decisions: Vec<Decision>,
     blocked: bool,
+    /// The policy's shortest blockable run per channel (prose, code).
+    min_block: [Option<u32>; 2],
     /// Upstream events seen.
     pub events_in: u64,
 }
 
 impl Pipeline {
     pub fn new(api: Api, setup: ScanSetup) -> Self {
+        let min_block = [
+            setup.policy.min_block_units("prose"),
+            setup.policy.min_block_units("code"),
+        ];
         Pipeline {
+            min_block,
             api,
             decoder: SseDecoder::new(setup.max_event_bytes),
             setup,
@@ -349,19 +356,9 @@ impl Pipeline {
             Some(d) if !done => serde_json::from_str(d).ok(),
             _ => None,
         };
-        let ty = json
-            .as_ref()
-            .and_then(|v| v.get("type"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        // Stream ends that must be decided *before* this event goes into the queue, so that
-        // citations precede the terminal event.
-        if done
-            || matches!(
-                ty.as_deref(),
-                Some("response.completed" | "response.incomplete")
-            )
-        {
+        let ends = api::stream_ends(api, json.as_ref(), done);
+        // Terminal events: decide every stream *before* queueing, so citations precede them.
+        if ends == api::StreamEnds::AllBefore {
             self.finish_streams(|_| true);
             self.decide();
             if self.state != State::Relaying {
@@ -390,10 +387,7 @@ impl Pipeline {
                     end: sc.offset(),
                 });
             }
-            if api == Api::Messages
-                && ty.as_deref() == Some("message_delta")
-                && !self.pending_cites.is_empty()
-            {
+            if !self.pending_cites.is_empty() && api::carries_late_citations(api, v) {
                 let cites = std::mem::take(&mut self.pending_cites);
                 v["verbatim"] = serde_json::json!({"action": "annotate", "findings": cites});
                 held.changed = true;
@@ -404,30 +398,9 @@ impl Pipeline {
                 held.changed |= replace_strings(v, from, to);
             }
         }
-        // Stream ends decided after the event: the text it carried is complete.
-        let ended: Vec<u64> = match (api, ty.as_deref(), &held.json) {
-            (Api::Messages, Some("content_block_stop"), Some(v)) => {
-                vec![v.get("index").and_then(Value::as_u64).unwrap_or(0)]
-            }
-            (
-                Api::Responses,
-                Some("response.output_text.done" | "response.output_item.done"),
-                Some(v),
-            ) => {
-                vec![v.get("output_index").and_then(Value::as_u64).unwrap_or(0)]
-            }
-            (Api::ChatCompletions | Api::Completions, _, Some(v)) => v
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-                .filter_map(|c| c.get("index").and_then(Value::as_u64))
-                .collect(),
-            _ => Vec::new(),
-        };
         self.queue.push_back(held);
-        if !ended.is_empty() {
+        // Streams that end with this event: the text it carried is complete.
+        if let api::StreamEnds::After(ended) = ends {
             self.finish_streams(|k| ended.contains(&k.a));
         }
         self.decide();
@@ -473,9 +446,19 @@ impl Pipeline {
             }
         }
         for s in 0..self.streams.len() {
+            // Only runs long enough that the policy could block them are judged: judging builds
+            // a citation and evaluates license expressions, and this runs on every event.
+            let min = &self.min_block;
             let runs: Vec<Finding> = self.streams[s]
                 .1
                 .open_runs()
+                .filter(|r| {
+                    let m = match r.channel {
+                        Channel::Prose => min[0],
+                        Channel::Code => min[1],
+                    };
+                    m.is_some_and(|m| r.units >= m)
+                })
                 .map(|r| r.as_finding())
                 .collect();
             for f in runs {
