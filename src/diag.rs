@@ -186,6 +186,21 @@ impl TomlReader {
         }
     }
 
+    /// A boolean, or a problem if present with another type.
+    pub fn opt_bool(&mut self, table: &Table, prefix: &str, key: &str) -> Option<Spanned<bool>> {
+        let item = table.get(key)?;
+        match item.as_bool() {
+            Some(b) => Some(Spanned {
+                value: b,
+                span: item.span(),
+            }),
+            None => {
+                self.type_problem(item, prefix, key, "true or false");
+                None
+            }
+        }
+    }
+
     /// A standard table (`[name]`), or a problem if present with another type.
     pub fn opt_std_table<'d>(
         &mut self,

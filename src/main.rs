@@ -38,10 +38,11 @@ enum Command {
     /// Check, test and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Make a self-contained HTML report from an audit log.
+    /// Make a self-contained HTML report from an audit log (and its rotated files).
     Report {
-        #[arg(long)]
-        audit_log: PathBuf,
+        /// One or more audit logs, e.g. `--audit-log audit.jsonl*` for a rotated set.
+        #[arg(long, num_args = 1.., required = true)]
+        audit_log: Vec<PathBuf>,
         /// Only records at or after this RFC 3339 time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z).
         #[arg(long)]
         since: Option<String>,
@@ -799,15 +800,19 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
     }
 }
 
-fn cmd_report(log: &Path, since: Option<&str>, out: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+fn cmd_report(logs: &[PathBuf], since: Option<&str>, out: &Path) -> Result<()> {
+    let mut text = String::new();
+    for log in logs {
+        let t = std::fs::read_to_string(log)
+            .with_context(|| format!("cannot read {}", log.display()))?;
+        text.push_str(&t);
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
     let summary = verbatim::report::read(&text, since);
-    let page = verbatim::report::html(
-        &summary,
-        &log.display().to_string(),
-        &verbatim::audit::now(),
-    );
+    let names: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
+    let page = verbatim::report::html(&summary, &names.join(", "), &verbatim::audit::now());
     std::fs::write(out, page).with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "{}: {} decisions, {} responses{}",

@@ -388,6 +388,11 @@ impl Policy {
         }
     }
 
+    /// A license expression's category, with this policy's `[categories]`.
+    pub fn category_of(&self, license: &str) -> Category {
+        category(license, &self.categories)
+    }
+
     /// The shortest run of `source` this policy could block, or `None` if it never blocks one
     /// (shadow mode, or no block rule, exception or default). Runs only grow, so the pipeline
     /// need not judge a still-growing run until it reaches this length.

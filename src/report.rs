@@ -37,6 +37,11 @@ pub fn read(text: &str, since: Option<&str>) -> Summary {
             _ => s.skipped_lines += 1,
         }
     }
+    // Rotated files may come in any order: records are shown in time order.
+    s.decisions
+        .sort_by(|a, b| field(a, "time").cmp(field(b, "time")));
+    s.stream_ends
+        .sort_by(|a, b| field(a, "time").cmp(field(b, "time")));
     s
 }
 

@@ -5,131 +5,19 @@
 
 mod proxy_mock;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use proxy_mock::harness::*;
 use proxy_mock::*;
 use serde_json::{Value, json};
 use verbatim::index::Index;
 use verbatim::proxy::config::Config;
 use verbatim::proxy::pipeline::{Action, Hold};
 use verbatim::proxy::server::Server;
-use verbatim::proxy::sse::SseDecoder;
-
-const FIXTURE: &str = "tests/fixtures/index-v1";
-/// 49 words of `corpora/fixtures/acme-books/chapter-01.md`: over the 32-word block threshold.
-const COPIED: &str = "Marguerite Oduya kept the lighthouse on Carrow Point for eleven winters before she opened the ledger that her predecessor had hidden beneath the third stair. It was bound in green oilcloth and smelled of paraffin and salt, and every page was ruled into columns that nobody had asked for";
-/// 21 words of chapter 2: over t = 12, under 32 — annotated.
-const SHORT: &str = "Tobias Renwick had rowed the crossing to Carrow Point since he was fourteen, and in all that time he had never";
-const INTRO: &str = "Here is a short story about a lighthouse, as you asked. ";
-const OUTRO: &str = " That is all I can write today, I am afraid.";
-const UNRELATED: &str = "The weather in the valley was mild all week, and the farmers planted their barley early because the soil had dried out sooner than anyone expected this spring.";
-
-struct Proxy {
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn proxy(mock: &Mock, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let mut cfg = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream_openai: format!("http://{}", mock.addr).parse().unwrap(),
-        upstream_anthropic: format!("http://{}", mock.addr).parse().unwrap(),
-        ..Config::default()
-    };
-    tweak(&mut cfg);
-    let index = Arc::new(Index::open(FIXTURE).unwrap());
-    let server = Server::bind(cfg, vec![index]).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let admin = server.admin_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
-    Proxy {
-        addr,
-        admin,
-        _stop: tx,
-    }
-}
-
-type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-fn client() -> C {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, http::HeaderMap, Bytes) {
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-test-secret")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let fut = async {
-        let resp = client().request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        (status, headers, body)
-    };
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .expect("request hung")
-}
-
-fn chat_req(stream: bool, user: &str) -> Value {
-    json!({"model": "mock-model", "stream": stream, "messages": [{"role": "user", "content": user}]})
-}
-
-fn msg_req(stream: bool, user: &str) -> Value {
-    json!({"model": "mock-model", "max_tokens": 100, "stream": stream, "messages": [{"role": "user", "content": user}]})
-}
-
-fn events(body: &[u8]) -> Vec<(Option<String>, Value)> {
-    let mut d = SseDecoder::new(1 << 20);
-    let mut ev = Vec::new();
-    d.push(body, &mut ev).unwrap();
-    assert_eq!(d.finish(), None, "response ends mid-event");
-    ev.into_iter()
-        .filter_map(|e| {
-            let data = e.data?;
-            if data == "[DONE]" {
-                return Some((e.event, json!("[DONE]")));
-            }
-            Some((
-                e.event,
-                serde_json::from_str(&data).unwrap_or(Value::String(data)),
-            ))
-        })
-        .collect()
-}
-
-fn openai_text(evs: &[(Option<String>, Value)]) -> String {
-    evs.iter()
-        .filter_map(|(_, v)| {
-            v.pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-        })
-        .collect()
-}
-
-fn anthropic_text(evs: &[(Option<String>, Value)]) -> String {
-    evs.iter()
-        .filter_map(|(_, v)| v.pointer("/delta/text").and_then(Value::as_str))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_streams_pass_through_byte_identical() {
@@ -616,27 +504,6 @@ async fn two_choices_and_a_tool_call_are_scanned_separately() {
     );
 }
 
-/// Waits until the audit log holds `n` `stream_end` records; returns every record.
-async fn audit_records(path: &std::path::Path, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let recs: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if recs.iter().filter(|r| r["type"] == "stream_end").count() >= n {
-            return recs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "audit log has {} records: {text}",
-            recs.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_and_every_stream_end_is_audited_once_without_credentials() {
     let dir = tempfile::tempdir().unwrap();
@@ -833,31 +700,6 @@ async fn the_proxy_refuses_an_invalid_policy_with_every_problem() {
     );
 }
 
-async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    (
-        status,
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
     let text = format!("{INTRO}{COPIED}{OUTRO}");
@@ -879,7 +721,9 @@ async fn health_and_metrics() {
     let (s, m) = admin(admin_addr, "GET", "/metrics").await;
     assert_eq!(s, 200);
     for line in [
-        "verbatim_decisions_total{action=\"block\",reason=\"long-prose-run\",channel=\"prose\"} 1",
+        "verbatim_decisions_total{action=\"block\",reason=\"long-prose-run\",channel=\"prose\",kind=\"exact\",category=\"proprietary\"} 1",
+        "verbatim_audit_records{state=\"queued\"} 0",
+        "verbatim_holdback_seconds_bucket{le=\"+Inf\"}",
         "verbatim_response_ends_total{route=\"chat-completions\",end=\"blocked\"} 1",
         "verbatim_requests_total{route=\"chat-completions\",status=\"2xx\"} 1",
         "verbatim_loaded{what=\"policy\",name=\"built-in\",version=\"built-in\"} 1",

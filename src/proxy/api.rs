@@ -638,6 +638,29 @@ pub fn block_events(
     why: &Citation,
 ) -> Vec<(Option<&'static str>, Value)> {
     let ext = json!({"action": "block", "reason": why.reason, "explanation": why.explanation(), "finding": why});
+    stop_events(api, meta, ext, Some((why.key_a, why.azure(true))))
+}
+
+/// The events that end a stream Verbatim stops for a reason of its own (the audit trail cannot
+/// be written and it is fail-closed), in the provider's own format.
+pub fn refusal_events(
+    api: Api,
+    meta: &mut StreamMeta,
+    reason: &str,
+    explanation: &str,
+) -> Vec<(Option<&'static str>, Value)> {
+    let ext = json!({"action": "block", "reason": reason, "explanation": explanation});
+    stop_events(api, meta, ext, None)
+}
+
+/// `ext` is Verbatim's own field on the final event; `filter` the choice the Azure-style
+/// `content_filter_results` go on.
+fn stop_events(
+    api: Api,
+    meta: &mut StreamMeta,
+    ext: Value,
+    filter: Option<(u64, Value)>,
+) -> Vec<(Option<&'static str>, Value)> {
     match api {
         Api::ChatCompletions | Api::Completions => {
             let mut idx = meta.indexes.clone();
@@ -654,8 +677,10 @@ pub fn block_events(
                     } else {
                         c["text"] = json!("");
                     }
-                    if i == why.key_a {
-                        c["content_filter_results"] = why.azure(true);
+                    if let Some((a, f)) = &filter
+                        && i == *a
+                    {
+                        c["content_filter_results"] = f.clone();
                     }
                     c
                 })

@@ -22,6 +22,11 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// JSON Lines audit trail (see `docs/audit-log.md`); none if unset.
     pub audit_log: Option<PathBuf>,
+    /// How the audit trail is written (`[audit]`).
+    pub audit: crate::audit::AuditOptions,
+    /// A request header whose value names the tenant (for policies and the audit trail);
+    /// without one, or when a request lacks it, the tenant is a hash of the API key.
+    pub tenant_header: Option<http::HeaderName>,
     /// Policy file; without one, `rules` describes the built-in policy.
     pub policy: Option<PathBuf>,
     /// A second listener for `/metrics`, `/healthz`, `/readyz` and `POST /admin/reload`; off
@@ -42,6 +47,8 @@ impl Default for Config {
             max_response_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
             audit_log: None,
+            audit: Default::default(),
+            tenant_header: None,
             policy: None,
             admin_listen: None,
         }
@@ -80,6 +87,8 @@ const TOP: &[&str] = &[
     "policy",
     "admin_listen",
     "audit_log",
+    "audit",
+    "tenant_header",
     "upstream",
     "rules",
     "limits",
@@ -132,6 +141,67 @@ impl Config {
         }
         if let Some(a) = r.opt_str(t, "", "audit_log") {
             c.audit_log = Some(base.join(a.value));
+        }
+        if let Some(h) = r.opt_str(t, "", "tenant_header") {
+            match http::HeaderName::from_bytes(h.value.as_bytes()) {
+                Ok(n) if !matches!(n.as_str(), "authorization" | "x-api-key" | "cookie") => {
+                    c.tenant_header = Some(n)
+                }
+                Ok(_) => r.problem(
+                    h.span,
+                    "tenant_header",
+                    "a credential header cannot name the tenant: its value would reach the audit trail",
+                ),
+                Err(_) => r.problem(
+                    h.span,
+                    "tenant_header",
+                    format!("`{}` is not a header name", h.value),
+                ),
+            }
+        }
+        if let Some(a) = r.opt_std_table(t, "", "audit") {
+            r.unknown_keys(
+                a,
+                "audit",
+                &["path", "durable", "on_failure", "rotate_bytes", "keep"],
+            );
+            if let Some(p) = r.opt_str(a, "audit", "path") {
+                if c.audit_log.is_some() {
+                    r.problem(
+                        p.span,
+                        "audit.path",
+                        "give the audit log's path once: `audit_log` or `audit.path`",
+                    );
+                }
+                c.audit_log = Some(base.join(p.value));
+            }
+            if let Some(d) = r.opt_bool(a, "audit", "durable") {
+                c.audit.durable = d.value;
+            }
+            if let Some(f) = r.opt_str(a, "audit", "on_failure") {
+                match crate::audit::OnFailure::parse(&f.value) {
+                    Some(x) => c.audit.on_failure = x,
+                    None => r.problem(
+                        f.span,
+                        "audit.on_failure",
+                        format!("`{}` is not one of `fail-open`, `fail-closed`", f.value),
+                    ),
+                }
+            }
+            if let Some(v) = r.opt_u64(a, "audit", "rotate_bytes") {
+                if v.value < 4096 {
+                    r.problem(v.span, "audit.rotate_bytes", "must be at least 4096 bytes");
+                } else {
+                    c.audit.rotate_bytes = Some(v.value);
+                }
+            }
+            if let Some(v) = r.opt_u64(a, "audit", "keep") {
+                if v.value == 0 || v.value > 1000 {
+                    r.problem(v.span, "audit.keep", "must be between 1 and 1000");
+                } else {
+                    c.audit.keep = v.value as u32;
+                }
+            }
         }
         if let Some(h) = r.opt_str(t, "", "hold") {
             match h.value.as_str() {

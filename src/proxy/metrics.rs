@@ -5,6 +5,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
@@ -18,6 +19,14 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     audit: Family<Labels, Gauge>,
     loaded: Family<Labels, Gauge>,
+    scan_seconds: Histogram,
+    holdback_seconds: Histogram,
+    audit_wait_seconds: Histogram,
+}
+
+/// Buckets from 10 µs to ~10 s, ×≈3 each.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1e-5, 3.0, 13)
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -36,6 +45,24 @@ impl Default for Metrics {
         let reloads = Family::default();
         let audit = Family::default();
         let loaded = Family::default();
+        let scan_seconds = Histogram::new(latency_buckets());
+        let holdback_seconds = Histogram::new(latency_buckets());
+        let audit_wait_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "scan_seconds",
+            "Added latency: time Verbatim spends on each upstream frame of a scanned stream (decode, scan, decide)",
+            scan_seconds.clone(),
+        );
+        registry.register(
+            "holdback_seconds",
+            "Time from an upstream frame's arrival until every event it completed is released to the client (hold = strict holds the last t-1 units)",
+            holdback_seconds.clone(),
+        );
+        registry.register(
+            "audit_durable_wait_seconds",
+            "Time a block waited for its audit record to be written and synced (audit.durable)",
+            audit_wait_seconds.clone(),
+        );
         registry.register(
             "requests",
             "Requests by route and response status class",
@@ -48,7 +75,7 @@ impl Default for Metrics {
         );
         registry.register(
             "decisions",
-            "Decisions by action, reason and channel",
+            "Decisions by action, reason, channel, finding kind and license category",
             decisions.clone(),
         );
         registry.register(
@@ -58,7 +85,7 @@ impl Default for Metrics {
         );
         registry.register(
             "audit_records",
-            "Audit records written, dropped (queue full) and failed (write errors)",
+            "Audit trail: records written, dropped (queue full), failed (write errors; records wait and are retried), queued (queue depth), failing (1 while the last write failed), rotations",
             audit.clone(),
         );
         registry.register(
@@ -74,6 +101,9 @@ impl Default for Metrics {
             reloads,
             audit,
             loaded,
+            scan_seconds,
+            holdback_seconds,
+            audit_wait_seconds,
         }
     }
 }
@@ -90,14 +120,25 @@ impl Metrics {
             .get_or_create(&l(&[("route", route), ("end", end)]))
             .inc();
     }
-    pub fn decision(&self, action: &str, reason: &str, channel: &str) {
+    pub fn decision(&self, d: &super::pipeline::Decision) {
         self.decisions
             .get_or_create(&l(&[
-                ("action", action),
-                ("reason", reason),
-                ("channel", channel),
+                ("action", d.action.as_str()),
+                ("reason", &d.reason),
+                ("channel", &d.citation.channel),
+                ("kind", &d.kind),
+                ("category", &d.category),
             ]))
             .inc();
+    }
+    pub fn scan_time(&self, secs: f64) {
+        self.scan_seconds.observe(secs);
+    }
+    pub fn holdback(&self, secs: f64) {
+        self.holdback_seconds.observe(secs);
+    }
+    pub fn audit_wait(&self, secs: f64) {
+        self.audit_wait_seconds.observe(secs);
     }
     pub fn reload(&self, ok: bool) {
         self.reloads
@@ -131,6 +172,15 @@ impl Metrics {
         self.audit
             .get_or_create(&l(&[("state", "failed")]))
             .set(audit.failures() as i64);
+        self.audit
+            .get_or_create(&l(&[("state", "queued")]))
+            .set(audit.queue_depth() as i64);
+        self.audit
+            .get_or_create(&l(&[("state", "failing")]))
+            .set(audit.failing() as i64);
+        self.audit
+            .get_or_create(&l(&[("state", "rotations")]))
+            .set(audit.rotations() as i64);
         let mut s = String::new();
         if encode(&mut s, &self.registry).is_err() {
             s.push_str("# metrics could not be encoded\n");

@@ -39,12 +39,7 @@ pub struct Scope {
 /// A policy's view of a finding.
 fn facts(f: &Finding, c: &Citation, scope: &Scope) -> Facts {
     Facts {
-        kind: if f.caller_supplied {
-            "caller-supplied"
-        } else {
-            f.kind.as_str()
-        }
-        .to_string(),
+        kind: finding_kind(f).to_string(),
         source: f.channel.as_str().to_string(),
         rights: c.rights.clone(),
         license: c.license.clone(),
@@ -55,6 +50,14 @@ fn facts(f: &Finding, c: &Citation, scope: &Scope) -> Facts {
         tenant: scope.tenant.clone(),
         route: scope.route.clone(),
         model: scope.model.clone(),
+    }
+}
+
+fn finding_kind(f: &Finding) -> &'static str {
+    if f.caller_supplied {
+        "caller-supplied"
+    } else {
+        f.kind.as_str()
     }
 }
 
@@ -147,6 +150,33 @@ pub struct Decision {
     pub citation: Citation,
     /// SHA-256 of the copied span of the output (the text itself is never recorded).
     pub span_sha256: String,
+    /// The finding's kind (`exact`, `caller-supplied`, …) and its license's category.
+    pub kind: String,
+    pub category: String,
+}
+
+impl Decision {
+    fn new(
+        setup: &ScanSetup,
+        f: &Finding,
+        v: &Verdict,
+        cite: &Citation,
+        stream: String,
+        span: &str,
+    ) -> Decision {
+        Decision {
+            action: v.effective,
+            policy_action: v.action,
+            shadow: v.shadow,
+            rule: v.rule.clone(),
+            reason: v.reason.clone(),
+            stream,
+            citation: cite.clone(),
+            span_sha256: crate::audit::sha256_hex(span.as_bytes()),
+            kind: finding_kind(f).to_string(),
+            category: setup.policy.category_of(&cite.license).as_str().to_string(),
+        }
+    }
 }
 
 /// How a response's scanning is set up.
@@ -229,6 +259,9 @@ pub struct Pipeline {
     min_block: [Option<u32>; 2],
     /// Upstream events seen.
     pub events_in: u64,
+    /// Upstream events released (synthetic events not counted): with `events_in`, how many
+    /// are held back.
+    pub events_out: u64,
 }
 
 impl Pipeline {
@@ -253,6 +286,7 @@ impl Pipeline {
             decisions: Vec::new(),
             blocked: false,
             events_in: 0,
+            events_out: 0,
         }
     }
 
@@ -312,13 +346,37 @@ impl Pipeline {
             self.decide();
             if self.state == State::Relaying {
                 while let Some(h) = self.queue.pop_front() {
-                    self.out.push(h.bytes());
+                    self.emit(&h);
                 }
                 if let Some(rest) = rest {
                     self.out.push(rest);
                 }
                 self.state = State::Ended;
             }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn emit(&mut self, h: &Held) {
+        if !h.raw.is_empty() {
+            self.events_out += 1;
+        }
+        self.out.push(h.bytes());
+    }
+
+    /// Ends the stream now, in the provider's format, without relaying what is held: Verbatim
+    /// cannot go on (a decision could not be recorded and the audit trail is fail-closed).
+    pub fn refuse(&mut self, reason: &str, explanation: &str) -> Vec<Bytes> {
+        if self.state == State::Relaying {
+            self.queue.clear();
+            for (event, v) in api::refusal_events(self.api, &mut self.meta, reason, explanation) {
+                self.out.push(encode(event, &v.to_string()));
+            }
+            if let Some(done) = api::done_marker(self.api) {
+                self.out.push(encode(None, done));
+            }
+            self.state = State::Ended;
+            self.blocked = true;
         }
         std::mem::take(&mut self.out)
     }
@@ -411,21 +469,20 @@ impl Pipeline {
         judge(&self.setup, self.streams[stream].0.a, f)
     }
 
-    fn record(&mut self, stream: usize, v: &Verdict, cite: &Citation) {
+    fn record(&mut self, stream: usize, f: &Finding, v: &Verdict, cite: &Citation) {
         let k = self.streams[stream].0;
         let span = self.texts[stream]
             .get(cite.output_start as usize..cite.output_end as usize)
             .unwrap_or("");
-        self.decisions.push(Decision {
-            action: v.effective,
-            policy_action: v.action,
-            shadow: v.shadow,
-            rule: v.rule.clone(),
-            reason: v.reason.clone(),
-            stream: format!("{}:{}:{:?}", k.a, k.b, k.part),
-            citation: cite.clone(),
-            span_sha256: crate::audit::sha256_hex(span.as_bytes()),
-        });
+        let d = Decision::new(
+            &self.setup,
+            f,
+            v,
+            cite,
+            format!("{}:{}:{:?}", k.a, k.b, k.part),
+            span,
+        );
+        self.decisions.push(d);
     }
 
     /// Acts on finished runs, and blocks a still-growing run as soon as the policy would
@@ -436,7 +493,7 @@ impl Pipeline {
                 let Some((cite, v)) = self.judge(s, &f) else {
                     continue;
                 };
-                self.record(s, &v, &cite);
+                self.record(s, &f, &v, &cite);
                 match v.effective {
                     Action::Block => return self.block(s, f.output_start, &cite),
                     Action::Redact => self.redact(s, f.output_start, f.output_end, &cite),
@@ -465,7 +522,7 @@ impl Pipeline {
                 if let Some((cite, v)) = self.judge(s, &f)
                     && v.effective == Action::Block
                 {
-                    self.record(s, &v, &cite);
+                    self.record(s, &f, &v, &cite);
                     return self.block(s, f.output_start, &cite);
                 }
             }
@@ -547,7 +604,7 @@ impl Pipeline {
                 break;
             }
             if let Some(h) = self.queue.pop_front() {
-                self.out.push(h.bytes());
+                self.emit(&h);
             }
         }
         if let Some(mut h) = self.queue.pop_front() {
@@ -573,7 +630,7 @@ impl Pipeline {
                     api::set_event_text(api, v, sp.key, text.get(..keep).unwrap_or(""));
                 }
                 h.changed = true;
-                self.out.push(h.bytes());
+                self.emit(&h);
             }
         }
         self.queue.clear();
@@ -601,7 +658,7 @@ impl Pipeline {
                 break;
             }
             if let Some(h) = self.queue.pop_front() {
-                self.out.push(h.bytes());
+                self.emit(&h);
             }
         }
     }
@@ -689,16 +746,14 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                 .text
                 .get(f.output_start as usize..f.output_end as usize)
                 .unwrap_or("");
-            decisions.push(Decision {
-                action,
-                policy_action: v.action,
-                shadow: v.shadow,
-                rule: v.rule.clone(),
-                reason: v.reason.clone(),
-                stream: format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
-                citation: cite.clone(),
-                span_sha256: crate::audit::sha256_hex(span.as_bytes()),
-            });
+            decisions.push(Decision::new(
+                setup,
+                &f,
+                &v,
+                &cite,
+                format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
+                span,
+            ));
             let (a, b) = (f.output_start as usize, f.output_end as usize);
             match action {
                 Action::Block => {

@@ -181,10 +181,11 @@ impl Server {
         };
         let (audit, audit_writer) = match &cfg.audit_log {
             Some(path) => {
-                let (sink, handle) = AuditSink::open(path).map_err(|source| ServeError::Audit {
-                    path: path.clone(),
-                    source,
-                })?;
+                let (sink, handle) =
+                    AuditSink::open(path, &cfg.audit).map_err(|source| ServeError::Audit {
+                        path: path.clone(),
+                        source,
+                    })?;
                 (sink, Some(handle))
             }
             None => (AuditSink::disabled(), None),
@@ -347,7 +348,11 @@ async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> 
     };
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => text(StatusCode::OK, h.shared.metrics.render(&h.shared.audit)),
-        ("GET", "/healthz") | ("GET", "/readyz") => text(StatusCode::OK, "ok\n".into()),
+        ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        ("GET", "/readyz") => match readiness(&h.shared) {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         ("POST", "/admin/reload") => match h.reload() {
             Ok(()) => text(StatusCode::OK, "reloaded\n".into()),
             Err(e) => text(
@@ -362,7 +367,18 @@ async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     // Liveness and readiness are answered here, never forwarded.
     if req.method() == http::Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz") {
-        let mut r = Response::new(full("ok\n"));
+        let ready = match req.uri().path() {
+            "/readyz" => readiness(&shared),
+            _ => Ok(()),
+        };
+        let mut r = match ready {
+            Ok(()) => Response::new(full("ok\n")),
+            Err(why) => {
+                let mut r = Response::new(full(format!("{why}\n")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r
+            }
+        };
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
@@ -370,12 +386,33 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
     let route = Api::route(req.method(), req.uri().path())
         .map(Api::name)
         .unwrap_or("passthrough");
-    let resp = forward(Arc::clone(&shared), req).await;
+    let id = request_id();
+    let mut resp = forward(Arc::clone(&shared), req, id.clone()).await;
     shared.metrics.request(route, resp.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-verbatim-request-id", v);
+    }
     resp
 }
 
-async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Whether the proxy can serve scanned requests now: not while a fail-closed audit trail
+/// cannot be written.
+fn readiness(shared: &Shared) -> Result<(), &'static str> {
+    if shared.audit.refuses() {
+        Err("not ready: the audit trail cannot be written (audit.on_failure = fail-closed)")
+    } else {
+        Ok(())
+    }
+}
+
+const AUDIT_REFUSAL: &str =
+    "verbatim: the audit trail cannot be written and audit.on_failure is fail-closed";
+
+async fn forward(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    request_id: String,
+) -> Response<ProxyBody> {
     let cfg = &shared.cfg;
     let loaded = shared.loaded.load_full();
     let api = Api::route(req.method(), req.uri().path());
@@ -405,8 +442,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
     };
     let (mut parts, body) = req.into_parts();
     let mut info = RequestInfo {
-        request_id: request_id(),
-        tenant: tenant(&parts.headers),
+        request_id,
+        tenant: tenant(&parts.headers, cfg.tenant_header.as_ref()),
         route: api.map(Api::name).unwrap_or("passthrough").to_string(),
         ..RequestInfo::default()
     };
@@ -416,6 +453,13 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
     // Requests to scanned APIs are read whole (bounded): the stream flag and the caller's own
     // text decide how the response is handled. Everything else streams through untouched.
     let scan = api.filter(|_| !loaded.indexes.is_empty());
+    if scan.is_some() && shared.audit.refuses() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            AUDIT_REFUSAL,
+        );
+    }
     let (upstream_req, setup) = match scan {
         None => (
             Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
@@ -519,6 +563,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
             upstream: Some(rbody),
             pipeline: Pipeline::new(api, setup),
             end: None,
+            wait: None,
+            arrivals: Default::default(),
         };
         return Response::from_parts(rparts, body.boxed());
     }
@@ -537,24 +583,39 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
         let (changed, decisions) = scan_response(api, &bytes, &setup);
         log_decisions(api, &decisions);
         let hold = format!("{:?}", setup.hold).to_lowercase();
+        let mut unrecorded = false;
+        let mut waits = Vec::new();
         for d in &decisions {
-            shared
-                .audit
-                .record(Record::Decision(Box::new(decision_record(
-                    &info,
-                    &loaded.policy,
-                    d,
-                    &hold,
-                ))));
+            let r = Record::Decision(Box::new(decision_record(&info, &loaded.policy, d, &hold)));
+            if d.action == super::pipeline::Action::Block {
+                match shared.audit.record_durable(r) {
+                    Ok(w) => waits.extend(w),
+                    Err(audit::NotQueued) => unrecorded = true,
+                }
+            } else {
+                unrecorded |= !shared.audit.record(r);
+            }
+            shared.metrics.decision(d);
+        }
+        // `audit.durable`: the block is on disk before the client hears of it.
+        let since = std::time::Instant::now();
+        for w in waits {
+            if !w.await.unwrap_or(false) {
+                tracing::error!(request_id = %info.request_id, "a block's audit record is not confirmed on disk");
+            }
+            shared.metrics.audit_wait(since.elapsed().as_secs_f64());
+        }
+        if unrecorded && shared.audit.on_failure() == audit::OnFailure::FailClosed {
+            shared.metrics.stream_end(api.name(), "audit_failure");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                AUDIT_REFUSAL,
+            );
         }
         let blocked = decisions
             .iter()
             .any(|d| d.action == super::pipeline::Action::Block);
-        for d in &decisions {
-            shared
-                .metrics
-                .decision(d.action.as_str(), &d.reason, &d.citation.channel);
-        }
         shared
             .metrics
             .stream_end(api.name(), if blocked { "blocked" } else { "completed" });
@@ -586,9 +647,21 @@ fn request_id() -> String {
     format!("vb_{h:016x}{n:x}")
 }
 
-/// A pseudonymous tenant: the first 16 hex digits of the SHA-256 of the credential. The
-/// credential itself never leaves the request.
-fn tenant(h: &HeaderMap) -> Option<String> {
+/// The tenant: the value of the operator's tenant header when the request carries a usable one
+/// (visible ASCII, at most 128 bytes); otherwise a pseudonym, the first 16 hex digits of the
+/// SHA-256 of the credential. The credential itself never leaves the request.
+fn tenant(h: &HeaderMap, named: Option<&http::HeaderName>) -> Option<String> {
+    if let Some(v) = named.and_then(|n| h.get(n)) {
+        match v.to_str().map(str::trim) {
+            Ok(t) if !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Some(t.to_string());
+            }
+            _ => tracing::warn!(
+                header = %named.map(|n| n.as_str()).unwrap_or(""),
+                "tenant header is not visible ASCII of at most 128 bytes; using the key's hash"
+            ),
+        }
+    }
     let key = h
         .get("x-api-key")
         .or_else(|| h.get(header::AUTHORIZATION))
@@ -615,6 +688,7 @@ fn decision_record(
         policy_action: d.policy_action.as_str().into(),
         shadow: d.shadow,
         stream: d.stream.clone(),
+        kind: d.kind.clone(),
         output_start: c.output_start,
         output_end: c.output_end,
         span_sha256: d.span_sha256.clone(),
@@ -626,6 +700,7 @@ fn decision_record(
         source_start: c.source_start,
         source_end: c.source_end,
         license: c.license.clone(),
+        category: d.category.clone(),
         rights: c.rights.clone(),
         index_id: c.index_id.clone(),
         hold: hold.into(),
@@ -654,6 +729,8 @@ pub enum StreamEnd {
     Blocked,
     UpstreamError,
     ClientCancelled,
+    /// A decision could not be recorded and the audit trail is fail-closed.
+    AuditFailure,
 }
 
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
@@ -670,26 +747,52 @@ pub struct PipelineBody {
     upstream: Option<Incoming>,
     pipeline: Pipeline,
     end: Option<StreamEnd>,
+    /// `audit.durable`: a block's record being written and synced; nothing more is sent
+    /// until it is.
+    wait: Option<(tokio::sync::oneshot::Receiver<bool>, std::time::Instant)>,
+    /// (upstream events seen after a frame, when the frame arrived): for the holdback time.
+    arrivals: std::collections::VecDeque<(u64, std::time::Instant)>,
 }
 
 impl PipelineBody {
-    /// Sends the decisions made so far to the log and the audit trail.
-    fn flush_decisions(&mut self) {
+    /// Sends the decisions made so far to the log and the audit trail; whether every record
+    /// was queued. A block's record, when the trail is durable, is waited for before anything
+    /// more is sent.
+    fn flush_decisions(&mut self) -> bool {
         let ds = self.pipeline.take_decisions();
         log_decisions(self.api, &ds);
+        let mut all = true;
         for d in &ds {
-            self.audit.record(Record::Decision(Box::new(decision_record(
+            let r = Record::Decision(Box::new(decision_record(
                 &self.info,
                 &self.policy,
                 d,
                 &self.hold,
-            ))));
+            )));
+            if d.action == super::pipeline::Action::Block {
+                match self.audit.record_durable(r) {
+                    Ok(Some(rx)) => self.wait = Some((rx, std::time::Instant::now())),
+                    Ok(None) => {}
+                    Err(audit::NotQueued) => all = false,
+                }
+            } else {
+                all &= self.audit.record(r);
+            }
+            self.shared.metrics.decision(d);
         }
         self.decisions += ds.len() as u64;
-        for d in &ds {
-            self.shared
-                .metrics
-                .decision(d.action.as_str(), &d.reason, &d.citation.channel);
+        // Fail-closed: no decision passes while the trail is failing, even one still queued.
+        all && (ds.is_empty() || !self.audit.refuses())
+    }
+
+    /// Observes the holdback time of every upstream frame whose events are all released.
+    fn observe_holdback(&mut self) {
+        while let Some(&(n, t)) = self.arrivals.front() {
+            if n > self.pipeline.events_out {
+                break;
+            }
+            self.shared.metrics.holdback(t.elapsed().as_secs_f64());
+            self.arrivals.pop_front();
         }
     }
 
@@ -704,6 +807,7 @@ impl PipelineBody {
                 StreamEnd::Blocked => "blocked",
                 StreamEnd::UpstreamError => "upstream_error",
                 StreamEnd::ClientCancelled => "client_cancelled",
+                StreamEnd::AuditFailure => "audit_failure",
             };
             self.shared.metrics.stream_end(self.api.name(), end);
             self.audit.record(Record::StreamEnd(StreamEndRecord {
@@ -733,6 +837,18 @@ impl Body for PipelineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
+            if let Some((rx, since)) = this.wait.as_mut() {
+                let Poll::Ready(written) = Pin::new(rx).poll(cx) else {
+                    return Poll::Pending;
+                };
+                if !written.unwrap_or(false) {
+                    tracing::error!(request_id = %this.info.request_id, "a block's audit record is not confirmed on disk");
+                }
+                this.shared
+                    .metrics
+                    .audit_wait(since.elapsed().as_secs_f64());
+                this.wait = None;
+            }
             if let Some(b) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(b))));
             }
@@ -756,8 +872,26 @@ impl Body for PipelineBody {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
+                    let t0 = std::time::Instant::now();
+                    let seen = this.pipeline.events_in;
                     this.ready.extend(this.pipeline.push(&data));
-                    this.flush_decisions();
+                    this.shared.metrics.scan_time(t0.elapsed().as_secs_f64());
+                    if this.pipeline.events_in > seen {
+                        this.arrivals.push_back((this.pipeline.events_in, t0));
+                    }
+                    this.observe_holdback();
+                    if !this.flush_decisions()
+                        && this.audit.on_failure() == audit::OnFailure::FailClosed
+                    {
+                        tracing::error!(request_id = %this.info.request_id, "a decision could not be recorded; ending the stream (audit.on_failure = fail-closed)");
+                        this.ready.extend(this.pipeline.refuse(
+                            "audit-unavailable",
+                            "verbatim: output stopped; the audit trail cannot be written (audit.on_failure = fail-closed)",
+                        ));
+                        this.upstream = None;
+                        this.ended(StreamEnd::AuditFailure);
+                        continue;
+                    }
                     if this.pipeline.ended() {
                         this.upstream = None; // cancels the upstream request
                     }

@@ -19,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub mod harness;
+
 /// What the mock answers to the next request.
 #[derive(Clone, Debug)]
 pub struct Reply {
