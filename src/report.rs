@@ -64,6 +64,17 @@ const ACTIONS: [(&str, &str); 5] = [
     ("allow", "#27ae60"),
 ];
 
+fn category_color(c: &str) -> &'static str {
+    match c {
+        "copyleft" => "#922b21",
+        "weak-copyleft" => "#ca6f1e",
+        "proprietary" => "#6c3483",
+        "permissive" => "#1e8449",
+        "public-domain" => "#2e86c1",
+        _ => "#839192",
+    }
+}
+
 /// Shortens a label in the middle, so both the corpus and the file name stay readable.
 fn shorten(label: &str, max: usize) -> String {
     let chars: Vec<char> = label.chars().collect();
@@ -196,6 +207,11 @@ pub fn html(s: &Summary, source: &str, generated: &str) -> String {
                     .and_then(Value::as_str)
                     .unwrap_or("(none)")
                     .to_string(),
+                // Records from before the field existed have no category.
+                "category" => match field(d, "category") {
+                    "" => "(not recorded)".to_string(),
+                    c => c.to_string(),
+                },
                 _ => field(d, k).to_string(),
             };
             *m.entry(v).or_default() += 1;
@@ -225,7 +241,7 @@ h1{{font-size:1.6rem;margin-bottom:.2rem}} h2{{font-size:1.15rem;margin-top:2rem
 .muted,.sub{{color:#626567}} .cards{{display:flex;gap:1rem;flex-wrap:wrap;margin:1.2rem 0}}
 .card{{border:1px solid #d5d8dc;border-radius:8px;padding:.8rem 1.1rem;min-width:120px}} .card b{{display:block;font-size:1.6rem}}
 .grid{{display:flex;flex-wrap:wrap;gap:1.5rem}} figure{{margin:0}} figcaption{{font-weight:600;margin-bottom:.4rem}}
-svg text{{font-size:12px;fill:#1c2833}} svg .num{{fill:#424949}} svg .tick{{font-size:10px;fill:#626567}} svg .axis{{stroke:#aab7b8}}
+svg text{{font-size:12px;fill:#1c2833}} svg .num{{fill:#424949}} svg .tick{{font-size:11px;fill:#626567}} svg .axis{{stroke:#aab7b8}}
 table{{border-collapse:collapse;width:100%;font-size:13px}} th,td{{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e5e8e8;vertical-align:top}}
 th{{background:#f4f6f6}} code{{font-size:12px;word-break:break-all}} .legend span{{display:inline-block;margin-right:1rem}}
 .legend i{{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}}
@@ -276,9 +292,15 @@ th{{background:#f4f6f6}} code{{font-size:12px;word-break:break-all}} .legend spa
     };
     page += &bars("Top sources", count("source"), 10, |_| "#5d6d7e");
     page += &bars("Top licenses", count("license"), 10, |_| "#7d3c98");
+    page += &bars(
+        "Decisions by license category",
+        count("category"),
+        6,
+        category_color,
+    );
     page += &bars("Decisions by action", by_action.clone(), 5, action_color);
     page += &bars(
-        "Top tenants (hash of the API key)",
+        "Top tenants (tenant header, or hash of the API key)",
         count("tenant"),
         10,
         |_| "#117a65",

@@ -293,3 +293,47 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_is_valid_and_states_the_defaults() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proxy-config/verbatim.toml"
+        ));
+        let c = Config::load(path).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.hold, d.hold);
+        assert_eq!(c.audit.durable, d.audit.durable);
+        assert_eq!(c.audit.on_failure, d.audit.on_failure);
+        assert_eq!(c.audit.keep, d.audit.keep);
+        assert_eq!(c.max_event_bytes, d.max_event_bytes);
+        assert!(c.audit_log.is_none() && c.tenant_header.is_none());
+    }
+
+    #[test]
+    fn every_audit_and_tenant_problem_is_reported_at_once() {
+        let src = "audit_log = \"a.jsonl\"\ntenant_header = \"Authorization\"\n[audit]\npath = \"b.jsonl\"\ndurable = \"yes\"\non_failure = \"fail-maybe\"\nrotate_bytes = 10\nkeep = 0\nflush = 1\n";
+        let e = Config::parse(Path::new("v.toml"), src.into())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "v.toml:2",
+            "tenant_header",
+            "audit.path",
+            "audit.durable",
+            "audit.on_failure",
+            "`fail-maybe` is not one of `fail-open`, `fail-closed`",
+            "audit.rotate_bytes",
+            "audit.keep",
+            "audit.flush",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+}
