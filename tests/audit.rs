@@ -389,3 +389,86 @@ async fn sigkill_under_load_leaves_no_torn_line_and_loses_no_block_the_client_sa
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_is_audited_with_its_rule_kind_and_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 5), 64)).await;
+    for action in ["allow", "log", "annotate", "redact", "block"] {
+        let log = dir.path().join(format!("{action}.jsonl"));
+        let policy = dir.path().join(format!("{action}.toml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\n[defaults]\naction = \"{action}\"\nreason = \"every-{action}\"\n"
+            ),
+        )
+        .unwrap();
+        let p = proxy(&mock, |c| {
+            c.audit_log = Some(log.clone());
+            c.policy = Some(policy.clone());
+        })
+        .await;
+        post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        let recs = audit_records(&log, 1).await;
+        let d: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["type"] == "decision")
+            .map(|r| &r["data"])
+            .collect();
+        assert_eq!(d.len(), 1, "{action}: {recs:?}");
+        assert_eq!(d[0]["action"], action);
+        assert_eq!(d[0]["reason"], format!("every-{action}"));
+        assert_eq!(d[0]["rule"], "default");
+        assert_eq!(d[0]["kind"], "exact");
+        assert_eq!(d[0]["category"], "proprietary");
+        let end = recs.iter().find(|r| r["type"] == "stream_end").unwrap();
+        let want = if action == "block" {
+            "blocked"
+        } else {
+            "completed"
+        };
+        assert_eq!(end["data"]["end"], want, "{action}");
+        assert_eq!(end["data"]["decisions"], 1);
+    }
+}
+
+/// Fail-closed, in flight: a stream whose first decision's record cannot be written is stopped
+/// at its next decision, in the provider's format, and counted as `audit_failure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_stops_a_stream_at_its_next_decision_once_the_trail_fails() {
+    let text = format!("{INTRO}{SHORT}. {UNRELATED} {UNRELATED} {SHORT}{OUTRO}");
+    let mut reply = Reply::sse(&openai_stream(&text, 2), 48);
+    reply.delay = Duration::from_millis(3);
+    let mock = start(reply).await;
+    let p = proxy(&mock, |c| {
+        c.audit_log = Some(FULL.into());
+        c.audit.on_failure = OnFailure::FailClosed;
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let (s, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(s, 200);
+    let evs = events(&body);
+    let last = evs
+        .iter()
+        .rev()
+        .find(|(_, v)| v.get("verbatim").is_some())
+        .expect("no stop event");
+    assert_eq!(last.1["verbatim"]["reason"], "audit-unavailable");
+    assert_eq!(last.1["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(evs.last().unwrap().1, "[DONE]");
+    let got = openai_text(&evs);
+    assert!(
+        got.contains("Tobias") && !got.contains(OUTRO.trim()),
+        "stopped between the decisions: {got}"
+    );
+    let (_, m) = admin(p.admin.unwrap(), "GET", "/metrics").await;
+    assert!(
+        m.contains(
+            "verbatim_response_ends_total{route=\"chat-completions\",end=\"audit_failure\"} 1"
+        ),
+        "{m}"
+    );
+}
