@@ -15,6 +15,7 @@ pub mod corpus;
 pub mod diag;
 pub mod hash;
 pub mod index;
+pub mod license;
 pub mod matcher;
 pub mod normalize;
 pub mod policy;

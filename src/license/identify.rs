@@ -1,0 +1,368 @@
+//! Which SPDX license a text reproduces, and how much of it.
+//!
+//! Texts are compared as sets of word bigrams after the normalisation the SPDX matching
+//! guidelines allow (case, whitespace and line wrapping, punctuation including quotes and
+//! dashes, bullets and list numbering, comment prefixes such as `//`, `#`, ` * `, copyright
+//! lines, varietal spellings such as licence/license). The candidate with the highest Dice
+//! coefficient wins — the measure askalono uses — computed through an inverted index from
+//! bigram to license so a text is scored against every license at the cost of its own length.
+//! Dice prefers, among texts that contain one another (BSD-2-Clause inside BSD-3-Clause, MIT
+//! inside X11), the one whose extra clauses are present: a missing clause costs the larger
+//! text, an extra one costs the smaller.
+//!
+//! Hand-written rather than askalono (the `spdx` crate's `detection` feature): askalono scores
+//! a whole text against each license, whereas Verbatim needs the span-level coverage of a
+//! reproduction inside other output, and a normalisation that drops comment prefixes and list
+//! markers line by line. `docs/license-detection.md` measures both on the same inputs.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::texts::{self, LicenseText};
+
+/// Spellings the SPDX guidelines treat as equal, folded to one (a selection of its
+/// `equivalentwords.txt`: British/American spellings and common variants).
+const VARIETAL: &[(&str, &str)] = &[
+    ("acknowledgment", "acknowledgement"),
+    ("analogue", "analog"),
+    ("analyse", "analyze"),
+    ("artefact", "artifact"),
+    ("authorisation", "authorization"),
+    ("authorised", "authorized"),
+    ("calibre", "caliber"),
+    ("cancelled", "canceled"),
+    ("capitalisations", "capitalizations"),
+    ("catalogue", "catalog"),
+    ("categorise", "categorize"),
+    ("centre", "center"),
+    ("emphasised", "emphasized"),
+    ("favour", "favor"),
+    ("favourite", "favorite"),
+    ("fulfil", "fulfill"),
+    ("fulfilment", "fulfillment"),
+    ("initialise", "initialize"),
+    ("judgment", "judgement"),
+    ("labelling", "labeling"),
+    ("labour", "labor"),
+    ("licence", "license"),
+    ("licences", "licenses"),
+    ("licenced", "licensed"),
+    ("licencing", "licensing"),
+    ("maximise", "maximize"),
+    ("modelled", "modeled"),
+    ("modelling", "modeling"),
+    ("offence", "offense"),
+    ("optimise", "optimize"),
+    ("organisation", "organization"),
+    ("organise", "organize"),
+    ("practise", "practice"),
+    ("programme", "program"),
+    ("realise", "realize"),
+    ("recognise", "recognize"),
+    ("signalling", "signaling"),
+    ("utilisation", "utilization"),
+    ("whilst", "while"),
+    ("wilful", "willful"),
+];
+
+/// Whether a line, after its comment prefix, is a copyright statement (ignored): it starts with
+/// "copyright", `©` or `(c)` and carries a year, a sign or a template placeholder — so a
+/// rewrapped sentence that happens to start a line with "copyright holders" is kept.
+fn is_copyright_line(rest: &str) -> bool {
+    let l = rest.trim_start().to_lowercase();
+    let starts = ["copyright", "©", "(c)", "portions copyright"]
+        .iter()
+        .any(|p| l.starts_with(p));
+    if !starts {
+        return l.starts_with("all rights reserved");
+    }
+    let year = l
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.iter().all(u8::is_ascii_digit));
+    if l.starts_with("(c)") {
+        // Also a list marker: "(c) the licenses granted in this Section …".
+        return year || l.contains("copyright");
+    }
+    year || l.contains('©')
+        || l.contains("(c)")
+        || ["<year>", "yyyy", "<owner>", "<copyright", "[name of"]
+            .iter()
+            .any(|p| l.contains(p))
+}
+
+/// A line without its comment prefix (`//`, `#`, `/*`, ` * `, `--`, `;`, `%`, `>`, `!`,
+/// `REM`, `dnl`) and leading bullets.
+fn strip_prefix(line: &str) -> &str {
+    let mut l = line.trim_start();
+    loop {
+        let before = l.len();
+        l = l.trim_start_matches(|c: char| {
+            c.is_whitespace()
+                || matches!(c, '/' | '*' | '#' | '-' | ';' | '%' | '>' | '!' | '|')
+                || matches!(c, '•' | '·' | '‣' | '◦' | '▪' | '–' | '—' | '"' | '\'')
+        });
+        for p in ["REM ", "rem ", "dnl ", "<!--"] {
+            if let Some(r) = l.strip_prefix(p) {
+                l = r;
+            }
+        }
+        if l.len() == before {
+            return l;
+        }
+    }
+}
+
+/// Drops list numbering at the start of a line: `1.`, `2.1.`, `(a)`, `a)`, `iv.`, `(3)`.
+fn strip_numbering(mut l: &str) -> &str {
+    loop {
+        let t = l.trim_start();
+        let (inner, rest) = if let Some(r) = t.strip_prefix('(') {
+            match r.find(')') {
+                Some(i) if i <= 5 => (&r[..i], &r[i + 1..]),
+                _ => return t,
+            }
+        } else {
+            let end = t.find(|c: char| !c.is_alphanumeric()).unwrap_or(t.len());
+            let (tok, after) = t.split_at(end);
+            match after.chars().next() {
+                Some('.' | ')') => (tok, &after[1..]),
+                _ => return t,
+            }
+        };
+        let marker = !inner.is_empty()
+            && (inner.len() <= 3 && inner.bytes().all(|b| b.is_ascii_digit())
+                || inner.len() == 1 && inner.bytes().all(|b| b.is_ascii_alphabetic())
+                || inner.len() <= 5
+                    && inner
+                        .bytes()
+                        .all(|b| matches!(b.to_ascii_lowercase(), b'i' | b'v' | b'x')));
+        if !marker {
+            return t;
+        }
+        l = rest;
+    }
+}
+
+fn fold(w: &str) -> String {
+    let lower = w.to_lowercase();
+    match VARIETAL.iter().find(|(from, _)| *from == lower) {
+        Some((_, to)) => (*to).to_string(),
+        None => lower,
+    }
+}
+
+/// The words of a text under the SPDX matching guidelines' equivalences, with, for each, the
+/// byte range it came from.
+pub fn words(text: &str) -> Vec<(String, (usize, usize))> {
+    words_with(text, false)
+}
+
+/// As [`words`], keeping short numbers (a header's "version 2" matters there).
+pub fn words_keeping_numbers(text: &str) -> Vec<(String, (usize, usize))> {
+    words_with(text, true)
+}
+
+fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
+    let mut out = Vec::new();
+    let base = text.as_ptr() as usize;
+    for line in text.lines() {
+        let rest = strip_prefix(line);
+        if is_copyright_line(rest) {
+            continue;
+        }
+        let rest = strip_numbering(rest);
+        let mut start = None;
+        let off = rest.as_ptr() as usize - base;
+        for (i, c) in rest
+            .char_indices()
+            .chain(std::iter::once((rest.len(), ' ')))
+        {
+            let word = c.is_alphanumeric();
+            match (word, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    // Short numbers and single letters are dropped wherever they stand:
+                    // section and list markers ("1.", "2.1.", "a)") move to the middle of a
+                    // line when text is rewrapped, where they cannot be told from the rest.
+                    let w = &rest[s..i];
+                    let marker = w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit())
+                        || w.chars().count() == 1;
+                    if numbers || !marker {
+                        out.push((fold(w), (off + s, off + i)));
+                    }
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn bigrams(words: &[(String, (usize, usize))]) -> Vec<u64> {
+    let mut v: Vec<u64> = words
+        .windows(2)
+        .map(|w| {
+            let mut b = String::with_capacity(w[0].0.len() + w[1].0.len() + 1);
+            b.push_str(&w[0].0);
+            b.push(' ');
+            b.push_str(&w[1].0);
+            xxh3_64(b.as_bytes())
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// How much the share of the license present counts beside the share of the text the license
+/// explains. Precision first: a partial reproduction is explained wholly by its license (and
+/// by any license containing that part); among those, coverage prefers the license more of
+/// which is present (BSD-2-Clause over BSD-3-Clause when clause 3 is absent, and the other way
+/// round when it is there).
+const COVERAGE_WEIGHT: f64 = 0.25;
+
+/// What a text was identified as.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Identification {
+    /// The SPDX id reported (for a text shared by `-only` and `-or-later`, the `-only` id:
+    /// the text alone does not say which; a notice does, and is a license marker).
+    pub id: String,
+    /// Every SPDX id whose text this is (e.g. `GPL-2.0-only`, `GPL-2.0-or-later`).
+    pub same_text: Vec<String>,
+    pub exception: bool,
+    /// The ranking score, 0–1: (precision + ¼ coverage) / 1.25.
+    pub score: f64,
+    /// Share of the license's bigrams present in the text, 0–1.
+    pub coverage: f64,
+    /// Share of the text's bigrams that belong to the license, 0–1.
+    pub precision: f64,
+    /// The next best license and its score: how clearly the text was told apart.
+    pub runner_up: Option<(String, f64)>,
+}
+
+/// One distinguishable text: texts with the same bigram set (the same words, differing only
+/// in what the normalisation ignores) are one entry with all their ids.
+struct Entry {
+    id: &'static str,
+    ids: Vec<&'static str>,
+    exception: bool,
+    bigrams: u32,
+}
+
+/// Every SPDX license and exception text, as bigram sets with an inverted index.
+pub struct LicenseDb {
+    entries: Vec<Entry>,
+    postings: HashMap<u64, Vec<u32>>,
+}
+
+static DB: LazyLock<LicenseDb> = LazyLock::new(|| LicenseDb::new(texts::all()));
+
+impl LicenseDb {
+    /// The database of the texts shipped with the `spdx` crate (built on first use, ~0.2 s).
+    pub fn builtin() -> &'static LicenseDb {
+        &DB
+    }
+
+    fn new(all: &'static [LicenseText]) -> LicenseDb {
+        let mut postings: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut entries: Vec<Entry> = Vec::with_capacity(all.len());
+        let mut by_set: HashMap<u64, usize> = HashMap::new();
+        for t in all {
+            let b = bigrams(&words(t.text));
+            if b.is_empty() {
+                continue;
+            }
+            let set = xxh3_64(bytemuck::cast_slice(&b));
+            if let Some(&i) = by_set.get(&set) {
+                let e = &mut entries[i];
+                e.ids.extend(t.ids.iter().copied());
+                if texts::deprecated(e.id) && !texts::deprecated(t.id) {
+                    e.id = t.id;
+                    e.exception = t.exception;
+                }
+                continue;
+            }
+            let i = entries.len();
+            by_set.insert(set, i);
+            for &g in &b {
+                postings.entry(g).or_default().push(i as u32);
+            }
+            entries.push(Entry {
+                id: t.id,
+                ids: t.ids.clone(),
+                exception: t.exception,
+                bigrams: b.len() as u32,
+            });
+        }
+        LicenseDb { entries, postings }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The best-scoring license for `text`, or `None` if no license shares a bigram with it.
+    pub fn identify(&self, text: &str) -> Option<Identification> {
+        let b = bigrams(&words(text));
+        if b.is_empty() {
+            return None;
+        }
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for g in &b {
+            if let Some(ls) = self.postings.get(g) {
+                for &l in ls {
+                    *counts.entry(l).or_default() += 1;
+                }
+            }
+        }
+        let a = b.len() as f64;
+        let mut scored: Vec<(u32, f64, u32)> = counts
+            .into_iter()
+            .map(|(l, inter)| {
+                let e = &self.entries[l as usize];
+                let precision = inter as f64 / a;
+                let coverage = inter as f64 / e.bigrams.max(1) as f64;
+                (
+                    l,
+                    (precision + COVERAGE_WEIGHT * coverage) / (1.0 + COVERAGE_WEIGHT),
+                    inter,
+                )
+            })
+            .collect();
+        // Highest score first; ties to the smaller text, then by name, so results are stable.
+        scored.sort_by(|x, y| {
+            y.1.total_cmp(&x.1)
+                .then(
+                    self.entries[x.0 as usize]
+                        .bigrams
+                        .cmp(&self.entries[y.0 as usize].bigrams),
+                )
+                .then(
+                    self.entries[x.0 as usize]
+                        .id
+                        .cmp(self.entries[y.0 as usize].id),
+                )
+        });
+        let &(best, score, inter) = scored.first()?;
+        let e = &self.entries[best as usize];
+        Some(Identification {
+            id: e.id.to_string(),
+            same_text: e.ids.iter().map(|s| s.to_string()).collect(),
+            exception: e.exception,
+            score,
+            coverage: inter as f64 / e.bigrams.max(1) as f64,
+            precision: inter as f64 / a,
+            runner_up: scored
+                .get(1)
+                .map(|&(l, s, _)| (self.entries[l as usize].id.to_string(), s)),
+        })
+    }
+}

@@ -1,0 +1,440 @@
+//! License markers in generated text: `SPDX-License-Identifier:` lines (parsed as SPDX
+//! expressions; imprecise names such as `GPLv2` or `Apache 2` tolerated, corrected and
+//! reported), copyright notices (`Copyright (c) 2019 Name`, `© Name`, `(C) 2020 Name`), and the
+//! well-known header phrases of the common licenses (the GNU "either version 2 of the License,
+//! or (at your option) any later version" notice, Apache's "Licensed under the Apache License,
+//! Version 2.0", MPL-2.0's "This Source Code Form is subject to the terms of …"). A model that
+//! writes a GPL header on top of code says something even when the code is in no index.
+//!
+//! Streaming: [`MarkerScanner::push`] takes text as it arrives and reports a marker once its
+//! line (identifiers, notices) or its wording (header phrases: up to 60 words after the
+//! license's name, where the version and "any later version" stand) is complete — the same
+//! markers whatever the chunking. Phrases are found with aho-corasick over the normalised word
+//! stream, so comment prefixes and line wrapping do not matter.
+
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use serde::Serialize;
+
+/// What kind of marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MarkerKind {
+    SpdxIdentifier,
+    Copyright,
+    HeaderPhrase,
+}
+
+/// One marker, with its byte span in the scanned text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Marker {
+    pub kind: MarkerKind,
+    pub start: u64,
+    pub end: u64,
+    /// The license expression the marker states (canonical SPDX), if it states one.
+    pub expression: Option<String>,
+    /// For an imprecise `SPDX-License-Identifier` (corrected into `expression`), what it said.
+    pub imprecise: Option<String>,
+    /// An identifier that could not be parsed at all, and why.
+    pub problem: Option<String>,
+    /// Copyright: the holder and years as written.
+    pub holder: Option<String>,
+    pub years: Option<String>,
+}
+
+impl Marker {
+    fn new(kind: MarkerKind, start: u64, end: u64) -> Marker {
+        Marker {
+            kind,
+            start,
+            end,
+            expression: None,
+            imprecise: None,
+            problem: None,
+            holder: None,
+            years: None,
+        }
+    }
+}
+
+/// A header phrase: the words that name the license, and how to find its version.
+struct Phrase {
+    words: &'static str,
+    family: Family,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    Gpl,
+    Lgpl,
+    LgplLibrary,
+    Agpl,
+    Fixed(&'static str),
+    Apache,
+    Mpl,
+    Epl,
+}
+
+const PHRASES: &[Phrase] = &[
+    Phrase {
+        words: "gnu general public license",
+        family: Family::Gpl,
+    },
+    Phrase {
+        words: "gnu lesser general public license",
+        family: Family::Lgpl,
+    },
+    Phrase {
+        words: "gnu library general public license",
+        family: Family::LgplLibrary,
+    },
+    Phrase {
+        words: "gnu affero general public license",
+        family: Family::Agpl,
+    },
+    Phrase {
+        words: "licensed under the apache license",
+        family: Family::Apache,
+    },
+    Phrase {
+        words: "subject to the terms of the mozilla public license",
+        family: Family::Mpl,
+    },
+    Phrase {
+        words: "terms of the eclipse public license",
+        family: Family::Epl,
+    },
+    Phrase {
+        words: "licensed under the mit license",
+        family: Family::Fixed("MIT"),
+    },
+    Phrase {
+        words: "released under the mit license",
+        family: Family::Fixed("MIT"),
+    },
+    Phrase {
+        words: "permission is hereby granted free of charge to any person obtaining a copy",
+        family: Family::Fixed("MIT"),
+    },
+    Phrase {
+        words: "permission to use copy modify and or distribute this software for any purpose with or without fee is hereby granted",
+        family: Family::Fixed("ISC"),
+    },
+    Phrase {
+        words: "this is free and unencumbered software released into the public domain",
+        family: Family::Fixed("Unlicense"),
+    },
+];
+
+/// Words after a phrase that may carry its version.
+const LOOKAHEAD: usize = 60;
+
+static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    // Patterns are padded with spaces so they match whole words in " w1 w2 … " text.
+    #[allow(clippy::expect_used)] // a fixed, valid pattern set
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(PHRASES.iter().map(|p| format!(" {} ", p.words)))
+        .expect("valid patterns")
+});
+
+/// The version a GNU-style or versioned license phrase names, read from the words after it.
+fn resolve(family: Family, after: &[String]) -> Option<String> {
+    let text = format!(" {} ", after.join(" "));
+    let has = |s: &str| text.contains(s);
+    let or_later = has(" any later version ") || has(" or later ");
+    let gnu = |base: &str| {
+        Some(format!(
+            "{base}-{}",
+            if or_later { "or-later" } else { "only" }
+        ))
+    };
+    let ver = |vs: &[(&str, &'static str)]| vs.iter().find(|(w, _)| has(w)).map(|(_, v)| *v);
+    match family {
+        Family::Fixed(id) => Some(id.to_string()),
+        Family::Gpl => match ver(&[
+            (" version 3", "3.0"),
+            (" version 2", "2.0"),
+            (" version 1", "1.0"),
+            (" v3", "3.0"),
+            (" v2", "2.0"),
+        ]) {
+            Some(v) => gnu(&format!("GPL-{v}")),
+            // The license named without a version: a marker, with no expression.
+            None => None,
+        },
+        Family::Lgpl => match ver(&[
+            (" version 3", "3.0"),
+            (" version 2 1", "2.1"),
+            (" v3", "3.0"),
+        ]) {
+            Some(v) => gnu(&format!("LGPL-{v}")),
+            None => None,
+        },
+        Family::LgplLibrary => match ver(&[(" version 2 1", "2.1"), (" version 2", "2.0")]) {
+            Some(v) => gnu(&format!("LGPL-{v}")),
+            None => None,
+        },
+        // Only version 3 of the AGPL is in use.
+        Family::Agpl => gnu("AGPL-3.0"),
+        Family::Apache => ver(&[
+            (" version 2 0", "Apache-2.0"),
+            (" version 1 1", "Apache-1.1"),
+        ])
+        .map(str::to_string),
+        Family::Mpl => ver(&[
+            (" v 2 0", "MPL-2.0"),
+            (" version 2 0", "MPL-2.0"),
+            (" version 1 1", "MPL-1.1"),
+        ])
+        .map(str::to_string),
+        Family::Epl => ver(&[
+            (" v 2 0", "EPL-2.0"),
+            (" version 2 0", "EPL-2.0"),
+            (" v1 0", "EPL-1.0"),
+            (" version 1 0", "EPL-1.0"),
+        ])
+        .map(str::to_string),
+    }
+}
+
+/// Parses what follows `SPDX-License-Identifier:` on its line.
+fn spdx_line(m: &mut Marker, rest: &str) {
+    let expr = rest
+        .trim()
+        .trim_end_matches(|c: char| {
+            c.is_whitespace() || matches!(c, '*' | '/' | '-' | '>' | '"' | '\'' | ',' | ';' | '#')
+        })
+        .trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\''));
+    if expr.is_empty() {
+        m.problem = Some("no expression after `SPDX-License-Identifier:`".into());
+        return;
+    }
+    match spdx::Expression::canonicalize(expr) {
+        Ok(None) => match spdx::Expression::parse(expr) {
+            Ok(_) => m.expression = Some(expr.to_string()),
+            Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+        },
+        Ok(Some(fixed)) => match spdx::Expression::parse(&fixed) {
+            Ok(_) => {
+                m.expression = Some(fixed);
+                m.imprecise = Some(expr.to_string());
+            }
+            Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+        },
+        Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+    }
+}
+
+/// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
+/// sign (so prose about copyright law is not a notice).
+fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
+    let lower = line.to_lowercase();
+    // Byte offsets of `lower` and `line` agree only for ASCII; find the marker in `line`.
+    let pos = ["copyright", "©", "(c)"]
+        .iter()
+        .filter_map(|p| lower.find(p).map(|i| (i, p.len())))
+        .min()?;
+    if !line.is_char_boundary(pos.0) || lower.len() != line.len() {
+        // Non-ASCII case mapping changed lengths; fall back to the whole line.
+        return copyright_fields(line, line, line_start);
+    }
+    copyright_fields(line, &line[pos.0..], line_start + pos.0 as u64)
+}
+
+fn copyright_fields(line: &str, from: &str, start: u64) -> Option<Marker> {
+    let mut rest = from;
+    let mut sign = false;
+    let mut word = false;
+    loop {
+        let t = rest.trim_start();
+        let lower = t.to_lowercase();
+        if lower.starts_with("copyright") {
+            rest = &t["copyright".len()..];
+            word = true;
+        } else if let Some(r) = t.strip_prefix('©') {
+            rest = r;
+            sign = true;
+        } else if lower.starts_with("(c)") {
+            rest = &t[3..];
+            sign = true;
+        } else if let Some(r) = t.strip_prefix(':') {
+            rest = r;
+        } else {
+            rest = t;
+            break;
+        }
+    }
+    // Years: digits, ranges, commas.
+    let years_end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '-' | '–' | ',' | ' ')))
+        .unwrap_or(rest.len());
+    let years = rest[..years_end].trim().trim_end_matches(',').trim();
+    let has_year = years.len() >= 4 && years.bytes().filter(u8::is_ascii_digit).count() >= 4;
+    if !(has_year || sign && word || sign && !rest.trim().is_empty()) {
+        return None;
+    }
+    let mut holder = rest[years_end..].trim().trim_start_matches("by ");
+    for close in ["*/", "-->", "#"] {
+        holder = holder.trim_end().trim_end_matches(close);
+    }
+    let holder = holder.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ';' | '.'));
+    let holder = holder
+        .split_terminator(". All rights reserved")
+        .next()
+        .unwrap_or(holder)
+        .split_terminator(", all rights reserved")
+        .next()
+        .unwrap_or(holder)
+        .trim();
+    let _ = line;
+    let mut m = Marker::new(
+        MarkerKind::Copyright,
+        start,
+        start + from.trim_end().len() as u64,
+    );
+    m.years = Some(years.to_string()).filter(|y| !y.is_empty());
+    m.holder = Some(holder.to_string()).filter(|h| !h.is_empty());
+    Some(m)
+}
+
+/// Finds markers in text pushed piece by piece.
+#[derive(Default)]
+pub struct MarkerScanner {
+    /// The current line, not yet complete, and the offset of its first byte.
+    line: String,
+    line_start: u64,
+    /// Normalised words of recent lines with their byte spans (for header phrases).
+    words: Vec<(String, (u64, u64))>,
+    /// Offset of `words[0]` in the word stream, and how far phrases have been searched.
+    searched: usize,
+    /// Phrases found whose version words have not all arrived: (family, first word, phrase end).
+    pending: Vec<(Family, usize, usize)>,
+    found: Vec<Marker>,
+}
+
+impl MarkerScanner {
+    pub fn new() -> MarkerScanner {
+        MarkerScanner::default()
+    }
+
+    pub fn push(&mut self, text: &str) {
+        let mut rest = text;
+        while let Some(i) = rest.find('\n') {
+            self.line.push_str(&rest[..i]);
+            self.end_line();
+            self.line_start += 1; // the newline
+            rest = &rest[i + 1..];
+        }
+        self.line.push_str(rest);
+    }
+
+    /// The text is complete: the last line and every pending phrase are decided.
+    pub fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        self.search(true);
+    }
+
+    /// Markers found so far (each reported once).
+    pub fn take(&mut self) -> Vec<Marker> {
+        std::mem::take(&mut self.found)
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let start = self.line_start;
+        let lower = line.to_ascii_lowercase();
+        if let Some(i) = lower.find("spdx-license-identifier:") {
+            let mut m = Marker::new(
+                MarkerKind::SpdxIdentifier,
+                start + i as u64,
+                start + line.trim_end().len() as u64,
+            );
+            spdx_line(&mut m, &line[i + "spdx-license-identifier:".len()..]);
+            self.found.push(m);
+        } else if let Some(m) = copyright_line(&line, start) {
+            self.found.push(m);
+        }
+        for (w, (s, e)) in super::identify::words_keeping_numbers(&line) {
+            self.words.push((w, (start + s as u64, start + e as u64)));
+        }
+        self.line_start = start + line.len() as u64;
+        self.search(false);
+    }
+
+    fn search(&mut self, finishing: bool) {
+        // Search the words not yet searched, with an overlap of the longest phrase.
+        let longest = PHRASES
+            .iter()
+            .map(|p| p.words.split(' ').count())
+            .max()
+            .unwrap_or(0);
+        let from = self.searched.saturating_sub(longest);
+        let mut text = String::from(" ");
+        let mut word_at: Vec<usize> = Vec::new(); // byte offset in `text` → word index
+        for (w, _) in self.words.iter().skip(from) {
+            word_at.push(text.len());
+            text.push_str(w);
+            text.push(' ');
+        }
+        for m in AC.find_iter(&text) {
+            let first = from + word_at.partition_point(|&o| o <= m.start());
+            let n = PHRASES[m.pattern().as_usize()].words.split(' ').count();
+            let end = first + n;
+            if end <= self.searched || self.pending.iter().any(|p| p.1 == first) {
+                continue; // found before, in the overlap
+            }
+            self.pending
+                .push((PHRASES[m.pattern().as_usize()].family, first, end));
+        }
+        self.searched = self.words.len();
+        let words = &self.words;
+        let mut keep = Vec::new();
+        for (family, first, end) in std::mem::take(&mut self.pending) {
+            let avail = words.len().saturating_sub(end);
+            if avail < LOOKAHEAD && !finishing {
+                keep.push((family, first, end));
+                continue;
+            }
+            let after: Vec<String> = words[end..(end + LOOKAHEAD).min(words.len())]
+                .iter()
+                .map(|w| w.0.clone())
+                .collect();
+            let mut m = Marker::new(
+                MarkerKind::HeaderPhrase,
+                words[first].1.0,
+                words[end - 1].1.1,
+            );
+            m.expression = resolve(family, &after);
+            self.found.push(m);
+        }
+        self.pending = keep;
+        // Forget words no phrase can still need.
+        let keep_from = self
+            .pending
+            .iter()
+            .map(|p| p.1)
+            .min()
+            .unwrap_or(self.words.len())
+            .min(self.words.len().saturating_sub(longest));
+        if keep_from > 4096 {
+            self.words.drain(..keep_from);
+            self.searched -= keep_from;
+            for p in &mut self.pending {
+                p.1 -= keep_from;
+                p.2 -= keep_from;
+            }
+        }
+    }
+}
+
+/// Every marker in a whole text.
+pub fn scan(text: &str) -> Vec<Marker> {
+    let mut s = MarkerScanner::new();
+    s.push(text);
+    s.finish();
+    s.take()
+}
