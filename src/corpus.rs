@@ -25,6 +25,9 @@ pub enum CorpusKind {
     Code,
     /// By file type: known code extensions are code, everything else prose.
     Auto,
+    /// License and exception texts (read as prose); their runs are findings of kind
+    /// `license-text`, identified by license. The built-in SPDX index is one.
+    LicenseText,
 }
 
 /// The rights status of a corpus's works.
@@ -64,6 +67,11 @@ pub struct Corpus {
     exclude: GlobSet,
     /// Free metadata (`title`, `rights_holder`, …).
     pub metadata: BTreeMap<String, String>,
+    /// The order in which sources of license facts are consulted; empty: the default order
+    /// (see [`crate::license::resolve`]).
+    pub license_order: Vec<crate::license::resolve::Source>,
+    /// A Debian machine-readable copyright file (DEP-5) for the whole corpus.
+    pub dep5: Option<PathBuf>,
 }
 
 /// Why a manifest could not be used.
@@ -79,7 +87,17 @@ pub enum ManifestError {
 }
 
 const KNOWN_KEYS: &[&str] = &[
-    "name", "kind", "rights", "license", "url", "paths", "include", "exclude", "metadata",
+    "name",
+    "kind",
+    "rights",
+    "license",
+    "license_order",
+    "dep5",
+    "url",
+    "paths",
+    "include",
+    "exclude",
+    "metadata",
 ];
 
 /// Reads and validates several manifests, reporting the problems of all of them together
@@ -156,6 +174,7 @@ pub fn parse_manifest(path: &Path, src: String) -> Result<Corpus, Problems> {
                 ("prose", CorpusKind::Prose),
                 ("code", CorpusKind::Code),
                 ("auto", CorpusKind::Auto),
+                ("license-text", CorpusKind::LicenseText),
             ],
         ),
     };
@@ -198,6 +217,39 @@ pub fn parse_manifest(path: &Path, src: String) -> Result<Corpus, Problems> {
             }
         }
         Some(u.value)
+    });
+    let mut license_order = Vec::new();
+    if let Some(list) = r.opt_str_list(t, "", "license_order") {
+        for (i, v) in list.into_iter().enumerate() {
+            match crate::license::resolve::Source::parse(&v.value) {
+                Some(s) if !license_order.contains(&s) => license_order.push(s),
+                Some(_) => r.problem(v.span, &format!("license_order[{i}]"), "listed twice"),
+                None => {
+                    let names: Vec<String> = crate::license::resolve::Source::DEFAULT_ORDER
+                        .iter()
+                        .map(|s| format!("`{}`", s.as_str()))
+                        .collect();
+                    r.problem(
+                        v.span,
+                        &format!("license_order[{i}]"),
+                        format!("`{}` is not one of {}", v.value, names.join(", ")),
+                    )
+                }
+            }
+        }
+    }
+    let dep5 = r.opt_str(t, "", "dep5").and_then(|d| {
+        let p = root.join(&d.value);
+        if p.is_file() {
+            Some(p)
+        } else {
+            r.problem(
+                d.span,
+                "dep5",
+                format!("`{}` is not a file (resolved to {})", d.value, p.display()),
+            );
+            None
+        }
     });
     let mut paths = Vec::new();
     match r.opt_str_list(t, "", "paths") {
@@ -270,6 +322,8 @@ pub fn parse_manifest(path: &Path, src: String) -> Result<Corpus, Problems> {
             include: (!include_set.is_empty()).then_some(include_set),
             exclude,
             metadata,
+            license_order,
+            dep5,
         }),
         // Every `None` above recorded a problem, so this is unreachable in practice; report it
         // rather than panic.
@@ -491,6 +545,7 @@ impl Corpus {
                 }
             },
             CorpusKind::Auto => TextKind::from_path(Path::new(rel)),
+            CorpusKind::LicenseText => TextKind::Prose,
         }
     }
 

@@ -27,13 +27,24 @@ use crate::normalize::{Channel, Normalizer, TextKind, Unit};
 #[serde(rename_all = "kebab-case")]
 pub enum MatchKind {
     Exact,
+    /// A run of an SPDX license or exception text (a corpus of kind `license-text`).
+    LicenseText,
 }
 
 impl MatchKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MatchKind::Exact => "exact",
+            MatchKind::LicenseText => "license-text",
         }
+    }
+}
+
+/// What a run of `doc` is: a license text when its corpus is of kind `license-text`.
+fn kind_of(index: &Index, doc: u32) -> MatchKind {
+    match index.doc(doc).map(|d| index.corpus(d).kind) {
+        Some(crate::corpus::CorpusKind::LicenseText) => MatchKind::LicenseText,
+        _ => MatchKind::Exact,
     }
 }
 
@@ -95,7 +106,7 @@ impl IndexMatcher {
                 doc: c.doc,
                 doc_unit_start: c.doc_start,
                 units: c.len,
-                kind: MatchKind::Exact,
+                kind: kind_of(&self.index, c.doc),
                 channel: c.channel,
                 caller_supplied: c.caller_supplied,
             });
@@ -351,6 +362,7 @@ impl Scanner {
             m.open.iter().map(move |c| OpenRun {
                 output_start: c.out_start,
                 output_end: c.out_end,
+                kind: kind_of(&m.index, c.doc),
                 units: c.len,
                 channel: c.channel,
                 index: i,
@@ -367,6 +379,7 @@ impl Scanner {
 pub struct OpenRun {
     pub output_start: u64,
     pub output_end: u64,
+    pub kind: MatchKind,
     pub units: u32,
     pub channel: Channel,
     pub index: usize,
@@ -385,7 +398,7 @@ impl OpenRun {
             doc: self.doc,
             doc_unit_start: self.doc_unit_start,
             units: self.units,
-            kind: MatchKind::Exact,
+            kind: self.kind,
             channel: self.channel,
             caller_supplied: self.caller_supplied,
         }

@@ -30,7 +30,7 @@ fn bad_manifests_report_every_problem_with_its_location() {
         ),
         (
             "everything-wrong.toml",
-            "name = \"has space\"\nkind = \"poetry\"\nrights = \"mine\"\nlicense = \"MIT OR\"\nurl = \"https://x/{name}\"\npaths = [\"fixtures/nope\", 3]\ninclude = [\"[\"]\n[metadata]\ntitle = 5\n",
+            "name = \"has space\"\nkind = \"poetry\"\nrights = \"mine\"\nlicense = \"MIT OR\"\nurl = \"https://x/{name}\"\npaths = [\"fixtures/nope\", 3]\ninclude = [\"[\"]\nlicense_order = [\"spdx-identifier\", \"guess\", \"spdx-identifier\"]\ndep5 = \"debian/nope\"\n[metadata]\ntitle = 5\n",
         ),
         ("missing-required.toml", "kind = \"code\"\n"),
         (

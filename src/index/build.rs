@@ -115,6 +115,7 @@ fn process(
     ci: u32,
     file: &SourceFile,
     opts: &BuildOptions,
+    resolver: &crate::license::resolve::Resolver,
 ) -> Result<DocOut, Skipped> {
     let text = read_text(file, opts.max_file_bytes).map_err(|(reason, detail)| Skipped {
         corpus: corpus.name.clone(),
@@ -133,17 +134,20 @@ fn process(
         });
     }
     let keys = sample_keys(&units, &opts.params);
-    let (license, license_source) = match &corpus.license {
-        Some(l) => (l.clone(), "manifest"),
-        None => ("NOASSERTION".to_string(), "none"),
-    };
+    let lic = resolver.resolve(corpus, file, &text);
     Ok(DocOut {
         meta: DocMeta {
             corpus: ci,
             path: file.rel.clone(),
             url: corpus.url_for(&file.rel),
-            license,
-            license_source: license_source.into(),
+            license: lic.expression,
+            license_source: lic.source,
+            license_from: lic.from,
+            license_conflicts: lic
+                .conflicts
+                .iter()
+                .map(|f| format!("{}: {}", f.source.as_str(), f.expression))
+                .collect(),
             text: kind.label().into(),
             bytes: text.len() as u64,
             unit_start: 0,
@@ -249,6 +253,7 @@ pub fn build(
     }
     let total_bytes: u64 = files.iter().map(|(_, f)| f.size).sum();
     let bar = progress_bar(opts.progress, total_bytes);
+    let resolver = crate::license::resolve::Resolver::new();
 
     let upath = tdir.join(format::UNITS);
     let spath = tdir.join(format::SPANS);
@@ -280,7 +285,7 @@ pub fn build(
         let batch = &files[start..end];
         let results: Vec<Result<DocOut, Skipped>> = batch
             .par_iter()
-            .map(|(ci, f)| process(&corpora[*ci as usize], *ci, f, opts))
+            .map(|(ci, f)| process(&corpora[*ci as usize], *ci, f, opts, &resolver))
             .collect();
         for ((ci, f), r) in batch.iter().zip(results) {
             bar.inc(f.size);

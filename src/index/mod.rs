@@ -84,8 +84,15 @@ pub struct DocMeta {
     pub url: Option<String>,
     /// SPDX expression, or `NOASSERTION`.
     pub license: String,
-    /// Where the license came from (`manifest`, or `none`).
+    /// Where the license came from: `manifest`, `license-text`, `spdx-identifier`,
+    /// `license-file`, `package-manifest`, `debian-copyright` or `none`.
     pub license_source: String,
+    /// The file the license was read from (relative to the corpus), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_from: Option<String>,
+    /// Other sources that disagree, as `source: expression`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub license_conflicts: Vec<String>,
     /// `prose` (markdown-aware) or `code`.
     pub text: String,
     pub bytes: u64,

@@ -5,6 +5,7 @@
 
 pub mod identify;
 pub mod markers;
+pub mod resolve;
 pub mod texts;
 
 pub use identify::{Identification, LicenseDb};
