@@ -305,8 +305,21 @@ impl Policy {
     }
 
     /// The policy the config's `[rules]` section describes: long runs get `long_action`, runs
-    /// of at least t get `short_action`, caller-supplied runs `caller_supplied`.
+    /// of at least t get `short_action`, caller-supplied runs `caller_supplied`; license texts
+    /// are annotated, copyleft license markers annotated and other markers logged.
     pub fn from_rules(rules: &Rules) -> Policy {
+        let by_kind = |name: &str, action: Action, kind: &str, category: &[Category]| Rule {
+            name: name.into(),
+            action,
+            reason: name.into(),
+            description: None,
+            when: When {
+                kind: vec![kind.into()],
+                category: category.to_vec(),
+                ..When::default()
+            },
+            line: 0,
+        };
         let r = |name: &str, action: Action, source: &str, min: u32| Rule {
             name: name.into(),
             action,
@@ -350,6 +363,18 @@ impl Policy {
                     },
                     line: 0,
                 },
+                // A reproduced license text says which license the code around it is under:
+                // cite it, do not stop it.
+                by_kind("license-text", Action::Annotate, "license-text", &[]),
+                // A license header or identifier of a copyleft license in generated code is
+                // worth a note; other markers (permissive licenses, copyright lines) are logged.
+                by_kind(
+                    "license-marker-copyleft",
+                    Action::Annotate,
+                    "license-marker",
+                    &[Category::Copyleft, Category::WeakCopyleft],
+                ),
+                by_kind("license-marker", Action::Log, "license-marker", &[]),
             ],
             exceptions: Vec::new(),
             tests: Vec::new(),

@@ -479,6 +479,8 @@ pub fn wants_stream(body: &Value) -> bool {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Citation {
     pub key_a: u64,
+    /// `exact`, `license-text`, `license-marker` (or `caller-supplied`).
+    pub kind: String,
     pub corpus: String,
     pub doc: String,
     pub url: Option<String>,
@@ -494,6 +496,12 @@ pub struct Citation {
     pub action: String,
     pub reason: String,
     pub index_id: String,
+    /// A license text: the share of the license reproduced (0–1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    /// A license marker: what it says (expression, holder, years, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marker: Option<crate::license::markers::Marker>,
 }
 
 impl Citation {

@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
 use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
 use crate::index::Index;
+use crate::license::markers::{Marker, MarkerKind, MarkerScanner};
 use crate::matcher::{Finding, FindingReport, Scanner};
 use crate::normalize::{Channel, TextKind};
 use crate::policy::{Facts, Policy, Verdict};
@@ -158,7 +159,6 @@ pub struct Decision {
 impl Decision {
     fn new(
         setup: &ScanSetup,
-        f: &Finding,
         v: &Verdict,
         cite: &Citation,
         stream: String,
@@ -173,7 +173,7 @@ impl Decision {
             stream,
             citation: cite.clone(),
             span_sha256: crate::audit::sha256_hex(span.as_bytes()),
-            kind: finding_kind(f).to_string(),
+            kind: cite.kind.clone(),
             category: setup.policy.category_of(&cite.license).as_str().to_string(),
         }
     }
@@ -243,6 +243,8 @@ pub struct Pipeline {
     /// Each stream's text so far: a redaction must also reach the events that repeat it whole
     /// (the Responses API's `*.done` events and `response.completed`).
     texts: Vec<String>,
+    /// Each stream's license markers (SPDX identifiers, copyright notices, header phrases).
+    markers: Vec<MarkerScanner>,
     /// Redactions made so far (original text, placeholder), applied to every later event that
     /// repeats text, since those may arrive after the run was redacted.
     redactions: Vec<(String, String)>,
@@ -277,6 +279,7 @@ impl Pipeline {
             setup,
             streams: Vec::new(),
             texts: Vec::new(),
+            markers: Vec::new(),
             redactions: Vec::new(),
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -342,6 +345,7 @@ impl Pipeline {
             let rest = self.decoder.finish().filter(|_| clean);
             for i in 0..self.streams.len() {
                 self.streams[i].1.finish();
+                self.markers[i].finish();
             }
             self.decide();
             if self.state == State::Relaying {
@@ -395,13 +399,15 @@ impl Pipeline {
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         self.streams.push((key, s));
         self.texts.push(String::new());
+        self.markers.push(MarkerScanner::new());
         self.streams.len() - 1
     }
 
     fn finish_streams(&mut self, pred: impl Fn(&StreamKey) -> bool) {
-        for (k, s) in &mut self.streams {
+        for ((k, s), m) in self.streams.iter_mut().zip(&mut self.markers) {
             if pred(k) {
                 s.finish();
+                m.finish();
             }
         }
     }
@@ -438,6 +444,7 @@ impl Pipeline {
                 let start = sc.offset();
                 sc.push_str(&piece.text);
                 self.texts[s].push_str(&piece.text);
+                self.markers[s].push(&piece.text);
                 held.spans.push(HeldSpan {
                     stream: s,
                     key: piece.key,
@@ -466,17 +473,21 @@ impl Pipeline {
 
     /// The finding's citation and the policy's verdict on it.
     fn judge(&self, stream: usize, f: &Finding) -> Option<(Citation, Verdict)> {
-        judge(&self.setup, self.streams[stream].0.a, f)
+        judge(
+            &self.setup,
+            self.streams[stream].0.a,
+            f,
+            &self.texts[stream],
+        )
     }
 
-    fn record(&mut self, stream: usize, f: &Finding, v: &Verdict, cite: &Citation) {
+    fn record(&mut self, stream: usize, v: &Verdict, cite: &Citation) {
         let k = self.streams[stream].0;
         let span = self.texts[stream]
             .get(cite.output_start as usize..cite.output_end as usize)
             .unwrap_or("");
         let d = Decision::new(
             &self.setup,
-            f,
             v,
             cite,
             format!("{}:{}:{:?}", k.a, k.b, k.part),
@@ -493,10 +504,21 @@ impl Pipeline {
                 let Some((cite, v)) = self.judge(s, &f) else {
                     continue;
                 };
-                self.record(s, &f, &v, &cite);
+                self.record(s, &v, &cite);
                 match v.effective {
                     Action::Block => return self.block(s, f.output_start, &cite),
                     Action::Redact => self.redact(s, f.output_start, f.output_end, &cite),
+                    Action::Annotate => self.annotate(cite),
+                    Action::Log | Action::Allow => {}
+                }
+            }
+            for m in self.markers[s].take() {
+                let (start, end) = (m.start, m.end);
+                let (cite, v) = judge_marker(&self.setup, self.streams[s].0.a, m);
+                self.record(s, &v, &cite);
+                match v.effective {
+                    Action::Block => return self.block(s, start, &cite),
+                    Action::Redact => self.redact(s, start, end, &cite),
                     Action::Annotate => self.annotate(cite),
                     Action::Log | Action::Allow => {}
                 }
@@ -522,7 +544,7 @@ impl Pipeline {
                 if let Some((cite, v)) = self.judge(s, &f)
                     && v.effective == Action::Block
                 {
-                    self.record(s, &f, &v, &cite);
+                    self.record(s, &v, &cite);
                     return self.block(s, f.output_start, &cite);
                 }
             }
@@ -681,13 +703,73 @@ fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
     }
 }
 
-/// The citation of a finding and the policy's verdict on it.
-fn judge(setup: &ScanSetup, key_a: u64, f: &Finding) -> Option<(Citation, Verdict)> {
+/// The citation of a finding and the policy's verdict on it; `text` is the stream's text.
+fn judge(setup: &ScanSetup, key_a: u64, f: &Finding, text: &str) -> Option<(Citation, Verdict)> {
     let mut cite = citation(&setup.indexes, key_a, f, Action::Log, "")?;
+    if f.kind == crate::matcher::MatchKind::LicenseText
+        && let Some(id) = text
+            .get(f.output_start as usize..f.output_end as usize)
+            .and_then(|span| crate::license::LicenseDb::builtin().identify(span))
+    {
+        // Which license, by the reproduced text itself (the run may be shared by several).
+        cite.license = id.id;
+        cite.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
+    }
     let v = setup.policy.decide(&facts(f, &cite, &setup.scope));
     cite.action = v.effective.as_str().to_string();
     cite.reason = v.reason.clone();
     Some((cite, v))
+}
+
+/// The citation of a license marker and the policy's verdict on it.
+fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict) {
+    let license = m.expression.clone().unwrap_or_else(|| "NOASSERTION".into());
+    let rights = if m.expression.is_some() {
+        "licensed"
+    } else {
+        "copyrighted"
+    };
+    let mut cite = Citation {
+        key_a,
+        kind: "license-marker".into(),
+        corpus: "license-markers".into(),
+        doc: match m.kind {
+            MarkerKind::SpdxIdentifier => "spdx-identifier",
+            MarkerKind::Copyright => "copyright-notice",
+            MarkerKind::HeaderPhrase => "license-header",
+        }
+        .into(),
+        url: None,
+        license,
+        rights: rights.into(),
+        channel: "code".into(),
+        units: 0,
+        output_start: m.start,
+        output_end: m.end,
+        source_start: 0,
+        source_end: 0,
+        action: String::new(),
+        reason: String::new(),
+        index_id: String::new(),
+        coverage: None,
+        marker: Some(m),
+    };
+    let v = setup.policy.decide(&Facts {
+        kind: cite.kind.clone(),
+        source: cite.channel.clone(),
+        rights: cite.rights.clone(),
+        license: cite.license.clone(),
+        corpus: cite.corpus.clone(),
+        units: 0,
+        chars: cite.output_end.saturating_sub(cite.output_start),
+        similarity: 1.0,
+        tenant: setup.scope.tenant.clone(),
+        route: setup.scope.route.clone(),
+        model: setup.scope.model.clone(),
+    });
+    cite.action = v.effective.as_str().to_string();
+    cite.reason = v.reason.clone();
+    (cite, v)
 }
 
 /// The citation of a finding of `indexes[f.index]` in the text stream `key_a`.
@@ -701,6 +783,7 @@ fn citation(
     let r = FindingReport::new(indexes.get(f.index)?, f)?;
     Some(Citation {
         key_a,
+        kind: finding_kind(f).to_string(),
         corpus: r.corpus,
         doc: r.doc,
         url: r.url,
@@ -715,6 +798,8 @@ fn citation(
         action: action.as_str().to_string(),
         reason: reason.to_string(),
         index_id: r.index_id,
+        coverage: None,
+        marker: None,
     })
 }
 
@@ -733,28 +818,35 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         s.set_exemptions(Arc::clone(&setup.exempt));
         s.push_str(&piece.text);
         s.finish();
-        let mut findings = s.take_findings();
-        findings.sort_by_key(|f| std::cmp::Reverse(f.output_start));
+        // Index findings and license markers, judged, acted on from the end backwards so
+        // earlier offsets stay valid.
+        let mut judged: Vec<(Citation, Verdict)> = s
+            .take_findings()
+            .iter()
+            .filter_map(|f| judge(setup, piece.key.a, f, &piece.text))
+            .collect();
+        judged.extend(
+            crate::license::markers::scan(&piece.text)
+                .into_iter()
+                .map(|m| judge_marker(setup, piece.key.a, m)),
+        );
+        judged.sort_by_key(|(c, _)| std::cmp::Reverse(c.output_start));
         let mut text = piece.text.clone();
         let mut changed = false;
-        for f in findings {
-            let Some((cite, v)) = judge(setup, piece.key.a, &f) else {
-                continue;
-            };
+        for (cite, v) in judged {
             let action = v.effective;
             let span = piece
                 .text
-                .get(f.output_start as usize..f.output_end as usize)
+                .get(cite.output_start as usize..cite.output_end as usize)
                 .unwrap_or("");
             decisions.push(Decision::new(
                 setup,
-                &f,
                 &v,
                 &cite,
                 format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
                 span,
             ));
-            let (a, b) = (f.output_start as usize, f.output_end as usize);
+            let (a, b) = (cite.output_start as usize, cite.output_end as usize);
             match action {
                 Action::Block => {
                     // Keep what precedes the run; later findings are moot.
