@@ -115,6 +115,9 @@ struct ServeArgs {
     /// Admin listener for /metrics, /healthz, /readyz and POST /admin/reload (off by default).
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Leave out the built-in SPDX license index.
+    #[arg(long)]
+    no_license_index: bool,
 }
 
 #[derive(Subcommand)]
@@ -185,9 +188,12 @@ enum KindArg {
 
 #[derive(Args)]
 struct ScanArgs {
-    /// Index directory (repeatable).
-    #[arg(long = "index", required = true)]
+    /// Index directory (repeatable). The built-in SPDX license index is always added.
+    #[arg(long = "index")]
     indexes: Vec<PathBuf>,
+    /// Leave out the built-in SPDX license index (and license markers).
+    #[arg(long)]
+    no_license_index: bool,
     /// `jsonl` (default when stdout is not a terminal) or `text`.
     #[arg(long)]
     format: Option<Format>,
@@ -369,8 +375,19 @@ fn open_indexes(dirs: &[PathBuf]) -> Result<Vec<Arc<Index>>> {
         .collect()
 }
 
+/// The built-in SPDX license index, built into the cache on first use.
+fn builtin_license_index() -> Result<PathBuf> {
+    let cache = verbatim::license::builtin::cache_dir();
+    verbatim::license::builtin::ensure(&cache)
+        .with_context(|| format!("built-in license index in {}", cache.display()))
+}
+
 fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
-    let indexes = open_indexes(&a.indexes)?;
+    let mut dirs = a.indexes.clone();
+    if !a.no_license_index {
+        dirs.push(builtin_license_index()?);
+    }
+    let indexes = open_indexes(&dirs)?;
     let stdin = a.input.as_os_str() == "-";
     let lang = match &a.lang {
         Some(l) => Some(Lang::from_name(l).with_context(|| format!("unknown language `{l}`"))?),
@@ -406,7 +423,8 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot open {}", a.input.display()))?,
         )
     };
-    // The text report quotes the copied text, so it keeps the input; JSON Lines does not need to.
+    // License texts are identified from the copied text, markers found in it, and the text
+    // report quotes it: the input is kept.
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -417,9 +435,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             break;
         }
         scanner.push_bytes(&buf[..n]);
-        if matches!(format, Format::Text) {
-            kept.extend_from_slice(&buf[..n]);
-        }
+        kept.extend_from_slice(&buf[..n]);
     }
     scanner.finish();
     let mut findings = scanner.take_findings();
@@ -428,10 +444,24 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let out = io::stdout();
     let mut out = out.lock();
     let name = a.input.display().to_string();
+    let text = String::from_utf8_lossy(&kept);
+    // Runs of license texts are one finding per reproduced region, named by its license.
+    let (lic, mut findings): (Vec<_>, Vec<_>) = findings
+        .into_iter()
+        .partition(|f| f.kind == verbatim::matcher::MatchKind::LicenseText);
+    findings.extend(
+        verbatim::license::collapse(lic, &indexes, &text)
+            .into_iter()
+            .map(|(f, _)| f),
+    );
+    findings.sort_by_key(|f| (f.output_start, f.output_end, f.index, f.doc));
     for f in &findings {
-        let Some(r) = FindingReport::new(&indexes[f.index], f) else {
+        let Some(mut r) = FindingReport::new(&indexes[f.index], f) else {
             continue;
         };
+        if let Some(span) = text.get(f.output_start as usize..f.output_end as usize) {
+            r.identify_license(span);
+        }
         match format {
             Format::Jsonl => {
                 serde_json::to_writer(&mut out, &r)?;
@@ -440,8 +470,53 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             Format::Text => write_text(&mut out, &name, &kept, &r)?,
         }
     }
+    let markers = if a.no_license_index {
+        Vec::new()
+    } else {
+        verbatim::license::markers::scan(&text)
+    };
+    for m in &markers {
+        match format {
+            Format::Jsonl => {
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    kind: &'static str,
+                    output_start: u64,
+                    output_end: u64,
+                    marker: &'a verbatim::license::markers::Marker,
+                }
+                serde_json::to_writer(
+                    &mut out,
+                    &Line {
+                        kind: "license-marker",
+                        output_start: m.start,
+                        output_end: m.end,
+                        marker: m,
+                    },
+                )?;
+                writeln!(out)?;
+            }
+            Format::Text => {
+                let line = 1 + kept[..(m.start as usize).min(kept.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                let what = match (&m.expression, &m.holder, &m.problem) {
+                    (Some(e), _, _) => e.clone(),
+                    (None, Some(h), _) => format!("© {h}"),
+                    (None, None, Some(p)) => format!("unparseable: {p}"),
+                    _ => "no license named".into(),
+                };
+                writeln!(out, "{name}:{line}: license marker ({:?}): {what}", m.kind)?;
+                if let Some(i) = &m.imprecise {
+                    writeln!(out, "  imprecise identifier `{i}` read as {what}")?;
+                }
+                writeln!(out)?;
+            }
+        }
+    }
     out.flush()?;
-    Ok(if findings.is_empty() {
+    Ok(if findings.is_empty() && markers.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -472,6 +547,14 @@ fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport)
         "  rights {} · license {} ({})",
         r.rights, r.license, r.license_source
     )?;
+    if let Some(c) = r.coverage {
+        writeln!(
+            out,
+            "  license text: {:.0} % of {} reproduced",
+            c * 100.0,
+            r.license
+        )?;
+    }
     let s = (r.output_start as usize).min(input.len());
     let e = (r.output_end as usize).min(input.len());
     let text = String::from_utf8_lossy(&input[s..e]);
@@ -530,6 +613,14 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         } else {
             Hold::Strict
         };
+    }
+    if a.no_license_index {
+        cfg.license_index = false;
+    }
+    if cfg.license_index {
+        let p = builtin_license_index()?;
+        tracing::info!(index = %p.display(), "built-in SPDX license index");
+        cfg.indexes.insert(0, p);
     }
     let indexes = open_indexes(&cfg.indexes)?;
     if indexes.is_empty() {

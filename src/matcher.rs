@@ -85,6 +85,8 @@ struct Candidate {
 /// Matches one index against the unit stream.
 struct IndexMatcher {
     index: Arc<Index>,
+    /// Every corpus of the index is license texts.
+    license_only: bool,
     params: Params,
     open: Vec<Candidate>,
     /// Documents with an open run (at most one run per document is open at a time, which also
@@ -235,6 +237,7 @@ pub struct Scanner {
     findings: Vec<Finding>,
     /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
     t_max: [u32; 2],
+    hold_license_runs: bool,
 }
 
 impl Scanner {
@@ -242,6 +245,11 @@ impl Scanner {
         let matchers: Vec<_> = indexes
             .iter()
             .map(|ix| IndexMatcher {
+                license_only: ix
+                    .manifest()
+                    .corpora
+                    .iter()
+                    .all(|c| c.kind == crate::corpus::CorpusKind::LicenseText),
                 index: Arc::clone(ix),
                 params: ix.params(),
                 open: Vec::new(),
@@ -267,7 +275,15 @@ impl Scanner {
             fresh: Vec::new(),
             findings: Vec::new(),
             t_max,
+            hold_license_runs: true,
         }
+    }
+
+    /// Whether [`Scanner::stable_offset`] holds back open runs of license-text indexes (true by
+    /// default). A proxy whose policy cannot block a license text sets it false: such runs are
+    /// only cited, and holding a whole license back until it ends would delay it for nothing.
+    pub fn set_hold_license_runs(&mut self, hold: bool) {
+        self.hold_license_runs = hold;
     }
 
     /// Feeds text.
@@ -344,6 +360,9 @@ impl Scanner {
             }
         }
         for m in &self.matchers {
+            if m.license_only && !self.hold_license_runs {
+                continue;
+            }
             for c in &m.open {
                 p = p.min(c.out_start);
             }
@@ -445,7 +464,7 @@ pub fn exemptions<'a>(
 }
 
 /// A finding with the facts of its source, as `scan` prints it (one JSON object per line).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FindingReport {
     pub output_start: u64,
     pub output_end: u64,
@@ -465,6 +484,10 @@ pub struct FindingReport {
     pub index_id: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub caller_supplied: bool,
+    /// A license text: the share of the license the output reproduces (0–1); `license` is then
+    /// the license identified from the output itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
 }
 
 impl FindingReport {
@@ -491,6 +514,20 @@ impl FindingReport {
             rights_holder: corpus.metadata.get("rights_holder").cloned(),
             index_id: index.manifest().index_id.clone(),
             caller_supplied: f.caller_supplied,
+            coverage: None,
         })
+    }
+
+    /// For a license-text run, names the license from the reproduced `span` itself (a run of
+    /// one license's text may also occur in others) and says how much of it was reproduced.
+    pub fn identify_license(&mut self, span: &str) {
+        if self.kind != MatchKind::LicenseText {
+            return;
+        }
+        if let Some(id) = crate::license::LicenseDb::builtin().identify(span) {
+            self.license = id.id;
+            self.license_source = "identified".into();
+            self.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
+        }
     }
 }

@@ -437,6 +437,21 @@ impl Policy {
             .min()
     }
 
+    /// Whether this policy could block a finding of `kind` (`license-text`, …): if not, the
+    /// proxy need not hold such runs back.
+    pub fn may_block_kind(&self, kind: &str) -> bool {
+        if self.shadow {
+            return false;
+        }
+        self.default_action == Action::Block
+            || self
+                .rules
+                .iter()
+                .chain(&self.exceptions)
+                .filter(|r| r.action == Action::Block)
+                .any(|r| r.when.kind.is_empty() || r.when.kind.iter().any(|k| k == kind))
+    }
+
     /// Runs the policy's own test cases: (case, verdict, passed).
     pub fn run_tests(&self) -> Vec<(&TestCase, Verdict, bool)> {
         self.tests

@@ -203,15 +203,10 @@ fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
 }
 
 fn bigrams(words: &[(String, (usize, usize))]) -> Vec<u64> {
-    let mut v: Vec<u64> = words
+    let hashes: Vec<u64> = words.iter().map(|w| xxh3_64(w.0.as_bytes())).collect();
+    let mut v: Vec<u64> = hashes
         .windows(2)
-        .map(|w| {
-            let mut b = String::with_capacity(w[0].0.len() + w[1].0.len() + 1);
-            b.push_str(&w[0].0);
-            b.push(' ');
-            b.push_str(&w[1].0);
-            xxh3_64(b.as_bytes())
-        })
+        .map(|w| w[0].rotate_left(23) ^ w[1].wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -315,18 +310,21 @@ impl LicenseDb {
         if b.is_empty() {
             return None;
         }
-        let mut counts: HashMap<u32, u32> = HashMap::new();
+        let mut counts = vec![0u32; self.entries.len()];
         for g in &b {
             if let Some(ls) = self.postings.get(g) {
                 for &l in ls {
-                    *counts.entry(l).or_default() += 1;
+                    counts[l as usize] += 1;
                 }
             }
         }
         let a = b.len() as f64;
         let mut scored: Vec<(u32, f64, u32)> = counts
             .into_iter()
+            .enumerate()
+            .filter(|&(_, inter)| inter > 0)
             .map(|(l, inter)| {
+                let l = l as u32;
                 let e = &self.entries[l as usize];
                 let precision = inter as f64 / a;
                 let coverage = inter as f64 / e.bigrams.max(1) as f64;

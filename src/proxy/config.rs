@@ -27,6 +27,8 @@ pub struct Config {
     /// A request header whose value names the tenant (for policies and the audit trail);
     /// without one, or when a request lacks it, the tenant is a hash of the API key.
     pub tenant_header: Option<http::HeaderName>,
+    /// Scan against the built-in SPDX license index too (`verbatim serve` adds it).
+    pub license_index: bool,
     /// Policy file; without one, `rules` describes the built-in policy.
     pub policy: Option<PathBuf>,
     /// A second listener for `/metrics`, `/healthz`, `/readyz` and `POST /admin/reload`; off
@@ -49,6 +51,7 @@ impl Default for Config {
             audit_log: None,
             audit: Default::default(),
             tenant_header: None,
+            license_index: true,
             policy: None,
             admin_listen: None,
         }
@@ -89,6 +92,7 @@ const TOP: &[&str] = &[
     "audit_log",
     "audit",
     "tenant_header",
+    "license_index",
     "upstream",
     "rules",
     "limits",
@@ -141,6 +145,9 @@ impl Config {
         }
         if let Some(a) = r.opt_str(t, "", "audit_log") {
             c.audit_log = Some(base.join(a.value));
+        }
+        if let Some(b) = r.opt_bool(t, "", "license_index") {
+            c.license_index = b.value;
         }
         if let Some(h) = r.opt_str(t, "", "tenant_header") {
             match http::HeaderName::from_bytes(h.value.as_bytes()) {

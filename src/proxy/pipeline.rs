@@ -25,7 +25,7 @@ use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
 use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
 use crate::index::Index;
 use crate::license::markers::{Marker, MarkerKind, MarkerScanner};
-use crate::matcher::{Finding, FindingReport, Scanner};
+use crate::matcher::{Finding, FindingReport, MatchKind, Scanner};
 use crate::normalize::{Channel, TextKind};
 use crate::policy::{Facts, Policy, Verdict};
 
@@ -245,6 +245,11 @@ pub struct Pipeline {
     texts: Vec<String>,
     /// Each stream's license markers (SPDX identifiers, copyright notices, header phrases).
     markers: Vec<MarkerScanner>,
+    /// Each stream's license-text runs, kept until no license run is open so a reproduced
+    /// license is one finding (see [`crate::license::collapse`]).
+    license_pending: Vec<Vec<Finding>>,
+    /// Whether the policy could block a license text (else its runs are not held back).
+    hold_license: bool,
     /// Redactions made so far (original text, placeholder), applied to every later event that
     /// repeats text, since those may arrive after the run was redacted.
     redactions: Vec<(String, String)>,
@@ -268,6 +273,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(api: Api, setup: ScanSetup) -> Self {
+        let hold_license = setup.policy.may_block_kind("license-text");
         let min_block = [
             setup.policy.min_block_units("prose"),
             setup.policy.min_block_units("code"),
@@ -280,6 +286,8 @@ impl Pipeline {
             streams: Vec::new(),
             texts: Vec::new(),
             markers: Vec::new(),
+            license_pending: Vec::new(),
+            hold_license,
             redactions: Vec::new(),
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -397,9 +405,11 @@ impl Pipeline {
         }
         let mut s = Scanner::new(&self.setup.indexes, TextKind::Markdown);
         s.set_exemptions(Arc::clone(&self.setup.exempt));
+        s.set_hold_license_runs(self.hold_license);
         self.streams.push((key, s));
         self.texts.push(String::new());
         self.markers.push(MarkerScanner::new());
+        self.license_pending.push(Vec::new());
         self.streams.len() - 1
     }
 
@@ -500,7 +510,25 @@ impl Pipeline {
     /// block it at its present length.
     fn decide(&mut self) {
         for s in 0..self.streams.len() {
-            for f in self.streams[s].1.take_findings() {
+            let (lic, mut fs): (Vec<Finding>, Vec<Finding>) = self.streams[s]
+                .1
+                .take_findings()
+                .into_iter()
+                .partition(|f| f.kind == MatchKind::LicenseText);
+            self.license_pending[s].extend(lic);
+            let license_open = self.streams[s]
+                .1
+                .open_runs()
+                .any(|r| r.kind == MatchKind::LicenseText);
+            if !license_open && !self.license_pending[s].is_empty() {
+                let pending = std::mem::take(&mut self.license_pending[s]);
+                fs.extend(
+                    crate::license::collapse(pending, &self.setup.indexes, &self.texts[s])
+                        .into_iter()
+                        .map(|(f, _)| f),
+                );
+            }
+            for f in fs {
                 let Some((cite, v)) = self.judge(s, &f) else {
                     continue;
                 };
@@ -820,8 +848,16 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         s.finish();
         // Index findings and license markers, judged, acted on from the end backwards so
         // earlier offsets stay valid.
-        let mut judged: Vec<(Citation, Verdict)> = s
+        let (lic, mut fs): (Vec<Finding>, Vec<Finding>) = s
             .take_findings()
+            .into_iter()
+            .partition(|f| f.kind == MatchKind::LicenseText);
+        fs.extend(
+            crate::license::collapse(lic, &setup.indexes, &piece.text)
+                .into_iter()
+                .map(|(f, _)| f),
+        );
+        let mut judged: Vec<(Citation, Verdict)> = fs
             .iter()
             .filter_map(|f| judge(setup, piece.key.a, f, &piece.text))
             .collect();

@@ -34,6 +34,15 @@ pub struct Proxy {
 }
 
 pub async fn proxy(mock: &Mock, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    proxy_with(mock, Vec::new(), tweak).await
+}
+
+/// The proxy with the fixture index and `more` indexes after it.
+pub async fn proxy_with(
+    mock: &Mock,
+    more: Vec<Arc<Index>>,
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream_openai: format!("http://{}", mock.addr).parse().unwrap(),
@@ -41,8 +50,9 @@ pub async fn proxy(mock: &Mock, tweak: impl FnOnce(&mut Config)) -> Proxy {
         ..Config::default()
     };
     tweak(&mut cfg);
-    let index = Arc::new(Index::open(FIXTURE).unwrap());
-    let server = Server::bind(cfg, vec![index]).await.unwrap();
+    let mut indexes = vec![Arc::new(Index::open(FIXTURE).unwrap())];
+    indexes.extend(more);
+    let server = Server::bind(cfg, indexes).await.unwrap();
     let addr = server.local_addr().unwrap();
     let admin = server.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

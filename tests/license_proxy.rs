@@ -1,0 +1,191 @@
+//! The license layer in the proxy: the built-in SPDX index (built into a temporary cache), a
+//! reproduced license identified once by its license, license markers cited, and license runs
+//! not held back when the policy cannot block them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod proxy_mock;
+
+use std::sync::{Arc, OnceLock};
+
+use proxy_mock::harness::*;
+use proxy_mock::*;
+use serde_json::Value;
+use verbatim::index::Index;
+use verbatim::license::texts;
+use verbatim::policy::Policy;
+use verbatim::proxy::api::Api;
+use verbatim::proxy::pipeline::{Hold, Pipeline, ScanSetup, Scope};
+
+/// The built-in index, built once for this test binary into a temporary cache.
+fn builtin() -> Arc<Index> {
+    static DIR: OnceLock<(tempfile::TempDir, std::path::PathBuf)> = OnceLock::new();
+    let (_, p) = DIR.get_or_init(|| {
+        let t = tempfile::tempdir().unwrap();
+        let p = verbatim::license::builtin::ensure(t.path()).unwrap();
+        (t, p)
+    });
+    Arc::new(Index::open(p).unwrap())
+}
+
+fn answer() -> String {
+    format!(
+        "Here is a file header and the license:\n\n// SPDX-License-Identifier: GPL-3.0-or-later\n// Copyright (c) 2024 Example Ltd\n\n{}\nThat is the whole license.",
+        texts::text_of("MIT")
+            .unwrap()
+            .text
+            .replace("Copyright (c) <year> <copyright holders>", "")
+    )
+}
+
+fn citations(evs: &[(Option<String>, Value)]) -> Vec<Value> {
+    evs.iter()
+        .filter_map(|(_, v)| v.get("verbatim"))
+        .flat_map(|x| x["findings"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reproduced_license_is_one_finding_named_by_its_license_and_markers_are_cited() {
+    let text = answer();
+    let mock = start(Reply::sse(&openai_stream(&text, 3), 64)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let p = proxy_with(&mock, vec![builtin()], |c| c.audit_log = Some(log.clone())).await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    assert_eq!(
+        openai_text(&evs),
+        text,
+        "annotations add events, never change the text"
+    );
+    let cites = citations(&evs);
+    let lic: Vec<&Value> = cites
+        .iter()
+        .filter(|c| c["kind"] == "license-text")
+        .collect();
+    assert_eq!(
+        lic.len(),
+        1,
+        "one finding for the license, not one per similar text: {lic:?}"
+    );
+    assert_eq!(lic[0]["license"], "MIT");
+    assert_eq!(lic[0]["doc"], "MIT");
+    assert_eq!(lic[0]["url"], "https://spdx.org/licenses/MIT.html");
+    assert!(lic[0]["coverage"].as_f64().unwrap() > 0.95, "{:?}", lic[0]);
+    let markers: Vec<&Value> = cites
+        .iter()
+        .filter(|c| c["kind"] == "license-marker")
+        .collect();
+    assert_eq!(
+        markers.len(),
+        1,
+        "the copyleft identifier is annotated: {markers:?}"
+    );
+    assert_eq!(markers[0]["license"], "GPL-3.0-or-later");
+    assert_eq!(markers[0]["marker"]["kind"], "spdx-identifier");
+    // The audit trail has all of them: the copyright notice and MIT header phrase are logged.
+    let recs = audit_records(&log, 1).await;
+    let d: Vec<(&str, &str, &str)> = recs
+        .iter()
+        .filter(|r| r["type"] == "decision")
+        .map(|r| {
+            (
+                r["data"]["kind"].as_str().unwrap(),
+                r["data"]["license"].as_str().unwrap(),
+                r["data"]["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(d.contains(&("license-text", "MIT", "annotate")), "{d:?}");
+    assert!(
+        d.contains(&("license-marker", "GPL-3.0-or-later", "annotate")),
+        "{d:?}"
+    );
+    assert!(
+        d.contains(&("license-marker", "NOASSERTION", "log")),
+        "{d:?}"
+    );
+    assert!(d.contains(&("license-marker", "MIT", "log")), "{d:?}");
+    let cat: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["data"]["kind"] == "license-text")
+        .map(|r| r["data"]["category"].as_str().unwrap())
+        .collect();
+    assert_eq!(cat, ["permissive"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_mention_of_a_license_is_a_marker_not_a_license_text() {
+    let text = "This crate is licensed under the MIT License; see the LICENSE file for details.";
+    let mock = start(Reply::json(200, &openai_json(text))).await;
+    let p = proxy_with(&mock, vec![builtin()], |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], text);
+    // Logged markers do not annotate; and no license-text finding exists to annotate.
+    assert!(v.get("verbatim").is_none(), "{v}");
+}
+
+fn setup(policy: Policy) -> ScanSetup {
+    ScanSetup {
+        indexes: vec![builtin()],
+        exempt: Arc::default(),
+        policy: Arc::new(policy),
+        scope: Scope::default(),
+        hold: Hold::Strict,
+        max_event_bytes: 1 << 20,
+    }
+}
+
+/// Events pushed and released while the first 60 words of the MIT license stream in, one
+/// character an event, and the length of the last 12 words (t = 12: at most t − 1 words and the
+/// word being formed may be held).
+fn released_while_streaming(policy: Policy) -> (usize, usize, usize) {
+    let words: Vec<String> = texts::text_of("MIT")
+        .unwrap()
+        .text
+        .split_whitespace()
+        .skip(6) // the title and copyright line
+        .take(60)
+        .map(|w| format!("{w} "))
+        .collect();
+    let tail = words[48..].concat().len();
+    let upstream = openai_stream(&words.concat(), 1);
+    let mut p = Pipeline::new(Api::ChatCompletions, setup(policy));
+    let text = String::from_utf8(upstream).unwrap();
+    let mut out = 0;
+    let mut pushed = 0;
+    let evs: Vec<&str> = text.split_inclusive("\n\n").collect();
+    // Not the finish event and `[DONE]`: the stream is still going.
+    for ev in &evs[..evs.len() - 2] {
+        pushed += 1;
+        out += p.push(ev.as_bytes()).len();
+    }
+    (pushed, out, tail)
+}
+
+#[test]
+fn license_runs_are_held_back_only_when_the_policy_could_block_them() {
+    // Built-in policy: license texts are annotated, so only the last t − 1 words are held.
+    let (pushed, out, tail) = released_while_streaming(Policy::builtin());
+    assert!(
+        pushed - out <= tail,
+        "held {} of {pushed} events (t − 1 words: {tail})",
+        pushed - out
+    );
+    // A policy that blocks license texts holds the whole open run.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(
+        &f,
+        "version = 1\n[[rules]]\nname = \"no-license-texts\"\naction = \"block\"\nwhen = { kind = [\"license-text\"], min_units = 100 }\n",
+    )
+    .unwrap();
+    let strict = Policy::load(&f).unwrap();
+    let (pushed, out, _) = released_while_streaming(strict);
+    assert!(
+        out < 5,
+        "released {out} of {pushed} events of an open license run"
+    );
+}
