@@ -58,7 +58,7 @@ pub fn collapse(
                     indexes
                         .get(f.index)
                         .and_then(|ix| ix.doc(f.doc))
-                        .is_some_and(|d| id.same_text.iter().any(|s| *s == d.path))
+                        .is_some_and(|d| id.same_text.contains(&d.path))
                 })
             };
             let best = g
