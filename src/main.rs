@@ -38,6 +38,9 @@ enum Command {
     /// Check, test and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Look at corpora before building an index.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
     /// Make a self-contained HTML report from an audit log (and its rotated files).
     Report {
         /// One or more audit logs, e.g. `--audit-log audit.jsonl*` for a rotated set.
@@ -48,6 +51,20 @@ enum Command {
         since: Option<String>,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Each file's license, where it was found (manifest, SPDX identifier, LICENSE file,
+    /// package manifest, debian/copyright) and what disagrees; a summary by license.
+    Inspect {
+        /// Corpus manifests (or directories of them).
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// `text` (default on a terminal) or `jsonl`.
+        #[arg(long)]
+        format: Option<Format>,
     },
 }
 
@@ -217,6 +234,9 @@ fn main() -> ExitCode {
         Command::Scan(a) => cmd_scan(a),
         Command::Serve(a) => cmd_serve(a).map(|()| ExitCode::SUCCESS),
         Command::Policy(c) => cmd_policy(c),
+        Command::Corpus(CorpusCommand::Inspect { manifests, format }) => {
+            cmd_inspect(&manifests, format).map(|()| ExitCode::SUCCESS)
+        }
         Command::Report {
             audit_log,
             since,
@@ -889,6 +909,97 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn cmd_inspect(manifests: &[PathBuf], format: Option<Format>) -> Result<()> {
+    use verbatim::license::resolve::Resolver;
+    let corpora = verbatim::corpus::load_manifests(&manifest_paths(manifests)?)?;
+    let format = format.unwrap_or(if io::stdout().is_terminal() {
+        Format::Text
+    } else {
+        Format::Jsonl
+    });
+    let resolver = Resolver::new();
+    let out = io::stdout();
+    let mut out = out.lock();
+    for c in &corpora {
+        let (files, skipped) = c.files();
+        let mut by_license: std::collections::BTreeMap<String, usize> = Default::default();
+        if let Format::Text = format {
+            writeln!(
+                out,
+                "corpus {} ({}): {} files",
+                c.name,
+                c.manifest.display(),
+                files.len()
+            )?;
+        }
+        for f in &files {
+            let text = match verbatim::corpus::read_text(f, 64 << 20) {
+                Ok(t) => t,
+                Err((reason, detail)) => {
+                    if let Format::Text = format {
+                        writeln!(out, "  {}  skipped: {} ({detail})", f.rel, reason.as_str())?;
+                    }
+                    continue;
+                }
+            };
+            let r = resolver.resolve(c, f, &text);
+            *by_license.entry(r.expression.clone()).or_default() += 1;
+            match format {
+                Format::Jsonl => {
+                    #[derive(serde::Serialize)]
+                    struct Line<'a> {
+                        corpus: &'a str,
+                        path: &'a str,
+                        #[serde(flatten)]
+                        resolution: &'a verbatim::license::resolve::Resolution,
+                    }
+                    serde_json::to_writer(
+                        &mut out,
+                        &Line {
+                            corpus: &c.name,
+                            path: &f.rel,
+                            resolution: &r,
+                        },
+                    )?;
+                    writeln!(out)?;
+                }
+                Format::Text => {
+                    write!(out, "  {}  {}  ({}", f.rel, r.expression, r.source)?;
+                    if let Some(from) = &r.from {
+                        write!(out, ": {from}")?;
+                    }
+                    writeln!(out, ")")?;
+                    for x in &r.conflicts {
+                        write!(
+                            out,
+                            "      disagrees: {} says {}",
+                            x.source.as_str(),
+                            x.expression
+                        )?;
+                        if let Some(from) = &x.from {
+                            write!(out, " ({from})")?;
+                        }
+                        writeln!(out)?;
+                    }
+                }
+            }
+        }
+        if let Format::Text = format {
+            writeln!(out, "  by license:")?;
+            let mut rows: Vec<_> = by_license.into_iter().collect();
+            rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            for (l, n) in rows {
+                writeln!(out, "    {n:>6}  {l}")?;
+            }
+            if !skipped.is_empty() {
+                writeln!(out, "  {} files skipped while listing", skipped.len())?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
 }
 
 fn cmd_report(logs: &[PathBuf], since: Option<&str>, out: &Path) -> Result<()> {

@@ -212,3 +212,92 @@ fn build_info_verify_round_trip() {
     let verify = run(&["index", "verify", out_dir.to_str().unwrap()], None);
     assert_eq!(verify.status.code(), Some(0));
 }
+
+#[test]
+fn scan_names_a_reproduced_license_and_reports_license_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("answer.md");
+    let apache = verbatim::license::texts::text_of("Apache-2.0")
+        .unwrap()
+        .text;
+    let half: String = apache
+        .lines()
+        .take(apache.lines().count() * 6 / 10)
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &f,
+        format!("# SPDX-License-Identifier: Apache 2\n# Copyright 2023 Example\n\n{half}\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["scan", "--format", "jsonl", f.to_str().unwrap()])
+        .env("VERBATIM_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "license-text")
+        .collect();
+    assert_eq!(texts.len(), 1, "{lines:?}");
+    assert_eq!(texts[0]["license"], "Apache-2.0");
+    let cov = texts[0]["coverage"].as_f64().unwrap();
+    assert!((0.5..0.8).contains(&cov), "coverage {cov}");
+    let markers: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "license-marker")
+        .collect();
+    assert_eq!(markers[0]["marker"]["expression"], "Apache-2.0");
+    assert_eq!(markers[0]["marker"]["imprecise"], "Apache 2");
+    assert_eq!(markers[1]["marker"]["holder"], "Example");
+}
+
+#[test]
+fn corpus_inspect_prints_each_files_license_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("p/src")).unwrap();
+    std::fs::write(
+        root.join("p/Cargo.toml"),
+        "[package]\nname = \"p\"\nversion = \"0.1.0\"\nlicense = \"MIT\"\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("p/src/lib.rs"), "pub fn p() {}\n").unwrap();
+    std::fs::write(
+        root.join("p/src/gpl.rs"),
+        "// SPDX-License-Identifier: GPL-2.0-only\nfn g() {}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("c.toml"), "name = \"c\"\nrights = \"licensed\"\n").unwrap();
+    let out = run(
+        &[
+            "corpus",
+            "inspect",
+            "--format",
+            "text",
+            root.join("c.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "p/src/lib.rs  MIT  (package-manifest: p/Cargo.toml)",
+        "p/src/gpl.rs  GPL-2.0-only  (spdx-identifier)",
+        "disagrees: package-manifest says MIT (p/Cargo.toml)",
+        "by license:",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}

@@ -220,6 +220,13 @@ fn bigrams(words: &[(String, (usize, usize))]) -> Vec<u64> {
 /// round when it is there).
 const COVERAGE_WEIGHT: f64 = 0.25;
 
+/// Scores this close to the best are a tie (see [`LicenseDb::identify`]).
+const NEAR_TIE: f64 = 0.01;
+
+fn osi(id: &str) -> bool {
+    spdx::license_id(id).is_some_and(|l| l.is_osi_approved())
+}
+
 /// What a text was identified as.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Identification {
@@ -349,6 +356,24 @@ impl LicenseDb {
                         .cmp(self.entries[y.0 as usize].id),
                 )
         });
+        // Near ties (a part shared by a license and its variants, e.g. the first half of
+        // Apache-2.0 and of Pixar's modified Apache) go to an OSI-approved license: the variants
+        // are rarer by far.
+        // Only for a text that explains the input at least as well (precision: the best one
+        // leads by coverage alone), and never for a deprecated id.
+        let (top, top_inter) = scored.first().map(|x| (x.1, x.2))?;
+        if let Some(i) = scored
+            .iter()
+            .take_while(|x| x.1 >= top - NEAR_TIE)
+            .position(|x| {
+                let id = self.entries[x.0 as usize].id;
+                x.2 >= top_inter && osi(id) && !texts::deprecated(id)
+            })
+            .filter(|&i| i > 0 && !osi(self.entries[scored[0].0 as usize].id))
+        {
+            let x = scored.remove(i);
+            scored.insert(0, x);
+        }
         let &(best, score, inter) = scored.first()?;
         let e = &self.entries[best as usize];
         Some(Identification {

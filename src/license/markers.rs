@@ -211,6 +211,23 @@ fn spdx_line(m: &mut Marker, rest: &str) {
         m.problem = Some("no expression after `SPDX-License-Identifier:`".into());
         return;
     }
+    // A single imprecise name written with spaces ("Apache 2", "GPL v3") is not an
+    // expression the lexer can read; try it joined up.
+    if expr.split_whitespace().count() > 1
+        && !expr
+            .split_whitespace()
+            .any(|w| matches!(w.to_ascii_uppercase().as_str(), "AND" | "OR" | "WITH"))
+    {
+        for joined in [expr.replace(' ', "-"), expr.replace(' ', "")] {
+            if let Ok(Some(fixed)) = spdx::Expression::canonicalize(&joined)
+                && spdx::Expression::parse(&fixed).is_ok()
+            {
+                m.expression = Some(fixed);
+                m.imprecise = Some(expr.to_string());
+                return;
+            }
+        }
+    }
     match spdx::Expression::canonicalize(expr) {
         Ok(None) => match spdx::Expression::parse(expr) {
             Ok(_) => m.expression = Some(expr.to_string()),
