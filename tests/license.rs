@@ -206,3 +206,48 @@ fn markers_are_the_same_whatever_the_chunking() {
         assert_eq!(s.take(), whole, "chunk {size}");
     }
 }
+
+#[test]
+fn license_names_mentioned_in_passing_are_markers() {
+    let cases = [
+        (
+            "This library is released under GPLv2.",
+            Some("GPL-2.0-only"),
+        ),
+        (
+            "It is covered by the Mozilla Public License 2.0.",
+            Some("MPL-2.0"),
+        ),
+        (
+            "Use it under the LGPL 2.1 or later.",
+            Some("LGPL-2.1-or-later"),
+        ),
+        (
+            "Dual-licensed: GPLv3 or the MIT license.",
+            Some("GPL-3.0-only"),
+        ),
+        (
+            "Code is BSD 3-Clause, docs are CC-BY-4.0.",
+            Some("BSD-3-Clause"),
+        ),
+        ("MIT researchers published the paper in 2020.", None),
+        ("Read the license before you use the software.", None),
+    ];
+    for (text, want) in cases {
+        let names: Vec<_> = markers::scan(text)
+            .into_iter()
+            .filter(|m| m.kind == MarkerKind::LicenseName)
+            .collect();
+        match want {
+            Some(id) => {
+                assert!(!names.is_empty(), "{text}: nothing found");
+                assert_eq!(names[0].expression.as_deref(), Some(id), "{text}");
+                assert_eq!(
+                    &text[names[0].start as usize..names[0].end as usize].is_empty(),
+                    &false
+                );
+            }
+            None => assert!(names.is_empty(), "{text}: {names:?}"),
+        }
+    }
+}

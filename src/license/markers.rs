@@ -24,6 +24,9 @@ pub enum MarkerKind {
     SpdxIdentifier,
     Copyright,
     HeaderPhrase,
+    /// A license named in passing: its SPDX full name ("Mozilla Public License 2.0") or a
+    /// common short form ("GPLv2", "LGPL 2.1", "the MIT license", "BSD 3-Clause").
+    LicenseName,
 }
 
 /// One marker, with its byte span in the scanned text.
@@ -60,12 +63,14 @@ impl Marker {
 
 /// A header phrase: the words that name the license, and how to find its version.
 struct Phrase {
-    words: &'static str,
+    words: std::borrow::Cow<'static, str>,
     family: Family,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Family {
+    /// A license's name, no version to look for.
+    Name(&'static str),
     Gpl,
     Lgpl,
     LgplLibrary,
@@ -76,56 +81,158 @@ enum Family {
     Epl,
 }
 
-const PHRASES: &[Phrase] = &[
-    Phrase {
+const HEADERS: &[Header] = &[
+    Header {
         words: "gnu general public license",
         family: Family::Gpl,
     },
-    Phrase {
+    Header {
         words: "gnu lesser general public license",
         family: Family::Lgpl,
     },
-    Phrase {
+    Header {
         words: "gnu library general public license",
         family: Family::LgplLibrary,
     },
-    Phrase {
+    Header {
         words: "gnu affero general public license",
         family: Family::Agpl,
     },
-    Phrase {
+    Header {
         words: "licensed under the apache license",
         family: Family::Apache,
     },
-    Phrase {
+    Header {
         words: "subject to the terms of the mozilla public license",
         family: Family::Mpl,
     },
-    Phrase {
+    Header {
         words: "terms of the eclipse public license",
         family: Family::Epl,
     },
-    Phrase {
+    Header {
         words: "licensed under the mit license",
         family: Family::Fixed("MIT"),
     },
-    Phrase {
+    Header {
         words: "released under the mit license",
         family: Family::Fixed("MIT"),
     },
-    Phrase {
+    Header {
         words: "permission is hereby granted free of charge to any person obtaining a copy",
         family: Family::Fixed("MIT"),
     },
-    Phrase {
+    Header {
         words: "permission to use copy modify and or distribute this software for any purpose with or without fee is hereby granted",
         family: Family::Fixed("ISC"),
     },
-    Phrase {
+    Header {
         words: "this is free and unencumbered software released into the public domain",
         family: Family::Fixed("Unlicense"),
     },
 ];
+
+struct Header {
+    words: &'static str,
+    family: Family,
+}
+
+/// Common short names, normalised (`GPLv2` is `gplv2`, `LGPL-2.1` is `lgpl 2 1`).
+const SHORT_NAMES: &[(&str, &str)] = &[
+    ("gplv2", "GPL-2.0-only"),
+    ("gpl v2", "GPL-2.0-only"),
+    ("gpl 2", "GPL-2.0-only"),
+    ("gpl 2 0", "GPL-2.0-only"),
+    ("gpl version 2", "GPL-2.0-only"),
+    ("gplv3", "GPL-3.0-only"),
+    ("gpl v3", "GPL-3.0-only"),
+    ("gpl 3", "GPL-3.0-only"),
+    ("gpl 3 0", "GPL-3.0-only"),
+    ("gpl version 3", "GPL-3.0-only"),
+    ("lgplv2", "LGPL-2.0-only"),
+    ("lgpl 2 0", "LGPL-2.0-only"),
+    ("lgplv2 1", "LGPL-2.1-only"),
+    ("lgpl v2 1", "LGPL-2.1-only"),
+    ("lgpl 2 1", "LGPL-2.1-only"),
+    ("lgplv3", "LGPL-3.0-only"),
+    ("lgpl v3", "LGPL-3.0-only"),
+    ("lgpl 3", "LGPL-3.0-only"),
+    ("lgpl 3 0", "LGPL-3.0-only"),
+    ("agplv3", "AGPL-3.0-only"),
+    ("agpl v3", "AGPL-3.0-only"),
+    ("agpl 3", "AGPL-3.0-only"),
+    ("agpl 3 0", "AGPL-3.0-only"),
+    ("apache 2 0", "Apache-2.0"),
+    ("apache2", "Apache-2.0"),
+    ("apache license 2 0", "Apache-2.0"),
+    ("apache license version 2 0", "Apache-2.0"),
+    ("apache software license 2 0", "Apache-2.0"),
+    ("mpl 2 0", "MPL-2.0"),
+    ("mpl 1 1", "MPL-1.1"),
+    ("epl 2 0", "EPL-2.0"),
+    ("epl 1 0", "EPL-1.0"),
+    ("eupl 1 2", "EUPL-1.2"),
+    ("cddl 1 0", "CDDL-1.0"),
+    ("osl 3 0", "OSL-3.0"),
+    ("afl 3 0", "AFL-3.0"),
+    ("the mit license", "MIT"),
+    ("mit licensed", "MIT"),
+    ("bsd 3 clause", "BSD-3-Clause"),
+    ("3 clause bsd", "BSD-3-Clause"),
+    ("new bsd license", "BSD-3-Clause"),
+    ("modified bsd license", "BSD-3-Clause"),
+    ("bsd 2 clause", "BSD-2-Clause"),
+    ("2 clause bsd", "BSD-2-Clause"),
+    ("simplified bsd license", "BSD-2-Clause"),
+    ("freebsd license", "BSD-2-Clause"),
+    ("isc license", "ISC"),
+    ("zlib license", "Zlib"),
+    ("boost software license", "BSL-1.0"),
+    ("the unlicense", "Unlicense"),
+    ("cc0", "CC0-1.0"),
+    ("cc0 1 0", "CC0-1.0"),
+    ("cc by 4 0", "CC-BY-4.0"),
+    ("cc by sa 4 0", "CC-BY-SA-4.0"),
+    ("cc by 3 0", "CC-BY-3.0"),
+    ("cc by sa 3 0", "CC-BY-SA-3.0"),
+    ("wtfpl", "WTFPL"),
+    ("python software foundation license", "PSF-2.0"),
+];
+
+/// Header phrases, then every current SPDX license's full name, then the short names.
+static PHRASES: LazyLock<Vec<Phrase>> = LazyLock::new(|| {
+    let mut v: Vec<Phrase> = HEADERS
+        .iter()
+        .map(|h| Phrase {
+            words: h.words.into(),
+            family: h.family,
+        })
+        .collect();
+    for l in spdx::identifiers::LICENSES {
+        if super::texts::deprecated(l.name) {
+            continue;
+        }
+        let words: Vec<String> = super::identify::words_keeping_numbers(l.full_name)
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        // A one-word name ("Beerware") is too likely to be a word in prose.
+        if words.len() >= 2 {
+            v.push(Phrase {
+                words: words.join(" ").into(),
+                family: Family::Name(l.name),
+            });
+        }
+    }
+    v.extend(SHORT_NAMES.iter().map(|(w, id)| Phrase {
+        words: (*w).into(),
+        family: Family::Name(id),
+    }));
+    v
+});
+
+/// Words after a GNU license's short name that may say "or later".
+const NAME_LOOKAHEAD: usize = 4;
 
 /// Words after a phrase that may carry its version.
 const LOOKAHEAD: usize = 60;
@@ -153,6 +260,13 @@ fn resolve(family: Family, after: &[String]) -> Option<String> {
     let ver = |vs: &[(&str, &'static str)]| vs.iter().find(|(w, _)| has(w)).map(|(_, v)| *v);
     match family {
         Family::Fixed(id) => Some(id.to_string()),
+        // "GPLv2 or later", "LGPL 2.1 or any later version".
+        Family::Name(id) => match id.strip_suffix("-only") {
+            Some(base) if has(" or later") || has(" or any later") => {
+                Some(format!("{base}-or-later"))
+            }
+            _ => Some(id.to_string()),
+        },
         Family::Gpl => match ver(&[
             (" version 3", "3.0"),
             (" version 2", "2.0"),
@@ -329,6 +443,9 @@ pub struct MarkerScanner {
     /// Phrases found whose version words have not all arrived: (family, first word, phrase end).
     pending: Vec<(Family, usize, usize)>,
     found: Vec<Marker>,
+    /// Spans of recent `SPDX-License-Identifier` lines: the names inside them are not
+    /// markers of their own.
+    spdx_lines: Vec<(u64, u64)>,
 }
 
 impl MarkerScanner {
@@ -371,6 +488,10 @@ impl MarkerScanner {
                 start + line.trim_end().len() as u64,
             );
             spdx_line(&mut m, &line[i + "spdx-license-identifier:".len()..]);
+            if self.spdx_lines.len() >= 16 {
+                self.spdx_lines.remove(0);
+            }
+            self.spdx_lines.push((m.start, m.end));
             self.found.push(m);
         } else if let Some(m) = copyright_line(&line, start) {
             self.found.push(m);
@@ -412,21 +533,32 @@ impl MarkerScanner {
         let mut keep = Vec::new();
         for (family, first, end) in std::mem::take(&mut self.pending) {
             let avail = words.len().saturating_sub(end);
-            if avail < LOOKAHEAD && !finishing {
+            let lookahead = match family {
+                Family::Name(id) if id.ends_with("-only") => NAME_LOOKAHEAD,
+                Family::Name(_) | Family::Fixed(_) => 0,
+                _ => LOOKAHEAD,
+            };
+            if avail < lookahead && !finishing {
                 keep.push((family, first, end));
                 continue;
             }
-            let after: Vec<String> = words[end..(end + LOOKAHEAD).min(words.len())]
+            let after: Vec<String> = words[end..(end + lookahead).min(words.len())]
                 .iter()
                 .map(|w| w.0.clone())
                 .collect();
-            let mut m = Marker::new(
-                MarkerKind::HeaderPhrase,
-                words[first].1.0,
-                words[end - 1].1.1,
-            );
+            let kind = match family {
+                Family::Name(_) => MarkerKind::LicenseName,
+                _ => MarkerKind::HeaderPhrase,
+            };
+            let mut m = Marker::new(kind, words[first].1.0, words[end - 1].1.1);
             m.expression = resolve(family, &after);
-            self.found.push(m);
+            if !self
+                .spdx_lines
+                .iter()
+                .any(|&(s, e)| m.start < e && s < m.end)
+            {
+                self.found.push(m);
+            }
         }
         self.pending = keep;
         // Forget words no phrase can still need.

@@ -765,6 +765,7 @@ fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict)
             MarkerKind::SpdxIdentifier => "spdx-identifier",
             MarkerKind::Copyright => "copyright-notice",
             MarkerKind::HeaderPhrase => "license-header",
+            MarkerKind::LicenseName => "license-name",
         }
         .into(),
         url: None,
