@@ -71,6 +71,9 @@ fn tree(root: &Path) {
     );
     write(root, "g/src/lib.rs", "pub fn g() {}\n");
     write(root, "h/notes.txt", "nothing about licenses here\n");
+    write(root, "i/COPYING", texts::text_of("GPL-3.0-only").unwrap().text);
+    write(root, "i/COPYING.LESSER", texts::text_of("LGPL-3.0-only").unwrap().text);
+    write(root, "i/lib.c", "int i;\n");
 }
 
 fn resolve_all(root: &Path, manifest: &str) -> BTreeMap<String, Resolution> {
@@ -111,6 +114,8 @@ fn each_source_of_license_facts_in_the_default_order() {
         ("f/third_party/t.c", "MIT", "debian-copyright"),
         ("g/src/lib.rs", "Apache-2.0 OR MIT", "license-file"),
         ("h/notes.txt", "NOASSERTION", "none"),
+        // GPL-3.0 shipped beside LGPL-3.0 is LGPL-3.0's base, not a second license.
+        ("i/lib.c", "LGPL-3.0-only", "license-file"),
     ];
     for (rel, expr, source) in want {
         assert_eq!(got(&m, rel), (expr.into(), source.into()), "{rel}");

@@ -274,6 +274,11 @@ impl LicenseDb {
         let mut entries: Vec<Entry> = Vec::with_capacity(all.len());
         let mut by_set: HashMap<u64, usize> = HashMap::new();
         for t in all {
+            // A text only deprecated ids name (`GPL-2.0+`, `wxWindows`, `Nunit`) is a copy or
+            // an old form of a current one: reporting it would name a deprecated id.
+            if t.ids.iter().all(|i| texts::deprecated(i)) {
+                continue;
+            }
             let b = bigrams(&words(t.text));
             if b.is_empty() {
                 continue;

@@ -281,6 +281,14 @@ fn license_files(dir: &Path, root: &Path) -> Option<Fact> {
     if ids.is_empty() {
         return None;
     }
+    // LGPL-3.0 is a set of permissions added to GPL-3.0, and projects under it ship both texts
+    // (COPYING and COPYING.LESSER): the pair means LGPL-3.0.
+    if ids.iter().any(|i| i.starts_with("LGPL-3.0"))
+        && let Some(i) = ids.iter().position(|i| i.starts_with("GPL-3.0"))
+    {
+        ids.remove(i);
+        from.remove(i);
+    }
     let dual = names.len() > 1
         && names.iter().all(|p| {
             p.file_name()
