@@ -61,6 +61,9 @@ pub struct DecisionRecord {
     pub output_start: u64,
     pub output_end: u64,
     pub span_sha256: String,
+    /// The span's first characters, only when the policy sets `excerpts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<String>,
     pub units: u32,
     pub channel: String,
     pub corpus: String,

@@ -274,6 +274,9 @@ pub struct TestCase {
 pub struct Policy {
     pub name: String,
     pub shadow: bool,
+    /// Characters of a decided span the audit trail may quote (`excerpts = N`); 0, the
+    /// default, records only the span's SHA-256.
+    pub excerpt_chars: usize,
     pub default_action: Action,
     pub default_reason: String,
     pub categories: BTreeMap<String, Category>,
@@ -380,6 +383,7 @@ impl Policy {
             tests: Vec::new(),
             lints: Vec::new(),
             hash: "built-in".into(),
+            excerpt_chars: 0,
         }
     }
 
@@ -734,6 +738,7 @@ impl Policy {
                 "version",
                 "name",
                 "shadow",
+                "excerpts",
                 "defaults",
                 "categories",
                 "rules",
@@ -768,9 +773,18 @@ impl Policy {
                 false
             }),
         };
+        let excerpt_chars = match r.opt_u64(t, "", "excerpts") {
+            Some(v) if v.value > 10_000 => {
+                r.problem(v.span, "excerpts", "at most 10000 characters");
+                0
+            }
+            Some(v) => v.value as usize,
+            None => 0,
+        };
         let mut p = Policy {
             name,
             shadow,
+            excerpt_chars,
             default_action: Action::Log,
             default_reason: "unmatched".into(),
             categories: BTreeMap::new(),

@@ -472,3 +472,28 @@ async fn fail_closed_stops_a_stream_at_its_next_decision_once_the_trail_fails() 
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_excerpts_are_recorded_only_when_the_policy_enables_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::json(200, &openai_json(&text))).await;
+    for (excerpts, want) in [("", None), ("excerpts = 24\n", Some(&COPIED[..24]))] {
+        let log = dir.path().join(format!("a{}.jsonl", excerpts.len()));
+        let policy = dir.path().join(format!("p{}.toml", excerpts.len()));
+        std::fs::write(
+            &policy,
+            format!("version = 1\n{excerpts}[defaults]\naction = \"log\"\n"),
+        )
+        .unwrap();
+        let p = proxy(&mock, |c| {
+            c.audit_log = Some(log.clone());
+            c.policy = Some(policy.clone());
+        })
+        .await;
+        post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+        let recs = audit_records(&log, 1).await;
+        let d = recs.iter().find(|r| r["type"] == "decision").unwrap();
+        assert_eq!(d["data"]["excerpt"].as_str(), want, "{excerpts:?}");
+    }
+}

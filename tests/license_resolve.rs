@@ -71,8 +71,16 @@ fn tree(root: &Path) {
     );
     write(root, "g/src/lib.rs", "pub fn g() {}\n");
     write(root, "h/notes.txt", "nothing about licenses here\n");
-    write(root, "i/COPYING", texts::text_of("GPL-3.0-only").unwrap().text);
-    write(root, "i/COPYING.LESSER", texts::text_of("LGPL-3.0-only").unwrap().text);
+    write(
+        root,
+        "i/COPYING",
+        texts::text_of("GPL-3.0-only").unwrap().text,
+    );
+    write(
+        root,
+        "i/COPYING.LESSER",
+        texts::text_of("LGPL-3.0-only").unwrap().text,
+    );
     write(root, "i/lib.c", "int i;\n");
 }
 

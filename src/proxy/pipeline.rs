@@ -154,6 +154,8 @@ pub struct Decision {
     /// The finding's kind (`exact`, `caller-supplied`, …) and its license's category.
     pub kind: String,
     pub category: String,
+    /// The span's first characters, only when the policy enables excerpts.
+    pub excerpt: Option<String>,
 }
 
 impl Decision {
@@ -175,6 +177,8 @@ impl Decision {
             span_sha256: crate::audit::sha256_hex(span.as_bytes()),
             kind: cite.kind.clone(),
             category: setup.policy.category_of(&cite.license).as_str().to_string(),
+            excerpt: (setup.policy.excerpt_chars > 0)
+                .then(|| span.chars().take(setup.policy.excerpt_chars).collect()),
         }
     }
 }

@@ -692,6 +692,7 @@ fn decision_record(
         output_start: c.output_start,
         output_end: c.output_end,
         span_sha256: d.span_sha256.clone(),
+        excerpt: d.excerpt.clone(),
         units: c.units,
         channel: c.channel.clone(),
         corpus: c.corpus.clone(),
