@@ -10,11 +10,9 @@ temporary folder) for a person to look at; `scripts/report-demo.sh` runs this te
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
@@ -23,8 +21,9 @@ from playwright.sync_api import sync_playwright
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "sdk"))
 import mock_upstream as mock  # noqa: E402
+import verbatim_proc  # noqa: E402
 
-BIN = os.environ.get("VERBATIM_BIN", os.path.join(ROOT, "target", "debug", "verbatim"))
+BIN = verbatim_proc.BIN
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # The flags this machine's closed network needs (no background connections).
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,19 +37,9 @@ PLAN = [("COPY", "sk-team-payments", True), ("SHORT", "sk-team-docs", True),
 def make_audit_log(path):
     up = mock.start()
     url = f"http://127.0.0.1:{up.server_address[1]}"
-    p = subprocess.Popen(
-        [BIN, "serve", "--listen", "127.0.0.1:0", "--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
-         "--upstream-openai", url, "--upstream-anthropic", url, "--audit-log", path],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
+                                   "--upstream-openai", url, "--upstream-anthropic", url, "--audit-log", path])
     try:
-        addr, deadline = None, time.time() + 30
-        while addr is None and time.time() < deadline:
-            line = p.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listen=(127\.0\.0\.1:\d+)", line)
-            addr = m.group(1) if m else None
-        assert addr, "verbatim serve did not start"
         for i, (marker, key, stream) in enumerate(PLAN):
             route = "/v1/messages" if i % 3 == 0 else "/v1/chat/completions"
             body = {"model": "mock-model", "max_tokens": 100, "stream": stream,

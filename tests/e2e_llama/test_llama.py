@@ -8,12 +8,15 @@ import subprocess
 import time
 import urllib.request
 
+import sys
+
 import anthropic
 import openai
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "debug", "verbatim")
+sys.path.insert(0, os.path.join(ROOT, "tests", "sdk"))
+import verbatim_proc  # noqa: E402
 PASSAGE = ("Marguerite Oduya kept the lighthouse on Carrow Point for eleven winters before she opened the "
            "ledger that her predecessor had hidden beneath the third stair. It was bound in green oilcloth "
            "and smelled of paraffin and salt, and every page was ruled into columns that nobody had asked for")
@@ -48,18 +51,9 @@ def servers(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("cfg") / "verbatim.toml"
     cfg.write_text('[rules]\ncaller_supplied = "block"\n')
     url = f"http://127.0.0.1:{port}"
-    proxy = subprocess.Popen([BIN, "serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                              "--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
-                              "--upstream-openai", url, "--upstream-anthropic", url],
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
-    addr = None
-    while addr is None:
-        line = proxy.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listen=(127\.0\.0\.1:\d+)", line)
-        addr = m.group(1) if m else None
-    assert addr, "verbatim serve did not start"
+    proxy, addr = verbatim_proc.start(["--config", str(cfg),
+                                       "--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
+                                       "--upstream-openai", url, "--upstream-anthropic", url])
     yield addr, url
     proxy.terminate()
     llama.terminate()

@@ -3,42 +3,27 @@ their base URL, against a mock provider. The SDKs must raise nothing on our outp
 the finish/stop reason and the annotation."""
 
 import os
-import re
-import subprocess
-import time
 
 import anthropic
 import openai
 import pytest
 
 import mock_upstream as mock
+import verbatim_proc
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("VERBATIM_BIN", os.path.join(ROOT, "target", "debug", "verbatim"))
+ROOT = verbatim_proc.ROOT
 
 
 @pytest.fixture(scope="module")
 def proxy():
     upstream = mock.start()
     url = f"http://127.0.0.1:{upstream.server_address[1]}"
-    p = subprocess.Popen(
-        [BIN, "serve", "--listen", "127.0.0.1:0", "--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
-         "--upstream-openai", url, "--upstream-anthropic", url],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"})
-    addr = None
-    deadline = time.time() + 30
-    log = []
-    while time.time() < deadline and addr is None:
-        line = p.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        m = re.search(r"listen=(127\.0\.0\.1:\d+)", line)
-        if m:
-            addr = m.group(1)
-    if addr is None:
-        p.kill()
-        pytest.fail("verbatim serve did not start:\n" + "".join(log))
+    try:
+        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
+                                       "--upstream-openai", url, "--upstream-anthropic", url],
+                                      extra_env={"RUST_LOG": "info"})
+    except RuntimeError as e:
+        pytest.fail(str(e))
     yield addr
     p.terminate()
     p.wait(timeout=10)
