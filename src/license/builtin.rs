@@ -31,6 +31,10 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("verbatim-cache")
 }
 
+/// Bumped whenever what goes into the built-in index changes (its documents, their resolved
+/// licenses, the build parameters) without the texts or the index format changing.
+const REVISION: u32 = 2;
+
 /// The name of the built-in index's cache entry for this build of Verbatim.
 pub fn entry_name() -> String {
     let mut h = Xxh3::new();
@@ -41,7 +45,7 @@ pub fn entry_name() -> String {
         h.update(&[0]);
     }
     format!(
-        "spdx-licenses-{:016x}-v{}-{}",
+        "spdx-licenses-{:016x}-v{}-r{REVISION}-{}",
         h.digest(),
         crate::index::format::FORMAT_VERSION,
         env!("CARGO_PKG_VERSION")
