@@ -108,6 +108,7 @@ fn bad_policies_report_every_problem_with_its_location() {
             r#"version = 1
 shadow = "yes"
 colour = "blue"
+excerpts = 99999
 [defaults]
 action = "shred"
 reason = "Not Kebab"
