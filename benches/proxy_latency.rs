@@ -2,7 +2,7 @@
 //! against a direct connection to the same mock upstream, in one run, arms interleaved, one
 //! stream at a time and at 128 concurrent streams, scanning on.
 //!
-//!   cargo bench --bench proxy_latency -- [--index DIR] [--streams 40] [--events 60] [--pace-ms 10]
+//!   cargo bench --bench proxy_latency -- [--index DIR] [--license-index] [--streams 40] [--events 60] [--pace-ms 10]
 //!
 //! The mock upstream (a mock, not a provider) streams OpenAI chat chunks, one word per event,
 //! each carrying the nanoseconds since a shared epoch at which it was written; the client
@@ -35,6 +35,9 @@ use verbatim::proxy::server::Server;
 struct Args {
     #[arg(long)]
     index: Option<PathBuf>,
+    /// Also scan against the built-in SPDX license index, as `verbatim serve` does.
+    #[arg(long)]
+    license_index: bool,
     /// Streams per arm for the one-at-a-time scenario.
     #[arg(long, default_value_t = 40)]
     streams: usize,
@@ -127,14 +130,14 @@ async fn mock(events: usize, pace: Duration) -> SocketAddr {
     addr
 }
 
-async fn proxy(upstream: SocketAddr, index: Arc<Index>, hold: Hold) -> SocketAddr {
+async fn proxy(upstream: SocketAddr, indexes: Vec<Arc<Index>>, hold: Hold) -> SocketAddr {
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream_openai: format!("http://{upstream}").parse().unwrap(),
         hold,
         ..Config::default()
     };
-    let server = Server::bind(cfg, vec![index]).await.unwrap();
+    let server = Server::bind(cfg, indexes).await.unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.run(std::future::pending()));
     addr
@@ -217,7 +220,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let index = Arc::new(Index::open(&index_dir).unwrap());
+        let mut index = vec![Arc::new(Index::open(&index_dir).unwrap())];
+        let cache = tempfile::tempdir().unwrap();
+        if args.license_index {
+            let p = verbatim::license::builtin::ensure(cache.path()).unwrap();
+            index.insert(0, Arc::new(Index::open(p).unwrap()));
+        }
         let pace = Duration::from_millis(args.pace_ms);
         let up = mock(args.events, pace).await;
         let arms = [
@@ -273,7 +281,7 @@ fn main() {
             }
             report.insert(scenario.to_string(), serde_json::Value::Object(rows));
         }
-        report.insert("params".into(), json!({"events": args.events, "pace_ms": args.pace_ms, "index": index_dir}));
+        report.insert("params".into(), json!({"events": args.events, "pace_ms": args.pace_ms, "index": index_dir, "license_index": args.license_index}));
         if let Some(p) = &args.json {
             std::fs::write(p, serde_json::to_string_pretty(&report).unwrap()).unwrap();
         }
