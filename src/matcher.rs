@@ -133,14 +133,7 @@ impl IndexMatcher {
             };
             self.probes.push(self.roll.push(u.hash, leaving));
         }
-        let index = &self.index;
-        for p in &mut self.probes {
-            if let Some(key) = *p
-                && !index.may_contain(key)
-            {
-                *p = None;
-            }
-        }
+        self.index.retain_possible(&mut self.probes);
     }
 
     /// Takes the last unit of `hist`; `probe` is the key of the k-gram it completes if the
