@@ -163,24 +163,18 @@ impl Metrics {
     }
     /// The text exposition, with the audit sink's figures as of now.
     pub fn render(&self, audit: &crate::audit::AuditSink) -> String {
-        self.audit
-            .get_or_create(&l(&[("state", "written")]))
-            .set(audit.written() as i64);
-        self.audit
-            .get_or_create(&l(&[("state", "dropped")]))
-            .set(audit.dropped() as i64);
-        self.audit
-            .get_or_create(&l(&[("state", "failed")]))
-            .set(audit.failures() as i64);
-        self.audit
-            .get_or_create(&l(&[("state", "queued")]))
-            .set(audit.queue_depth() as i64);
-        self.audit
-            .get_or_create(&l(&[("state", "failing")]))
-            .set(audit.failing() as i64);
-        self.audit
-            .get_or_create(&l(&[("state", "rotations")]))
-            .set(audit.rotations() as i64);
+        for (state, value) in [
+            ("written", audit.written()),
+            ("dropped", audit.dropped()),
+            ("failed", audit.failures()),
+            ("queued", audit.queue_depth()),
+            ("failing", u64::from(audit.failing())),
+            ("rotations", audit.rotations()),
+        ] {
+            self.audit
+                .get_or_create(&l(&[("state", state)]))
+                .set(value as i64);
+        }
         let mut s = String::new();
         if encode(&mut s, &self.registry).is_err() {
             s.push_str("# metrics could not be encoded\n");
