@@ -854,3 +854,54 @@ async fn anthropic_thinking_and_tool_use_blocks_are_relayed_and_scanned() {
         Some(&json!("refusal"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_silent_upstream_times_out_with_a_clean_end() {
+    let ms = Duration::from_millis;
+    // 1. Silent mid-stream: the events so far are relayed, then a clean end.
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let mut r = Reply::sse(&openai_stream(&text, 5), 64);
+    r.stall = Some((20, Duration::from_secs(60)));
+    let mock = start(r).await;
+    let p = proxy(&mock, |c| c.timeouts.idle = ms(300)).await;
+    let t = std::time::Instant::now();
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    let got = openai_text(&events(&body)); // panics on a partial event
+    assert!(!got.is_empty() && text.starts_with(&got), "{got:?}");
+    assert!(got.len() < text.len());
+    // The upstream request is dropped, not left hanging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mock.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream not cancelled"
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+
+    // 2. No response head in time: 504 in the provider's error shape.
+    let mut r = Reply::sse(&openai_stream(&text, 5), 64);
+    r.head_delay = Duration::from_secs(60);
+    *mock.reply.lock().unwrap() = r;
+    let p = proxy(&mock, |c| c.timeouts.first_byte = ms(300)).await;
+    let t = std::time::Instant::now();
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 504);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "upstream_timeout");
+
+    // 3. A non-streamed body that does not arrive: 502, not a hang.
+    let mut r = Reply::json(200, &openai_json(&text));
+    r.delay = Duration::from_secs(60);
+    *mock.reply.lock().unwrap() = r;
+    let p = proxy(&mock, |c| c.timeouts.idle = ms(300)).await;
+    let (status, _, _) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    assert_eq!(status, 502);
+}

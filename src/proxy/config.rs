@@ -29,6 +29,8 @@ pub struct Config {
     pub tenant_header: Option<http::HeaderName>,
     /// Scan against the built-in SPDX license index too (`verbatim serve` adds it).
     pub license_index: bool,
+    /// Upstream timeouts (`[timeouts]`).
+    pub timeouts: Timeouts,
     /// Policy file; without one, `rules` describes the built-in policy.
     pub policy: Option<PathBuf>,
     /// A second listener for `/metrics`, `/healthz`, `/readyz` and `POST /admin/reload`; off
@@ -52,8 +54,32 @@ impl Default for Config {
             audit: Default::default(),
             tenant_header: None,
             license_index: true,
+            timeouts: Timeouts::default(),
             policy: None,
             admin_listen: None,
+        }
+    }
+}
+
+/// How long Verbatim waits on the upstream before giving up on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (and TLS handshake start).
+    pub connect: std::time::Duration,
+    /// From sending the request to the response head (a non-streamed completion arrives
+    /// whole, so this is also how long a model may think before answering).
+    pub first_byte: std::time::Duration,
+    /// Silence allowed between two pieces of a scanned response body (and the whole of a
+    /// non-streamed scanned body).
+    pub idle: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: std::time::Duration::from_secs(10),
+            first_byte: std::time::Duration::from_secs(600),
+            idle: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -93,6 +119,7 @@ const TOP: &[&str] = &[
     "audit",
     "tenant_header",
     "license_index",
+    "timeouts",
     "upstream",
     "rules",
     "limits",
@@ -145,6 +172,22 @@ impl Config {
         }
         if let Some(a) = r.opt_str(t, "", "audit_log") {
             c.audit_log = Some(base.join(a.value));
+        }
+        if let Some(tt) = r.opt_std_table(t, "", "timeouts") {
+            r.unknown_keys(tt, "timeouts", &["connect_ms", "first_byte_ms", "idle_ms"]);
+            for (key, slot) in [
+                ("connect_ms", &mut c.timeouts.connect),
+                ("first_byte_ms", &mut c.timeouts.first_byte),
+                ("idle_ms", &mut c.timeouts.idle),
+            ] {
+                if let Some(v) = r.opt_u64(tt, "timeouts", key) {
+                    if v.value == 0 {
+                        r.problem(v.span, &format!("timeouts.{key}"), "must be at least 1 ms");
+                    } else {
+                        *slot = std::time::Duration::from_millis(v.value);
+                    }
+                }
+            }
         }
         if let Some(b) = r.opt_bool(t, "", "license_index") {
             c.license_index = b.value;
@@ -320,12 +363,13 @@ mod tests {
         assert_eq!(c.audit.on_failure, d.audit.on_failure);
         assert_eq!(c.audit.keep, d.audit.keep);
         assert_eq!(c.max_event_bytes, d.max_event_bytes);
+        assert_eq!(c.timeouts, d.timeouts);
         assert!(c.audit_log.is_none() && c.tenant_header.is_none());
     }
 
     #[test]
     fn every_audit_and_tenant_problem_is_reported_at_once() {
-        let src = "audit_log = \"a.jsonl\"\ntenant_header = \"Authorization\"\n[audit]\npath = \"b.jsonl\"\ndurable = \"yes\"\non_failure = \"fail-maybe\"\nrotate_bytes = 10\nkeep = 0\nflush = 1\n";
+        let src = "audit_log = \"a.jsonl\"\ntenant_header = \"Authorization\"\n[audit]\npath = \"b.jsonl\"\ndurable = \"yes\"\non_failure = \"fail-maybe\"\nrotate_bytes = 10\nkeep = 0\nflush = 1\n[timeouts]\nidle_ms = 0\nread_ms = 5\n";
         let e = Config::parse(Path::new("v.toml"), src.into())
             .unwrap_err()
             .to_string();
@@ -339,6 +383,8 @@ mod tests {
             "audit.rotate_bytes",
             "audit.keep",
             "audit.flush",
+            "timeouts.idle_ms",
+            "timeouts.read_ms",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }

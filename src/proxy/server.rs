@@ -151,9 +151,10 @@ pub enum ServeError {
 
 /// The upstream client: TLS with the bundled Mozilla roots (works offline and in minimal
 /// containers), HTTP/2 where the upstream offers it, `TCP_NODELAY`.
-fn client() -> HttpsClient {
+fn client(connect_timeout: std::time::Duration) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
@@ -167,6 +168,7 @@ fn client() -> HttpsClient {
 impl Server {
     pub async fn bind(cfg: Config, indexes: Vec<Arc<Index>>) -> Result<Server, ServeError> {
         let addr = cfg.listen;
+        let connect_timeout = cfg.timeouts.connect;
         let policy = policy_for(&cfg, &indexes).map_err(ServeError::Policy)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -202,7 +204,7 @@ impl Server {
             shared: Arc::new(Shared {
                 cfg,
                 loaded: ArcSwap::from_pointee(loaded),
-                client: client(),
+                client: client(connect_timeout),
                 audit,
                 metrics,
             }),
@@ -521,9 +523,25 @@ async fn forward(
         }
     };
 
-    let resp = match shared.client.request(upstream_req).await {
-        Ok(r) => r,
-        Err(e) => {
+    let resp = match tokio::time::timeout(
+        cfg.timeouts.first_byte,
+        shared.client.request(upstream_req),
+    )
+    .await
+    {
+        Err(_) => {
+            tracing::warn!(upstream = %base, timeout = ?cfg.timeouts.first_byte, "upstream did not answer in time");
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                &format!(
+                    "verbatim: the upstream did not answer within {} ms",
+                    cfg.timeouts.first_byte.as_millis()
+                ),
+            );
+        }
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, upstream = %base, "upstream request failed");
             return error(
                 StatusCode::BAD_GATEWAY,
@@ -565,11 +583,19 @@ async fn forward(
             end: None,
             wait: None,
             arrivals: Default::default(),
+            idle: Box::pin(tokio::time::sleep(cfg.timeouts.idle)),
+            idle_after: cfg.timeouts.idle,
         };
         return Response::from_parts(rparts, body.boxed());
     }
     if ctype.starts_with("application/json") {
-        let bytes = match Limited::new(rbody, cfg.max_response_bytes).collect().await {
+        let read = tokio::time::timeout(
+            cfg.timeouts.idle,
+            Limited::new(rbody, cfg.max_response_bytes).collect(),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
+        let bytes = match read {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 tracing::warn!(error = %e, "upstream response could not be read");
@@ -753,6 +779,9 @@ pub struct PipelineBody {
     wait: Option<(tokio::sync::oneshot::Receiver<bool>, std::time::Instant)>,
     /// (upstream events seen after a frame, when the frame arrived): for the holdback time.
     arrivals: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// Fires when the upstream has been silent for the idle timeout; reset on every frame.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_after: std::time::Duration,
 }
 
 impl PipelineBody {
@@ -868,8 +897,18 @@ impl Body for PipelineBody {
                 continue;
             };
             match Pin::new(up).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::warn!(request_id = %this.info.request_id, timeout = ?this.idle_after, "upstream silent too long; ending the response");
+                    this.upstream = None;
+                    this.ready.extend(this.pipeline.abort());
+                    this.ended(StreamEnd::UpstreamError);
+                }
                 Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_after;
+                    this.idle.as_mut().reset(deadline);
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };

@@ -31,6 +31,10 @@ pub struct Reply {
     pub delay: Duration,
     /// Break the connection after this many chunks.
     pub reset_after: Option<usize>,
+    /// Wait this long before sending the response head.
+    pub head_delay: Duration,
+    /// After this many chunks, go silent for this long (a stalled upstream).
+    pub stall: Option<(usize, Duration)>,
 }
 
 impl Reply {
@@ -44,6 +48,8 @@ impl Reply {
                 .collect(),
             delay: Duration::ZERO,
             reset_after: None,
+            head_delay: Duration::ZERO,
+            stall: None,
         }
     }
     pub fn json(status: u16, v: &Value) -> Reply {
@@ -53,6 +59,8 @@ impl Reply {
             chunks: vec![Bytes::from(v.to_string())],
             delay: Duration::ZERO,
             reset_after: None,
+            head_delay: Duration::ZERO,
+            stall: None,
         }
     }
 }
@@ -129,6 +137,18 @@ pub async fn start(reply: Reply) -> Mock {
                                 if !reply.delay.is_zero() {
                                     tokio::time::sleep(reply.delay).await;
                                 }
+                                if let Some((at, pause)) = reply.stall
+                                    && at == i
+                                {
+                                    // Silent, but noticing a client (the proxy) that leaves.
+                                    tokio::select! {
+                                        () = tokio::time::sleep(pause) => {}
+                                        () = tx.closed() => {
+                                            c.fetch_add(1, Ordering::SeqCst);
+                                            return;
+                                        }
+                                    }
+                                }
                                 if tx.send(Ok(chunk.clone())).await.is_err() {
                                     c.fetch_add(1, Ordering::SeqCst);
                                     return;
@@ -136,6 +156,9 @@ pub async fn start(reply: Reply) -> Mock {
                             }
                             d.fetch_add(1, Ordering::SeqCst);
                         });
+                        if !reply.head_delay.is_zero() {
+                            tokio::time::sleep(reply.head_delay).await;
+                        }
                         let resp = Response::builder()
                             .status(StatusCode::from_u16(reply.status).unwrap())
                             .header("content-type", reply.content_type)
