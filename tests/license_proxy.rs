@@ -135,6 +135,7 @@ fn setup(policy: Policy) -> ScanSetup {
         scope: Scope::default(),
         hold: Hold::Strict,
         max_event_bytes: 1 << 20,
+        max_holdback_bytes: 8 << 20,
     }
 }
 

@@ -905,3 +905,50 @@ async fn a_stalled_or_silent_upstream_times_out_with_a_clean_end() {
     let (status, _, _) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
     assert_eq!(status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_holdback_limit_the_stream_stops_and_releases_nothing_undecided() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // A policy that could block the run, but only far beyond its length: the run stays
+    // undecided, so strict holdback keeps every event of it.
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[rules]]\nname = \"very-long-runs\"\naction = \"block\"\nwhen = { min_units = 100000 }\n",
+    )
+    .unwrap();
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mock = start(Reply::sse(&openai_stream(&text, 4), 64)).await;
+    let p = proxy(&mock, |c| {
+        c.policy = Some(policy.clone());
+        c.audit_log = Some(log.clone());
+        c.max_holdback_bytes = 2048;
+    })
+    .await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    let got = openai_text(&evs);
+    assert!(
+        INTRO.starts_with(got.trim_end()) || got.len() <= INTRO.len(),
+        "released: {got:?}"
+    );
+    assert!(
+        !got.contains("Oduya"),
+        "nothing of the undecided run is released: {got:?}"
+    );
+    let stop = evs
+        .iter()
+        .find_map(|(_, v)| v.get("verbatim"))
+        .expect("a stop event");
+    assert_eq!(stop["reason"], "holdback-limit");
+    assert_eq!(evs.last().unwrap().1, "[DONE]");
+    let recs = audit_records(&log, 1).await;
+    let end = recs.iter().find(|r| r["type"] == "stream_end").unwrap();
+    assert_eq!(end["data"]["end"], "holdback_limit");
+    // Under the limit, the same stream is relayed whole.
+    let p = proxy(&mock, |c| c.policy = Some(policy.clone())).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(openai_text(&events(&body)), text);
+}

@@ -20,6 +20,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub max_event_bytes: usize,
+    /// Bytes of upstream events a stream may hold back waiting for a decision; past it the
+    /// stream is stopped (fail-closed: nothing undecided is released).
+    pub max_holdback_bytes: usize,
     /// JSON Lines audit trail (see `docs/audit-log.md`); none if unset.
     pub audit_log: Option<PathBuf>,
     /// How the audit trail is written (`[audit]`).
@@ -50,6 +53,7 @@ impl Default for Config {
             max_request_bytes: 32 << 20,
             max_response_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
+            max_holdback_bytes: 8 << 20,
             audit_log: None,
             audit: Default::default(),
             tenant_header: None,
@@ -315,12 +319,18 @@ impl Config {
             r.unknown_keys(
                 lt,
                 "limits",
-                &["max_request_bytes", "max_response_bytes", "max_event_bytes"],
+                &[
+                    "max_request_bytes",
+                    "max_response_bytes",
+                    "max_event_bytes",
+                    "max_holdback_bytes",
+                ],
             );
             for (key, slot) in [
                 ("max_request_bytes", &mut c.max_request_bytes),
                 ("max_response_bytes", &mut c.max_response_bytes),
                 ("max_event_bytes", &mut c.max_event_bytes),
+                ("max_holdback_bytes", &mut c.max_holdback_bytes),
             ] {
                 if let Some(v) = r.opt_u64(lt, "limits", key) {
                     if v.value < 1024 {
@@ -363,6 +373,7 @@ mod tests {
         assert_eq!(c.audit.on_failure, d.audit.on_failure);
         assert_eq!(c.audit.keep, d.audit.keep);
         assert_eq!(c.max_event_bytes, d.max_event_bytes);
+        assert_eq!(c.max_holdback_bytes, d.max_holdback_bytes);
         assert_eq!(c.timeouts, d.timeouts);
         assert!(c.audit_log.is_none() && c.tenant_header.is_none());
     }

@@ -193,6 +193,8 @@ pub struct ScanSetup {
     pub scope: Scope,
     pub hold: Hold,
     pub max_event_bytes: usize,
+    /// Past this many bytes of held events the stream is stopped (fail-closed).
+    pub max_holdback_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +275,10 @@ pub struct Pipeline {
     /// Upstream events released (synthetic events not counted): with `events_in`, how many
     /// are held back.
     pub events_out: u64,
+    /// Bytes of upstream events in the queue.
+    held_bytes: usize,
+    /// Why Verbatim stopped the stream on its own (`audit-unavailable`, `holdback-limit`).
+    refused: Option<String>,
 }
 
 impl Pipeline {
@@ -302,6 +308,8 @@ impl Pipeline {
             blocked: false,
             events_in: 0,
             events_out: 0,
+            held_bytes: 0,
+            refused: None,
         }
     }
 
@@ -313,6 +321,11 @@ impl Pipeline {
     /// Whether a block ended the response.
     pub fn ended_by_block(&self) -> bool {
         self.blocked
+    }
+
+    /// Why Verbatim stopped the stream on its own, if it did (not a policy's block).
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
     }
 
     /// Decisions made so far (each reported once).
@@ -336,6 +349,20 @@ impl Pipeline {
                 self.fail();
             }
             self.release();
+            if self.state == State::Relaying && self.held_bytes > self.setup.max_holdback_bytes {
+                // Fail-closed: what is held is undecided, so none of it is released.
+                tracing::warn!(
+                    held = self.held_bytes,
+                    limit = self.setup.max_holdback_bytes,
+                    "holdback limit reached; stopping the stream"
+                );
+                let limit = self.setup.max_holdback_bytes;
+                // `refuse` returns everything released so far in this push, then its events.
+                self.out = self.refuse(
+                    "holdback-limit",
+                    &format!("verbatim: output stopped; more than {limit} bytes were held back waiting for a decision (limits.max_holdback_bytes)"),
+                );
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -376,6 +403,7 @@ impl Pipeline {
     fn emit(&mut self, h: &Held) {
         if !h.raw.is_empty() {
             self.events_out += 1;
+            self.held_bytes = self.held_bytes.saturating_sub(h.raw.len());
         }
         self.out.push(h.bytes());
     }
@@ -384,7 +412,9 @@ impl Pipeline {
     /// cannot go on (a decision could not be recorded and the audit trail is fail-closed).
     pub fn refuse(&mut self, reason: &str, explanation: &str) -> Vec<Bytes> {
         if self.state == State::Relaying {
+            self.refused = Some(reason.to_string());
             self.queue.clear();
+            self.held_bytes = 0;
             for (event, v) in api::refusal_events(self.api, &mut self.meta, reason, explanation) {
                 self.out.push(encode(event, &v.to_string()));
             }
@@ -477,6 +507,7 @@ impl Pipeline {
                 held.changed |= replace_strings(v, from, to);
             }
         }
+        self.held_bytes += held.raw.len();
         self.queue.push_back(held);
         // Streams that end with this event: the text it carried is complete.
         if let api::StreamEnds::After(ended) = ends {

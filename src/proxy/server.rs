@@ -518,6 +518,7 @@ async fn forward(
                 },
                 hold: cfg.hold,
                 max_event_bytes: cfg.max_event_bytes,
+                max_holdback_bytes: cfg.max_holdback_bytes,
             };
             (Request::from_parts(parts, full(bytes)), Some((api, setup)))
         }
@@ -758,6 +759,8 @@ pub enum StreamEnd {
     ClientCancelled,
     /// A decision could not be recorded and the audit trail is fail-closed.
     AuditFailure,
+    /// More was held back than `limits.max_holdback_bytes` allows (fail-closed).
+    HoldbackLimit,
 }
 
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
@@ -838,6 +841,7 @@ impl PipelineBody {
                 StreamEnd::UpstreamError => "upstream_error",
                 StreamEnd::ClientCancelled => "client_cancelled",
                 StreamEnd::AuditFailure => "audit_failure",
+                StreamEnd::HoldbackLimit => "holdback_limit",
             };
             self.shared.metrics.stream_end(self.api.name(), end);
             self.audit.record(Record::StreamEnd(StreamEndRecord {
@@ -888,10 +892,10 @@ impl Body for PipelineBody {
             let Some(up) = this.upstream.as_mut() else {
                 // Upstream finished, failed or was dropped after a block.
                 this.ready.extend(this.pipeline.finish());
-                let how = if this.pipeline.ended_by_block() {
-                    StreamEnd::Blocked
-                } else {
-                    StreamEnd::Completed
+                let how = match this.pipeline.refused() {
+                    Some("holdback-limit") => StreamEnd::HoldbackLimit,
+                    _ if this.pipeline.ended_by_block() => StreamEnd::Blocked,
+                    _ => StreamEnd::Completed,
                 };
                 this.ended(how);
                 continue;
