@@ -136,6 +136,7 @@ fn setup(policy: Policy) -> ScanSetup {
         hold: Hold::Strict,
         max_event_bytes: 1 << 20,
         max_holdback_bytes: 8 << 20,
+        max_response_bytes: 64 << 20,
     }
 }
 

@@ -952,3 +952,31 @@ async fn past_the_holdback_limit_the_stream_stops_and_releases_nothing_undecided
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
     assert_eq!(openai_text(&events(&body)), text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_stream_is_stopped_at_the_response_limit() {
+    let long = format!("{} ", UNRELATED).repeat(400); // ~64 KB of text, far more as events
+    let mut r = Reply::sse(&openai_stream(&long, 20), 256);
+    r.delay = Duration::from_millis(1);
+    let mock = start(r).await;
+    let p = proxy(&mock, |c| c.max_response_bytes = 16 << 10).await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    let got = openai_text(&evs);
+    assert!(!got.is_empty() && long.starts_with(&got) && got.len() < long.len() / 4);
+    let stop = evs
+        .iter()
+        .find_map(|(_, v)| v.get("verbatim"))
+        .expect("a stop event");
+    assert_eq!(stop["reason"], "response-too-large");
+    assert_eq!(evs.last().unwrap().1, "[DONE]");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mock.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -195,6 +195,9 @@ pub struct ScanSetup {
     pub max_event_bytes: usize,
     /// Past this many bytes of held events the stream is stopped (fail-closed).
     pub max_holdback_bytes: usize,
+    /// Past this many bytes from the upstream a stream is stopped (an endless stream must not
+    /// grow the text Verbatim keeps for redaction and evidence without bound).
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,6 +280,8 @@ pub struct Pipeline {
     pub events_out: u64,
     /// Bytes of upstream events in the queue.
     held_bytes: usize,
+    /// Bytes received from the upstream.
+    bytes_in: usize,
     /// Why Verbatim stopped the stream on its own (`audit-unavailable`, `holdback-limit`).
     refused: Option<String>,
 }
@@ -309,6 +314,7 @@ impl Pipeline {
             events_in: 0,
             events_out: 0,
             held_bytes: 0,
+            bytes_in: 0,
             refused: None,
         }
     }
@@ -335,6 +341,21 @@ impl Pipeline {
 
     /// Feeds upstream bytes; returns the events that may be sent to the client now.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Bytes> {
+        self.bytes_in += bytes.len();
+        if self.state == State::Relaying && self.bytes_in > self.setup.max_response_bytes {
+            let limit = self.setup.max_response_bytes;
+            tracing::warn!(
+                limit,
+                "upstream stream longer than the response limit; stopping it"
+            );
+            self.release();
+            let mut out = std::mem::take(&mut self.out);
+            out.extend(self.refuse(
+                "response-too-large",
+                &format!("verbatim: output stopped; the response passed {limit} bytes (limits.max_response_bytes)"),
+            ));
+            return out;
+        }
         if self.state == State::Relaying {
             let mut events = Vec::new();
             let r = self.decoder.push(bytes, &mut events);

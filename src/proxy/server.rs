@@ -519,6 +519,7 @@ async fn forward(
                 hold: cfg.hold,
                 max_event_bytes: cfg.max_event_bytes,
                 max_holdback_bytes: cfg.max_holdback_bytes,
+                max_response_bytes: cfg.max_response_bytes,
             };
             (Request::from_parts(parts, full(bytes)), Some((api, setup)))
         }
@@ -761,6 +762,8 @@ pub enum StreamEnd {
     AuditFailure,
     /// More was held back than `limits.max_holdback_bytes` allows (fail-closed).
     HoldbackLimit,
+    /// The stream passed `limits.max_response_bytes`.
+    TooLarge,
 }
 
 /// A scanned streaming body: polls the upstream, feeds the pipeline, forwards what it releases.
@@ -842,6 +845,7 @@ impl PipelineBody {
                 StreamEnd::ClientCancelled => "client_cancelled",
                 StreamEnd::AuditFailure => "audit_failure",
                 StreamEnd::HoldbackLimit => "holdback_limit",
+                StreamEnd::TooLarge => "too_large",
             };
             self.shared.metrics.stream_end(self.api.name(), end);
             self.audit.record(Record::StreamEnd(StreamEndRecord {
@@ -894,6 +898,7 @@ impl Body for PipelineBody {
                 this.ready.extend(this.pipeline.finish());
                 let how = match this.pipeline.refused() {
                     Some("holdback-limit") => StreamEnd::HoldbackLimit,
+                    Some("response-too-large") => StreamEnd::TooLarge,
                     _ if this.pipeline.ended_by_block() => StreamEnd::Blocked,
                     _ => StreamEnd::Completed,
                 };
