@@ -26,6 +26,13 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
         ),
         ("apostrophes", "don’t can't won`t ʼtis", TextKind::Markdown),
         (
+            // Found by the normaliser fuzz target: WB3d joins the two spaces and WB4 attaches
+            // the Arabic vowel sign to them, so a cut between the spaces changed the units.
+            "mark after a run of spaces",
+            "  \u{65c} x \t\u{301}  \u{65c}y\u{2000} \u{200d} \u{feff}z",
+            TextKind::Prose,
+        ),
+        (
             "combining marks after space",
             "a \u{301}b e\u{301}t\u{301}e \u{200d}x",
             TextKind::Markdown,

@@ -2,11 +2,15 @@
 //! case folding and quote unification; punctuation and whitespace produce no unit. Markdown
 //! markers (`*`, `_`, `#`, `>`, backticks, list bullets) are punctuation and so vanish too.
 //!
-//! Chunk invariance: segmentation of a buffered text is only run up to the last whitespace
-//! character. UAX #29 always breaks before a whitespace character that follows a non-whitespace
-//! one, and its look-ahead rules (WB6, WB7, WB11, WB12) need a letter or digit after the
-//! position they decide, never whitespace, so every word that ends before that cut is segmented
-//! exactly as it would be in the whole text.
+//! Chunk invariance: segmentation of a buffered text is only run up to a safe cut: the start of
+//! a whitespace character whose previous character is neither whitespace nor an Extend/Format
+//! character (a mark, a format control, ZWJ/ZWNJ, an emoji modifier). UAX #29 always breaks
+//! there: only WB3d (WSegSpace × WSegSpace) joins something to a following space, and WB4
+//! attaches Extend/Format to what precedes them, so a space after a space, or after a mark that
+//! follows a space, may still join what came before (a fuzzer found "  \u{65c}" cut between
+//! the two spaces). Its look-ahead rules (WB6, WB7, WB11, WB12) need a letter or digit after
+//! the position they decide, never whitespace, so every word that ends before the cut is
+//! segmented exactly as it would be in the whole text.
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_segmentation::UnicodeSegmentation;
@@ -43,9 +47,17 @@ impl ProseTokenizer {
             self.last_ws = None;
         }
         self.buf.push_str(text);
-        let tail = &self.buf[self.searched..];
-        if let Some((i, _)) = tail.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
-            self.last_ws = Some(self.searched + i);
+        let from = self.searched;
+        let tail = &self.buf[from..];
+        let buf = &self.buf;
+        if let Some((i, _)) = tail.char_indices().rev().find(|&(i, c)| {
+            c.is_whitespace()
+                && buf[..from + i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(breaks_before_space)
+        }) {
+            self.last_ws = Some(from + i);
         }
         self.searched = self.buf.len();
         if let Some(cut) = self.last_ws.take() {
@@ -94,6 +106,45 @@ impl ProseTokenizer {
             self.emit_words(n, out);
         }
     }
+}
+
+/// Whether UAX #29 always breaks between `prev` and a following whitespace character: `prev`
+/// is not whitespace (WB3d joins spaces) and not Extend, Format or ZWJ (WB4 makes those take
+/// the word-break property of what precedes them). The Extend/Format test is a superset of the
+/// standard's sets (every combining mark, every format control), which only makes a cut less
+/// often, never wrong.
+fn breaks_before_space(prev: char) -> bool {
+    if prev.is_ascii() {
+        return !prev.is_ascii_whitespace();
+    }
+    !prev.is_whitespace()
+        && !unicode_normalization::char::is_combining_mark(prev)
+        && !matches!(prev,
+            '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FF9E}'..='\u{FF9F}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{1F3FB}'..='\u{1F3FF}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// UAX #29 word segmentation restricted to ASCII, giving exactly the words (and offsets)

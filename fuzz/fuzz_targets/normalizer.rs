@@ -1,0 +1,34 @@
+//! The normaliser: the same units whatever the chunking (bytes cut anywhere, UTF-8 split),
+//! for prose, markdown and code; never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use verbatim::normalize::{Lang, Normalizer, TextKind};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let kind = match data[0] % 4 {
+        0 => TextKind::Prose,
+        1 => TextKind::Markdown,
+        2 => TextKind::Code(Lang::C_LIKE),
+        _ => TextKind::Code(Lang::from_name("python").unwrap_or(Lang::C_LIKE)),
+    };
+    let size = (data[1] as usize % 13) + 1;
+    let body = &data[2..];
+    let run = |chunk: usize| {
+        let mut n = Normalizer::new(kind);
+        let mut out = Vec::new();
+        for c in body.chunks(chunk) {
+            n.push_bytes(c, &mut out);
+        }
+        n.finish(&mut out);
+        out
+    };
+    let whole = run(body.len().max(1));
+    let cut = run(size);
+    assert_eq!(whole, cut, "units depend on chunking");
+    for u in &whole {
+        assert!(u.start < u.end && u.end as usize <= body.len());
+    }
+});
