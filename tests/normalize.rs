@@ -29,7 +29,7 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
             // Found by the normaliser fuzz target: WB3d joins the two spaces and WB4 attaches
             // the Arabic vowel sign to them, so a cut between the spaces changed the units.
             "mark after a run of spaces",
-            "  \u{65c} x \t\u{301}  \u{65c}y\u{2000} \u{200d} \u{feff}z",
+            "  \u{65c} x \t\u{301}  \u{65c}y\u{2000} \u{200d} \u{feff}z quotes\u{202f}cödé a\u{a0}b",
             TextKind::Prose,
         ),
         (

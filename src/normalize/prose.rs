@@ -3,7 +3,7 @@
 //! markers (`*`, `_`, `#`, `>`, backticks, list bullets) are punctuation and so vanish too.
 //!
 //! Chunk invariance: segmentation of a buffered text is only run up to a safe cut: the start of
-//! a whitespace character whose previous character is neither whitespace nor an Extend/Format
+//! a whitespace character (not a no-break space: U+202F is ExtendNumLet) whose previous character is neither whitespace nor an Extend/Format
 //! character (a mark, a format control, ZWJ/ZWNJ, an emoji modifier). UAX #29 always breaks
 //! there: only WB3d (WSegSpace × WSegSpace) joins something to a following space, and WB4
 //! attaches Extend/Format to what precedes them, so a space after a space, or after a mark that
@@ -51,7 +51,10 @@ impl ProseTokenizer {
         let tail = &self.buf[from..];
         let buf = &self.buf;
         if let Some((i, _)) = tail.char_indices().rev().find(|&(i, c)| {
+            // No-break spaces are not word separators to UAX #29 (U+202F is even
+            // ExtendNumLet, joining the words around it).
             c.is_whitespace()
+                && !matches!(c, '\u{A0}' | '\u{2007}' | '\u{202F}')
                 && buf[..from + i]
                     .chars()
                     .next_back()
