@@ -572,11 +572,12 @@ impl Pipeline {
                 .into_iter()
                 .partition(|f| f.kind == MatchKind::LicenseText);
             self.license_pending[s].extend(lic);
-            let license_open = self.streams[s]
-                .1
-                .open_runs()
-                .any(|r| r.kind == MatchKind::LicenseText);
-            if !license_open && !self.license_pending[s].is_empty() {
+            if !self.license_pending[s].is_empty()
+                && !self.streams[s]
+                    .1
+                    .open_runs()
+                    .any(|r| r.kind == MatchKind::LicenseText)
+            {
                 let pending = std::mem::take(&mut self.license_pending[s]);
                 fs.extend(
                     crate::license::collapse(pending, &self.setup.indexes, &self.texts[s])
@@ -612,9 +613,13 @@ impl Pipeline {
             // Only runs long enough that the policy could block them are judged: judging builds
             // a citation and evaluates license expressions, and this runs on every event.
             let min = &self.min_block;
+            let hold_license = self.hold_license;
             let runs: Vec<Finding> = self.streams[s]
                 .1
                 .open_runs()
+                // A license text the policy cannot block is not judged while it grows (judging
+                // it identifies the license over the whole run, on every event).
+                .filter(|r| hold_license || r.kind != MatchKind::LicenseText)
                 .filter(|r| {
                     let m = match r.channel {
                         Channel::Prose => min[0],
