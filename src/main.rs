@@ -466,21 +466,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let name = a.input.display().to_string();
     let text = String::from_utf8_lossy(&kept);
     // Runs of license texts are one finding per reproduced region, named by its license.
-    let (lic, mut findings): (Vec<_>, Vec<_>) = findings
-        .into_iter()
-        .partition(|f| f.kind == verbatim::matcher::MatchKind::LicenseText);
-    findings.extend(
-        verbatim::license::collapse(lic, &indexes, &text)
-            .into_iter()
-            .map(|(f, _)| f),
-    );
-    findings.sort_by_key(|f| (f.output_start, f.output_end, f.index, f.doc));
-    for f in &findings {
+    let mut findings = verbatim::license::with_regions(findings, &indexes, &text);
+    findings.sort_by_key(|(f, _)| (f.output_start, f.output_end, f.index, f.doc));
+    for (f, id) in &findings {
         let Some(mut r) = FindingReport::new(&indexes[f.index], f) else {
             continue;
         };
-        if let Some(span) = text.get(f.output_start as usize..f.output_end as usize) {
-            r.identify_license(span);
+        if let Some(id) = id {
+            r.apply_identification(id);
         }
         match format {
             Format::Jsonl => {

@@ -518,9 +518,15 @@ impl FindingReport {
             return;
         }
         if let Some(id) = crate::license::LicenseDb::builtin().identify(span) {
-            self.license = id.id;
-            self.license_source = "identified".into();
-            self.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
+            self.apply_identification(&id);
         }
+    }
+
+    /// [`FindingReport::identify_license`] with an identification already made (by
+    /// [`crate::license::collapse`], for the whole region).
+    pub fn apply_identification(&mut self, id: &crate::license::Identification) {
+        self.license = id.id.clone();
+        self.license_source = "identified".into();
+        self.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
     }
 }

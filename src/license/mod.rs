@@ -16,6 +16,22 @@ use std::sync::Arc;
 use crate::index::Index;
 use crate::matcher::Finding;
 
+/// Every finding of a finished scan, with license-text runs collapsed into one identified
+/// finding per region (see [`collapse`]); other findings carry no identification.
+pub fn with_regions(
+    findings: Vec<Finding>,
+    indexes: &[Arc<Index>],
+    text: &str,
+) -> Vec<(Finding, Option<Identification>)> {
+    let (lic, other): (Vec<Finding>, Vec<Finding>) = findings
+        .into_iter()
+        .partition(|f| f.kind == crate::matcher::MatchKind::LicenseText);
+    let mut out: Vec<(Finding, Option<Identification>)> =
+        other.into_iter().map(|f| (f, None)).collect();
+    out.extend(collapse(lic, indexes, text));
+    out
+}
+
 /// Output bytes between two license-text runs that still make them one reproduction (a changed
 /// word or a reflowed comment breaks a run; the text goes on).
 const REGION_GAP: u64 = 200;

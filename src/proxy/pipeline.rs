@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::api::{self, Api, Citation, Part, StreamKey, StreamMeta};
 use super::sse::{EventTooLarge, SseDecoder, SseEvent, encode};
 use crate::index::Index;
+use crate::license::Identification;
 use crate::license::markers::{Marker, MarkerKind, MarkerScanner};
 use crate::matcher::{Finding, FindingReport, MatchKind, Scanner};
 use crate::normalize::{Channel, TextKind};
@@ -38,15 +39,16 @@ pub struct Scope {
 }
 
 /// A policy's view of a finding.
-fn facts(f: &Finding, c: &Citation, scope: &Scope) -> Facts {
+/// What a policy sees of a finding or marker: its citation and the request's scope.
+fn facts(c: &Citation, scope: &Scope) -> Facts {
     Facts {
-        kind: finding_kind(f).to_string(),
-        source: f.channel.as_str().to_string(),
+        kind: c.kind.clone(),
+        source: c.channel.clone(),
         rights: c.rights.clone(),
         license: c.license.clone(),
         corpus: c.corpus.clone(),
-        units: f.units,
-        chars: f.output_end.saturating_sub(f.output_start),
+        units: c.units,
+        chars: c.output_end.saturating_sub(c.output_start),
         similarity: 1.0,
         tenant: scope.tenant.clone(),
         route: scope.route.clone(),
@@ -538,12 +540,18 @@ impl Pipeline {
     }
 
     /// The finding's citation and the policy's verdict on it.
-    fn judge(&self, stream: usize, f: &Finding) -> Option<(Citation, Verdict)> {
+    fn judge(
+        &self,
+        stream: usize,
+        f: &Finding,
+        known: Option<&Identification>,
+    ) -> Option<(Citation, Verdict)> {
         judge(
             &self.setup,
             self.streams[stream].0.a,
             f,
             &self.texts[stream],
+            known,
         )
     }
 
@@ -566,12 +574,14 @@ impl Pipeline {
     /// block it at its present length.
     fn decide(&mut self) {
         for s in 0..self.streams.len() {
-            let (lic, mut fs): (Vec<Finding>, Vec<Finding>) = self.streams[s]
+            let (lic, other): (Vec<Finding>, Vec<Finding>) = self.streams[s]
                 .1
                 .take_findings()
                 .into_iter()
                 .partition(|f| f.kind == MatchKind::LicenseText);
             self.license_pending[s].extend(lic);
+            let mut fs: Vec<(Finding, Option<Identification>)> =
+                other.into_iter().map(|f| (f, None)).collect();
             if !self.license_pending[s].is_empty()
                 && !self.streams[s]
                     .1
@@ -579,14 +589,14 @@ impl Pipeline {
                     .any(|r| r.kind == MatchKind::LicenseText)
             {
                 let pending = std::mem::take(&mut self.license_pending[s]);
-                fs.extend(
-                    crate::license::collapse(pending, &self.setup.indexes, &self.texts[s])
-                        .into_iter()
-                        .map(|(f, _)| f),
-                );
+                fs.extend(crate::license::collapse(
+                    pending,
+                    &self.setup.indexes,
+                    &self.texts[s],
+                ));
             }
-            for f in fs {
-                let Some((cite, v)) = self.judge(s, &f) else {
+            for (f, id) in fs {
+                let Some((cite, v)) = self.judge(s, &f, id.as_ref()) else {
                     continue;
                 };
                 self.record(s, &v, &cite);
@@ -630,7 +640,7 @@ impl Pipeline {
                 .map(|r| r.as_finding())
                 .collect();
             for f in runs {
-                if let Some((cite, v)) = self.judge(s, &f)
+                if let Some((cite, v)) = self.judge(s, &f, None)
                     && v.effective == Action::Block
                 {
                     self.record(s, &v, &cite);
@@ -792,19 +802,45 @@ fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
     }
 }
 
-/// The citation of a finding and the policy's verdict on it; `text` is the stream's text.
-fn judge(setup: &ScanSetup, key_a: u64, f: &Finding, text: &str) -> Option<(Citation, Verdict)> {
-    let mut cite = citation(&setup.indexes, key_a, f, Action::Log, "")?;
-    if f.kind == crate::matcher::MatchKind::LicenseText
-        && let Some(id) = text
-            .get(f.output_start as usize..f.output_end as usize)
-            .and_then(|span| crate::license::LicenseDb::builtin().identify(span))
-    {
-        // Which license, by the reproduced text itself (the run may be shared by several).
-        cite.license = id.id;
-        cite.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
+/// The citation of a finding and the policy's verdict on it. `text` is the stream's text: a
+/// license-text run is named by the license its own text is (unless `known` already says).
+fn judge(
+    setup: &ScanSetup,
+    key_a: u64,
+    f: &Finding,
+    text: &str,
+    known: Option<&Identification>,
+) -> Option<(Citation, Verdict)> {
+    let mut r = FindingReport::new(setup.indexes.get(f.index)?, f)?;
+    match known {
+        Some(id) => r.apply_identification(id),
+        None => {
+            if let Some(span) = text.get(f.output_start as usize..f.output_end as usize) {
+                r.identify_license(span);
+            }
+        }
     }
-    let v = setup.policy.decide(&facts(f, &cite, &setup.scope));
+    let mut cite = Citation {
+        key_a,
+        kind: finding_kind(f).to_string(),
+        corpus: r.corpus,
+        doc: r.doc,
+        url: r.url,
+        license: r.license,
+        rights: r.rights.to_string(),
+        channel: r.channel.to_string(),
+        units: r.units,
+        output_start: f.output_start,
+        output_end: f.output_end,
+        source_start: r.source_start,
+        source_end: r.source_end,
+        action: String::new(),
+        reason: String::new(),
+        index_id: r.index_id,
+        coverage: r.coverage,
+        marker: None,
+    };
+    let v = setup.policy.decide(&facts(&cite, &setup.scope));
     cite.action = v.effective.as_str().to_string();
     cite.reason = v.reason.clone();
     Some((cite, v))
@@ -844,53 +880,10 @@ fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict)
         coverage: None,
         marker: Some(m),
     };
-    let v = setup.policy.decide(&Facts {
-        kind: cite.kind.clone(),
-        source: cite.channel.clone(),
-        rights: cite.rights.clone(),
-        license: cite.license.clone(),
-        corpus: cite.corpus.clone(),
-        units: 0,
-        chars: cite.output_end.saturating_sub(cite.output_start),
-        similarity: 1.0,
-        tenant: setup.scope.tenant.clone(),
-        route: setup.scope.route.clone(),
-        model: setup.scope.model.clone(),
-    });
+    let v = setup.policy.decide(&facts(&cite, &setup.scope));
     cite.action = v.effective.as_str().to_string();
     cite.reason = v.reason.clone();
     (cite, v)
-}
-
-/// The citation of a finding of `indexes[f.index]` in the text stream `key_a`.
-fn citation(
-    indexes: &[Arc<Index>],
-    key_a: u64,
-    f: &Finding,
-    action: Action,
-    reason: &str,
-) -> Option<Citation> {
-    let r = FindingReport::new(indexes.get(f.index)?, f)?;
-    Some(Citation {
-        key_a,
-        kind: finding_kind(f).to_string(),
-        corpus: r.corpus,
-        doc: r.doc,
-        url: r.url,
-        license: r.license,
-        rights: r.rights.to_string(),
-        channel: r.channel.to_string(),
-        units: r.units,
-        output_start: f.output_start,
-        output_end: f.output_end,
-        source_start: r.source_start,
-        source_end: r.source_end,
-        action: action.as_str().to_string(),
-        reason: reason.to_string(),
-        index_id: r.index_id,
-        coverage: None,
-        marker: None,
-    })
 }
 
 /// Scans a whole (non-streamed) JSON response. Returns the new body if anything had to change,
@@ -910,19 +903,11 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         s.finish();
         // Index findings and license markers, judged, acted on from the end backwards so
         // earlier offsets stay valid.
-        let (lic, mut fs): (Vec<Finding>, Vec<Finding>) = s
-            .take_findings()
-            .into_iter()
-            .partition(|f| f.kind == MatchKind::LicenseText);
-        fs.extend(
-            crate::license::collapse(lic, &setup.indexes, &piece.text)
-                .into_iter()
-                .map(|(f, _)| f),
-        );
-        let mut judged: Vec<(Citation, Verdict)> = fs
-            .iter()
-            .filter_map(|f| judge(setup, piece.key.a, f, &piece.text))
-            .collect();
+        let mut judged: Vec<(Citation, Verdict)> =
+            crate::license::with_regions(s.take_findings(), &setup.indexes, &piece.text)
+                .iter()
+                .filter_map(|(f, id)| judge(setup, piece.key.a, f, &piece.text, id.as_ref()))
+                .collect();
         judged.extend(
             crate::license::markers::scan(&piece.text)
                 .into_iter()

@@ -574,7 +574,6 @@ async fn forward(
         let body = PipelineBody {
             api,
             shared: Arc::clone(&shared),
-            audit: shared.audit.clone(),
             policy: Arc::clone(&loaded.policy),
             info,
             hold,
@@ -611,20 +610,8 @@ async fn forward(
         let (changed, decisions) = scan_response(api, &bytes, &setup);
         log_decisions(api, &decisions);
         let hold = format!("{:?}", setup.hold).to_lowercase();
-        let mut unrecorded = false;
-        let mut waits = Vec::new();
-        for d in &decisions {
-            let r = Record::Decision(Box::new(decision_record(&info, &loaded.policy, d, &hold)));
-            if d.action == super::pipeline::Action::Block {
-                match shared.audit.record_durable(r) {
-                    Ok(w) => waits.extend(w),
-                    Err(audit::NotQueued) => unrecorded = true,
-                }
-            } else {
-                unrecorded |= !shared.audit.record(r);
-            }
-            shared.metrics.decision(d);
-        }
+        let (queued, waits) = record_decisions(&shared, &info, &loaded.policy, &hold, &decisions);
+        let unrecorded = !queued;
         // `audit.durable`: the block is on disk before the client hears of it.
         let since = std::time::Instant::now();
         for w in waits {
@@ -736,6 +723,32 @@ fn decision_record(
     }
 }
 
+/// Sends decisions to the audit trail and the metrics. Whether every record was queued, and
+/// the acknowledgements to wait for (a block's record, when the trail is durable).
+fn record_decisions(
+    shared: &Shared,
+    info: &RequestInfo,
+    policy: &Policy,
+    hold: &str,
+    ds: &[Decision],
+) -> (bool, Vec<tokio::sync::oneshot::Receiver<bool>>) {
+    let mut queued = true;
+    let mut waits = Vec::new();
+    for d in ds {
+        let r = Record::Decision(Box::new(decision_record(info, policy, d, hold)));
+        if d.action == super::pipeline::Action::Block {
+            match shared.audit.record_durable(r) {
+                Ok(w) => waits.extend(w),
+                Err(audit::NotQueued) => queued = false,
+            }
+        } else {
+            queued &= shared.audit.record(r);
+        }
+        shared.metrics.decision(d);
+    }
+    (queued, waits)
+}
+
 fn log_decisions(api: Api, decisions: &[super::pipeline::Decision]) {
     for d in decisions {
         tracing::info!(
@@ -770,7 +783,6 @@ pub enum StreamEnd {
 pub struct PipelineBody {
     api: Api,
     shared: Arc<Shared>,
-    audit: AuditSink,
     policy: Arc<Policy>,
     info: RequestInfo,
     hold: String,
@@ -797,28 +809,15 @@ impl PipelineBody {
     fn flush_decisions(&mut self) -> bool {
         let ds = self.pipeline.take_decisions();
         log_decisions(self.api, &ds);
-        let mut all = true;
-        for d in &ds {
-            let r = Record::Decision(Box::new(decision_record(
-                &self.info,
-                &self.policy,
-                d,
-                &self.hold,
-            )));
-            if d.action == super::pipeline::Action::Block {
-                match self.audit.record_durable(r) {
-                    Ok(Some(rx)) => self.wait = Some((rx, std::time::Instant::now())),
-                    Ok(None) => {}
-                    Err(audit::NotQueued) => all = false,
-                }
-            } else {
-                all &= self.audit.record(r);
-            }
-            self.shared.metrics.decision(d);
+        let (all, mut waits) =
+            record_decisions(&self.shared, &self.info, &self.policy, &self.hold, &ds);
+        // A block ends the stream: there is at most one to wait for.
+        if let Some(rx) = waits.pop() {
+            self.wait = Some((rx, std::time::Instant::now()));
         }
         self.decisions += ds.len() as u64;
         // Fail-closed: no decision passes while the trail is failing, even one still queued.
-        all && (ds.is_empty() || !self.audit.refuses())
+        all && (ds.is_empty() || !self.shared.audit.refuses())
     }
 
     /// Observes the holdback time of every upstream frame whose events are all released.
@@ -848,7 +847,7 @@ impl PipelineBody {
                 StreamEnd::TooLarge => "too_large",
             };
             self.shared.metrics.stream_end(self.api.name(), end);
-            self.audit.record(Record::StreamEnd(StreamEndRecord {
+            self.shared.audit.record(Record::StreamEnd(StreamEndRecord {
                 time: audit::now(),
                 request: self.info.clone(),
                 end: end.into(),
@@ -930,7 +929,7 @@ impl Body for PipelineBody {
                     }
                     this.observe_holdback();
                     if !this.flush_decisions()
-                        && this.audit.on_failure() == audit::OnFailure::FailClosed
+                        && this.shared.audit.on_failure() == audit::OnFailure::FailClosed
                     {
                         tracing::error!(request_id = %this.info.request_id, "a decision could not be recorded; ending the stream (audit.on_failure = fail-closed)");
                         this.ready.extend(this.pipeline.refuse(
