@@ -28,11 +28,16 @@ impl Drop for Bin {
 
 /// The real binary at debug log level, with an audit trail and an admin listener.
 fn spawn(dir: &std::path::Path, upstream: &str) -> Bin {
+    spawn_with(dir, upstream, "")
+}
+
+/// [`spawn`] with more configuration tables appended.
+fn spawn_with(dir: &std::path::Path, upstream: &str, extra: &str) -> Bin {
     let cfg = dir.join("verbatim.toml");
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nindexes = [\"{}\"]\n[upstream]\nopenai = \"{upstream}\"\nanthropic = \"{upstream}\"\n[audit]\npath = \"{}\"\n[limits]\nmax_request_bytes = 4096\n",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nindexes = [\"{}\"]\n[upstream]\nopenai = \"{upstream}\"\nanthropic = \"{upstream}\"\n[audit]\npath = \"{}\"\n[limits]\nmax_request_bytes = 4096\n{extra}",
             std::fs::canonicalize(FIXTURE).unwrap().display(),
             dir.join("audit.jsonl").display()
         ),
@@ -266,4 +271,185 @@ async fn request_smuggling_attempts_do_not_reach_the_upstream() {
         both.to_ascii_lowercase().contains("connection: close"),
         "{both:?}"
     );
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l[6..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_slow_client_holds_the_upstream_back_and_memory_stays_bounded() {
+    // An upstream that writes a 36 MB stream as fast as its socket takes it, counting what
+    // the socket accepted; a client that reads the response head and then nothing for 3 s.
+    // Backpressure must reach the upstream: what it could write is bounded by the socket
+    // buffers on both hops plus one frame in the proxy, and the proxy's memory does not grow
+    // with the stream. Then the client reads everything: no event lost, the end intact.
+    const EVENTS: usize = 32 * 1024;
+    let pad = "x".repeat(1000);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = listener.local_addr().unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t2 = total.clone();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // The request: head, then Content-Length bytes.
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            req.extend_from_slice(&buf[..n]);
+            if let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&req[..p]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if req.len() >= p + 4 + len {
+                    break;
+                }
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
+        let mut all = 0;
+        for i in 0..=EVENTS {
+            let ev = if i < EVENTS {
+                format!(
+                    "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}},\"finish_reason\":null}}],\"pad\":\"{pad}\"}}\n\n"
+                )
+            } else {
+                "data: [DONE]\n\n".to_string()
+            };
+            let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
+            all += chunk.len();
+            t2.store(all + 5, std::sync::atomic::Ordering::SeqCst);
+            if s.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+            w2.store(all, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+        w2.fetch_add(5, std::sync::atomic::Ordering::SeqCst);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = spawn_with(dir.path(), &format!("http://{up}"), "");
+    let pid = bin.child.id();
+    let before = rss(pid);
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut c = std::net::TcpStream::connect(bin.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 64];
+    c.read_exact(&mut head).unwrap();
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    let stalled_rss = rss(pid);
+    // A proxy that buffered the stream would let the upstream write all of it; with
+    // backpressure it writes what the socket buffers of both hops hold (autotuned by the
+    // kernel; ~15 MB seen here), the rest waits.
+    let full = EVENTS * 1100;
+    assert!(
+        stalled_at < full * 3 / 4,
+        "the upstream wrote {stalled_at} of ~{full} bytes to a client that reads nothing: no backpressure"
+    );
+    assert!(
+        stalled_rss < before + (32 << 20),
+        "proxy memory grew from {before} to {stalled_rss} bytes while the client did not read"
+    );
+    // Now read it all.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                rest.extend_from_slice(&buf[..n]);
+                if rest.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) => panic!("reading the rest: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&rest);
+    let events = text.matches("\"content\":\"w").count();
+    assert_eq!(events, EVENTS, "every event reaches the slow client");
+    assert!(text.contains(&format!("\"content\":\"w{} \"", EVENTS - 1)));
+    assert!(text.contains("data: [DONE]"));
+    assert_eq!(
+        written.load(std::sync::atomic::Ordering::SeqCst),
+        total.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    eprintln!(
+        "upstream bytes written while the client stalled: {stalled_at} of {}; proxy RSS {before} -> {stalled_rss}",
+        total.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_accepts_times_out_at_connect_with_504() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs
+    // (as to a host that has gone away) until the connect timeout ends it.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let up = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(up),
+        )
+        .await
+        {
+            Ok(Ok(s)) => fillers.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => break, // the queue is full: connects now hang
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = spawn_with(
+        dir.path(),
+        &format!("http://{up}"),
+        "[timeouts]\nconnect_ms = 400\n",
+    );
+    let t = std::time::Instant::now();
+    let (status, body) = send(
+        bin.addr,
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#.into(),
+    )
+    .await;
+    let took = t.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("upstream_connect_timeout"), "{body}");
+    assert!(body.contains("400 ms"), "{body}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert!(!body.contains(SECRET));
+    drop(listener);
 }

@@ -980,3 +980,40 @@ async fn an_endless_stream_is_stopped_at_the_response_limit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_event_stops_the_stream_in_the_providers_format() {
+    // Whole text, then one event of 8 KB against a 4 KB limit, then more text: what was
+    // decided before it is relayed, the oversized event and everything after are not, and the
+    // client gets a stop event and the stream's end marker rather than a cut connection.
+    let mut up = openai_stream(UNRELATED, 12);
+    let done = up.len() - "data: [DONE]\n\n".len();
+    up.truncate(done);
+    let huge = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+        "model": "mock-model", "choices": [{"index": 0, "delta": {"content": "Z".repeat(8192)}, "finish_reason": null}]});
+    up.extend_from_slice(format!("data: {huge}\n\n").as_bytes());
+    up.extend_from_slice(&openai_stream("after the oversized event", 5));
+    let mock = start(Reply::sse(&up, 100)).await;
+    let p = proxy(&mock, |c| {
+        c.max_event_bytes = 4096;
+        c.hold = Hold::None;
+    })
+    .await;
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        post(p.addr, "/v1/chat/completions", &chat_req(true, "go")),
+    )
+    .await
+    .expect("the response ends");
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    let got = openai_text(&evs);
+    assert_eq!(got, UNRELATED, "everything before the oversized event, nothing after");
+    assert!(!String::from_utf8_lossy(&body).contains("ZZZZ"));
+    let stop = evs
+        .iter()
+        .find_map(|(_, v)| v.get("verbatim"))
+        .expect("a stop event");
+    assert_eq!(stop["reason"], "event-too-large");
+    assert_eq!(evs.last().unwrap().1, "[DONE]");
+}

@@ -367,11 +367,16 @@ impl Pipeline {
                     break;
                 }
             }
-            if let Err(EventTooLarge { limit }) = r {
-                tracing::warn!(limit, "upstream event too large; ending the stream");
-                self.fail();
-            }
             self.release();
+            if let (Err(EventTooLarge { limit }), State::Relaying) = (r, self.state) {
+                // Fail-closed, as at the holdback limit: what was decided is sent, what is
+                // held undecided is not, and the client gets a stop event in its format.
+                tracing::warn!(limit, "upstream event too large; stopping the stream");
+                self.out = self.refuse(
+                    "event-too-large",
+                    &format!("verbatim: output stopped; an upstream event passed {limit} bytes (limits.max_event_bytes)"),
+                );
+            }
             if self.state == State::Relaying && self.held_bytes > self.setup.max_holdback_bytes {
                 // Fail-closed: what is held is undecided, so none of it is released.
                 tracing::warn!(
@@ -448,12 +453,6 @@ impl Pipeline {
             self.blocked = true;
         }
         std::mem::take(&mut self.out)
-    }
-
-    /// Ends the stream without relaying what is held (an oversized event).
-    fn fail(&mut self) {
-        self.queue.clear();
-        self.state = State::Ended;
     }
 
     fn stream(&mut self, key: StreamKey) -> usize {

@@ -300,6 +300,20 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
     r
 }
 
+/// Whether a connect error is the connect timeout (`timeouts.connect_ms`) expiring.
+fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if x.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and others a proxy must not forward as they are.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
@@ -543,6 +557,17 @@ async fn forward(
             );
         }
         Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_connect() && connect_timed_out(&e) => {
+            tracing::warn!(upstream = %base, timeout = ?cfg.timeouts.connect, "upstream did not accept a connection in time");
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_connect_timeout",
+                &format!(
+                    "verbatim: the upstream did not accept a connection within {} ms",
+                    cfg.timeouts.connect.as_millis()
+                ),
+            );
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, upstream = %base, "upstream request failed");
             return error(
@@ -585,6 +610,7 @@ async fn forward(
             wait: None,
             arrivals: Default::default(),
             idle: Box::pin(tokio::time::sleep(cfg.timeouts.idle)),
+            last_frame: tokio::time::Instant::now(),
             idle_after: cfg.timeouts.idle,
         };
         return Response::from_parts(rparts, body.boxed());
@@ -797,8 +823,12 @@ pub struct PipelineBody {
     wait: Option<(tokio::sync::oneshot::Receiver<bool>, std::time::Instant)>,
     /// (upstream events seen after a frame, when the frame arrived): for the holdback time.
     arrivals: std::collections::VecDeque<(u64, std::time::Instant)>,
-    /// Fires when the upstream has been silent for the idle timeout; reset on every frame.
+    /// Fires when the upstream may have been silent for the idle timeout. It is not reset on
+    /// every frame (re-registering a timer takes the timer wheel's lock, which two workers
+    /// relaying thousands of frames a second contend on); when it fires early, it is re-armed
+    /// from the last frame's time.
     idle: Pin<Box<tokio::time::Sleep>>,
+    last_frame: tokio::time::Instant,
     idle_after: std::time::Duration,
 }
 
@@ -897,7 +927,7 @@ impl Body for PipelineBody {
                 this.ready.extend(this.pipeline.finish());
                 let how = match this.pipeline.refused() {
                     Some("holdback-limit") => StreamEnd::HoldbackLimit,
-                    Some("response-too-large") => StreamEnd::TooLarge,
+                    Some("response-too-large" | "event-too-large") => StreamEnd::TooLarge,
                     _ if this.pipeline.ended_by_block() => StreamEnd::Blocked,
                     _ => StreamEnd::Completed,
                 };
@@ -909,14 +939,18 @@ impl Body for PipelineBody {
                     if this.idle.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
+                    let due = this.last_frame + this.idle_after;
+                    if due > tokio::time::Instant::now() {
+                        this.idle.as_mut().reset(due);
+                        continue;
+                    }
                     tracing::warn!(request_id = %this.info.request_id, timeout = ?this.idle_after, "upstream silent too long; ending the response");
                     this.upstream = None;
                     this.ready.extend(this.pipeline.abort());
                     this.ended(StreamEnd::UpstreamError);
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_after;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_frame = tokio::time::Instant::now();
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
