@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+
+// mimalloc rather than glibc's malloc: the relay allocates and frees small objects for every
+// streamed event on both worker threads (decoded events, JSON values, text pieces); under load
+// this halved the allocator's share of the proxy's CPU (docs/benchmarks.md, load benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use verbatim::corpus::load_manifests;

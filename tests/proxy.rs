@@ -1008,7 +1008,10 @@ async fn an_oversized_upstream_event_stops_the_stream_in_the_providers_format() 
     assert_eq!(status, 200);
     let evs = events(&body);
     let got = openai_text(&evs);
-    assert_eq!(got, UNRELATED, "everything before the oversized event, nothing after");
+    assert_eq!(
+        got, UNRELATED,
+        "everything before the oversized event, nothing after"
+    );
     assert!(!String::from_utf8_lossy(&body).contains("ZZZZ"));
     let stop = evs
         .iter()
@@ -1016,4 +1019,51 @@ async fn an_oversized_upstream_event_stops_the_stream_in_the_providers_format() 
         .expect("a stop event");
     assert_eq!(stop["reason"], "event-too-large");
     assert_eq!(evs.last().unwrap().1, "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_and_headers_named_in_connection_are_not_forwarded() {
+    // RFC 9110 §7.6.1: a proxy removes Connection, the headers it names, and the other
+    // hop-by-hop headers. Abuse: naming an end-to-end header to have it stripped, and an h2c
+    // upgrade that must never reach the upstream (h2c smuggling).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = start(Reply::json(200, &json!({"ok": true}))).await;
+    let p = proxy(&mock, |_| {}).await;
+    for path in ["/v1/chat/completions", "/v1/models"] {
+        let body = chat_req(false, "hi").to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: keep-alive, x-drop-me, Upgrade, HTTP2-Settings\r\nx-drop-me: 1\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAAQAAP__\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+             Proxy-Authorization: Basic c2VjcmV0\r\nx-keep: 1\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        let seen = mock.seen.lock().unwrap();
+        let h = &seen.requests.last().unwrap().1;
+        for gone in [
+            "connection",
+            "x-drop-me",
+            "upgrade",
+            "http2-settings",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(
+                h.get(gone).is_none(),
+                "{path}: {gone} reached the upstream: {h:?}"
+            );
+        }
+        assert_eq!(h.get("x-keep").unwrap(), "1", "{path}");
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
+    }
 }

@@ -237,6 +237,15 @@ const NAME_LOOKAHEAD: usize = 4;
 /// Words after a phrase that may carry its version.
 const LOOKAHEAD: usize = 60;
 
+/// Words in the longest phrase: how far back a search must overlap the last one.
+static LONGEST: LazyLock<usize> = LazyLock::new(|| {
+    PHRASES
+        .iter()
+        .map(|p| p.words.split(' ').count())
+        .max()
+        .unwrap_or(0)
+});
+
 static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
     // Patterns are padded with spaces so they match whole words in " w1 w2 … " text.
     #[allow(clippy::expect_used)] // a fixed, valid pattern set
@@ -505,11 +514,7 @@ impl MarkerScanner {
 
     fn search(&mut self, finishing: bool) {
         // Search the words not yet searched, with an overlap of the longest phrase.
-        let longest = PHRASES
-            .iter()
-            .map(|p| p.words.split(' ').count())
-            .max()
-            .unwrap_or(0);
+        let longest = *LONGEST;
         let from = self.searched.saturating_sub(longest);
         let mut text = String::from(" ");
         let mut word_at: Vec<usize> = Vec::new(); // byte offset in `text` → word index

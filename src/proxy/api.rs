@@ -555,13 +555,101 @@ pub struct StreamMeta {
     pub output_tokens: u64,
     /// Choice / output indexes seen.
     pub indexes: Vec<u64>,
+    /// The raw JSON of id, created, model, object and system_fingerprint last seen on a
+    /// [`LiteChunk`] (parsed into the fields above only when it changes).
+    lite_seen: [String; 5],
+}
+
+/// The commonest streamed event — a Chat Completions chunk with one choice whose delta is
+/// text (and perhaps the role), not finishing — read without building a `serde_json::Value`:
+/// at thousands of events a second the tree's allocations were the largest part of scanning
+/// one (docs/benchmarks.md). Anything else, or anything unexpected in the delta, is `None` and
+/// takes the general path.
+#[derive(Debug, serde::Deserialize)]
+pub struct LiteChunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    created: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    object: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    system_fingerprint: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    choices: (LiteChoice<'a>,),
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LiteChoice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    delta: LiteDelta<'a>,
+    /// Null or absent (a finishing chunk takes the general path).
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiteDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // accepted, not used
+    role: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> LiteChunk<'a> {
+    /// `data` read as a lite chunk, if it is one with non-empty text.
+    pub fn parse(data: &'a str) -> Option<LiteChunk<'a>> {
+        let c: LiteChunk<'a> = serde_json::from_str(data).ok()?;
+        let ch = &c.choices.0;
+        (ch.finish_reason.is_none() && ch.delta.content.as_deref().is_some_and(|t| !t.is_empty()))
+            .then_some(c)
+    }
+    /// The text piece, as [`event_pieces`] would give it.
+    pub fn piece(&self) -> (StreamKey, &str) {
+        let ch = &self.choices.0;
+        (
+            key(ch.index, 0, Part::Text),
+            ch.delta.content.as_deref().unwrap_or(""),
+        )
+    }
 }
 
 impl StreamMeta {
+    /// [`StreamMeta::observe`] for a [`LiteChunk`]: the same fields, parsed only when changed.
+    pub fn observe_lite(&mut self, c: &LiteChunk<'_>) {
+        for (raw, slot, seen) in [
+            (c.id, &mut self.id, 0),
+            (c.created, &mut self.created, 1),
+            (c.model, &mut self.model, 2),
+            (c.object, &mut self.object, 3),
+            (c.system_fingerprint, &mut self.system_fingerprint, 4),
+        ] {
+            let Some(raw) = raw else { continue };
+            let raw = raw.get();
+            if self.lite_seen[seen] != raw {
+                if let Ok(v) = serde_json::from_str(raw) {
+                    *slot = Some(v);
+                }
+                self.lite_seen[seen] = raw.to_string();
+            }
+        }
+        let i = c.choices.0.index;
+        if !self.indexes.contains(&i) {
+            self.indexes.push(i);
+        }
+    }
+
     /// Learns from each streamed event.
     pub fn observe(&mut self, api: Api, v: &Value) {
         match api {
             Api::ChatCompletions | Api::Completions => {
+                self.lite_seen = Default::default(); // the slots may change below
                 for (f, slot) in [
                     ("id", &mut self.id),
                     ("created", &mut self.created),
@@ -569,7 +657,10 @@ impl StreamMeta {
                     ("object", &mut self.object),
                     ("system_fingerprint", &mut self.system_fingerprint),
                 ] {
-                    if let Some(x) = v.get(f) {
+                    // Every chunk repeats these; clone only when one changes.
+                    if let Some(x) = v.get(f)
+                        && slot.as_ref() != Some(x)
+                    {
                         *slot = Some(x.clone());
                     }
                 }
@@ -836,5 +927,71 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
     if let Some(obj) = v.get_mut("verbatim").and_then(Value::as_object_mut) {
         obj.insert("explanation".into(), json!(why.explanation()));
         obj.insert("reason".into(), json!(why.reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish: Value) -> String {
+        json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        .to_string()
+    }
+
+    #[test]
+    fn lite_chunks_are_text_deltas_only_and_agree_with_the_general_path() {
+        for (delta, finish, lite) in [
+            (json!({"content": "hello \"world\"\n"}), Value::Null, true),
+            (
+                json!({"role": "assistant", "content": "hi"}),
+                Value::Null,
+                true,
+            ),
+            (json!({"content": ""}), Value::Null, false),
+            (json!({"content": "bye"}), json!("stop"), false),
+            (
+                json!({"content": "x", "tool_calls": []}),
+                Value::Null,
+                false,
+            ),
+            (json!({"reasoning_content": "hmm"}), Value::Null, false),
+            (json!({"content": "x", "refusal": null}), Value::Null, false),
+        ] {
+            let d = chunk(delta.clone(), finish);
+            let got = LiteChunk::parse(&d);
+            assert_eq!(got.is_some(), lite, "{d}");
+            let Some(l) = got else { continue };
+            let v: Value = serde_json::from_str(&d).unwrap();
+            let general = event_pieces(Api::ChatCompletions, &v);
+            let (k, t) = l.piece();
+            assert_eq!(general.len(), 1);
+            assert_eq!((general[0].key, general[0].text.as_str()), (k, t));
+            let (mut a, mut b) = (StreamMeta::default(), StreamMeta::default());
+            a.observe(Api::ChatCompletions, &v);
+            b.observe_lite(&l);
+            assert_eq!(
+                (
+                    &a.id,
+                    &a.created,
+                    &a.model,
+                    &a.object,
+                    &a.system_fingerprint,
+                    &a.indexes
+                ),
+                (
+                    &b.id,
+                    &b.created,
+                    &b.model,
+                    &b.object,
+                    &b.system_fingerprint,
+                    &b.indexes
+                )
+            );
+        }
+        // Two choices are not lite.
+        let two = json!({"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]});
+        assert!(LiteChunk::parse(&two.to_string()).is_none());
     }
 }

@@ -215,6 +215,9 @@ struct Held {
     raw: Bytes,
     event: Option<String>,
     json: Option<Value>,
+    /// The event's data when it was read as a [`api::LiteChunk`] and `json` is not built yet
+    /// (built by [`Held::ensure_json`] only if the event must be rewritten).
+    lazy: Option<String>,
     spans: Vec<HeldSpan>,
     changed: bool,
 }
@@ -225,8 +228,16 @@ impl Held {
             raw: Bytes::new(),
             event: event.map(str::to_string),
             json: Some(v),
+            lazy: None,
             spans: Vec::new(),
             changed: true,
+        }
+    }
+
+    /// Builds `json` from a lite event's data, before the event is rewritten.
+    fn ensure_json(&mut self) {
+        if let Some(d) = self.lazy.take() {
+            self.json = serde_json::from_str(&d).ok();
         }
     }
 
@@ -481,6 +492,14 @@ impl Pipeline {
     fn on_event(&mut self, ev: SseEvent) {
         self.events_in += 1;
         let api = self.api;
+        let ev = if api == Api::ChatCompletions {
+            match self.on_lite_event(ev) {
+                Ok(()) => return,
+                Err(ev) => ev,
+            }
+        } else {
+            ev
+        };
         let done = ev.data.as_deref() == Some("[DONE]");
         let json: Option<Value> = match ev.data.as_deref() {
             Some(d) if !done => serde_json::from_str(d).ok(),
@@ -499,6 +518,7 @@ impl Pipeline {
             raw: ev.raw,
             event: ev.event,
             json,
+            lazy: None,
             spans: Vec::new(),
             changed: false,
         };
@@ -536,6 +556,40 @@ impl Pipeline {
             self.finish_streams(|k| ended.contains(&k.a));
         }
         self.decide();
+    }
+
+    /// [`Pipeline::on_event`] for a Chat Completions text chunk read without a JSON tree;
+    /// the event back if it is not one (the general path then handles it).
+    fn on_lite_event(&mut self, ev: SseEvent) -> Result<(), SseEvent> {
+        let Some(lite) = ev.data.as_deref().and_then(api::LiteChunk::parse) else {
+            return Err(ev);
+        };
+        self.meta.observe_lite(&lite);
+        let (key, text) = lite.piece();
+        let s = self.stream(key);
+        let sc = &mut self.streams[s].1;
+        let start = sc.offset();
+        sc.push_str(text);
+        self.texts[s].push_str(text);
+        self.markers[s].push(text);
+        drop(lite);
+        let held = Held {
+            raw: ev.raw,
+            event: ev.event,
+            json: None,
+            lazy: ev.data,
+            spans: vec![HeldSpan {
+                stream: s,
+                key,
+                start,
+                end: self.streams[s].1.offset(),
+            }],
+            changed: false,
+        };
+        self.held_bytes += held.raw.len();
+        self.queue.push_back(held);
+        self.decide();
+        Ok(())
     }
 
     /// The finding's citation and the policy's verdict on it.
@@ -662,6 +716,7 @@ impl Pipeline {
         let api = self.api;
         let mut placed = false;
         for h in &mut self.queue {
+            h.ensure_json();
             let Some(v) = &mut h.json else { continue };
             for sp in h
                 .spans
@@ -696,6 +751,7 @@ impl Pipeline {
             .to_string();
         if !original.is_empty() {
             for h in &mut self.queue {
+                h.ensure_json();
                 if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
                     h.changed |= replace_strings(v, &original, &placeholder);
                 }
@@ -728,6 +784,7 @@ impl Pipeline {
             }
         }
         if let Some(mut h) = self.queue.pop_front() {
+            h.ensure_json();
             let part: Vec<HeldSpan> = h
                 .spans
                 .iter()

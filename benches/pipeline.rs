@@ -1,0 +1,141 @@
+//! CPU per streamed event of the scanning path, without sockets: OpenAI chat chunks of one
+//! word each (as a model streams them) pushed through `Pipeline` one event per push, against
+//! the built-in license index plus the given indexes, beside the SSE decoder and the JSON
+//! parse alone over the same bytes (the floor any event-aware relay pays).
+//!
+//!   cargo bench --bench pipeline -- [--index DIR ...] [--events 200000] [--hold none|strict]
+//!
+//! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use verbatim::index::Index;
+use verbatim::policy::Policy;
+use verbatim::proxy::api::Api;
+use verbatim::proxy::pipeline::{Hold, Pipeline, ScanSetup, Scope};
+use verbatim::proxy::sse::SseDecoder;
+
+// The allocator `verbatim serve` uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long = "index")]
+    indexes: Vec<PathBuf>,
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    #[arg(long, default_value = "none")]
+    hold: String,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[arg(long)]
+    bench: bool,
+}
+
+const WORDS: &[&str] = &[
+    "the", "valley", "was", "mild", "all", "week", "and", "farmers", "planted", "barley", "early",
+    "because", "soil", "dried", "sooner", "than", "anyone", "expected", "while", "herons",
+    "waited", "by", "ditches", "for", "frogs",
+];
+
+fn events(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{} \"}},\"finish_reason\":null}}]}}\n\n",
+                WORDS[(i * 7 + i / 25) % WORDS.len()]
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut a = Args::parse();
+    if !a.bench {
+        println!("test mode: smoke pass; the numbers mean nothing");
+        a.events = 2_000;
+        a.reps = 1;
+    }
+    // The built-in license index, from the cache `verbatim serve` uses (built once).
+    let cache = std::env::var_os("VERBATIM_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/verbatim")
+        });
+    let mut indexes = vec![Arc::new(
+        Index::open(verbatim::license::builtin::ensure(&cache).unwrap()).unwrap(),
+    )];
+    for i in &a.indexes {
+        indexes.push(Arc::new(Index::open(i).unwrap()));
+    }
+    let evs = events(a.events);
+    let setup = ScanSetup {
+        indexes,
+        exempt: Arc::default(),
+        policy: Arc::new(Policy::builtin()),
+        scope: Scope::default(),
+        hold: if a.hold == "strict" {
+            Hold::Strict
+        } else {
+            Hold::None
+        },
+        max_event_bytes: 1 << 20,
+        max_holdback_bytes: 8 << 20,
+        max_response_bytes: usize::MAX,
+    };
+    // Streams of 100 events, as in the load benchmark; a new pipeline per stream.
+    let per_stream = 100;
+    let (mut base, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..a.reps {
+        let t = Instant::now();
+        let mut n = 0usize;
+        for s in evs.chunks(per_stream) {
+            let mut d = SseDecoder::new(1 << 20);
+            let mut out = Vec::new();
+            for e in s {
+                out.clear();
+                d.push(e, &mut out).unwrap();
+                for ev in &out {
+                    let v: serde_json::Value =
+                        serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+                    n += v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map_or(0, str::len);
+                }
+            }
+        }
+        std::hint::black_box(n);
+        base.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+        let t = Instant::now();
+        let mut out = 0usize;
+        for s in evs.chunks(per_stream) {
+            let mut p = Pipeline::new(Api::ChatCompletions, setup.clone());
+            for e in s {
+                out += p.push(e).len();
+            }
+            out += p.finish().len();
+        }
+        std::hint::black_box(out);
+        full.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+    }
+    let (b, f) = (median(base), median(full));
+    println!(
+        "{} events, {} indexes, hold={}: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
+        evs.len(),
+        setup.indexes.len(),
+        a.hold,
+        f / b
+    );
+}
