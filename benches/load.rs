@@ -60,6 +60,8 @@ enum Role {
     },
     /// The benchmark.
     Run(RunArgs),
+    /// Draws the plots again from a run's `load.json`.
+    Replot { json: PathBuf },
 }
 
 #[derive(Parser, Clone)]
@@ -1614,7 +1616,14 @@ fn plot_ladder(
         .flat_map(|(_, s)| s.iter().map(|p| p.1))
         .fold(0.0f64, f64::max)
         .max(1e-3)
-        * 1.1;
+        * 1.5;
+    let ymin = pts
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.1))
+        .filter(|y| *y > 0.0)
+        .fold(f64::MAX, f64::min)
+        .min(ymax / 10.0)
+        * 0.7;
     let xmin = pts
         .iter()
         .flat_map(|(_, s)| s.iter().map(|p| p.0))
@@ -1632,7 +1641,8 @@ fn plot_ladder(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(xmin..xmax, 0.0..ymax)
+        // Log scale: the peer's figures are two orders of magnitude above the others'.
+        .build_cartesian_2d(xmin..xmax, (ymin..ymax).log_scale())
         .unwrap();
     ch.configure_mesh()
         .x_desc("concurrent streams (log2)")
@@ -1641,9 +1651,17 @@ fn plot_ladder(
         .label_style(("sans-serif", 13))
         .draw()
         .unwrap();
-    let colors = [BLACK, RED, BLUE, GREEN, MAGENTA, CYAN];
-    for (i, (name, s)) in pts.iter().enumerate() {
-        let c = colors[i % colors.len()];
+    // One colour per arm in every plot.
+    let color = |name: &str| match name {
+        "direct" => BLACK,
+        "nginx" => BLUE,
+        "verbatim scan off" => GREEN,
+        "verbatim scan on" => RED,
+        "verbatim scan on, strict" => MAGENTA,
+        _ => CYAN,
+    };
+    for (name, s) in &pts {
+        let c = color(name);
         ch.draw_series(LineSeries::new(s.clone(), c.stroke_width(2)))
             .unwrap()
             .label(name.clone())
@@ -1672,21 +1690,12 @@ fn plot_soak(samples: &[Value], path: &Path) {
             )
         })
         .collect();
-    let fds: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| (s["t_s"].as_f64().unwrap(), s["fds"].as_f64().unwrap()))
-        .collect();
     let tmax = pss.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
-    let ymax = pss
-        .iter()
-        .chain(fds.iter())
-        .map(|p| p.1)
-        .fold(1.0f64, f64::max)
-        * 1.1;
+    let ymax = pss.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
     let root = SVGBackend::new(path, (760, 380)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let mut ch = ChartBuilder::on(&root)
-        .caption("Soak: Verbatim scanning on", ("sans-serif", 18))
+        .caption("Soak: Verbatim scanning on, memory", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -1694,18 +1703,27 @@ fn plot_soak(samples: &[Value], path: &Path) {
         .unwrap();
     ch.configure_mesh()
         .x_desc("seconds")
-        .y_desc("PSS MB / open fds")
+        .y_desc("MB")
         .label_style(("sans-serif", 13))
         .draw()
         .unwrap();
     ch.draw_series(LineSeries::new(pss, RED.stroke_width(2)))
         .unwrap()
-        .label("PSS MB")
+        .label("PSS MB (with mapped index pages)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
-    ch.draw_series(LineSeries::new(fds, BLUE.stroke_width(2)))
+    let anon: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| {
+            (
+                s["t_s"].as_f64().unwrap(),
+                s["pss_anon_bytes"].as_f64().unwrap() / 1e6,
+            )
+        })
+        .collect();
+    ch.draw_series(LineSeries::new(anon, GREEN.stroke_width(2)))
         .unwrap()
-        .label("open fds")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+        .label("anonymous PSS MB (heap, stacks)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN.stroke_width(2)));
     ch.configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
@@ -1785,6 +1803,47 @@ async fn soak(c: &mut Ctx, arm: usize, secs: u64, users: usize, out: &Path) {
 fn main() {
     let cli = Cli::parse();
     match cli.role {
+        Some(Role::Replot { json }) => {
+            // Draws the plots again from a run's load.json, next to it.
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let dir = json.parent().unwrap_or(Path::new("."));
+            if let Some(s) = v.pointer("/soak/samples").and_then(Value::as_array) {
+                plot_soak(s, &dir.join("soak.svg"));
+            }
+            if let Some(l) = v.get("ladder").and_then(Value::as_object) {
+                let series: Vec<(String, Vec<(usize, Value)>)> = l
+                    .iter()
+                    .map(|(name, steps)| {
+                        let pts = steps
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|st| {
+                                (
+                                    st["streams"].as_u64().unwrap_or(0) as usize,
+                                    st["result"].clone(),
+                                )
+                            })
+                            .collect();
+                        (name.clone(), pts)
+                    })
+                    .collect();
+                plot_ladder(
+                    &series,
+                    "chunk_p99_ms",
+                    "chunk latency p99 (ms)",
+                    "Per-chunk latency p99 vs concurrent streams",
+                    &dir.join("ladder-p99.svg"),
+                );
+                plot_ladder(
+                    &series,
+                    "cpu_us_per_chunk",
+                    "proxy CPU µs per chunk",
+                    "Proxy CPU per chunk vs concurrent streams",
+                    &dir.join("ladder-cpu.svg"),
+                );
+            }
+        }
         Some(Role::Mock { listen }) => {
             raise_fd_limit();
             let rt = tokio::runtime::Builder::new_multi_thread()

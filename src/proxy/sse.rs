@@ -45,7 +45,12 @@ impl SseDecoder {
         loop {
             match find_event_end(&self.buf, self.searched.saturating_sub(3)) {
                 Some(end) => {
-                    let raw = self.buf.split_to(end).freeze();
+                    // A copy of its own rather than `split_to(end).freeze()`: a frozen split
+                    // shares the buffer's allocation, so an event held back for a decision
+                    // would keep the whole buffer it came from alive, and the decoder could
+                    // not reuse it.
+                    let raw = Bytes::copy_from_slice(&self.buf[..end]);
+                    bytes::Buf::advance(&mut self.buf, end);
                     self.searched = 0;
                     out.push(parse(raw));
                 }
