@@ -34,6 +34,10 @@ struct Args {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Put a unique token before each word (as the load benchmark's timestamps do), so every
+    /// k-gram is new and each filter probe misses the cache, as with real model output.
+    #[arg(long)]
+    unique: bool,
     #[arg(long)]
     bench: bool,
 }
@@ -44,11 +48,16 @@ const WORDS: &[&str] = &[
     "waited", "by", "ditches", "for", "frogs",
 ];
 
-fn events(n: usize) -> Vec<Vec<u8>> {
+fn events(n: usize, unique: bool) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             format!(
-                "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{} \"}},\"finish_reason\":null}}]}}\n\n",
+                "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}{} \"}},\"finish_reason\":null}}]}}\n\n",
+                if unique {
+                    format!("T{:016x}T ", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                } else {
+                    String::new()
+                },
                 WORDS[(i * 7 + i / 25) % WORDS.len()]
             )
             .into_bytes()
@@ -80,7 +89,7 @@ fn main() {
     for i in &a.indexes {
         indexes.push(Arc::new(Index::open(i).unwrap()));
     }
-    let evs = events(a.events);
+    let evs = events(a.events, a.unique);
     let setup = ScanSetup {
         indexes,
         exempt: Arc::default(),
