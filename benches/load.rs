@@ -204,44 +204,27 @@ fn stat_cpu_secs(p: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Proportional set size of a process tree, bytes (shared pages split between the sharers).
-fn pss(root: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/smaps_rollup` summed over a process tree, in bytes.
+fn smaps_sum(root: u32, field: &str) -> u64 {
     tree(root)
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
         .filter_map(|s| {
-            let l = s.lines().find(|l| l.starts_with("Pss:"))?;
-            Some(
-                l[4..]
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()?
-                    * 1024,
-            )
+            let l = s.lines().find(|l| l.starts_with(field))?;
+            let kb = l[field.len()..].trim().trim_end_matches("kB").trim();
+            Some(kb.parse::<u64>().ok()? * 1024)
         })
         .sum()
 }
 
+/// Proportional set size of a process tree, bytes (shared pages split between the sharers).
+fn pss(root: u32) -> u64 {
+    smaps_sum(root, "Pss:")
+}
+
 /// Anonymous PSS (heap, stacks) of a process tree: what streams cost, without mapped index pages.
 fn pss_anon(root: u32) -> u64 {
-    tree(root)
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
-        .filter_map(|s| {
-            let l = s.lines().find(|l| l.starts_with("Pss_Anon:"))?;
-            Some(
-                l[9..]
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()?
-                    * 1024,
-            )
-        })
-        .sum()
+    smaps_sum(root, "Pss_Anon:")
 }
 
 fn fds(root: u32) -> usize {
