@@ -263,6 +263,28 @@ struct Params {
     hang: Option<usize>,
 }
 
+impl Params {
+    /// `events` content events, one every `pace_ms`, no delay before the first.
+    fn paced(events: usize, pace_ms: u64) -> Params {
+        Params {
+            events,
+            pace_ms,
+            first_ms: 0,
+            echo: false,
+            hang: None,
+        }
+    }
+}
+
+/// The steady load of the ladder and the soak: chat streams of 100 events at 50 events/s.
+fn steady_chat() -> Req {
+    Req {
+        fmt: Fmt::Chat,
+        p: Params::paced(100, 20),
+        prompt: Arc::new("Tell me about the valley.".into()),
+    }
+}
+
 fn model(p: Params) -> String {
     format!(
         "load-e{}-p{}-t{}{}{}",
@@ -275,13 +297,7 @@ fn model(p: Params) -> String {
 }
 
 fn parse_model(m: &str) -> Params {
-    let mut p = Params {
-        events: 20,
-        pace_ms: 20,
-        first_ms: 0,
-        echo: false,
-        hang: None,
-    };
+    let mut p = Params::paced(20, 20);
     for part in m.split('-') {
         let (k, v) = part.split_at(part.len().min(1));
         match k {
@@ -1055,8 +1071,9 @@ fn sustained(v: &Value) -> bool {
     streams > 0 && v["ok"].as_u64() == Some(streams) && v["stalled"].as_u64() == Some(0)
 }
 
-/// Writes what is measured so far (an interrupted run keeps its finished scenarios).
-fn save(c: &Ctx, out: &Path) {
+/// Writes what is measured so far (an interrupted run keeps its finished scenarios); returns
+/// the Markdown.
+fn save(c: &Ctx, out: &Path) -> String {
     let md = format!(
         "Arms: {}. Machine: {} cores.\n{}",
         c.arm_names().join(", "),
@@ -1071,6 +1088,7 @@ fn save(c: &Ctx, out: &Path) {
         serde_json::to_string_pretty(&Value::Object(c.out.clone())).unwrap(),
     )
     .unwrap();
+    md
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1086,6 +1104,20 @@ impl Ctx {
     fn arm_names(&self) -> Vec<&'static str> {
         self.arms.iter().map(|a| a.name).collect()
     }
+}
+
+/// A ratio cell: `1.23×`, or a dash where there is no ratio.
+fn times(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}×")
+    } else {
+        "–".into()
+    }
+}
+
+/// A cell about the proxy's own process: a dash for the direct arm, which has none.
+fn proxy_cell(arm: &str, cell: String) -> String {
+    if arm == "direct" { "–".into() } else { cell }
 }
 
 fn f2(x: &Value) -> String {
@@ -1163,21 +1195,12 @@ fn report(c: &mut Ctx, label: &str, arms: &[usize], mut recs: Vec<(Rec, f64, f64
             f2(&v["added_chunk_p50_ms"]),
             f2(&v["chunk_p99_ms"]),
             f2(&v["added_chunk_p99_ms"]),
-            if ratio_p99.is_finite() {
-                format!("{ratio_p99:.2}×")
-            } else {
-                "–".into()
-            },
-            if name == "direct" {
-                "–".into()
-            } else {
+            times(ratio_p99),
+            proxy_cell(
+                name,
                 format!("{:.1}", v["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN))
-            },
-            if ratio_cpu.is_finite() {
-                format!("{ratio_cpu:.2}×")
-            } else {
-                "–".into()
-            },
+            ),
+            times(ratio_cpu),
             v["max_gap_ms"].as_f64().unwrap_or(0.0),
         ));
         rows.insert(name.into(), v.clone());
@@ -1193,18 +1216,7 @@ async fn scenario_ladder(
     a: &RunArgs,
     secs: f64,
 ) -> Vec<(String, Vec<(usize, Value)>)> {
-    let p = Params {
-        events: 100,
-        pace_ms: 20,
-        first_ms: 0,
-        echo: false,
-        hang: None,
-    };
-    let r = Req {
-        fmt: Fmt::Chat,
-        p,
-        prompt: Arc::new("Tell me about the valley.".into()),
-    };
+    let r = steady_chat();
     let mut series: Vec<(String, Vec<(usize, Value)>)> = c
         .arms
         .iter()
@@ -1281,31 +1293,17 @@ async fn scenario_ladder(
                 v["stalled"],
                 f2(&v["chunk_p50_ms"]),
                 f2(&v["chunk_p99_ms"]),
-                if rp.is_finite() {
-                    format!("{rp:.2}×")
-                } else {
-                    "–".into()
-                },
-                if name == "direct" {
-                    "–".into()
-                } else {
+                times(rp),
+                proxy_cell(
+                    name,
                     format!("{:.2}", v["proxy_cores"].as_f64().unwrap_or(0.0))
-                },
-                if name == "direct" {
-                    "–".into()
-                } else {
+                ),
+                proxy_cell(
+                    name,
                     format!("{:.1}", v["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN))
-                },
-                if rc.is_finite() {
-                    format!("{rc:.2}×")
-                } else {
-                    "–".into()
-                },
-                if name == "direct" {
-                    "–".into()
-                } else {
-                    format!("{:.0}", mem[j] as f64 / 1e6)
-                },
+                ),
+                times(rc),
+                proxy_cell(name, format!("{:.0}", mem[j] as f64 / 1e6)),
                 if sustained(&v) { "yes" } else { "**no**" },
             ));
             println!("ladder {n} {name}: {}", serde_json::to_string(&v).unwrap());
@@ -1342,7 +1340,7 @@ fn scenario_nonstream(c: &mut Ctx, secs: u64) {
     let lua = dir.path().join("post.lua");
     std::fs::write(&lua, format!(
         "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {KEY}\"\n",
-        json!({"model": model(Params { events: 60, pace_ms: 0, first_ms: 0, echo: false, hang: None }), "stream": false, "messages": [{"role": "user", "content": "Tell me about the valley."}]})
+        json!({"model": model(Params::paced(60, 0)), "stream": false, "messages": [{"role": "user", "content": "Tell me about the valley."}]})
     )).unwrap();
     c.md.push_str("\n#### Non-streamed chat completions (wrk, 1 thread, 16 connections, 60-word answers)\n\n| arm | requests/s | vs nginx | latency p50 ms | p99 ms | CPU µs/request | vs nginx | non-2xx |\n|---|---|---|---|---|---|---|---|\n");
     let mut rows = serde_json::Map::new();
@@ -1379,21 +1377,9 @@ fn scenario_nonstream(c: &mut Ctx, secs: u64) {
         c.md.push_str(&format!(
             "| {} | {rps:.0} | {} | {p50:.2} | {p99:.2} | {} | {} | {non2xx} |\n",
             arm.name,
-            if rr.is_finite() {
-                format!("{rr:.2}×")
-            } else {
-                "–".into()
-            },
-            if arm.name == "direct" {
-                "–".into()
-            } else {
-                format!("{per:.0}")
-            },
-            if rc.is_finite() {
-                format!("{rc:.2}×")
-            } else {
-                "–".into()
-            },
+            times(rr),
+            proxy_cell(arm.name, format!("{per:.0}")),
+            times(rc),
         ));
         rows.insert(arm.name.into(), json!({"rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": total, "cpu_us_per_request": per, "non_2xx": non2xx, "wrk": text}));
     }
@@ -1568,6 +1554,24 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // Plots (SVG, plotters)
 
+/// The ladder's two plots, `ladder-p99.svg` and `ladder-cpu.svg`, in `dir`.
+fn plot_ladders(series: &[(String, Vec<(usize, Value)>)], dir: &Path) {
+    plot_ladder(
+        series,
+        "chunk_p99_ms",
+        "chunk latency p99 (ms)",
+        "Per-chunk latency p99 vs concurrent streams",
+        &dir.join("ladder-p99.svg"),
+    );
+    plot_ladder(
+        series,
+        "cpu_us_per_chunk",
+        "proxy CPU µs per chunk",
+        "Proxy CPU per chunk vs concurrent streams",
+        &dir.join("ladder-cpu.svg"),
+    );
+}
+
 fn plot_ladder(
     series: &[(String, Vec<(usize, Value)>)],
     key: &str,
@@ -1652,27 +1656,19 @@ fn plot_ladder(
         ch.draw_series(s.iter().map(|p| Circle::new(*p, 3, c.filled())))
             .unwrap();
     }
-    ch.configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .unwrap();
+    legend(&mut ch, SeriesLabelPosition::UpperLeft);
     root.present().unwrap();
 }
 
 fn plot_soak(samples: &[Value], path: &Path) {
     use plotters::prelude::*;
-    let pss: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| {
-            (
-                s["t_s"].as_f64().unwrap(),
-                s["pss_bytes"].as_f64().unwrap() / 1e6,
-            )
-        })
-        .collect();
+    let mb = |key: &str| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .map(|s| (s["t_s"].as_f64().unwrap(), s[key].as_f64().unwrap() / 1e6))
+            .collect()
+    };
+    let pss = mb("pss_bytes");
     let tmax = pss.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
     let ymax = pss.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
     let root = SVGBackend::new(path, (760, 380)).into_drawing_area();
@@ -1690,31 +1686,36 @@ fn plot_soak(samples: &[Value], path: &Path) {
         .label_style(("sans-serif", 13))
         .draw()
         .unwrap();
-    ch.draw_series(LineSeries::new(pss, RED.stroke_width(2)))
-        .unwrap()
-        .label("PSS MB (with mapped index pages)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
-    let anon: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| {
-            (
-                s["t_s"].as_f64().unwrap(),
-                s["pss_anon_bytes"].as_f64().unwrap() / 1e6,
-            )
-        })
-        .collect();
-    ch.draw_series(LineSeries::new(anon, GREEN.stroke_width(2)))
-        .unwrap()
-        .label("anonymous PSS MB (heap, stacks)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN.stroke_width(2)));
+    for (line, label, c) in [
+        (pss, "PSS MB (with mapped index pages)", RED),
+        (
+            mb("pss_anon_bytes"),
+            "anonymous PSS MB (heap, stacks)",
+            GREEN,
+        ),
+    ] {
+        ch.draw_series(LineSeries::new(line, c.stroke_width(2)))
+            .unwrap()
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    legend(&mut ch, SeriesLabelPosition::LowerRight);
+    root.present().unwrap();
+}
+
+/// The legend box every plot draws.
+fn legend<'a, DB: plotters::prelude::DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    ch: &mut plotters::prelude::ChartContext<'a, DB, CT>,
+    at: plotters::prelude::SeriesLabelPosition,
+) {
+    use plotters::prelude::*;
     ch.configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
         .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(at)
         .draw()
         .unwrap();
-    root.present().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1723,18 +1724,7 @@ fn plot_soak(samples: &[Value], path: &Path) {
 async fn soak(c: &mut Ctx, arm: usize, secs: u64, users: usize, out: &Path) {
     let arm = &c.arms[arm];
     let pid = arm.pid.unwrap();
-    let p = Params {
-        events: 100,
-        pace_ms: 20,
-        first_ms: 0,
-        echo: false,
-        hang: None,
-    };
-    let r = Req {
-        fmt: Fmt::Chat,
-        p,
-        prompt: Arc::new("Tell me about the valley.".into()),
-    };
+    let r = steady_chat();
     let before = json!({"pss_bytes": pss(pid), "pss_anon_bytes": pss_anon(pid), "fds": fds(pid), "threads": threads(pid)});
     let t0 = Instant::now();
     let samples = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
@@ -1811,20 +1801,7 @@ fn main() {
                         (name.clone(), pts)
                     })
                     .collect();
-                plot_ladder(
-                    &series,
-                    "chunk_p99_ms",
-                    "chunk latency p99 (ms)",
-                    "Per-chunk latency p99 vs concurrent streams",
-                    &dir.join("ladder-p99.svg"),
-                );
-                plot_ladder(
-                    &series,
-                    "cpu_us_per_chunk",
-                    "proxy CPU µs per chunk",
-                    "Proxy CPU per chunk vs concurrent streams",
-                    &dir.join("ladder-cpu.svg"),
-                );
+                plot_ladders(&series, dir);
             }
         }
         Some(Role::Mock { listen }) => {
@@ -1869,22 +1846,21 @@ fn run(mut a: RunArgs, smoke: bool) {
         addr: mock,
         pid: None,
     }];
-    if let Some(ng) = &a.nginx {
-        let (p, addr) = start_nginx(ng, mock, dir.path());
+    let mut add = |name: &'static str, (p, addr): (Proc, SocketAddr)| {
         arms.push(Arm {
-            name: "nginx",
+            name,
             addr,
             pid: Some(p.pid()),
         });
         procs.push(p);
+    };
+    if let Some(ng) = &a.nginx {
+        add("nginx", start_nginx(ng, mock, dir.path()));
     }
-    let (p, addr) = start_verbatim(&a, mock, None, dir.path());
-    arms.push(Arm {
-        name: "verbatim scan off",
-        addr,
-        pid: Some(p.pid()),
-    });
-    procs.push(p);
+    add(
+        "verbatim scan off",
+        start_verbatim(&a, mock, None, dir.path()),
+    );
     if !a.indexes.is_empty() {
         // hold=none: the cost of scanning itself; strict: plus the holdback that keeps every
         // blocked character back (t units of text, a property of the policy, not of load).
@@ -1892,23 +1868,11 @@ fn run(mut a: RunArgs, smoke: bool) {
             ("verbatim scan on", "none"),
             ("verbatim scan on, strict", "strict"),
         ] {
-            let (p, addr) = start_verbatim(&a, mock, Some(hold), dir.path());
-            arms.push(Arm {
-                name,
-                addr,
-                pid: Some(p.pid()),
-            });
-            procs.push(p);
+            add(name, start_verbatim(&a, mock, Some(hold), dir.path()));
         }
     }
     if let Some(l) = &a.litellm {
-        let (p, addr) = start_litellm(l, mock, dir.path());
-        arms.push(Arm {
-            name: "litellm",
-            addr,
-            pid: Some(p.pid()),
-        });
-        procs.push(p);
+        add("litellm", start_litellm(l, mock, dir.path()));
     }
     let mut c = Ctx {
         arms,
@@ -1934,11 +1898,11 @@ fn run(mut a: RunArgs, smoke: bool) {
     rt.block_on(async {
         // Warm every arm (connections, index pages) before measuring.
         for arm in &c.arms {
-            let r = Req { fmt: Fmt::Chat, p: Params { events: 20, pace_ms: 1, first_ms: 0, echo: false, hang: None }, prompt: Arc::new("hi".into()) };
+            let r = Req { fmt: Fmt::Chat, p: Params::paced(20, 1), prompt: Arc::new("hi".into()) };
             let _ = run_users(arm, 8, &r, 0.5).await;
         }
         let hi: Arc<String> = Arc::new("Tell me about the valley.".into());
-        let p = Params { events: 60, pace_ms: 20, first_ms: 0, echo: false, hang: None };
+        let p = Params::paced(60, 20);
         // Idle memory first, before other scenarios have grown the allocators' pools.
         if want("idle") {
             scenario_idle(&mut c, a.idle_streams).await;
@@ -1953,7 +1917,7 @@ fn run(mut a: RunArgs, smoke: bool) {
             scenario_one(&mut c, Fmt::Responses, "One stream at a time (OpenAI Responses, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
             for (fmt, label) in [(Fmt::Anthropic, "128 concurrent Anthropic Messages streams"), (Fmt::Responses, "128 concurrent OpenAI Responses streams")] {
                 let n = if smoke { 4 } else { 128 };
-                let r = Req { fmt, p: Params { events: 100, pace_ms: 20, first_ms: 0, echo: false, hang: None }, prompt: hi.clone() };
+                let r = Req { fmt, p: Params::paced(100, 20), prompt: hi.clone() };
                 let mut recs = Vec::new();
                 for &j in &no_litellm {
                     recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
@@ -1989,26 +1953,11 @@ fn run(mut a: RunArgs, smoke: bool) {
             soak(&mut c, j, a.soak_secs, a.soak_streams, &a.out).await;
         }
         if !series.is_empty() {
-            plot_ladder(&series, "chunk_p99_ms", "chunk latency p99 (ms)", "Per-chunk latency p99 vs concurrent streams", &a.out.join("ladder-p99.svg"));
-            plot_ladder(&series, "cpu_us_per_chunk", "proxy CPU µs per chunk", "Proxy CPU per chunk vs concurrent streams", &a.out.join("ladder-cpu.svg"));
+            plot_ladders(&series, &a.out);
         }
     });
     drop(procs);
-    let md = format!(
-        "Arms: {}. Machine: {} cores.\n{}",
-        c.arm_names().join(", "),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        c.md
-    );
-    std::fs::write(a.out.join("load.md"), &md).unwrap();
-    std::fs::write(
-        a.out.join("load.json"),
-        serde_json::to_string_pretty(&Value::Object(c.out.clone())).unwrap(),
-    )
-    .unwrap();
-    println!("{md}");
+    println!("{}", save(&c, &a.out));
     if smoke {
         // The smoke pass must at least have moved every stream through both arms.
         let one = &c.out["One stream at a time (OpenAI chat, 60 events at 50/s)"];
