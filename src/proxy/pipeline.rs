@@ -751,8 +751,11 @@ impl Pipeline {
             .to_string();
         if !original.is_empty() {
             for h in &mut self.queue {
-                h.ensure_json();
-                if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
+                if !h.spans.is_empty() {
+                    continue; // carries text of its own: rewritten above, if at all
+                }
+                h.ensure_json(); // a no-op: only events with text are read lazily
+                if let Some(v) = &mut h.json {
                     h.changed |= replace_strings(v, &original, &placeholder);
                 }
             }
