@@ -227,20 +227,21 @@ fn pss_anon(root: u32) -> u64 {
     smaps_sum(root, "Pss_Anon:")
 }
 
-fn fds(root: u32) -> usize {
+/// Entries of `/proc/<pid>/<dir>` summed over a process tree.
+fn proc_entries(root: u32, dir: &str) -> usize {
     tree(root)
         .iter()
-        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/{dir}")).ok())
         .map(|d| d.count())
         .sum()
 }
 
+fn fds(root: u32) -> usize {
+    proc_entries(root, "fd")
+}
+
 fn threads(root: u32) -> usize {
-    tree(root)
-        .iter()
-        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
-        .map(|d| d.count())
-        .sum()
+    proc_entries(root, "task")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -907,8 +908,8 @@ fn ended(tail: &[u8], fmt: Fmt) -> bool {
     }
 }
 
-/// One stream on the user's connection. `hold` keeps it open after the first event until
-/// the future is dropped (idle streams).
+/// One stream on the user's connection, recorded into `rec`. `first` is told when the first
+/// content event arrives (the idle scenario waits on it, then drops the stream).
 async fn one_stream(
     vu: &mut Vu,
     r: &Req,
@@ -1039,14 +1040,14 @@ async fn run_users(arm: &Arm, n: usize, r: &Req, secs: f64) -> (Rec, f64, f64) {
     (rec, cpu, wall)
 }
 
-fn summary(rec: &mut Rec, cpu: f64, wall: f64, base: Option<&Value>) -> Value {
+fn summary(rec: &mut Rec, cpu: f64, wall: f64) -> Value {
     let ttft50 = pct(&mut rec.ttft_ns, 0.5);
     let ttft99 = pct(&mut rec.ttft_ns, 0.99);
     let l50 = pct(&mut rec.lat_ns, 0.5);
     let l99 = pct(&mut rec.lat_ns, 0.99);
     let l999 = pct(&mut rec.lat_ns, 0.999);
     let over30 = rec.lat_ns.iter().filter(|&&l| l > 30_000_000).count();
-    let mut v = json!({
+    let v = json!({
         "streams": rec.streams, "ok": rec.ok, "stalled": rec.stalled, "errors": rec.errors,
         "events": rec.events, "frames": rec.frames, "merged_events": rec.merged,
         "ttft_p50_ms": ttft50, "ttft_p99_ms": ttft99,
@@ -1056,14 +1057,29 @@ fn summary(rec: &mut Rec, cpu: f64, wall: f64, base: Option<&Value>) -> Value {
         "cpu_us_per_chunk": if rec.events > 0 { cpu * 1e6 / rec.events as f64 } else { f64::NAN },
         "proxy_cores": cpu / wall,
     });
-    if let Some(b) = base {
-        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN) - b[k].as_f64().unwrap_or(f64::NAN);
-        let added = json!({"added_ttft_p50_ms": f("ttft_p50_ms"), "added_chunk_p50_ms": f("chunk_p50_ms"), "added_chunk_p99_ms": f("chunk_p99_ms")});
-        for (k, x) in added.as_object().unwrap() {
-            v[k] = x.clone();
+    v
+}
+
+/// Adds to an arm's summary its figures against the baselines of the same step: `added_*`,
+/// the arm's figure minus the direct arm's, and, for Verbatim and the peer, the ratios to
+/// nginx (added per-chunk p99, CPU per chunk).
+fn compare(v: &mut Value, name: &str, direct: Option<&Value>, nginx: Option<&Value>) {
+    let num = |x: &Value, k: &str| x[k].as_f64().unwrap_or(f64::NAN);
+    if let Some(d) = direct {
+        for k in ["ttft_p50_ms", "chunk_p50_ms", "chunk_p99_ms"] {
+            let added = num(v, k) - num(d, k);
+            v[format!("added_{k}")] = json!(added);
         }
     }
-    v
+    let (p99, cpu) = match (nginx, direct) {
+        (Some(n), Some(d)) if name != "nginx" && name != "direct" => (
+            num(v, "added_chunk_p99_ms") / (num(n, "chunk_p99_ms") - num(d, "chunk_p99_ms")),
+            num(v, "cpu_us_per_chunk") / num(n, "cpu_us_per_chunk"),
+        ),
+        _ => (f64::NAN, f64::NAN),
+    };
+    v["added_p99_vs_nginx"] = json!(p99);
+    v["cpu_per_chunk_vs_nginx"] = json!(cpu);
 }
 
 fn sustained(v: &Value) -> bool {
@@ -1158,31 +1174,23 @@ async fn scenario_one(
 
 fn report(c: &mut Ctx, label: &str, arms: &[usize], mut recs: Vec<(Rec, f64, f64)>) {
     let mut rows = serde_json::Map::new();
-    let nginx = arms.iter().position(|&a| c.arms[a].name == "nginx");
-    let direct = arms.iter().position(|&a| c.arms[a].name == "direct");
-    let base = direct.map(|d| {
-        let (r, cpu, w) = &mut recs[d];
-        summary(r, *cpu, *w, None)
-    });
-    let mut sums: Vec<Value> = recs
+    let sums: Vec<Value> = recs
         .iter_mut()
-        .map(|(r, cpu, w)| summary(r, *cpu, *w, base.as_ref()))
+        .map(|(r, cpu, w)| summary(r, *cpu, *w))
         .collect();
+    let named = |n: &str| {
+        arms.iter()
+            .position(|&a| c.arms[a].name == n)
+            .map(|i| sums[i].clone())
+    };
+    let (direct, nginx) = (named("direct"), named("nginx"));
+    let mut sums = sums;
     c.md.push_str(&format!("\n#### {label}\n\n| arm | streams ok | TTFT p50 ms (added) | chunk p50 ms (added) | chunk p99 ms (added) | vs nginx: added p99 | CPU µs/chunk | vs nginx | events/frame | max gap ms |\n|---|---|---|---|---|---|---|---|---|---|\n"));
-    let ng = nginx.map(|n| sums[n].clone());
     for (j, v) in sums.iter_mut().enumerate() {
         let name = c.arms[arms[j]].name;
-        let (ratio_p99, ratio_cpu) = match &ng {
-            Some(n) if name != "direct" && name != "nginx" => (
-                v["added_chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)
-                    / n["added_chunk_p99_ms"].as_f64().unwrap_or(f64::NAN),
-                v["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN)
-                    / n["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN),
-            ),
-            _ => (f64::NAN, f64::NAN),
-        };
-        v["added_p99_vs_nginx"] = json!(ratio_p99);
-        v["cpu_per_chunk_vs_nginx"] = json!(ratio_cpu);
+        compare(v, name, direct.as_ref(), nginx.as_ref());
+        let ratio_p99 = v["added_p99_vs_nginx"].as_f64().unwrap_or(f64::NAN);
+        let ratio_cpu = v["cpu_per_chunk_vs_nginx"].as_f64().unwrap_or(f64::NAN);
         let epf =
             v["events"].as_f64().unwrap_or(0.0) / v["frames"].as_f64().unwrap_or(1.0).max(1.0);
         c.md.push_str(&format!(
@@ -1241,7 +1249,7 @@ async fn scenario_ladder(
             });
             let (mut rec, cpu, wall) = run_users(arm, n, &r, secs).await;
             mem[j] = sampler.await.unwrap();
-            let v = summary(&mut rec, cpu, wall, None);
+            let v = summary(&mut rec, cpu, wall);
             if !sustained(&v) {
                 out_of[j] = true;
             }
@@ -1262,28 +1270,9 @@ async fn scenario_ladder(
                 continue;
             };
             let name = c.arms[j].name;
-            if let Some(d) = &direct {
-                v["added_chunk_p99_ms"] = json!(
-                    v["chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)
-                        - d["chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)
-                );
-                v["added_chunk_p50_ms"] = json!(
-                    v["chunk_p50_ms"].as_f64().unwrap_or(f64::NAN)
-                        - d["chunk_p50_ms"].as_f64().unwrap_or(f64::NAN)
-                );
-            }
-            let (rp, rc) = match (&nginx, &direct) {
-                (Some(ng), Some(d)) if name != "nginx" && name != "direct" => (
-                    v["added_chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)
-                        / (ng["chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)
-                            - d["chunk_p99_ms"].as_f64().unwrap_or(f64::NAN)),
-                    v["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN)
-                        / ng["cpu_us_per_chunk"].as_f64().unwrap_or(f64::NAN),
-                ),
-                _ => (f64::NAN, f64::NAN),
-            };
-            v["added_p99_vs_nginx"] = json!(rp);
-            v["cpu_per_chunk_vs_nginx"] = json!(rc);
+            compare(&mut v, name, direct.as_ref(), nginx.as_ref());
+            let rp = v["added_p99_vs_nginx"].as_f64().unwrap_or(f64::NAN);
+            let rc = v["cpu_per_chunk_vs_nginx"].as_f64().unwrap_or(f64::NAN);
             v["pss_bytes"] = json!(mem[j]);
             v["sustained"] = json!(sustained(&v));
             c.md.push_str(&format!(
@@ -1745,7 +1734,7 @@ async fn soak(c: &mut Ctx, arm: usize, secs: u64, users: usize, out: &Path) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = json!({"pss_bytes": pss(pid), "pss_anon_bytes": pss_anon(pid), "fds": fds(pid), "threads": threads(pid)});
     let samples = samples.lock().unwrap().clone();
-    let v = summary(&mut rec, cpu, wall, None);
+    let v = summary(&mut rec, cpu, wall);
     // Flat: the last minute's PSS against the first minute after warm-up.
     let at = |from: f64, to: f64| {
         let xs: Vec<f64> = samples

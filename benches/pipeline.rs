@@ -78,11 +78,7 @@ fn main() {
         a.reps = 1;
     }
     // The built-in license index, from the cache `verbatim serve` uses (built once).
-    let cache = std::env::var_os("VERBATIM_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/verbatim")
-        });
+    let cache = verbatim::license::builtin::cache_dir();
     let mut indexes = vec![Arc::new(
         Index::open(verbatim::license::builtin::ensure(&cache).unwrap()).unwrap(),
     )];

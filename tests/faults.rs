@@ -85,26 +85,26 @@ fn spawn_with(dir: &std::path::Path, upstream: &str, extra: &str) -> Bin {
     }
 }
 
+/// A streamed chat request carrying the secret in every credential header.
+async fn send_chat(addr: std::net::SocketAddr) -> (u16, String) {
+    send(
+        addr,
+        "/v1/chat/completions",
+        chat_req(true, "go").to_string(),
+    )
+    .await
+}
+
+/// A request carrying the secret in every credential header.
 async fn send(addr: std::net::SocketAddr, path: &str, body: String) -> (u16, String) {
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {SECRET}"))
-        .header("x-api-key", SECRET)
-        .header("cookie", format!("session={SECRET}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    use http_body_util::BodyExt;
-    let b = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bearer = format!("Bearer {SECRET}");
+    let cookie = format!("session={SECRET}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-api-key", SECRET),
+        ("cookie", cookie.as_str()),
+    ];
+    let (status, _, b) = post_raw(addr, path, &headers, body).await;
     (status, String::from_utf8_lossy(&b).into_owned())
 }
 
@@ -119,38 +119,17 @@ async fn no_credential_reaches_logs_audit_metrics_or_errors_whatever_fails() {
     let mut bodies = Vec::new();
     // Blocked stream, annotated stream, upstream error, upstream reset, oversized request,
     // malformed JSON, a passthrough route.
-    bodies.push(
-        send(
-            bin.addr,
-            "/v1/chat/completions",
-            chat_req(true, "go").to_string(),
-        )
-        .await,
-    );
+    bodies.push(send_chat(bin.addr).await);
     *mock.reply.lock().unwrap() =
         Reply::sse(&openai_stream(&format!("{INTRO}{SHORT}{OUTRO}"), 5), 64);
-    bodies.push(
-        send(
-            bin.addr,
-            "/v1/chat/completions",
-            chat_req(true, "go").to_string(),
-        )
-        .await,
-    );
+    bodies.push(send_chat(bin.addr).await);
     *mock.reply.lock().unwrap() =
         Reply::json(401, &serde_json::json!({"error": {"message": "bad key"}}));
     bodies.push(send(bin.addr, "/v1/messages", msg_req(false, "go").to_string()).await);
     let mut r = Reply::sse(&openai_stream(UNRELATED, 3), 40);
     r.reset_after = Some(3);
     *mock.reply.lock().unwrap() = r;
-    bodies.push(
-        send(
-            bin.addr,
-            "/v1/chat/completions",
-            chat_req(true, "go").to_string(),
-        )
-        .await,
-    );
+    bodies.push(send_chat(bin.addr).await);
     bodies.push(send(bin.addr, "/v1/chat/completions", "x".repeat(10_000)).await);
     bodies.push(send(bin.addr, "/v1/chat/completions", "{not json".into()).await);
     bodies.push(send(bin.addr, "/v1/files", "{}".into()).await);
@@ -162,12 +141,7 @@ async fn no_credential_reaches_logs_audit_metrics_or_errors_whatever_fails() {
         .local_addr()
         .unwrap();
     let bin2 = spawn(dir2.path(), &format!("http://{dead}"));
-    let down = send(
-        bin2.addr,
-        "/v1/chat/completions",
-        chat_req(true, "go").to_string(),
-    )
-    .await;
+    let down = send_chat(bin2.addr).await;
     assert_eq!(down.0, 502, "{down:?}");
     bodies.push(down);
     let (_, metrics) = admin(bin.admin, "GET", "/metrics").await;
@@ -436,12 +410,7 @@ async fn an_upstream_that_never_accepts_times_out_at_connect_with_504() {
         "[timeouts]\nconnect_ms = 400\n",
     );
     let t = std::time::Instant::now();
-    let (status, body) = send(
-        bin.addr,
-        "/v1/chat/completions",
-        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#.into(),
-    )
-    .await;
+    let (status, body) = send_chat(bin.addr).await;
     let took = t.elapsed();
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("upstream_connect_timeout"), "{body}");

@@ -6,7 +6,6 @@
 mod proxy_mock;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -321,14 +320,7 @@ async fn a_client_that_goes_away_cancels_the_upstream() {
         .unwrap();
     assert!(first.is_some());
     drop(body);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while mock.cancelled.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    mock.assert_cancelled().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,14 +868,7 @@ async fn a_stalled_or_silent_upstream_times_out_with_a_clean_end() {
     assert!(!got.is_empty() && text.starts_with(&got), "{got:?}");
     assert!(got.len() < text.len());
     // The upstream request is dropped, not left hanging.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while mock.cancelled.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream not cancelled"
-        );
-        tokio::time::sleep(ms(20)).await;
-    }
+    mock.assert_cancelled().await;
 
     // 2. No response head in time: 504 in the provider's error shape.
     let mut r = Reply::sse(&openai_stream(&text, 5), 64);
@@ -971,14 +956,7 @@ async fn an_endless_stream_is_stopped_at_the_response_limit() {
         .expect("a stop event");
     assert_eq!(stop["reason"], "response-too-large");
     assert_eq!(evs.last().unwrap().1, "[DONE]");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while mock.cancelled.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    mock.assert_cancelled().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,7 +216,8 @@ struct Held {
     event: Option<String>,
     json: Option<Value>,
     /// The event's data when it was read as a [`api::LiteChunk`] and `json` is not built yet
-    /// (built by [`Held::ensure_json`] only if the event must be rewritten).
+    /// (built by [`Held::ensure_json`] only if the event must be rewritten). Such an event
+    /// always carries text, so its `spans` are never empty.
     lazy: Option<String>,
     spans: Vec<HeldSpan>,
     changed: bool,
@@ -525,18 +526,7 @@ impl Pipeline {
         if let Some(v) = &mut held.json {
             self.meta.observe(api, v);
             for piece in api::event_pieces(api, v) {
-                let s = self.stream(piece.key);
-                let sc = &mut self.streams[s].1;
-                let start = sc.offset();
-                sc.push_str(&piece.text);
-                self.texts[s].push_str(&piece.text);
-                self.markers[s].push(&piece.text);
-                held.spans.push(HeldSpan {
-                    stream: s,
-                    key: piece.key,
-                    start,
-                    end: sc.offset(),
-                });
+                held.spans.push(self.take_text(piece.key, &piece.text));
             }
             if !self.pending_cites.is_empty() && api::carries_late_citations(api, v) {
                 let cites = std::mem::take(&mut self.pending_cites);
@@ -549,8 +539,7 @@ impl Pipeline {
                 held.changed |= replace_strings(v, from, to);
             }
         }
-        self.held_bytes += held.raw.len();
-        self.queue.push_back(held);
+        self.hold(held);
         // Streams that end with this event: the text it carried is complete.
         if let api::StreamEnds::After(ended) = ends {
             self.finish_streams(|k| ended.contains(&k.a));
@@ -566,30 +555,41 @@ impl Pipeline {
         };
         self.meta.observe_lite(&lite);
         let (key, text) = lite.piece();
+        let span = self.take_text(key, text);
+        drop(lite);
+        self.hold(Held {
+            raw: ev.raw,
+            event: ev.event,
+            json: None,
+            lazy: ev.data,
+            spans: vec![span],
+            changed: false,
+        });
+        self.decide();
+        Ok(())
+    }
+
+    /// Feeds a piece of an event's text to its stream's scanner, text and marker scanner;
+    /// where it lies in that stream.
+    fn take_text(&mut self, key: StreamKey, text: &str) -> HeldSpan {
         let s = self.stream(key);
         let sc = &mut self.streams[s].1;
         let start = sc.offset();
         sc.push_str(text);
         self.texts[s].push_str(text);
         self.markers[s].push(text);
-        drop(lite);
-        let held = Held {
-            raw: ev.raw,
-            event: ev.event,
-            json: None,
-            lazy: ev.data,
-            spans: vec![HeldSpan {
-                stream: s,
-                key,
-                start,
-                end: self.streams[s].1.offset(),
-            }],
-            changed: false,
-        };
+        HeldSpan {
+            stream: s,
+            key,
+            start,
+            end: sc.offset(),
+        }
+    }
+
+    /// Queues an event until its text is decided.
+    fn hold(&mut self, held: Held) {
         self.held_bytes += held.raw.len();
         self.queue.push_back(held);
-        self.decide();
-        Ok(())
     }
 
     /// The finding's citation and the policy's verdict on it.
@@ -751,11 +751,9 @@ impl Pipeline {
             .to_string();
         if !original.is_empty() {
             for h in &mut self.queue {
-                if !h.spans.is_empty() {
-                    continue; // carries text of its own: rewritten above, if at all
-                }
-                h.ensure_json(); // a no-op: only events with text are read lazily
-                if let Some(v) = &mut h.json {
+                // Events with text of their own were rewritten above, if at all (and only
+                // those are ever read lazily, so `json` is built for every other one).
+                if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
                     h.changed |= replace_strings(v, &original, &placeholder);
                 }
             }

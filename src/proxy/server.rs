@@ -950,11 +950,12 @@ impl Body for PipelineBody {
                     this.ended(StreamEnd::UpstreamError);
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.last_frame = tokio::time::Instant::now();
+                    // One clock read a frame: the idle timer's reference and the scan timer.
+                    let t0 = std::time::Instant::now();
+                    this.last_frame = tokio::time::Instant::from_std(t0);
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let t0 = std::time::Instant::now();
                     let seen = this.pipeline.events_in;
                     this.ready.extend(this.pipeline.push(&data));
                     this.shared.metrics.scan_time(t0.elapsed().as_secs_f64());

@@ -73,11 +73,29 @@ pub fn client() -> C {
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, http::HeaderMap, Bytes) {
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-test-secret")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    post_raw(
+        addr,
+        path,
+        &[("authorization", "Bearer sk-test-secret")],
+        body.to_string(),
+    )
+    .await
+}
+
+/// POSTs `body` as it is (valid JSON or not) with these headers besides the content type;
+/// fails the test if no whole answer comes within 20 s.
+pub async fn post_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, http::HeaderMap, Bytes) {
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
     let fut = async {
         let resp = client().request(req).await.unwrap();
         let status = resp.status().as_u16();

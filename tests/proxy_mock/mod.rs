@@ -79,6 +79,21 @@ pub struct Mock {
     pub completed: Arc<AtomicUsize>,
 }
 
+impl Mock {
+    /// Waits up to 5 s for the proxy to drop a stream (the client went away, or Verbatim
+    /// ended the response); fails the test otherwise.
+    pub async fn assert_cancelled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.cancelled.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream stream was not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
 impl Body for ChannelBody {
