@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 v=$(grep -oP 'pub const FORMAT_VERSION: u32 = \K[0-9]+' src/index/format.rs)
-cargo run --quiet -- index build --corpus corpora --out "tests/fixtures/index-v$v" --force --quiet
+cargo run --quiet -- index build --corpus corpora --out "tests/fixtures/index-v$v" --force --quiet --no-renamed
+cargo run --quiet -- index build --corpus corpora --out "tests/fixtures/index-v$v-renamed" --force --quiet

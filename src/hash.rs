@@ -7,11 +7,17 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::normalize::Channel;
+use crate::normalize::{Channel, Unit, UnitClass};
 
 const PROSE_SEED: u64 = 0x7072_6f73_655f_7631; // "prose_v1"
 const CODE_SEED: u64 = 0x636f_6465_5f5f_7631; // "code__v1"
 const KGRAM_SEED: u64 = 0x6b67_7261_6d5f_7631; // "kgram_v1"
+const RENAMED_SEED: u64 = 0x7265_6e61_6d5f_7631; // "renam_v1"
+/// Shape values of abstracted units in the rename-insensitive channel (an identifier adds the
+/// distance back to its previous occurrence in the window).
+const IDENT_SHAPE: u64 = 0x6964_656e_745f_0000;
+const NUMBER_SHAPE: u64 = 0x6e75_6d62_6572_5f31;
+const STRING_SHAPE: u64 = 0x7374_7269_6e67_5f31;
 
 /// Hash of one normalised unit's text in its channel. Channels hash apart so a prose word never
 /// equals a code token.
@@ -47,10 +53,66 @@ pub fn kgram_key(units: impl IntoIterator<Item = u64>) -> u64 {
     )
 }
 
+/// Distance from each identifier to the previous occurrence of the same identifier among
+/// `units` (`u32::MAX` for a first occurrence and for every other unit): the input of
+/// [`renamed_key`], computed once per document or stream.
+pub fn prev_distances(units: &[Unit]) -> Vec<u32> {
+    let mut last = rustc_hash::FxHashMap::default();
+    units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            if u.class != UnitClass::Ident {
+                return u32::MAX;
+            }
+            match last.insert(u.hash, i) {
+                Some(j) => u32::try_from(i - j).unwrap_or(u32::MAX),
+                None => u32::MAX,
+            }
+        })
+        .collect()
+}
+
+/// The shape of the unit at offset `j` of a window: keywords, operators and punctuation are
+/// themselves; a literal is its kind; an identifier is "the same name as `d` units back" or "a
+/// name not seen earlier in this window". So two windows have the same shapes exactly when one
+/// is the other with identifiers renamed consistently (a bijection) and literals changed —
+/// Baker's parameterised matching, restricted to the window so it can be hashed per k-gram.
 #[inline]
-fn finalize(mut x: u64) -> u64 {
+pub fn shape(hash: u64, class: UnitClass, prev: u32, j: usize) -> u64 {
+    match class {
+        UnitClass::Other => hash,
+        UnitClass::Ident if (prev as usize) <= j => IDENT_SHAPE + u64::from(prev),
+        UnitClass::Ident => IDENT_SHAPE,
+        UnitClass::Number => NUMBER_SHAPE,
+        UnitClass::Str => STRING_SHAPE,
+    }
+}
+
+/// Key of a k-gram in the rename-insensitive channel, from `(hash, class, prev distance)` of
+/// each unit in order. Keyed apart from [`kgram_key`] by its own seed, so the two channels can
+/// share one filter and one postings file.
+#[inline]
+pub fn renamed_key(window: impl IntoIterator<Item = (u64, UnitClass, u32)>) -> u64 {
+    let acc = window
+        .into_iter()
+        .enumerate()
+        .fold(0u64, |acc, (j, (h, c, prev))| {
+            acc.wrapping_mul(KGRAM_BASE)
+                .wrapping_add(shape(h, c, prev, j))
+        });
+    finalize_seeded(acc, RENAMED_SEED)
+}
+
+#[inline]
+fn finalize(x: u64) -> u64 {
+    finalize_seeded(x, KGRAM_SEED)
+}
+
+#[inline]
+fn finalize_seeded(mut x: u64, seed: u64) -> u64 {
     // MurmurHash3's fmix64.
-    x ^= KGRAM_SEED;
+    x ^= seed;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

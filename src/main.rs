@@ -154,6 +154,9 @@ enum IndexCommand {
     Verify { dir: PathBuf },
 }
 
+/// The default rename-insensitive channel parameters.
+const RENAMED: ChannelParams = ChannelParams { k: 16, p: 8 };
+
 #[derive(Args)]
 struct BuildArgs {
     /// A corpus manifest (repeatable), or a directory of `*.toml` manifests.
@@ -175,6 +178,16 @@ struct BuildArgs {
     /// Keys found in at least this many documents are common (not evidence alone).
     #[arg(long, default_value_t = Params::default().common_threshold)]
     common_threshold: u32,
+    /// Units per k-gram of the rename-insensitive code channel.
+    #[arg(long, default_value_t = RENAMED.k)]
+    renamed_k: u32,
+    /// Index sampling stride of the rename-insensitive code channel.
+    #[arg(long, default_value_t = RENAMED.p)]
+    renamed_p: u32,
+    /// Build without the rename-insensitive channel (smaller index; renamed code then shows
+    /// only as gapped `near` findings, if at all).
+    #[arg(long)]
+    no_renamed: bool,
     /// Skip files larger than this many MiB.
     #[arg(long, default_value_t = 64)]
     max_file_mib: u64,
@@ -291,6 +304,10 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
                 p: a.code_p,
             },
             common_threshold: a.common_threshold,
+            renamed: (!a.no_renamed).then_some(ChannelParams {
+                k: a.renamed_k,
+                p: a.renamed_p,
+            }),
         },
         max_file_bytes: a.max_file_mib << 20,
         spill_postings: ((a.spill_mib << 20) / 16) as usize,
@@ -329,9 +346,13 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         mb / secs.max(1e-9)
     );
     println!(
-        "  guarantee t      prose {} units, code {} units",
+        "  guarantee t      prose {} units, code {} units{}",
         opts.params.prose.t(),
-        opts.params.code.t()
+        opts.params.code.t(),
+        match opts.params.renamed {
+            Some(r) => format!(", renamed code {} units", r.t()),
+            None => String::new(),
+        }
     );
     if !s.skipped.is_empty() {
         let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -852,7 +873,7 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
                         corpus: r.corpus.clone(),
                         units: f.units,
                         chars: f.output_end - f.output_start,
-                        similarity: 1.0,
+                        similarity: f.similarity(),
                         ..Facts::default()
                     };
                     facts.push((

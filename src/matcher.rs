@@ -18,15 +18,20 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{RollingKgram, stored};
-use crate::index::{Index, Params};
-use crate::normalize::{Channel, Normalizer, TextKind, Unit};
+use crate::hash::{RollingKgram, prev_distances, renamed_key, stored};
+use crate::index::{ChannelParams, Index, Params};
+use crate::normalize::{Channel, Normalizer, TextKind, Unit, UnitClass};
 
-/// How a run matched. This engine reports exact runs; the near-verbatim channels add kinds.
+/// How a run matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MatchKind {
+    /// Every unit equal.
     Exact,
+    /// Every unit equal, except identifiers renamed consistently and literals changed.
+    Renamed,
+    /// Aligned pieces with small gaps between them (changed, inserted or deleted units).
+    Near,
     /// A run of an SPDX license or exception text (a corpus of kind `license-text`).
     LicenseText,
 }
@@ -35,17 +40,19 @@ impl MatchKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MatchKind::Exact => "exact",
+            MatchKind::Renamed => "renamed",
+            MatchKind::Near => "near",
             MatchKind::LicenseText => "license-text",
         }
     }
 }
 
-/// What a run of `doc` is: a license text when its corpus is of kind `license-text`.
-fn kind_of(index: &Index, doc: u32) -> MatchKind {
-    match index.doc(doc).map(|d| index.corpus(d).kind) {
-        Some(crate::corpus::CorpusKind::LicenseText) => MatchKind::LicenseText,
-        _ => MatchKind::Exact,
-    }
+/// Whether `doc` is a license text (its corpus is of kind `license-text`).
+fn is_license(index: &Index, doc: u32) -> bool {
+    matches!(
+        index.doc(doc).map(|d| index.corpus(d).kind),
+        Some(crate::corpus::CorpusKind::LicenseText)
+    )
 }
 
 /// A run of output units found in an indexed document.
@@ -57,29 +64,139 @@ pub struct Finding {
     /// Which of the scanner's indexes.
     pub index: usize,
     pub doc: u32,
-    /// Unit range in the document.
+    /// Unit range in the document: `doc_unit_start .. doc_unit_start + source_units`.
     pub doc_unit_start: u32,
+    pub source_units: u32,
+    /// Output units in the run (for `near`, including the ones in gaps).
     pub units: u32,
+    /// Units aligned with the source, equal or renamed (`units` for exact and renamed runs).
+    pub matched: u32,
     pub kind: MatchKind,
     pub channel: Channel,
     /// The run also occurs in text the caller supplied in the request.
     pub caller_supplied: bool,
 }
 
+impl Finding {
+    /// Similarity of the output region and the source region: 2·aligned / (output units +
+    /// source units) — the F-measure of their alignment, as ROUGE-L's over the longest common
+    /// subsequence (our alignment is one common subsequence, so this is a lower bound of it).
+    /// 1 for exact and renamed runs.
+    pub fn similarity(&self) -> f64 {
+        let total = f64::from(self.units) + f64::from(self.source_units);
+        if total == 0.0 {
+            return 0.0;
+        }
+        (2.0 * f64::from(self.matched) / total).min(1.0)
+    }
+}
+
 /// Units of recent output kept for left extension. A run's first sampled k-gram starts within
 /// its first p units, so a few hundred units is far more than exact matching needs.
 const HISTORY: usize = 256;
+
+/// A gap: at most this many output units in a row may fail to align before a run is closed.
+const MAX_GAP: u32 = 6;
+/// A gap may skip at most this many more source units than output units (a deletion).
+const MAX_SKIP: u32 = 4;
+/// A gapped run is reported only if it is at least this similar to its source region.
+pub const NEAR_MIN_SIMILARITY: f64 = 0.6;
+
+/// How one output unit compares with one source unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Equal,
+    /// An identifier renamed consistently with the run so far, or a changed literal.
+    Renamed,
+    Differ,
+}
+
+/// The renaming a run has used so far: output name ↔ source name, both ways, so a renaming
+/// must be a bijection (`a→x, b→x` is not a renaming).
+#[derive(Debug, Clone, Default)]
+struct Names {
+    fwd: rustc_hash::FxHashMap<u32, u32>,
+    back: rustc_hash::FxHashMap<u32, u32>,
+}
+
+impl Names {
+    fn pair(&mut self, out: u32, src: u32) -> bool {
+        match (self.fwd.get(&out), self.back.get(&src)) {
+            (Some(&s), _) if s != src => false,
+            (_, Some(&o)) if o != out => false,
+            (Some(_), Some(_)) => true,
+            _ => {
+                self.fwd.insert(out, src);
+                self.back.insert(src, out);
+                true
+            }
+        }
+    }
+}
+
+/// Compares output unit `u` with source unit `src` (stored hash) of class `class`. Without
+/// `names` (prose, or an index without the renamed channel) only equality counts.
+fn compare(u: &Unit, src: u32, class: u8, names: Option<&mut Names>) -> Cmp {
+    let o = stored(u.hash);
+    let Some(names) = names else {
+        return if o == src { Cmp::Equal } else { Cmp::Differ };
+    };
+    let class = UnitClass::from_u8(class);
+    if u.class != class {
+        return Cmp::Differ;
+    }
+    match class {
+        UnitClass::Other if o == src => Cmp::Equal,
+        UnitClass::Other => Cmp::Differ,
+        UnitClass::Ident if !names.pair(o, src) => Cmp::Differ,
+        _ if o == src => Cmp::Equal,
+        _ => Cmp::Renamed,
+    }
+}
+
+/// The committed extent of a run: where it ends and what it holds.
+#[derive(Debug, Clone, Copy)]
+struct Extent {
+    out_end: u64,
+    out_units: u32,
+    doc_end: u32,
+    matched: u32,
+    renamed: u32,
+    gaps: u32,
+}
 
 #[derive(Debug, Clone)]
 struct Candidate {
     doc: u32,
     doc_start: u32,
     out_start: u64,
-    out_end: u64,
-    len: u32,
+    /// Everything aligned so far.
+    cur: Extent,
+    /// `cur` as it was after the last *equal* unit: a run ends on an equal unit, so renamed
+    /// units after it (which may be unrelated names that happen to fit) are dropped on close.
+    anchor: Extent,
+    /// Output units since the last aligned one (0: in step with the source).
+    pending: u32,
     channel: Channel,
     /// Seeded by a k-gram that also occurs in the caller's own request text.
     caller_supplied: bool,
+    /// The run's renaming, when renamed units may align (code, index with classes).
+    names: Option<Box<Names>>,
+}
+
+impl Candidate {
+    fn commit(&mut self, u: &Unit, doc_pos: u32, cmp: Cmp, out_units: u32, matched: u32) {
+        let c = &mut self.cur;
+        c.out_end = u.end;
+        c.out_units += out_units;
+        c.doc_end = doc_pos + 1;
+        c.matched += matched;
+        if cmp == Cmp::Renamed {
+            c.renamed += 1;
+        } else {
+            self.anchor = *c;
+        }
+    }
 }
 
 /// Matches one index against the unit stream.
@@ -88,6 +205,8 @@ struct IndexMatcher {
     /// Every corpus of the index is license texts.
     license_only: bool,
     params: Params,
+    /// The index has the rename-insensitive channel (its parameters and class store).
+    renamed: Option<ChannelParams>,
     open: Vec<Candidate>,
     /// Documents with an open run (at most one run per document is open at a time, which also
     /// keeps repetitive documents from reporting the same output twice).
@@ -96,29 +215,64 @@ struct IndexMatcher {
     roll_channel: Option<Channel>,
     /// Per fresh unit: its k-gram key if the filter may contain it.
     probes: Vec<Option<u64>>,
+    /// Per fresh unit: its rename-insensitive k-gram key if the filter may contain it.
+    rprobes: Vec<Option<u64>>,
 }
 
 impl IndexMatcher {
+    /// The run `c` as a finding, if it qualifies: exact runs of at least the channel's `t`,
+    /// renamed runs of at least the renamed channel's `t`, gapped runs with at least `t`
+    /// aligned units and a similarity of at least [`NEAR_MIN_SIMILARITY`].
+    fn finding(&self, c: &Candidate, which: usize) -> Option<Finding> {
+        let e = c.anchor;
+        let t = self.params.channel(c.channel).t();
+        let kind = if e.gaps > 0 {
+            MatchKind::Near
+        } else if e.renamed > 0 {
+            MatchKind::Renamed
+        } else {
+            MatchKind::Exact
+        };
+        let f = Finding {
+            output_start: c.out_start,
+            output_end: e.out_end,
+            index: which,
+            doc: c.doc,
+            doc_unit_start: c.doc_start,
+            source_units: e.doc_end - c.doc_start,
+            units: e.out_units,
+            matched: e.matched,
+            kind: if is_license(&self.index, c.doc) {
+                MatchKind::LicenseText
+            } else {
+                kind
+            },
+            channel: c.channel,
+            caller_supplied: c.caller_supplied,
+        };
+        let ok = match kind {
+            MatchKind::Near => e.matched >= t && f.similarity() >= NEAR_MIN_SIMILARITY,
+            MatchKind::Renamed => self.renamed.is_some_and(|r| e.out_units >= r.t()),
+            _ => e.out_units >= t,
+        };
+        ok.then_some(f)
+    }
+
     fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
-        if c.len >= self.params.channel(c.channel).t() {
-            out.push(Finding {
-                output_start: c.out_start,
-                output_end: c.out_end,
-                index: which,
-                doc: c.doc,
-                doc_unit_start: c.doc_start,
-                units: c.len,
-                kind: kind_of(&self.index, c.doc),
-                channel: c.channel,
-                caller_supplied: c.caller_supplied,
-            });
-        }
+        out.extend(self.finding(c, which));
     }
 
     /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and probes the filter for all
     /// of them in one tight loop, so the filter's cache misses overlap instead of stalling the
-    /// per-unit logic one at a time. Fills `self.probes` with one entry per fresh unit.
-    fn prepare(&mut self, hist: &VecDeque<Unit>, fresh: &[Unit]) {
+    /// per-unit logic one at a time. Fills `self.probes` (and `self.rprobes`, the
+    /// rename-insensitive keys of code units) with one entry per fresh unit.
+    fn prepare(
+        &mut self,
+        hist: &VecDeque<Unit>,
+        hprev: &VecDeque<u32>,
+        fresh: &[Unit],
+        fprev: &[u32],
+    ) {
         self.probes.clear();
         for (j, u) in fresh.iter().enumerate() {
             let k = self.params.channel(u.channel).k as usize;
@@ -134,29 +288,102 @@ impl IndexMatcher {
             self.probes.push(self.roll.push(u.hash, leaving));
         }
         self.index.retain_possible(&mut self.probes);
+        self.rprobes.clear();
+        let Some(rp) = self.renamed else { return };
+        let k = rp.k as usize;
+        let h = hist.len();
+        let at = |i: usize| {
+            if i < h {
+                (&hist[i], hprev[i])
+            } else {
+                (&fresh[i - h], fprev[i - h])
+            }
+        };
+        for (j, u) in fresh.iter().enumerate() {
+            let end = h + j + 1;
+            let key = (u.channel == Channel::Code && end >= k)
+                .then(|| end - k..end)
+                .filter(|r| r.clone().all(|i| at(i).0.channel == Channel::Code))
+                .map(|r| {
+                    renamed_key(r.map(|i| {
+                        let (u, d) = at(i);
+                        (u.hash, u.class, d)
+                    }))
+                });
+            self.rprobes.push(key);
+        }
+        self.index.retain_possible(&mut self.rprobes);
     }
 
-    /// Takes the last unit of `hist`; `probe` is the key of the k-gram it completes if the
-    /// filter says the index may hold it.
+    /// Steps an open run by the newest unit `unit`; false when the run ends before it.
+    fn step(index: &Index, c: &mut Candidate, hist: &VecDeque<Unit>, unit: &Unit) -> bool {
+        let units = index.doc_units(c.doc);
+        let classes = index.doc_classes(c.doc);
+        let class = |d: u32| classes.get(d as usize).copied().unwrap_or(0);
+        if c.pending == 0 {
+            let d = c.cur.doc_end;
+            let cmp = match units.get(d as usize) {
+                Some(&src) => compare(unit, src, class(d), c.names.as_deref_mut()),
+                None => Cmp::Differ,
+            };
+            if cmp == Cmp::Differ {
+                c.pending = 1;
+            } else {
+                c.commit(unit, d, cmp, 1, 1);
+            }
+            return true;
+        }
+        // In a gap: look for the point where output and source agree again. On the diagonal
+        // (as many source units skipped as output units: substitutions) one equal unit is
+        // enough for a short gap; elsewhere (insertions, deletions) two equal units in a row.
+        c.pending += 1;
+        let g = c.pending;
+        let base = c.cur.doc_end;
+        let diag = base + g - 1;
+        let eq = |d: u32, u: &Unit| units.get(d as usize) == Some(&stored(u.hash));
+        let prev = hist.len().checked_sub(2).map(|i| &hist[i]);
+        let mut found = None;
+        if eq(diag, unit) && (g <= 3 || prev.is_some_and(|p| diag > base && eq(diag - 1, p))) {
+            found = Some((diag, 1 + u32::from(g > 3)));
+        } else if let Some(p) = prev.filter(|_| g >= 2) {
+            for d in (base + 1)..=(diag + MAX_SKIP) {
+                if d != diag && eq(d, unit) && eq(d - 1, p) {
+                    found = Some((d, 2));
+                    break;
+                }
+            }
+        }
+        match found {
+            Some((d, n)) => {
+                if let (Some(names), UnitClass::Ident) = (c.names.as_deref_mut(), unit.class) {
+                    names.pair(stored(unit.hash), stored(unit.hash));
+                }
+                c.cur.gaps += 1;
+                c.pending = 0;
+                c.commit(unit, d, Cmp::Equal, g, n);
+                true
+            }
+            None => g <= MAX_GAP,
+        }
+    }
+
+    /// Takes the last unit of `hist`; `probe` and `rprobe` are the keys of the k-grams it
+    /// completes (exact and rename-insensitive) if the filter says the index may hold them.
     fn on_unit(
         &mut self,
         hist: &VecDeque<Unit>,
         probe: Option<u64>,
+        rprobe: Option<u64>,
         exempt: &FxHashSet<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
-        let h32 = stored(unit.hash);
-        let index = &*self.index;
 
         // Extend open runs by this unit, or close them.
         let mut i = 0;
         while i < self.open.len() {
-            let c = &mut self.open[i];
-            if index.doc_units(c.doc).get((c.doc_start + c.len) as usize) == Some(&h32) {
-                c.len += 1;
-                c.out_end = unit.end;
+            if Self::step(&self.index, &mut self.open[i], hist, unit) {
                 i += 1;
             } else {
                 let c = self.open.swap_remove(i);
@@ -165,49 +392,95 @@ impl IndexMatcher {
             }
         }
 
-        let Some(key) = probe else { return };
         let ch = unit.channel;
-        let k = self.params.channel(ch).k as usize;
-        let first = hist.len() - k;
+        if let Some(key) = probe {
+            let k = self.params.channel(ch).k as usize;
+            self.seed(hist, key, k, exempt.contains(&key));
+        }
+        if let (Some(key), Some(rp)) = (rprobe, self.renamed) {
+            self.seed(hist, key, rp.k as usize, exempt.contains(&key));
+        }
+    }
+
+    /// Opens runs at the postings of `key`, the k-gram of the last `k` units of `hist`.
+    fn seed(&mut self, hist: &VecDeque<Unit>, key: u64, k: usize, caller_supplied: bool) {
+        let index = Arc::clone(&self.index);
         let postings = index.lookup_unfiltered(key);
         if postings.is_empty() {
             return;
         }
+        let Some(unit) = hist.back() else { return };
+        let ch = unit.channel;
+        let first = hist.len() - k;
+        let with_names = ch == Channel::Code && self.renamed.is_some();
         for p in postings {
             if self.open_docs.contains(&p.doc) {
                 continue; // already inside a run of this document
             }
             let units = index.doc_units(p.doc);
+            let classes = index.doc_classes(p.doc);
+            let class = |d: usize| classes.get(d).copied().unwrap_or(0);
             let q = p.pos as usize;
-            let Some(window) = units.get(q..q + k) else {
+            if units.get(q..q + k).is_none() {
+                continue;
+            }
+            let mut names = with_names.then(Box::<Names>::default);
+            // The seed window must align unit for unit (a filter false positive, a hash
+            // collision or an inconsistent renaming fails here).
+            let mut pairs: Vec<(usize, u32, Cmp)> = Vec::with_capacity(k + 16);
+            let aligned = (0..k).all(|j| {
+                let c = compare(
+                    &hist[first + j],
+                    units[q + j],
+                    class(q + j),
+                    names.as_deref_mut(),
+                );
+                pairs.push((first + j, (q + j) as u32, c));
+                c != Cmp::Differ
+            });
+            if !aligned {
+                continue;
+            }
+            // Extend left through the kept history, across gaps as the right side does.
+            let mut left = extend_left(hist, units, &class, first, q, names.as_deref_mut());
+            left.reverse();
+            left.append(&mut pairs);
+            let pairs = left;
+            // A run starts at its first equal unit.
+            let Some(lead) = pairs.iter().position(|&(_, _, c)| c == Cmp::Equal) else {
                 continue;
             };
-            if !window
-                .iter()
-                .zip(hist.range(first..))
-                .all(|(d, o)| *d == stored(o.hash))
-            {
-                continue; // filter false positive or hash collision
-            }
-            // Extend left through the kept history.
-            let mut e = 0usize;
-            while e < first && e < q {
-                let o = &hist[first - e - 1];
-                if units[q - e - 1] != stored(o.hash) {
-                    break;
+            let (start, doc_start, _) = pairs[lead];
+            let empty = Extent {
+                out_end: hist[start].start,
+                out_units: 0,
+                doc_end: doc_start,
+                matched: 0,
+                renamed: 0,
+                gaps: 0,
+            };
+            let mut cand = Candidate {
+                doc: p.doc,
+                doc_start,
+                out_start: hist[start].start,
+                cur: empty,
+                anchor: empty,
+                pending: 0,
+                channel: ch,
+                caller_supplied,
+                names,
+            };
+            let mut last = (start, doc_start);
+            for (n, &(o, d, c)) in pairs[lead..].iter().enumerate() {
+                let step = if n == 0 { 1 } else { (o - last.0) as u32 };
+                if n > 0 && (o - last.0 > 1 || d - last.1 > 1) {
+                    cand.cur.gaps += 1;
                 }
-                e += 1;
+                cand.commit(&hist[o], d, c, step, 1);
+                last = (o, d);
             }
             self.open_docs.insert(p.doc);
-            self.open.push(Candidate {
-                doc: p.doc,
-                doc_start: (q - e) as u32,
-                out_start: hist[first - e].start,
-                out_end: unit.end,
-                len: (k + e) as u32,
-                channel: ch,
-                caller_supplied: exempt.contains(&key),
-            });
+            self.open.push(cand);
         }
     }
 
@@ -219,6 +492,63 @@ impl IndexMatcher {
     }
 }
 
+/// Aligns the output before a seed (`hist[..first]`) with the source before `q`, right to
+/// left: unit for unit while units compare equal or renamed, across a gap of at most
+/// [`MAX_GAP`] output units when two units in a row left of it are equal again. Returns the
+/// aligned (history index, source position, comparison) pairs, nearest first.
+fn extend_left(
+    hist: &VecDeque<Unit>,
+    units: &[u32],
+    class: &dyn Fn(usize) -> u8,
+    first: usize,
+    q: usize,
+    mut names: Option<&mut Names>,
+) -> Vec<(usize, u32, Cmp)> {
+    let mut out = Vec::new();
+    let (mut o, mut d) = (first, q);
+    let eq = |o: usize, d: usize| units.get(d) == Some(&stored(hist[o].hash));
+    while o > 0 && d > 0 {
+        let c = compare(
+            &hist[o - 1],
+            units[d - 1],
+            class(d - 1),
+            names.as_deref_mut(),
+        );
+        if c != Cmp::Differ {
+            o -= 1;
+            d -= 1;
+            out.push((o, d as u32, c));
+            continue;
+        }
+        // A gap: `s` output units and `sd` source units skipped, diagonal first.
+        let mut found = None;
+        'search: for s in 1..=MAX_GAP as usize {
+            let Some(oc) = (o - 1).checked_sub(s) else {
+                break;
+            };
+            if oc == 0 {
+                break;
+            }
+            let diag = std::iter::once(s);
+            let others = (0..=s + MAX_SKIP as usize).filter(|&x| x != s);
+            for sd in diag.chain(others) {
+                let Some(dc) = (d - 1).checked_sub(sd) else {
+                    continue;
+                };
+                if dc > 0 && eq(oc, dc) && eq(oc - 1, dc - 1) {
+                    found = Some((oc, dc));
+                    break 'search;
+                }
+            }
+        }
+        let Some((oc, dc)) = found else { break };
+        o = oc;
+        d = dc;
+        out.push((o, d as u32, Cmp::Equal));
+    }
+    out
+}
+
 /// Scans one output stream against one or more indexes.
 pub struct Scanner {
     norm: Normalizer,
@@ -226,7 +556,14 @@ pub struct Scanner {
     /// K-gram keys of text the caller supplied (see [`Exemptions`]).
     exempt: Arc<FxHashSet<u64>>,
     hist: VecDeque<Unit>,
+    /// Per unit of `hist`: distance back to the previous occurrence of the same identifier.
+    hist_prev: VecDeque<u32>,
+    /// Identifier → sequence number of its last occurrence (for those distances).
+    ident_last: rustc_hash::FxHashMap<u64, u64>,
+    /// Sequence number of the next unit.
+    seq: u64,
     fresh: Vec<Unit>,
+    fresh_prev: Vec<u32>,
     findings: Vec<Finding>,
     /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
     t_max: [u32; 2],
@@ -245,17 +582,25 @@ impl Scanner {
                     .all(|c| c.kind == crate::corpus::CorpusKind::LicenseText),
                 index: Arc::clone(ix),
                 params: ix.params(),
+                renamed: ix.params().renamed,
                 open: Vec::new(),
                 open_docs: FxHashSet::default(),
                 roll: RollingKgram::new(1),
                 roll_channel: None,
                 probes: Vec::new(),
+                rprobes: Vec::new(),
             })
             .collect();
         let t_of = |c: Channel| {
             matchers
                 .iter()
-                .map(|m| m.params.channel(c).t())
+                .map(|m| {
+                    let renamed = m
+                        .renamed
+                        .filter(|_| c == Channel::Code)
+                        .map_or(0, |r| r.t());
+                    m.params.channel(c).t().max(renamed)
+                })
                 .max()
                 .unwrap_or(1)
         };
@@ -265,7 +610,11 @@ impl Scanner {
             matchers,
             exempt: Arc::default(),
             hist: VecDeque::with_capacity(HISTORY + 1),
+            hist_prev: VecDeque::with_capacity(HISTORY + 1),
+            ident_last: rustc_hash::FxHashMap::default(),
+            seq: 0,
             fresh: Vec::new(),
+            fresh_prev: Vec::new(),
             findings: Vec::new(),
             t_max,
             hold_license_runs: true,
@@ -310,17 +659,45 @@ impl Scanner {
         if fresh.is_empty() {
             return;
         }
+        // Identifier distances, only when some index has the rename-insensitive channel.
+        self.fresh_prev.clear();
+        if self.matchers.iter().any(|m| m.renamed.is_some()) {
+            for u in fresh.iter() {
+                let d = if u.class == UnitClass::Ident {
+                    match self.ident_last.insert(u.hash, self.seq) {
+                        Some(j) => u32::try_from(self.seq - j).unwrap_or(u32::MAX),
+                        None => u32::MAX,
+                    }
+                } else {
+                    u32::MAX
+                };
+                self.fresh_prev.push(d);
+                self.seq += 1;
+            }
+        } else {
+            self.fresh_prev.resize(fresh.len(), u32::MAX);
+        }
         for m in &mut self.matchers {
-            m.prepare(&self.hist, fresh);
+            m.prepare(&self.hist, &self.hist_prev, fresh, &self.fresh_prev);
         }
         for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
+                self.hist_prev.pop_front();
             }
             self.hist.push_back(u);
+            self.hist_prev.push_back(self.fresh_prev[j]);
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
-                m.on_unit(&self.hist, probe, &self.exempt, i, &mut self.findings);
+                let rprobe = m.rprobes.get(j).copied().flatten();
+                m.on_unit(
+                    &self.hist,
+                    probe,
+                    rprobe,
+                    &self.exempt,
+                    i,
+                    &mut self.findings,
+                );
             }
         }
     }
@@ -373,9 +750,19 @@ impl Scanner {
         self.matchers.iter().enumerate().flat_map(|(i, m)| {
             m.open.iter().map(move |c| OpenRun {
                 output_start: c.out_start,
-                output_end: c.out_end,
-                kind: kind_of(&m.index, c.doc),
-                units: c.len,
+                output_end: c.cur.out_end,
+                kind: if is_license(&m.index, c.doc) {
+                    MatchKind::LicenseText
+                } else if c.cur.gaps > 0 {
+                    MatchKind::Near
+                } else if c.cur.renamed > 0 {
+                    MatchKind::Renamed
+                } else {
+                    MatchKind::Exact
+                },
+                units: c.cur.out_units,
+                source_units: c.cur.doc_end - c.doc_start,
+                matched: c.cur.matched,
                 channel: c.channel,
                 index: i,
                 doc: c.doc,
@@ -393,6 +780,8 @@ pub struct OpenRun {
     pub output_end: u64,
     pub kind: MatchKind,
     pub units: u32,
+    pub source_units: u32,
+    pub matched: u32,
     pub channel: Channel,
     pub index: usize,
     pub doc: u32,
@@ -409,7 +798,9 @@ impl OpenRun {
             index: self.index,
             doc: self.doc,
             doc_unit_start: self.doc_unit_start,
+            source_units: self.source_units,
             units: self.units,
+            matched: self.matched,
             kind: self.kind,
             channel: self.channel,
             caller_supplied: self.caller_supplied,
@@ -436,9 +827,26 @@ pub fn exemptions<'a>(
         .collect();
     ks.sort_unstable();
     ks.dedup();
+    let mut renamed_ks: Vec<usize> = indexes
+        .iter()
+        .filter_map(|ix| ix.params().renamed.map(|r| r.k as usize))
+        .collect();
+    renamed_ks.sort_unstable();
+    renamed_ks.dedup();
     let mut keys = FxHashSet::default();
     for text in texts {
         let units = crate::normalize::normalize(text, TextKind::Markdown);
+        if !renamed_ks.is_empty() {
+            let prev = prev_distances(&units);
+            for &k in &renamed_ks {
+                for (q, w) in units.windows(k).enumerate() {
+                    if w.iter().all(|u| u.channel == Channel::Code) {
+                        let it = w.iter().zip(&prev[q..]).map(|(u, &d)| (u.hash, u.class, d));
+                        keys.insert(renamed_key(it));
+                    }
+                }
+            }
+        }
         for &(channel, k) in &ks {
             let mut roll = RollingKgram::new(k);
             for (i, u) in units.iter().enumerate() {
@@ -468,6 +876,8 @@ pub struct FindingReport {
     pub source_end: u64,
     pub units: u32,
     pub kind: MatchKind,
+    /// 2·aligned / (output units + source units): 1 for exact and renamed runs.
+    pub similarity: f64,
     pub channel: &'static str,
     pub license: String,
     pub license_source: String,
@@ -488,7 +898,8 @@ impl FindingReport {
         let doc = index.doc(f.doc)?;
         let corpus = index.corpus(doc);
         let (source_start, _) = index.unit_span(f.doc, f.doc_unit_start)?;
-        let (_, source_end) = index.unit_span(f.doc, f.doc_unit_start + f.units - 1)?;
+        let last = f.doc_unit_start + f.source_units.max(1) - 1;
+        let (_, source_end) = index.unit_span(f.doc, last)?;
         Some(FindingReport {
             output_start: f.output_start,
             output_end: f.output_end,
@@ -499,6 +910,7 @@ impl FindingReport {
             source_end: u64::from(source_end),
             units: f.units,
             kind: f.kind,
+            similarity: (f.similarity() * 1000.0).round() / 1000.0,
             channel: f.channel.as_str(),
             license: doc.license.clone(),
             license_source: doc.license_source.clone(),

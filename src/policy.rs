@@ -331,7 +331,8 @@ impl Policy {
             when: When {
                 source: vec![source.into()],
                 min_units: Some(min),
-                kind: vec!["exact".into()],
+                // A renamed or lightly edited copy of a long run is as much a copy.
+                kind: vec!["exact".into(), "renamed".into(), "near".into()],
                 ..When::default()
             },
             line: 0,

@@ -14,6 +14,9 @@ use verbatim::matcher::{FindingReport, Scanner};
 use verbatim::normalize::{TextKind, normalize};
 
 const FIXTURE: &str = "tests/fixtures/index-v1";
+/// The same corpora built with the rename-insensitive channel (an additive part of format 1:
+/// `params.renamed` in the manifest and `classes.bin`; indexes without it still open).
+const FIXTURE_RENAMED: &str = "tests/fixtures/index-v1-renamed";
 
 /// A sentence copied from `corpora/fixtures/acme-books/chapter-02.md`, reflowed and capitalised.
 const COPIED: &str = "Sure. \"YOU'LL WANT TO WRITE THAT DOWN,\" he told Marguerite, when she asked him about the \
@@ -78,6 +81,26 @@ fn rebuilding_the_fixture_corpora_is_deterministic_and_matches_the_fixture() {
         PathBuf::from("corpora/gpl-code.toml"),
     ])
     .unwrap();
+    let files = |p: &Path| -> Vec<String> {
+        Index::open(p)
+            .unwrap()
+            .manifest()
+            .files
+            .iter()
+            .map(|f| f.xxh3.clone())
+            .collect()
+    };
+    // Built before the renamed channel existed: the same parameters still give the same bytes.
+    let plain = dir.path().join("plain");
+    let opts = BuildOptions {
+        params: Params {
+            renamed: None,
+            ..Params::default()
+        },
+        ..BuildOptions::default()
+    };
+    build(&corpora, &plain, &opts).unwrap();
+    assert_eq!(files(&plain), files(Path::new(FIXTURE)));
     let mut ids = Vec::new();
     for n in 0..2 {
         let out = dir.path().join(format!("i{n}"));
@@ -93,14 +116,7 @@ fn rebuilding_the_fixture_corpora_is_deterministic_and_matches_the_fixture() {
         );
     }
     assert_eq!(ids[0], ids[1]);
-    let fixture: Vec<String> = Index::open(FIXTURE)
-        .unwrap()
-        .manifest()
-        .files
-        .iter()
-        .map(|f| f.xxh3.clone())
-        .collect();
-    assert_eq!(ids[0], fixture);
+    assert_eq!(ids[0], files(Path::new(FIXTURE_RENAMED)));
 }
 
 #[test]

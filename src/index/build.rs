@@ -26,8 +26,8 @@ use xxhash_rust::xxh3::Xxh3;
 use super::format::{self, CommonKey, HEADER_LEN, Header, Params, Posting, Span};
 use super::{CorpusEntry, DocMeta, FileEntry, IndexStats, Manifest};
 use crate::corpus::{Corpus, SkipReason, Skipped, SourceFile, read_text};
-use crate::hash::{kgram_key, stored};
-use crate::normalize::normalize;
+use crate::hash::{kgram_key, renamed_key, stored};
+use crate::normalize::{Channel, UnitClass, normalize};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -104,6 +104,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
 struct DocOut {
     meta: DocMeta,
     units: Vec<u32>,
+    /// [`crate::normalize::UnitClass`] of each unit (empty without the renamed channel).
+    classes: Vec<u8>,
     spans: Vec<Span>,
     /// Sampled k-gram keys and their unit positions.
     keys: Vec<(u64, u32)>,
@@ -155,6 +157,10 @@ fn process(
             xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())),
         },
         units: units.iter().map(|u| stored(u.hash)).collect(),
+        classes: match opts.params.renamed {
+            Some(_) => units.iter().map(|u| u.class as u8).collect(),
+            None => Vec::new(),
+        },
         spans: units
             .iter()
             .map(|u| Span {
@@ -185,7 +191,43 @@ pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u6
         }
         keys.push((kgram_key(window.iter().map(|w| w.hash)), q as u32));
     }
+    if let Some(rp) = params.renamed {
+        let (k, p) = (rp.k as usize, rp.p as usize);
+        let prev = crate::hash::prev_distances(units);
+        for q in (0..units.len().saturating_sub(k - 1)).step_by(p) {
+            let window = &units[q..q + k];
+            if window.iter().any(|w| w.channel != Channel::Code) || !shape_informative(window) {
+                continue;
+            }
+            let key = renamed_key(
+                window
+                    .iter()
+                    .zip(&prev[q..])
+                    .map(|(u, &d)| (u.hash, u.class, d)),
+            );
+            keys.push((key, q as u32));
+        }
+    }
     keys
+}
+
+/// [`informative`] for the rename-insensitive channel: a window must hold at least
+/// max(2, ⌈k/4⌉) distinct units that are not abstracted (keywords, operators, punctuation), so
+/// a list of names (`a, b, c, …`) or of literals is never evidence of a renamed copy.
+pub fn shape_informative(window: &[crate::normalize::Unit]) -> bool {
+    let need = 2.max(window.len().div_ceil(4));
+    let mut seen: [u64; 16] = [0; 16];
+    let mut n = 0;
+    for u in window.iter().filter(|u| u.class == UnitClass::Other) {
+        if !seen[..n].contains(&u.hash) {
+            seen[n] = u.hash;
+            n += 1;
+            if n >= need || n == seen.len() {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Whether a k-gram has enough distinct units to be evidence: at least max(2, ⌈k/4⌉) (4 for
@@ -257,6 +299,15 @@ pub fn build(
 
     let upath = tdir.join(format::UNITS);
     let spath = tdir.join(format::SPANS);
+    let cpath = tdir.join(format::CLASSES);
+    let mut cw = match opts.params.renamed {
+        Some(_) => {
+            let mut w = BufWriter::new(File::create(&cpath).map_err(io_err(&cpath))?);
+            write_header(&mut w, &Header::zeroed()).map_err(io_err(&cpath))?;
+            Some(w)
+        }
+        None => None,
+    };
     let dpath = tdir.join(format::DOCS);
     let mut uw = BufWriter::new(File::create(&upath).map_err(io_err(&upath))?);
     let mut sw = BufWriter::new(File::create(&spath).map_err(io_err(&spath))?);
@@ -302,6 +353,9 @@ pub fn build(
                     }
                     sw.write_all(bytemuck::cast_slice(&d.spans))
                         .map_err(io_err(&spath))?;
+                    if let Some(cw) = &mut cw {
+                        cw.write_all(&d.classes).map_err(io_err(&cpath))?;
+                    }
                     serde_json::to_writer(&mut dw, &d.meta).map_err(|e| BuildError::Io {
                         path: dpath.clone(),
                         source: e.into(),
@@ -337,6 +391,10 @@ pub fn build(
     let sh = Header::new(format::MAGIC_SPANS, stats.units, 0, [0; 4]);
     finish_with_header(uw, &upath, &uh)?;
     finish_with_header(sw, &spath, &sh)?;
+    if let Some(cw) = cw {
+        let ch = Header::new(format::MAGIC_CLASSES, stats.units, 0, [0; 4]);
+        finish_with_header(cw, &cpath, &ch)?;
+    }
     dw.flush().map_err(io_err(&dpath))?;
 
     // Merge the spilled runs into the postings file, marking common keys.
@@ -360,8 +418,12 @@ pub fn build(
         format::POSTINGS,
         format::FILTER,
         format::COMMON,
+        format::CLASSES,
     ] {
         let p = tdir.join(name);
+        if name == format::CLASSES && opts.params.renamed.is_none() {
+            continue;
+        }
         let bytes = fs::metadata(&p).map_err(io_err(&p))?.len();
         size_on_disk += bytes;
         files_meta.push(FileEntry {

@@ -17,6 +17,9 @@ pub const SPANS: &str = "spans.bin";
 pub const POSTINGS: &str = "postings.bin";
 pub const FILTER: &str = "filter.bin";
 pub const COMMON: &str = "common.bin";
+/// One [`crate::normalize::UnitClass`] byte per unit; present when the rename-insensitive
+/// channel is built (`params.renamed`).
+pub const CLASSES: &str = "classes.bin";
 
 /// Every binary file starts with this 64-byte header.
 #[repr(C)]
@@ -40,6 +43,7 @@ pub const MAGIC_SPANS: [u8; 8] = *b"VBSPANS\0";
 pub const MAGIC_POSTINGS: [u8; 8] = *b"VBPOSTS\0";
 pub const MAGIC_FILTER: [u8; 8] = *b"VBFILTR\0";
 pub const MAGIC_COMMON: [u8; 8] = *b"VBCOMMN\0";
+pub const MAGIC_CLASSES: [u8; 8] = *b"VBCLASS\0";
 
 impl Header {
     pub fn new(magic: [u8; 8], count: u64, aux: u64, aux2: [u64; 4]) -> Self {
@@ -105,6 +109,11 @@ pub struct Params {
     pub code: ChannelParams,
     /// A key in at least this many documents is common: not evidence on its own.
     pub common_threshold: u32,
+    /// The rename-insensitive code channel (identifiers and literals abstracted, see
+    /// [`crate::hash::renamed_key`]); absent in indexes built before it existed, which then
+    /// match exactly and by gaps only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed: Option<ChannelParams>,
 }
 
 impl Default for Params {
@@ -113,6 +122,7 @@ impl Default for Params {
             prose: ChannelParams { k: 8, p: 5 },
             code: ChannelParams { k: 16, p: 8 },
             common_threshold: 32,
+            renamed: Some(ChannelParams { k: 16, p: 8 }),
         }
     }
 }
@@ -128,7 +138,11 @@ impl Params {
     /// Checks the parameters make sense; returns a message per problem.
     pub fn validate(&self) -> Vec<String> {
         let mut v = Vec::new();
-        for (name, c) in [("prose", self.prose), ("code", self.code)] {
+        let renamed = self.renamed.map(|r| ("renamed", r));
+        for (name, c) in [("prose", self.prose), ("code", self.code)]
+            .into_iter()
+            .chain(renamed)
+        {
             if !(2..=64).contains(&c.k) {
                 v.push(format!("{name} k must be between 2 and 64, not {}", c.k));
             }

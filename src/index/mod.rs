@@ -145,6 +145,8 @@ pub struct Index {
     units: Mmap,
     spans: Mmap,
     common: Mmap,
+    /// One class byte per unit, when the index has the rename-insensitive channel.
+    classes: Option<Mmap>,
 }
 
 impl std::fmt::Debug for Index {
@@ -374,6 +376,23 @@ impl Index {
         let ch = header(&cpath, &common, format::MAGIC_COMMON)?;
         records::<CommonKey>(&cpath, &common, HEADER_LEN, ch.count)?;
 
+        let classes = match manifest.params.renamed {
+            None => None,
+            Some(_) => {
+                let kpath = dir.join(format::CLASSES);
+                let classes = map(&kpath)?;
+                let kh = header(&kpath, &classes, format::MAGIC_CLASSES)?;
+                records::<u8>(&kpath, &classes, HEADER_LEN, kh.count)?;
+                if kh.count != uh.count {
+                    return Err(corrupt(
+                        &kpath,
+                        "class store and unit store disagree on the unit count",
+                    ));
+                }
+                Some(classes)
+            }
+        };
+
         Ok(Index {
             dir,
             manifest,
@@ -385,6 +404,7 @@ impl Index {
             units,
             spans,
             common,
+            classes,
         })
     }
 
@@ -513,6 +533,18 @@ impl Index {
         let all: &[u32] = bytemuck::try_cast_slice(&self.units[HEADER_LEN..]).unwrap_or(&[]);
         let s = d.unit_start as usize;
         all.get(s..s + d.units as usize).unwrap_or(&[])
+    }
+
+    /// The [`crate::normalize::UnitClass`] bytes of a document's units (empty when the index
+    /// has no rename-insensitive channel).
+    pub fn doc_classes(&self, doc: u32) -> &[u8] {
+        let (Some(d), Some(classes)) = (self.docs.get(doc as usize), &self.classes) else {
+            return &[];
+        };
+        let s = d.unit_start as usize;
+        classes
+            .get(HEADER_LEN + s..HEADER_LEN + s + d.units as usize)
+            .unwrap_or(&[])
     }
 
     /// Byte range of unit `pos` within document `doc`.

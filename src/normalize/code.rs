@@ -6,7 +6,7 @@
 //! little density but keeps the lexer language-neutral and chunk-invariant. String literals end
 //! at their closing quote or at the end of the line, so one stray quote cannot swallow a file.
 
-use super::{Channel, Lang, Unit};
+use super::{Channel, Lang, Unit, UnitClass};
 use crate::hash::unit_hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,14 @@ impl CodeLexer {
     }
 
     fn emit(&mut self, end: u64, out: &mut Vec<Unit>) {
+        let class = match self.state {
+            State::Ident if !is_keyword(&self.tok) => UnitClass::Ident,
+            State::Number => UnitClass::Number,
+            State::Str { .. } => UnitClass::Str,
+            _ => UnitClass::Other,
+        };
         out.push(Unit {
+            class,
             hash: unit_hash(Channel::Code, self.tok.as_bytes()),
             start: self.tok_start,
             end,
@@ -227,5 +234,178 @@ fn is_ident_continue(c: char) -> bool {
         c.is_ascii_alphanumeric() || c == '_' || c == '$'
     } else {
         unicode_ident::is_xid_continue(c)
+    }
+}
+
+/// Keywords of the languages models write most (Rust, C, C++, Java, C#, Go, JavaScript,
+/// TypeScript, Python, Ruby, PHP, shell) and their built-in type names: a keyword is structure,
+/// not a name a copier renames, so it must match exactly in the rename-insensitive channel.
+/// Sorted, for binary search. Part of the index format: changing it changes `classes.bin`.
+const KEYWORDS: &[&str] = &[
+    "False",
+    "None",
+    "Self",
+    "True",
+    "abstract",
+    "and",
+    "as",
+    "assert",
+    "async",
+    "auto",
+    "await",
+    "begin",
+    "bool",
+    "boolean",
+    "break",
+    "byte",
+    "case",
+    "catch",
+    "char",
+    "class",
+    "const",
+    "constexpr",
+    "continue",
+    "crate",
+    "debugger",
+    "def",
+    "default",
+    "defer",
+    "del",
+    "delete",
+    "do",
+    "done",
+    "double",
+    "dyn",
+    "elif",
+    "else",
+    "elsif",
+    "end",
+    "enum",
+    "esac",
+    "except",
+    "explicit",
+    "export",
+    "extends",
+    "extern",
+    "f32",
+    "f64",
+    "false",
+    "fi",
+    "final",
+    "finally",
+    "float",
+    "fn",
+    "for",
+    "foreach",
+    "from",
+    "func",
+    "function",
+    "global",
+    "go",
+    "goto",
+    "i128",
+    "i16",
+    "i32",
+    "i64",
+    "i8",
+    "if",
+    "impl",
+    "implements",
+    "import",
+    "in",
+    "inline",
+    "instanceof",
+    "int",
+    "interface",
+    "is",
+    "isize",
+    "lambda",
+    "let",
+    "long",
+    "loop",
+    "map",
+    "match",
+    "mod",
+    "module",
+    "move",
+    "mut",
+    "namespace",
+    "new",
+    "nil",
+    "nonlocal",
+    "not",
+    "null",
+    "nullptr",
+    "operator",
+    "or",
+    "override",
+    "package",
+    "pass",
+    "private",
+    "protected",
+    "pub",
+    "public",
+    "raise",
+    "range",
+    "ref",
+    "register",
+    "rescue",
+    "return",
+    "select",
+    "self",
+    "short",
+    "signed",
+    "sizeof",
+    "static",
+    "str",
+    "string",
+    "struct",
+    "super",
+    "switch",
+    "template",
+    "then",
+    "this",
+    "throw",
+    "throws",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typedef",
+    "typename",
+    "typeof",
+    "u128",
+    "u16",
+    "u32",
+    "u64",
+    "u8",
+    "union",
+    "unless",
+    "unsafe",
+    "unsigned",
+    "until",
+    "use",
+    "using",
+    "usize",
+    "var",
+    "virtual",
+    "void",
+    "volatile",
+    "where",
+    "while",
+    "with",
+    "yield",
+];
+
+fn is_keyword(tok: &str) -> bool {
+    tok.len() <= 11 && KEYWORDS.binary_search(&tok).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keywords_are_sorted_for_binary_search() {
+        assert!(super::KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(super::KEYWORDS.iter().all(|k| k.len() <= 11));
     }
 }

@@ -15,6 +15,7 @@ mod lang;
 mod prose;
 
 pub use lang::{Lang, TextKind};
+
 pub use prose::normalize_word;
 
 use code::CodeLexer;
@@ -36,6 +37,35 @@ impl Channel {
     }
 }
 
+/// What a unit is, for the rename-insensitive channel: identifiers and literals may differ
+/// between a copy and its source (consistently, for identifiers); everything else must be equal.
+/// Stored as one byte per unit in the index (`classes.bin`), so the values are part of the
+/// index format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum UnitClass {
+    /// A prose word, punctuation, an operator or a language keyword.
+    #[default]
+    Other = 0,
+    /// A code identifier that is not a keyword of a common language.
+    Ident = 1,
+    /// A numeric literal.
+    Number = 2,
+    /// A string or character literal.
+    Str = 3,
+}
+
+impl UnitClass {
+    pub fn from_u8(b: u8) -> UnitClass {
+        match b {
+            1 => UnitClass::Ident,
+            2 => UnitClass::Number,
+            3 => UnitClass::Str,
+            _ => UnitClass::Other,
+        }
+    }
+}
+
 /// One normalised unit: a prose word or a code token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unit {
@@ -45,6 +75,7 @@ pub struct Unit {
     pub start: u64,
     pub end: u64,
     pub channel: Channel,
+    pub class: UnitClass,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

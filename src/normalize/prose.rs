@@ -76,6 +76,7 @@ impl ProseTokenizer {
         let mut emit = |i: usize, word: &str, hash: Option<u64>| {
             if let Some(hash) = hash {
                 out.push(Unit {
+                    class: super::UnitClass::Other,
                     hash,
                     start: base + i as u64,
                     end: base + (i + word.len()) as u64,

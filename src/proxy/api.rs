@@ -479,7 +479,7 @@ pub fn wants_stream(body: &Value) -> bool {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Citation {
     pub key_a: u64,
-    /// `exact`, `license-text`, `license-marker` (or `caller-supplied`).
+    /// `exact`, `renamed`, `near`, `license-text`, `license-marker` (or `caller-supplied`).
     pub kind: String,
     pub corpus: String,
     pub doc: String,
@@ -499,6 +499,9 @@ pub struct Citation {
     /// A license text: the share of the license reproduced (0–1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<f64>,
+    /// A gapped (`near`) run: how similar the output is to its source region (0–1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
     /// A license marker: what it says (expression, holder, years, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub marker: Option<crate::license::markers::Marker>,

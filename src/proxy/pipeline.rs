@@ -49,7 +49,7 @@ fn facts(c: &Citation, scope: &Scope) -> Facts {
         corpus: c.corpus.clone(),
         units: c.units,
         chars: c.output_end.saturating_sub(c.output_start),
-        similarity: 1.0,
+        similarity: c.similarity.unwrap_or(1.0),
         tenant: scope.tenant.clone(),
         route: scope.route.clone(),
         model: scope.model.clone(),
@@ -895,6 +895,7 @@ fn judge(
         reason: String::new(),
         index_id: r.index_id,
         coverage: r.coverage,
+        similarity: (r.similarity < 1.0).then_some(r.similarity),
         marker: None,
     };
     let v = setup.policy.decide(&facts(&cite, &setup.scope));
@@ -935,6 +936,7 @@ fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict)
         reason: String::new(),
         index_id: String::new(),
         coverage: None,
+        similarity: None,
         marker: Some(m),
     };
     let v = setup.policy.decide(&facts(&cite, &setup.scope));

@@ -1,0 +1,1211 @@
+//! Quality benchmark (issue #6): does Verbatim find lightly edited copies, and only copies?
+//!
+//! Positives are spans of 8–200 units taken from indexed documents, transformed by family
+//! (verbatim; whitespace, line wrapping and indentation; case; quotes, dashes and markdown;
+//! comments added and removed; identifiers renamed; literals changed; words changed at 2–20 %),
+//! embedded in text from documents that were never indexed, and streamed through the proxy's
+//! scanner in random chunks (strict holdback accounting: what would have been released before
+//! the copy was detected). Negatives are never-indexed documents, boilerplate code, short
+//! quotations and license mentions. Every case is also written out as files for the peer tools
+//! (`scripts/quality_peers.py`), whose verdicts `report` puts beside ours.
+//!
+//!   cargo bench --bench quality -- gen --corpus M.. --held-out M.. --index IDX --out DIR
+//!   cargo bench --bench quality -- report --out DIR --doc docs/quality.md
+//!
+//! `scripts/quality-bench.sh` fetches the corpora, builds the index and runs both with the peers.
+//! Under `cargo test --all-targets` (no subcommand) it runs once on the committed fixture
+//! corpora so the program itself is tested; those numbers mean nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use verbatim::corpus::{load_manifests, read_text};
+use verbatim::index::build::{BuildOptions, build};
+use verbatim::index::{Index, Params};
+use verbatim::matcher::{Finding, MatchKind, Scanner};
+use verbatim::normalize::{Channel, TextKind, UnitClass, normalize};
+
+/// Span lengths in units.
+const LENGTHS: &[usize] = &[8, 12, 16, 24, 50, 100, 200];
+/// Blocking thresholds of the built-in policy (`[rules]` defaults): prose, code.
+const BLOCK_UNITS: [u32; 2] = [32, 50];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut s = self.0 | 1;
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        self.0 = s;
+        s
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, pct: u32) -> bool {
+        self.below(10_000) < pct as usize * 100
+    }
+}
+
+struct Doc {
+    id: String,
+    text: String,
+    kind: TextKind,
+    /// Fence info string / file extension for code.
+    ext: String,
+}
+
+impl Doc {
+    fn is_code(&self) -> bool {
+        matches!(self.kind, TextKind::Code(_))
+    }
+}
+
+fn load(manifests: &[PathBuf], max_docs: usize, r: &mut Rng) -> Vec<Doc> {
+    let corpora = load_manifests(manifests).unwrap();
+    let mut docs = Vec::new();
+    for c in &corpora {
+        let (files, _) = c.files();
+        for f in files {
+            let Ok(text) = read_text(&f, 1 << 20) else {
+                continue;
+            };
+            let kind = c.text_kind(&f.rel);
+            if text.len() < 800 {
+                continue;
+            }
+            let ext = Path::new(&f.rel)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("txt")
+                .to_string();
+            docs.push(Doc {
+                id: format!("{}:{}", c.name, f.rel),
+                text,
+                kind,
+                ext,
+            });
+        }
+    }
+    // A random sample, so a few huge corpora do not dominate.
+    for i in (1..docs.len()).rev() {
+        docs.swap(i, r.below(i + 1));
+    }
+    docs.truncate(max_docs);
+    docs
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Family {
+    Verbatim,
+    Whitespace,
+    Case,
+    Punctuation,
+    Comments,
+    Renamed,
+    Literals,
+    Edit2,
+    Edit5,
+    Edit10,
+    Edit20,
+}
+
+const PROSE_FAMILIES: &[Family] = &[
+    Family::Verbatim,
+    Family::Whitespace,
+    Family::Case,
+    Family::Punctuation,
+    Family::Edit2,
+    Family::Edit5,
+    Family::Edit10,
+    Family::Edit20,
+];
+const CODE_FAMILIES: &[Family] = &[
+    Family::Verbatim,
+    Family::Whitespace,
+    Family::Comments,
+    Family::Renamed,
+    Family::Literals,
+    Family::Edit5,
+    Family::Edit10,
+];
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Verbatim => "verbatim",
+            Family::Whitespace => "whitespace",
+            Family::Case => "case",
+            Family::Punctuation => "punctuation",
+            Family::Comments => "comments",
+            Family::Renamed => "renamed",
+            Family::Literals => "literals",
+            Family::Edit2 => "edit 2%",
+            Family::Edit5 => "edit 5%",
+            Family::Edit10 => "edit 10%",
+            Family::Edit20 => "edit 20%",
+        }
+    }
+    fn edit_rate(self) -> Option<u32> {
+        match self {
+            Family::Edit2 => Some(2),
+            Family::Edit5 => Some(5),
+            Family::Edit10 => Some(10),
+            Family::Edit20 => Some(20),
+            _ => None,
+        }
+    }
+}
+
+fn comment_prefix(ext: &str) -> &'static str {
+    match ext {
+        "py" | "sh" | "rb" | "pl" | "toml" | "yaml" | "yml" => "#",
+        "sql" | "lua" | "hs" => "--",
+        _ => "//",
+    }
+}
+
+const NAMES: &[&str] = &[
+    "value", "item", "count", "buf", "data", "node", "entry", "state", "ctx", "result", "index",
+    "total", "handle", "config", "cursor", "target", "source", "limit", "offset", "token",
+];
+
+/// Applies a family's transformation to a copied span.
+fn transform(f: Family, span: &str, doc: &Doc, words: &[String], r: &mut Rng) -> String {
+    let code = doc.is_code();
+    match f {
+        Family::Verbatim => span.to_string(),
+        Family::Whitespace if code => span
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                let depth = (l.len() - t.len()) / 4;
+                format!("{}{}  ", "\t".repeat(depth + 1), t)
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Family::Whitespace => {
+            // Re-wrap at a random width with doubled spaces here and there.
+            let width = 30 + r.below(50);
+            let mut out = String::new();
+            let mut line = 0;
+            for w in span.split_whitespace() {
+                if line + w.len() > width {
+                    out.push('\n');
+                    line = 0;
+                } else if line > 0 {
+                    out.push_str(if r.chance(10) { "  " } else { " " });
+                }
+                out.push_str(w);
+                line += w.len() + 1;
+            }
+            out
+        }
+        Family::Case => {
+            if r.chance(50) {
+                span.to_uppercase()
+            } else {
+                span.to_lowercase()
+            }
+        }
+        Family::Punctuation => {
+            let mut out = String::new();
+            let mut open = true;
+            for (i, w) in span.split(' ').enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                let mut w = w.replace("--", "—").replace(" - ", " – ");
+                w = w
+                    .chars()
+                    .map(|c| match c {
+                        '"' => {
+                            open = !open;
+                            if open { '”' } else { '“' }
+                        }
+                        '\'' => '’',
+                        c => c,
+                    })
+                    .collect();
+                if r.chance(8) && w.chars().all(char::is_alphanumeric) && !w.is_empty() {
+                    w = if r.chance(50) {
+                        format!("**{w}**")
+                    } else {
+                        format!("_{w}_")
+                    };
+                }
+                out.push_str(&w);
+            }
+            out
+        }
+        Family::Comments => {
+            let c = comment_prefix(&doc.ext);
+            let mut out = Vec::new();
+            for l in span.lines() {
+                let t = l.trim_start();
+                if t.starts_with(c) || t.starts_with("/*") || t.starts_with('*') {
+                    continue; // comments removed
+                }
+                out.push(l.to_string());
+                if r.chance(30) {
+                    let indent = &l[..l.len() - t.len()];
+                    out.push(format!(
+                        "{indent}{c} {} the {} here",
+                        ["update", "check", "compute", "store"][r.below(4)],
+                        NAMES[r.below(NAMES.len())]
+                    ));
+                }
+            }
+            out.join("\n")
+        }
+        Family::Renamed | Family::Literals => {
+            let units = normalize(span, doc.kind);
+            let mut names: HashMap<&str, String> = HashMap::new();
+            let mut out = String::new();
+            let mut at = 0;
+            for u in &units {
+                let (s, e) = (u.start as usize, u.end as usize);
+                let tok = &span[s..e];
+                let new = match (f, u.class) {
+                    (Family::Renamed, UnitClass::Ident) => {
+                        let n = names.len();
+                        names
+                            .entry(tok)
+                            .or_insert_with(|| format!("{}_{n}", NAMES[n % NAMES.len()]))
+                            .clone()
+                    }
+                    (Family::Literals, UnitClass::Number) => format!("{}", r.below(1000)),
+                    (Family::Literals, UnitClass::Str) => {
+                        let q = &tok[..1];
+                        format!("{q}{}{q}", NAMES[r.below(NAMES.len())])
+                    }
+                    _ => continue,
+                };
+                out.push_str(&span[at..s]);
+                out.push_str(&new);
+                at = e;
+            }
+            out.push_str(&span[at..]);
+            out
+        }
+        _ => {
+            let pct = f.edit_rate().unwrap_or(0);
+            if code {
+                // Token edits: an identifier replaced by another, unrelated one.
+                let units = normalize(span, doc.kind);
+                let mut out = String::new();
+                let mut at = 0;
+                for u in &units {
+                    if u.class == UnitClass::Ident && r.chance(pct * 2) {
+                        out.push_str(&span[at..u.start as usize]);
+                        out.push_str(NAMES[r.below(NAMES.len())]);
+                        at = u.end as usize;
+                    }
+                }
+                out.push_str(&span[at..]);
+                out
+            } else {
+                // Word substitutions (and a few insertions and deletions) from never-indexed text.
+                let mut out: Vec<&str> = Vec::new();
+                for w in span.split(' ') {
+                    if !r.chance(pct) {
+                        out.push(w);
+                        continue;
+                    }
+                    let other = words[r.below(words.len())].as_str();
+                    match r.below(6) {
+                        0 => {}                      // deleted
+                        1 => out.extend([w, other]), // inserted
+                        _ => out.push(other),        // substituted
+                    }
+                }
+                out.join(" ")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Case {
+    id: String,
+    positive: bool,
+    /// Positive family, or negative kind.
+    family: String,
+    code: bool,
+    len: usize,
+    /// File extension for the peers.
+    ext: String,
+    text: String,
+    /// Byte range of the copied span in `text` (positives).
+    span: (usize, usize),
+    /// Index into the reference files written for the peers (positives).
+    source: Option<usize>,
+}
+
+fn words_of(docs: &[&Doc], n: usize, r: &mut Rng) -> String {
+    let d = docs[r.below(docs.len())];
+    let ws: Vec<&str> = d.text.split_whitespace().collect();
+    let a = r.below(ws.len().saturating_sub(n));
+    ws[a..(a + n).min(ws.len())].join(" ")
+}
+
+fn lines_of(docs: &[&Doc], n: usize, r: &mut Rng) -> String {
+    let d = docs[r.below(docs.len())];
+    let ls: Vec<&str> = d.text.lines().collect();
+    let a = r.below(ls.len().saturating_sub(n));
+    ls[a..(a + n).min(ls.len())].join("\n")
+}
+
+const BOILERPLATE: &[&str] = &[
+    "```rust\nuse std::collections::HashMap;\nuse std::io::{self, Read, Write};\nuse std::path::PathBuf;\n\nfn main() {\n    let args: Vec<String> = std::env::args().collect();\n    println!(\"{:?}\", args);\n}\n```",
+    "```python\nimport os\nimport sys\nimport json\n\n\ndef main():\n    args = sys.argv[1:]\n    print(json.dumps(args))\n\n\nif __name__ == \"__main__\":\n    main()\n```",
+    "```java\npublic class NAME {\n    private String name;\n    private int age;\n\n    public String getName() {\n        return name;\n    }\n\n    public void setName(String name) {\n        this.name = name;\n    }\n\n    public int getAge() {\n        return age;\n    }\n\n    public void setAge(int age) {\n        this.age = age;\n    }\n}\n```",
+    "```c\n#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\nint main(int argc, char **argv) {\n    if (argc < 2) {\n        fprintf(stderr, \"usage: %s FILE\\n\", argv[0]);\n        return 1;\n    }\n    printf(\"%s\\n\", argv[1]);\n    return 0;\n}\n```",
+    "```javascript\nconst express = require('express');\nconst app = express();\n\napp.get('/', (req, res) => {\n  res.send('Hello World!');\n});\n\napp.listen(3000, () => {\n  console.log('listening on port 3000');\n});\n```",
+    "```rust\n#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]\npub struct NAME {\n    pub id: u64,\n    pub name: String,\n}\n\nimpl NAME {\n    pub fn new(id: u64, name: String) -> Self {\n        Self { id, name }\n    }\n\n    pub fn id(&self) -> u64 {\n        self.id\n    }\n\n    pub fn name(&self) -> &str {\n        &self.name\n    }\n}\n```",
+    "```go\npackage main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n)\n\nfunc main() {\n\tif len(os.Args) < 2 {\n\t\tfmt.Println(\"usage: NAME FILE\")\n\t\tos.Exit(1)\n\t}\n\tfmt.Println(os.Args[1])\n}\n```",
+    "```rust\n#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n    fn it_works() {\n        let result = add(2, 2);\n        assert_eq!(result, 4);\n    }\n}\n```",
+];
+
+const MENTIONS: &[&str] = &[
+    "This project is licensed under the MIT License; see the LICENSE file for details.",
+    "Licensed under either of Apache License, Version 2.0 or MIT license at your option.",
+    "Because the library is GPL-3.0-or-later, a program that links it must be distributed under the GNU General Public License as well.",
+    "Unless you explicitly state otherwise, any contribution intentionally submitted for inclusion in the work by you shall be dual licensed as above, without any additional terms or conditions.",
+    "The code is released under the BSD 3-Clause license, which permits redistribution with attribution.",
+    "// SPDX-License-Identifier: GPL-2.0-only\n// Copyright (c) 2024 The Example Authors",
+    "The Mozilla Public License 2.0 is a weak copyleft license: changed files stay under the MPL.",
+];
+
+struct Gen<'a> {
+    r: Rng,
+    held_prose: Vec<&'a Doc>,
+    held_code: Vec<&'a Doc>,
+    words: Vec<String>,
+    refs: Vec<&'a Doc>,
+    ref_of: HashMap<String, usize>,
+}
+
+impl<'a> Gen<'a> {
+    fn prose(&mut self, n: usize) -> String {
+        if self.held_prose.is_empty() {
+            return (0..n)
+                .map(|_| self.words[self.r.below(self.words.len())].clone())
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        words_of(&self.held_prose, n, &mut self.r)
+    }
+    fn code_lines(&mut self, n: usize) -> String {
+        if self.held_code.is_empty() {
+            return String::new();
+        }
+        lines_of(&self.held_code, n, &mut self.r)
+    }
+    fn reference(&mut self, d: &'a Doc) -> usize {
+        if let Some(&i) = self.ref_of.get(&d.id) {
+            return i;
+        }
+        self.refs.push(d);
+        self.ref_of.insert(d.id.clone(), self.refs.len() - 1);
+        self.refs.len() - 1
+    }
+
+    fn positive(&mut self, id: String, f: Family, d: &'a Doc, len: usize) -> Option<Case> {
+        let units = normalize(&d.text, d.kind);
+        let want = if d.is_code() {
+            Channel::Code
+        } else {
+            Channel::Prose
+        };
+        if units.len() < len + 10 {
+            return None;
+        }
+        // A window of one channel (a markdown document's fenced code is not prose).
+        let mut a = 0;
+        for _ in 0..20 {
+            a = self.r.below(units.len() - len);
+            if units[a..a + len].iter().all(|u| u.channel == want) {
+                break;
+            }
+        }
+        if !units[a..a + len].iter().all(|u| u.channel == want) {
+            return None;
+        }
+        let span = &d.text[units[a].start as usize..units[a + len - 1].end as usize];
+        let words = std::mem::take(&mut self.words);
+        let copied = transform(f, span, d, &words, &mut self.r);
+        self.words = words;
+        let (text, span) = if d.is_code() {
+            let before = format!("{}:\n\n```{}\n{}\n", self.prose(12), d.ext, {
+                let n = 1 + self.r.below(6);
+                self.code_lines(n)
+            });
+            let after = format!(
+                "\n{}\n```\n\n{}",
+                {
+                    let n = 1 + self.r.below(6);
+                    self.code_lines(n)
+                },
+                self.prose(20)
+            );
+            (
+                format!("{before}{copied}{after}"),
+                (before.len(), before.len() + copied.len()),
+            )
+        } else {
+            let n1 = 20 + self.r.below(60);
+            let n2 = 20 + self.r.below(60);
+            let before = format!("{}\n\n", self.prose(n1));
+            let after = format!("\n\n{}", self.prose(n2));
+            (
+                format!("{before}{copied}{after}"),
+                (before.len(), before.len() + copied.len()),
+            )
+        };
+        let source = Some(self.reference(d));
+        Some(Case {
+            id,
+            positive: true,
+            family: f.name().to_string(),
+            code: d.is_code(),
+            len,
+            ext: if d.is_code() {
+                d.ext.clone()
+            } else {
+                "txt".into()
+            },
+            text,
+            span,
+            source,
+        })
+    }
+
+    fn negative(&mut self, id: String, which: usize, indexed_prose: &[&Doc]) -> Case {
+        let (family, code, text) = match which {
+            0 => ("never-indexed prose", false, {
+                let n = 100 + self.r.below(200);
+                self.prose(n)
+            }),
+            1 => ("never-indexed code", true, {
+                let n = 20 + self.r.below(40);
+                let lines = self.code_lines(n);
+                format!("{}:\n\n```\n{lines}\n```\n", self.prose(15))
+            }),
+            2 => ("boilerplate code", true, {
+                let b = BOILERPLATE[self.r.below(BOILERPLATE.len())];
+                let b = b.replace("NAME", NAMES[self.r.below(NAMES.len())]);
+                format!("{}\n\n{b}\n\n{}", self.prose(15), self.prose(15))
+            }),
+            3 => ("short quotation", false, {
+                // 5–11 words quoted from an indexed document: below the prose guarantee (12).
+                let q = if indexed_prose.is_empty() {
+                    self.prose(8)
+                } else {
+                    let n = 5 + self.r.below(7);
+                    words_of(indexed_prose, n, &mut self.r)
+                };
+                format!(
+                    "{} As the text puts it, \"{q}\" — {}",
+                    self.prose(40),
+                    self.prose(40)
+                )
+            }),
+            _ => ("license mention", false, {
+                let m = MENTIONS[self.r.below(MENTIONS.len())];
+                format!("{} {m} {}", self.prose(30), self.prose(20))
+            }),
+        };
+        Case {
+            id,
+            positive: false,
+            family: family.into(),
+            code,
+            len: 0,
+            ext: if code { "md".into() } else { "txt".into() },
+            text,
+            span: (0, 0),
+            source: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    id: String,
+    /// A qualifying finding overlapping the span (positives) / any finding (negatives).
+    detected: bool,
+    kind: Option<String>,
+    similarity: Option<f64>,
+    /// Units of the span released before the copy was detected (strict holdback).
+    leaked: Option<usize>,
+    /// Units of the span received when it was detected.
+    latency: Option<usize>,
+    span_units: usize,
+    /// A finding the built-in policy would block (negatives).
+    blocking: bool,
+}
+
+fn t_of(index: &Index, f: &Finding) -> u32 {
+    index.params().channel(f.channel).t()
+}
+
+fn qualifies(index: &Index, f: &Finding) -> bool {
+    match f.kind {
+        MatchKind::Near => f.matched >= t_of(index, f),
+        MatchKind::Renamed => index.params().renamed.is_some_and(|r| f.units >= r.t()),
+        _ => f.units >= t_of(index, f),
+    }
+}
+
+/// Streams `c` through a scanner in random chunks, as the proxy's strict holdback would.
+fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> Outcome {
+    let mut sc = Scanner::new(std::slice::from_ref(index), TextKind::Markdown);
+    let units = normalize(&c.text, TextKind::Markdown);
+    let span_units: Vec<_> = units
+        .iter()
+        .filter(|u| u.start as usize >= c.span.0 && u.end as usize <= c.span.1)
+        .collect();
+    let bytes = c.text.as_bytes();
+    let overlaps =
+        |s: u64, e: u64| c.positive && (s as usize) < c.span.1 && (e as usize) > c.span.0;
+    let mut released = 0u64;
+    let mut detected_at: Option<(usize, usize)> = None;
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = 1 + r.below(24);
+        let end = (at + n).min(bytes.len());
+        sc.push_bytes(&bytes[at..end]);
+        at = end;
+        findings.extend(sc.take_findings());
+        if c.positive && detected_at.is_none() {
+            let open = sc.open_runs().map(|o| o.as_finding());
+            let hit = findings
+                .iter()
+                .cloned()
+                .chain(open)
+                .any(|f| qualifies(index, &f) && overlaps(f.output_start, f.output_end));
+            if hit {
+                let leaked = span_units.iter().filter(|u| u.end <= released).count();
+                let received = span_units.iter().filter(|u| u.end <= sc.offset()).count();
+                detected_at = Some((leaked, received));
+            }
+        }
+        released = released.max(sc.stable_offset());
+    }
+    sc.finish();
+    findings.extend(sc.take_findings());
+    let best = findings
+        .iter()
+        .filter(|f| !c.positive || overlaps(f.output_start, f.output_end))
+        .max_by_key(|f| f.units);
+    if c.positive && detected_at.is_none() && best.is_some() {
+        // Detected only at the end of the stream: everything was released.
+        detected_at = Some((span_units.len(), span_units.len()));
+    }
+    let blocking = findings.iter().any(|f| {
+        let b = BLOCK_UNITS[usize::from(f.channel == Channel::Code)];
+        f.units >= b
+    });
+    Outcome {
+        id: c.id.clone(),
+        detected: best.is_some(),
+        kind: best.map(|f| f.kind.as_str().to_string()),
+        similarity: best.map(|f| (f.similarity() * 1000.0).round() / 1000.0),
+        leaked: detected_at.map(|d| d.0),
+        latency: detected_at.map(|d| d.1),
+        span_units: span_units.len(),
+        blocking,
+    }
+}
+
+fn generate(
+    corpus: &[PathBuf],
+    held_out: &[PathBuf],
+    index: &Path,
+    out: &Path,
+    per_cell: usize,
+    negatives: usize,
+    seed: u64,
+) {
+    let mut r = Rng(seed);
+    let t0 = Instant::now();
+    if !index.join("manifest.json").exists() {
+        let corpora = load_manifests(corpus).unwrap();
+        build(
+            &corpora,
+            index,
+            &BuildOptions {
+                params: Params::default(),
+                progress: true,
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap();
+    }
+    let idx = Arc::new(Index::open(index).unwrap());
+    let indexed = load(corpus, 4000, &mut r);
+    let held = load(held_out, 4000, &mut r);
+    eprintln!(
+        "{} indexed and {} held-out documents loaded in {:.1} s",
+        indexed.len(),
+        held.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let iprose: Vec<&Doc> = indexed.iter().filter(|d| !d.is_code()).collect();
+    let icode: Vec<&Doc> = indexed.iter().filter(|d| d.is_code()).collect();
+    let hprose: Vec<&Doc> = held.iter().filter(|d| !d.is_code()).collect();
+    let hcode: Vec<&Doc> = held.iter().filter(|d| d.is_code()).collect();
+    let words: Vec<String> = hprose
+        .iter()
+        .take(50)
+        .flat_map(|d| d.text.split_whitespace().take(2000).map(str::to_string))
+        .filter(|w| w.chars().all(char::is_alphabetic))
+        .collect();
+    let mut g = Gen {
+        r: Rng(seed ^ 0x5eed),
+        held_prose: hprose,
+        held_code: hcode,
+        words: if words.is_empty() {
+            vec!["lorem".into(), "ipsum".into()]
+        } else {
+            words
+        },
+        refs: Vec::new(),
+        ref_of: HashMap::new(),
+    };
+    let mut cases = Vec::new();
+    for (code, fams, docs) in [
+        (false, PROSE_FAMILIES, &iprose),
+        (true, CODE_FAMILIES, &icode),
+    ] {
+        if docs.is_empty() {
+            continue;
+        }
+        for &f in fams {
+            for &len in LENGTHS {
+                let mut made = 0;
+                let mut tries = 0;
+                while made < per_cell && tries < per_cell * 20 {
+                    tries += 1;
+                    let d = docs[g.r.below(docs.len())];
+                    let id = format!(
+                        "{}-{}-{len}-{made}",
+                        if code { "code" } else { "prose" },
+                        f.name().replace([' ', '%'], "")
+                    );
+                    if let Some(c) = g.positive(id, f, d, len) {
+                        cases.push(c);
+                        made += 1;
+                    }
+                }
+            }
+        }
+    }
+    for i in 0..negatives {
+        cases.push(g.negative(format!("neg-{i}"), i % 5, &iprose));
+    }
+    // Distractor references for the peers: as many again, from the indexed documents.
+    let n_src = g.refs.len();
+    for _ in 0..n_src {
+        let d = &indexed[g.r.below(indexed.len())];
+        g.reference(d);
+    }
+
+    // Our verdicts.
+    let t1 = Instant::now();
+    let outcomes: Vec<Outcome> = cases.iter().map(|c| scan_case(&idx, c, &mut r)).collect();
+    let scan_secs = t1.elapsed().as_secs_f64();
+
+    // Files for the peers.
+    std::fs::create_dir_all(out).unwrap();
+    let pdir = out.join("peers");
+    let _ = std::fs::remove_dir_all(&pdir);
+    std::fs::create_dir_all(pdir.join("responses")).unwrap();
+    std::fs::create_dir_all(pdir.join("refs")).unwrap();
+    for c in &cases {
+        std::fs::write(
+            pdir.join("responses").join(format!("{}.{}", c.id, c.ext)),
+            &c.text,
+        )
+        .unwrap();
+    }
+    let mut refs = String::new();
+    for (i, d) in g.refs.iter().enumerate() {
+        let ext = if d.is_code() { d.ext.as_str() } else { "txt" };
+        let name = format!("ref{i}.{ext}");
+        std::fs::write(pdir.join("refs").join(&name), &d.text).unwrap();
+        writeln!(
+            refs,
+            "{}",
+            serde_json::json!({"file": name, "doc": d.id, "code": d.is_code()})
+        )
+        .unwrap();
+    }
+    std::fs::write(pdir.join("refs.jsonl"), refs).unwrap();
+    let mut lines = String::new();
+    for c in &cases {
+        writeln!(lines, "{}", serde_json::to_string(c).unwrap()).unwrap();
+    }
+    std::fs::write(out.join("cases.jsonl"), lines).unwrap();
+    let mut lines = String::new();
+    for o in &outcomes {
+        writeln!(lines, "{}", serde_json::to_string(o).unwrap()).unwrap();
+    }
+    std::fs::write(out.join("verbatim.jsonl"), lines).unwrap();
+    let m = idx.manifest();
+    let meta = serde_json::json!({
+        "index_id": m.index_id,
+        "corpus_bytes": m.stats.corpus_bytes,
+        "documents": m.stats.documents,
+        "params": m.params,
+        "cases": cases.len(),
+        "positives": cases.iter().filter(|c| c.positive).count(),
+        "negatives": negatives,
+        "references_for_peers": g.refs.len(),
+        "scan_seconds": scan_secs,
+        "seed": seed,
+    });
+    std::fs::write(
+        out.join("meta.json"),
+        serde_json::to_string_pretty(&meta).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "{} cases ({} positives) scanned in {scan_secs:.1} s; {} reference files for the peers",
+        cases.len(),
+        cases.iter().filter(|c| c.positive).count(),
+        g.refs.len()
+    );
+}
+
+/// One tool's verdict on one case (the peers write these, one JSON object per line).
+#[derive(Debug, Clone, Deserialize)]
+struct PeerVerdict {
+    tool: String,
+    id: String,
+    detected: bool,
+}
+
+fn pct(n: usize, d: usize) -> String {
+    if d == 0 {
+        "–".into()
+    } else {
+        format!("{:.1}", 100.0 * n as f64 / d as f64)
+    }
+}
+
+fn report(out: &Path, doc: Option<&Path>, command: &str) {
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let cases: Vec<Case> = read("cases.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: HashMap<String, Outcome> = read("verbatim.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<Outcome>(l).unwrap())
+        .map(|o| (o.id.clone(), o))
+        .collect();
+    let mut peers: BTreeMap<String, HashMap<String, bool>> = BTreeMap::new();
+    for l in read("peers.jsonl").lines() {
+        let v: PeerVerdict = serde_json::from_str(l).unwrap();
+        peers.entry(v.tool).or_default().insert(v.id, v.detected);
+    }
+    let meta: serde_json::Value = serde_json::from_str(&read("meta.json")).unwrap_or_default();
+    let tools: Vec<String> = peers.keys().cloned().collect();
+
+    let mut md = String::new();
+    writeln!(
+        md,
+        "# Quality: near-verbatim detection against other tools\n"
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "Generated by `{command}` (see `scripts/quality-bench.sh`); do not edit by hand.\n"
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "Index: {} documents, {:.0} MB of corpus (`{}`), parameters `{}`. {} positives, {} negatives; \
+         the peers compare each response with {} reference files (every source document of a \
+         positive plus as many distractors) — a far easier task than our whole index.\n",
+        meta["documents"],
+        meta["corpus_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        meta["index_id"].as_str().unwrap_or(""),
+        meta["params"],
+        meta["positives"],
+        meta["negatives"],
+        meta["references_for_peers"],
+    )
+    .unwrap();
+
+    // Recall per family (and channel), for spans at or above the channel's guarantee and all.
+    writeln!(md, "## Recall by family\n").unwrap();
+    writeln!(
+        md,
+        "Recall over spans of ≥ 24 units (all spans in brackets); leaked = units of the copy a strict \
+         holdback would have released before the copy was detected (mean / max over detected \
+         cases); latency = median units of the copy received at detection.\n"
+    )
+    .unwrap();
+    let mut head = "| channel | family | n | Verbatim | leaked mean / max | latency |".to_string();
+    let mut rule = "|---|---|---:|---:|---:|---:|".to_string();
+    for t in &tools {
+        head += &format!(" {t} |");
+        rule += "---:|";
+    }
+    writeln!(md, "{head}\n{rule}").unwrap();
+    let mut groups: BTreeMap<(bool, String), Vec<&Case>> = BTreeMap::new();
+    for c in cases.iter().filter(|c| c.positive) {
+        groups
+            .entry((c.code, c.family.clone()))
+            .or_default()
+            .push(c);
+    }
+    let order = |f: &str| {
+        [
+            "verbatim",
+            "whitespace",
+            "case",
+            "punctuation",
+            "comments",
+            "renamed",
+            "literals",
+            "edit 2%",
+            "edit 5%",
+            "edit 10%",
+            "edit 20%",
+        ]
+        .iter()
+        .position(|x| *x == f)
+        .unwrap_or(99)
+    };
+    let mut keys: Vec<_> = groups.keys().cloned().collect();
+    keys.sort_by_key(|(code, f)| (*code, order(f)));
+    let mut edit_series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for key in &keys {
+        let cs = &groups[key];
+        let long: Vec<&&Case> = cs.iter().filter(|c| c.len >= 24).collect();
+        let hit = |c: &Case| ours.get(&c.id).is_some_and(|o| o.detected);
+        let leaks: Vec<usize> = cs
+            .iter()
+            .filter_map(|c| ours.get(&c.id).and_then(|o| o.leaked))
+            .collect();
+        let mut lat: Vec<usize> = cs
+            .iter()
+            .filter_map(|c| ours.get(&c.id).and_then(|o| o.latency))
+            .collect();
+        lat.sort_unstable();
+        let mut row = format!(
+            "| {} | {} | {} | {} ({}) | {} / {} | {} |",
+            if key.0 { "code" } else { "prose" },
+            key.1,
+            cs.len(),
+            pct(long.iter().filter(|c| hit(c)).count(), long.len()),
+            pct(cs.iter().filter(|c| hit(c)).count(), cs.len()),
+            if leaks.is_empty() {
+                "–".into()
+            } else {
+                format!(
+                    "{:.2}",
+                    leaks.iter().sum::<usize>() as f64 / leaks.len() as f64
+                )
+            },
+            leaks.iter().max().map_or("–".into(), |m| m.to_string()),
+            lat.get(lat.len() / 2).map_or("–".into(), |m| m.to_string()),
+        );
+        for t in &tools {
+            let p = &peers[t];
+            let h = |c: &Case| p.get(&c.id).copied().unwrap_or(false);
+            row += &format!(
+                " {} ({}) |",
+                pct(long.iter().filter(|c| h(c)).count(), long.len()),
+                pct(cs.iter().filter(|c| h(c)).count(), cs.len())
+            );
+        }
+        writeln!(md, "{row}").unwrap();
+        if let Some(rate) = key
+            .1
+            .strip_prefix("edit ")
+            .and_then(|s| s.trim_end_matches('%').parse::<f64>().ok())
+        {
+            let fifty: Vec<&&Case> = cs.iter().filter(|c| c.len == 50).collect();
+            let ch = if key.0 { "code" } else { "prose" };
+            edit_series
+                .entry(format!("Verbatim, {ch}"))
+                .or_default()
+                .push((
+                    rate,
+                    100.0 * fifty.iter().filter(|c| hit(c)).count() as f64
+                        / fifty.len().max(1) as f64,
+                ));
+            for t in &tools {
+                let p = &peers[t];
+                edit_series.entry(format!("{t}, {ch}")).or_default().push((
+                    rate,
+                    100.0
+                        * fifty
+                            .iter()
+                            .filter(|c| p.get(&c.id).copied().unwrap_or(false))
+                            .count() as f64
+                        / fifty.len().max(1) as f64,
+                ));
+            }
+        }
+    }
+
+    // Recall by span length.
+    writeln!(md, "\n## Verbatim's recall by span length (units)\n").unwrap();
+    let mut head = "| channel | family |".to_string();
+    let mut rule = "|---|---|".to_string();
+    for l in LENGTHS {
+        head += &format!(" {l} |");
+        rule += "---:|";
+    }
+    writeln!(md, "{head}\n{rule}").unwrap();
+    let mut len_series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for key in &keys {
+        let cs = &groups[key];
+        let mut row = format!("| {} | {} |", if key.0 { "code" } else { "prose" }, key.1);
+        for &l in LENGTHS {
+            let at: Vec<&&Case> = cs.iter().filter(|c| c.len == l).collect();
+            let n = at
+                .iter()
+                .filter(|c| ours.get(&c.id).is_some_and(|o| o.detected))
+                .count();
+            row += &format!(" {} |", pct(n, at.len()));
+            if !at.is_empty() {
+                len_series
+                    .entry(format!(
+                        "{}, {}",
+                        if key.0 { "code" } else { "prose" },
+                        key.1
+                    ))
+                    .or_default()
+                    .push((l as f64, 100.0 * n as f64 / at.len() as f64));
+            }
+        }
+        writeln!(md, "{row}").unwrap();
+    }
+
+    // Negatives.
+    writeln!(md, "\n## False findings per 1,000 negative responses\n").unwrap();
+    writeln!(
+        md,
+        "Verbatim: any finding / a finding the built-in policy blocks (runs of ≥ {} prose or ≥ {} code \
+         units). Peers: any report at their default thresholds.\n",
+        BLOCK_UNITS[0], BLOCK_UNITS[1]
+    )
+    .unwrap();
+    let mut head = "| negatives | n | Verbatim any | Verbatim blocking |".to_string();
+    let mut rule = "|---|---:|---:|---:|".to_string();
+    for t in &tools {
+        head += &format!(" {t} |");
+        rule += "---:|";
+    }
+    writeln!(md, "{head}\n{rule}").unwrap();
+    let mut negs: BTreeMap<String, Vec<&Case>> = BTreeMap::new();
+    for c in cases.iter().filter(|c| !c.positive) {
+        negs.entry(c.family.clone()).or_default().push(c);
+        negs.entry("all".into()).or_default().push(c);
+    }
+    let per_k = |n: usize, d: usize| {
+        if d == 0 {
+            "–".to_string()
+        } else {
+            format!("{:.1}", 1000.0 * n as f64 / d as f64)
+        }
+    };
+    for (fam, cs) in &negs {
+        let any = cs
+            .iter()
+            .filter(|c| ours.get(&c.id).is_some_and(|o| o.detected))
+            .count();
+        let blk = cs
+            .iter()
+            .filter(|c| ours.get(&c.id).is_some_and(|o| o.blocking))
+            .count();
+        let mut row = format!(
+            "| {fam} | {} | {} | {} |",
+            cs.len(),
+            per_k(any, cs.len()),
+            per_k(blk, cs.len())
+        );
+        for t in &tools {
+            let p = &peers[t];
+            let n = cs
+                .iter()
+                .filter(|c| p.get(&c.id).copied().unwrap_or(false))
+                .count();
+            row += &format!(" {} |", per_k(n, cs.len()));
+        }
+        writeln!(md, "{row}").unwrap();
+    }
+    let img = doc
+        .and_then(|d| d.parent())
+        .map(|p| p.join("img"))
+        .unwrap_or_else(|| out.to_path_buf());
+    std::fs::create_dir_all(&img).unwrap();
+    plot(
+        &edit_series,
+        "edit rate (%)",
+        "Recall vs edit rate (50-unit spans)",
+        &img.join("quality-edit-rate.svg"),
+        false,
+    );
+    plot(
+        &len_series,
+        "span length (units)",
+        "Verbatim's recall vs span length",
+        &img.join("quality-span-length.svg"),
+        true,
+    );
+    writeln!(md, "\n![recall vs edit rate](img/quality-edit-rate.svg)\n\n![recall vs span length](img/quality-span-length.svg)").unwrap();
+    match doc {
+        Some(d) => std::fs::write(d, &md).unwrap(),
+        None => print!("{md}"),
+    }
+}
+
+fn plot(
+    series: &BTreeMap<String, Vec<(f64, f64)>>,
+    xlabel: &str,
+    title: &str,
+    path: &Path,
+    logx: bool,
+) {
+    use plotters::prelude::*;
+    let tx = |x: f64| if logx { x.log2() } else { x };
+    let xs: Vec<f64> = series.values().flatten().map(|p| tx(p.0)).collect();
+    if xs.is_empty() {
+        return;
+    }
+    let xmin = xs.iter().copied().fold(f64::MAX, f64::min);
+    let xmax = xs.iter().copied().fold(f64::MIN, f64::max).max(xmin + 1.0);
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let mut ch = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(xmin..xmax, 0.0..102.0)
+        .unwrap();
+    ch.configure_mesh()
+        .x_desc(xlabel)
+        .y_desc("recall (%)")
+        .x_label_formatter(&|x| {
+            if logx {
+                format!("{:.0}", 2f64.powf(*x))
+            } else {
+                format!("{x:.0}")
+            }
+        })
+        .label_style(("sans-serif", 13))
+        .draw()
+        .unwrap();
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = Palette99::pick(i).to_rgba();
+        let style = ShapeStyle::from(c).stroke_width(2);
+        let pts: Vec<(f64, f64)> = pts.iter().map(|p| (tx(p.0), p.1)).collect();
+        ch.draw_series(LineSeries::new(pts.clone(), style))
+            .unwrap()
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+        ch.draw_series(pts.iter().map(|&p| Circle::new(p, 3, style.filled())))
+            .unwrap();
+    }
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut corpus = Vec::new();
+    let mut held = Vec::new();
+    let (mut index, mut out, mut doc) = (None, None, None);
+    let (mut per_cell, mut negatives, mut seed) = (30usize, 1000usize, 1u64);
+    let mut it = args.iter();
+    let mut cmd = None;
+    while let Some(a) = it.next() {
+        let mut val = || PathBuf::from(it.next().expect("a value after the flag"));
+        match a.as_str() {
+            "--corpus" => corpus.push(val()),
+            "--held-out" => held.push(val()),
+            "--index" => index = Some(val()),
+            "--out" => out = Some(val()),
+            "--doc" => doc = Some(val()),
+            "--per-cell" => per_cell = val().to_string_lossy().parse().unwrap(),
+            "--negatives" => negatives = val().to_string_lossy().parse().unwrap(),
+            "--seed" => seed = val().to_string_lossy().parse().unwrap(),
+            "gen" | "report" => cmd = Some(a.clone()),
+            _ => {} // `--bench` from cargo
+        }
+    }
+    let expand = |v: Vec<PathBuf>| -> Vec<PathBuf> {
+        v.into_iter()
+            .flat_map(|p| {
+                if p.is_dir() {
+                    let mut m: Vec<PathBuf> = std::fs::read_dir(&p)
+                        .unwrap()
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                        .collect();
+                    m.sort();
+                    m
+                } else {
+                    vec![p]
+                }
+            })
+            .collect()
+    };
+    let command = format!(
+        "cargo bench --bench quality -- {}",
+        args.iter()
+            .filter(|a| *a != "--bench")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    match cmd.as_deref() {
+        Some("gen") => generate(
+            &expand(corpus),
+            &expand(held),
+            &index.expect("--index"),
+            &out.expect("--out"),
+            per_cell,
+            negatives,
+            seed,
+        ),
+        Some("report") => report(&out.expect("--out"), doc.as_deref(), &command),
+        _ => {
+            // Smoke run on the committed fixture corpora (code and prose, indexed and held out
+            // at once: the numbers mean nothing, the program is what is tested).
+            let dir = tempfile::tempdir().unwrap();
+            let m = vec![
+                PathBuf::from("corpora/acme-books.toml"),
+                PathBuf::from("corpora/gpl-code.toml"),
+            ];
+            generate(&m, &m, &dir.path().join("idx"), dir.path(), 1, 10, 7);
+            std::fs::write(dir.path().join("peers.jsonl"), "").unwrap();
+            report(dir.path(), None, "smoke");
+            let o = std::fs::read_to_string(dir.path().join("verbatim.jsonl")).unwrap();
+            assert!(o.lines().count() > 10, "too few cases in the smoke run");
+        }
+    }
+}
