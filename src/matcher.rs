@@ -333,22 +333,36 @@ impl IndexMatcher {
             }
             return true;
         }
-        // In a gap: look for the point where output and source agree again. On the diagonal
-        // (as many source units skipped as output units: substitutions) one equal unit is
-        // enough for a short gap; elsewhere (insertions, deletions) two equal units in a row.
+        // In a gap: look for the point where output and source agree again — `n` equal units
+        // in a row ending at this one, all inside the gap. On the diagonal (as many source
+        // units skipped as output units: substitutions) fewer are needed than elsewhere
+        // (insertions, deletions); code needs one more than prose, its tokens being far less
+        // distinctive than words (`)`, `;`, `self` align anywhere).
         c.pending += 1;
         let g = c.pending;
         let base = c.cur.doc_end;
         let diag = base + g - 1;
-        let eq = |d: u32, u: &Unit| units.get(d as usize) == Some(&stored(u.hash));
-        let prev = hist.len().checked_sub(2).map(|i| &hist[i]);
+        let code = unit.channel == Channel::Code;
+        let (on_diag, off_diag) = match (code, g <= 3) {
+            (false, true) => (1, 2),
+            (false, false) => (2, 2),
+            (true, _) => (2, 3),
+        };
+        let h = hist.len();
+        let run = |d: u32, n: u32| {
+            n <= g
+                && d + 1 >= base + n
+                && (0..n).all(|m| {
+                    units.get((d - m) as usize) == Some(&stored(hist[h - 1 - m as usize].hash))
+                })
+        };
         let mut found = None;
-        if eq(diag, unit) && (g <= 3 || prev.is_some_and(|p| diag > base && eq(diag - 1, p))) {
-            found = Some((diag, 1 + u32::from(g > 3)));
-        } else if let Some(p) = prev.filter(|_| g >= 2) {
-            for d in (base + 1)..=(diag + MAX_SKIP) {
-                if d != diag && eq(d, unit) && eq(d - 1, p) {
-                    found = Some((d, 2));
+        if run(diag, on_diag) {
+            found = Some((diag, on_diag));
+        } else {
+            for d in base..=(diag + MAX_SKIP) {
+                if d != diag && run(d, off_diag) {
+                    found = Some((d, off_diag));
                     break;
                 }
             }
@@ -520,13 +534,19 @@ fn extend_left(
             out.push((o, d as u32, c));
             continue;
         }
-        // A gap: `s` output units and `sd` source units skipped, diagonal first.
+        // A gap: `s` output units and `sd` source units skipped, diagonal first; `n` equal
+        // units in a row left of it (see `IndexMatcher::step`).
+        let n = if hist[o - 1].channel == Channel::Code {
+            3
+        } else {
+            2
+        };
         let mut found = None;
         'search: for s in 1..=MAX_GAP as usize {
             let Some(oc) = (o - 1).checked_sub(s) else {
                 break;
             };
-            if oc == 0 {
+            if oc + 1 < n {
                 break;
             }
             let diag = std::iter::once(s);
@@ -535,7 +555,7 @@ fn extend_left(
                 let Some(dc) = (d - 1).checked_sub(sd) else {
                     continue;
                 };
-                if dc > 0 && eq(oc, dc) && eq(oc - 1, dc - 1) {
+                if dc + 1 >= n && (0..n).all(|m| eq(oc - m, dc - m)) {
                     found = Some((oc, dc));
                     break 'search;
                 }
