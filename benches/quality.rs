@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use verbatim::corpus::{load_manifests, read_text};
 use verbatim::index::build::{BuildOptions, build};
 use verbatim::index::{Index, Params};
-use verbatim::matcher::{Finding, MatchKind, Scanner};
+use verbatim::matcher::{Finding, Scanner};
 use verbatim::normalize::{Channel, TextKind, UnitClass, normalize};
 
 /// Span lengths in units.
@@ -361,7 +361,18 @@ fn words_of(docs: &[&Doc], n: usize, r: &mut Rng) -> String {
 
 fn lines_of(docs: &[&Doc], n: usize, r: &mut Rng) -> (String, String) {
     let d = docs[r.below(docs.len())];
-    let ls: Vec<&str> = d.text.lines().collect();
+    // Lines cut out of the middle of a file may open a block comment or a string they do not
+    // close, which would swallow the copy after them: such lines are left out.
+    let ls: Vec<&str> = d
+        .text
+        .lines()
+        .filter(|l| {
+            !["/*", "*/", "\"\"\"", "'''", "`"]
+                .iter()
+                .any(|m| l.contains(m))
+                && l.matches('"').count() % 2 == 0
+        })
+        .collect();
     let a = r.below(ls.len().saturating_sub(n));
     (ls[a..(a + n).min(ls.len())].join("\n"), d.ext.clone())
 }
@@ -569,16 +580,8 @@ struct Outcome {
     excluded: bool,
 }
 
-fn t_of(index: &Index, f: &Finding) -> u32 {
-    index.params().channel(f.channel).t()
-}
-
 fn qualifies(index: &Index, f: &Finding) -> bool {
-    match f.kind {
-        MatchKind::Near => f.matched >= t_of(index, f),
-        MatchKind::Renamed => index.params().renamed.is_some_and(|r| f.units >= r.t()),
-        _ => f.units >= t_of(index, f),
-    }
+    verbatim::matcher::qualifies(&index.params(), f)
 }
 
 /// Streams `c` through a scanner in random chunks, as the proxy's strict holdback would.

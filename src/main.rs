@@ -155,7 +155,7 @@ enum IndexCommand {
 }
 
 /// The default rename-insensitive channel parameters.
-const RENAMED: ChannelParams = ChannelParams { k: 32, p: 8 };
+const RENAMED: ChannelParams = ChannelParams { k: 24, p: 6 };
 
 #[derive(Args)]
 struct BuildArgs {

@@ -71,6 +71,8 @@ pub struct Finding {
     pub units: u32,
     /// Units aligned with the source, equal or renamed (`units` for exact and renamed runs).
     pub matched: u32,
+    /// The longest run of equal units in it (`units` for exact runs).
+    pub longest: u32,
     pub kind: MatchKind,
     pub channel: Channel,
     /// The run also occurs in text the caller supplied in the request.
@@ -89,6 +91,40 @@ impl Finding {
         }
         (2.0 * f64::from(self.matched) / total).min(1.0)
     }
+}
+
+/// Whether a run is reported: exact runs of at least the channel's `t`; renamed runs of at
+/// least the renamed channel's `t`; gapped runs with a similarity of at least
+/// [`NEAR_MIN_SIMILARITY`] and, in prose, at least `2t` aligned words (a short quotation plus a
+/// few words that happen to fit is not a copy), in code at least `t + k/2` aligned tokens of
+/// which one piece without a gap is at least `t` long (code's short seeds and low-entropy tokens
+/// align by chance far more often; see docs/quality.md). The same rule
+/// for a finding and for a run still open (`OpenRun::as_finding`), so a strict holdback blocks
+/// exactly what would be reported.
+pub fn qualifies(params: &Params, f: &Finding) -> bool {
+    let cp = params.channel(f.channel);
+    let near = |f: &Finding| {
+        let enough = match f.channel {
+            Channel::Prose => f.matched >= 2 * cp.t(),
+            Channel::Code => f.matched >= cp.t() + cp.k / 2 && f.longest >= cp.t(),
+        };
+        enough && f.similarity() >= NEAR_MIN_SIMILARITY
+    };
+    match f.kind {
+        MatchKind::Near => near(f),
+        MatchKind::Renamed => params
+            .renamed
+            .is_some_and(|r| f.units >= renamed_min(params, r)),
+        // License-text runs and exact runs (a gapped license run is judged as near).
+        _ if f.matched < f.units => near(f),
+        _ => f.units >= cp.t(),
+    }
+}
+
+/// The fewest units a renamed run is reported with: its channel's `t`, and never fewer than
+/// the code channel's `t + k` (39 by default) — structure alone is weaker evidence than text.
+pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
+    r.t().max(params.code.t() + params.code.k)
 }
 
 /// Units of recent output kept for left extension. A run's first sampled k-gram starts within
@@ -163,6 +199,12 @@ struct Extent {
     matched: u32,
     renamed: u32,
     gaps: u32,
+    /// Equal units in a row so far (a gap or a renamed unit ends a piece), where the current
+    /// piece starts in the output, and the longest piece: (output start, output end, source
+    /// start, units).
+    piece: u32,
+    piece_start: u64,
+    longest: (u64, u64, u32, u32),
 }
 
 #[derive(Debug, Clone)]
@@ -185,12 +227,40 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn commit(&mut self, u: &Unit, doc_pos: u32, cmp: Cmp, out_units: u32, matched: u32) {
+    /// Aligns output unit `u` (and the `matched − 1` equal units before it, the first of which
+    /// starts at byte `first`) with source unit `doc_pos`, after `out_units − matched`
+    /// unaligned output units; `gap` when a gap ends here.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        u: &Unit,
+        first: u64,
+        doc_pos: u32,
+        cmp: Cmp,
+        out_units: u32,
+        matched: u32,
+        gap: bool,
+    ) {
         let c = &mut self.cur;
         c.out_end = u.end;
         c.out_units += out_units;
         c.doc_end = doc_pos + 1;
         c.matched += matched;
+        if gap {
+            c.gaps += 1;
+            c.piece = 0;
+        }
+        if cmp == Cmp::Equal {
+            if c.piece == 0 {
+                c.piece_start = first;
+            }
+            c.piece += matched;
+            if c.piece > c.longest.3 {
+                c.longest = (c.piece_start, u.end, doc_pos + 1 - c.piece, c.piece);
+            }
+        } else {
+            c.piece = 0;
+        }
         if cmp == Cmp::Renamed {
             c.renamed += 1;
         } else {
@@ -225,7 +295,6 @@ impl IndexMatcher {
     /// aligned units and a similarity of at least [`NEAR_MIN_SIMILARITY`].
     fn finding(&self, c: &Candidate, which: usize) -> Option<Finding> {
         let e = c.anchor;
-        let t = self.params.channel(c.channel).t();
         let kind = if e.gaps > 0 {
             MatchKind::Near
         } else if e.renamed > 0 {
@@ -242,6 +311,7 @@ impl IndexMatcher {
             source_units: e.doc_end - c.doc_start,
             units: e.out_units,
             matched: e.matched,
+            longest: e.longest.3,
             kind: if is_license(&self.index, c.doc) {
                 MatchKind::LicenseText
             } else {
@@ -250,12 +320,30 @@ impl IndexMatcher {
             channel: c.channel,
             caller_supplied: c.caller_supplied,
         };
-        let ok = match kind {
-            MatchKind::Near => e.matched >= t && f.similarity() >= NEAR_MIN_SIMILARITY,
-            MatchKind::Renamed => self.renamed.is_some_and(|r| e.out_units >= r.t()),
-            _ => e.out_units >= t,
+        let mut as_kind = f.clone();
+        as_kind.kind = kind;
+        if qualifies(&self.params, &as_kind) {
+            return Some(f);
+        }
+        // A gapped run that is not enough of a near copy may still hold an exact run of `t`:
+        // that is reported as it would have been without gap tolerance.
+        let (start, end, doc_start, units) = e.longest;
+        let exact = Finding {
+            output_start: start,
+            output_end: end,
+            doc_unit_start: doc_start,
+            source_units: units,
+            units,
+            matched: units,
+            longest: units,
+            kind: if f.kind == MatchKind::LicenseText {
+                MatchKind::LicenseText
+            } else {
+                MatchKind::Exact
+            },
+            ..f
         };
-        ok.then_some(f)
+        (kind == MatchKind::Near && qualifies(&self.params, &exact)).then_some(exact)
     }
 
     fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
@@ -329,7 +417,7 @@ impl IndexMatcher {
             if cmp == Cmp::Differ {
                 c.pending = 1;
             } else {
-                c.commit(unit, d, cmp, 1, 1);
+                c.commit(unit, unit.start, d, cmp, 1, 1, false);
             }
             return true;
         }
@@ -372,9 +460,9 @@ impl IndexMatcher {
                 if let (Some(names), UnitClass::Ident) = (c.names.as_deref_mut(), unit.class) {
                     names.pair(stored(unit.hash), stored(unit.hash));
                 }
-                c.cur.gaps += 1;
                 c.pending = 0;
-                c.commit(unit, d, Cmp::Equal, g, n);
+                let first = hist[h - n as usize].start;
+                c.commit(unit, first, d, Cmp::Equal, g, n, true);
                 true
             }
             None => g <= MAX_GAP,
@@ -472,6 +560,9 @@ impl IndexMatcher {
                 matched: 0,
                 renamed: 0,
                 gaps: 0,
+                piece: 0,
+                piece_start: 0,
+                longest: (0, 0, 0, 0),
             };
             let mut cand = Candidate {
                 doc: p.doc,
@@ -487,10 +578,8 @@ impl IndexMatcher {
             let mut last = (start, doc_start);
             for (n, &(o, d, c)) in pairs[lead..].iter().enumerate() {
                 let step = if n == 0 { 1 } else { (o - last.0) as u32 };
-                if n > 0 && (o - last.0 > 1 || d - last.1 > 1) {
-                    cand.cur.gaps += 1;
-                }
-                cand.commit(&hist[o], d, c, step, 1);
+                let gap = n > 0 && (o - last.0 > 1 || d - last.1 > 1);
+                cand.commit(&hist[o], hist[o].start, d, c, step, 1, gap);
                 last = (o, d);
             }
             self.open_docs.insert(p.doc);
@@ -783,6 +872,7 @@ impl Scanner {
                 units: c.cur.out_units,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
+                longest: c.cur.longest.3,
                 channel: c.channel,
                 index: i,
                 doc: c.doc,
@@ -802,6 +892,7 @@ pub struct OpenRun {
     pub units: u32,
     pub source_units: u32,
     pub matched: u32,
+    pub longest: u32,
     pub channel: Channel,
     pub index: usize,
     pub doc: u32,
@@ -821,6 +912,7 @@ impl OpenRun {
             source_units: self.source_units,
             units: self.units,
             matched: self.matched,
+            longest: self.longest,
             kind: self.kind,
             channel: self.channel,
             caller_supplied: self.caller_supplied,

@@ -196,8 +196,12 @@ pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u6
         let prev = crate::hash::prev_distances(units);
         for q in (0..units.len().saturating_sub(k - 1)).step_by(p) {
             let window = &units[q..q + k];
-            if window.iter().any(|w| w.channel != Channel::Code) || !shape_informative(window) {
-                continue;
+            if window.iter().any(|w| w.channel != Channel::Code)
+                || window.iter().all(|w| w.class == UnitClass::Other)
+                || !shape_informative(window)
+                || shape_periodic(window, &prev[q..q + k])
+            {
+                continue; // not code, nothing abstracted (the exact key covers it), or too plain
             }
             let key = renamed_key(
                 window
@@ -228,6 +232,25 @@ pub fn shape_informative(window: &[crate::normalize::Unit]) -> bool {
         }
     }
     false
+}
+
+/// Whether a window's shapes (see [`crate::hash::shape`]) repeat with a short period — a list
+/// of items of one form (`use a::b;` lines, `X => Some("X"),` arms, `#[attr] Variant,`): at
+/// some shift of at most k/2, at least 80 % of the shapes equal the shape that many places on.
+/// Renaming makes any such list match any other, so these windows are not renamed evidence
+/// (the exact channel still indexes them).
+pub fn shape_periodic(window: &[crate::normalize::Unit], prev: &[u32]) -> bool {
+    let shapes: Vec<u64> = window
+        .iter()
+        .zip(prev)
+        .enumerate()
+        .map(|(j, (u, &d))| crate::hash::shape(u.hash, u.class, d, j))
+        .collect();
+    let k = shapes.len();
+    (1..=k / 2).any(|q| {
+        let same = (0..k - q).filter(|&i| shapes[i] == shapes[i + q]).count();
+        same * 5 >= (k - q) * 4
+    })
 }
 
 /// Whether a k-gram has enough distinct units to be evidence: at least max(2, ⌈k/4⌉) (4 for

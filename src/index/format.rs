@@ -122,7 +122,7 @@ impl Default for Params {
             prose: ChannelParams { k: 8, p: 5 },
             code: ChannelParams { k: 16, p: 8 },
             common_threshold: 32,
-            renamed: Some(ChannelParams { k: 32, p: 8 }),
+            renamed: Some(ChannelParams { k: 24, p: 6 }),
         }
     }
 }

@@ -71,6 +71,7 @@ impl CodeLexer {
 
     fn emit(&mut self, end: u64, out: &mut Vec<Unit>) {
         let class = match self.state {
+            _ if !self.lang.renames => UnitClass::Other,
             State::Ident if !is_keyword(&self.tok) => UnitClass::Ident,
             State::Number => UnitClass::Number,
             State::Str { .. } => UnitClass::Str,

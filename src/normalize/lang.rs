@@ -22,6 +22,10 @@ pub struct Lang {
     pub single_quote_strings: bool,
     /// `` `...` `` is a string literal (JS template strings, Go raw strings).
     pub backtick_strings: bool,
+    /// Identifiers are names a copier could rename and literals values they could change (the
+    /// rename-insensitive channel abstracts them); false for data and configuration formats,
+    /// whose keys and values are the content (`[package] name = "x"` in every Cargo.toml).
+    pub renames: bool,
 }
 
 impl Lang {
@@ -32,6 +36,7 @@ impl Lang {
         semicolon_comments: false,
         single_quote_strings: false,
         backtick_strings: false,
+        renames: true,
     };
     const SCRIPT: Lang = Lang {
         c_comments: false,
@@ -40,6 +45,12 @@ impl Lang {
         semicolon_comments: false,
         single_quote_strings: true,
         backtick_strings: false,
+        renames: true,
+    };
+    /// Configuration formats with `#` comments (TOML, YAML, …): lexed as scripts, not renamed.
+    const CONFIG: Lang = Lang {
+        renames: false,
+        ..Lang::SCRIPT
     };
     const JS: Lang = Lang {
         single_quote_strings: true,
@@ -79,7 +90,13 @@ impl Lang {
     /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
     const PLAIN: Lang = Lang {
         c_comments: false,
+        renames: false,
         ..Lang::C_LIKE
+    };
+    /// INI files: `;` comments, not renamed.
+    const INI: Lang = Lang {
+        renames: false,
+        ..Lang::LISP
     };
 
     /// The family for a language name or file extension (case-insensitive), if it is code.
@@ -96,18 +113,18 @@ impl Lang {
             | "typescript" | "vue" | "svelte" => Lang::JS,
             "py" | "pyi" | "pyw" | "python" | "python3" | "sh" | "bash" | "zsh" | "fish"
             | "shell" | "console" | "rb" | "ruby" | "pl" | "pm" | "perl" | "r" | "jl" | "julia"
-            | "toml" | "yaml" | "yml" | "cmake" | "makefile" | "mk" | "make" | "dockerfile"
-            | "nim" | "cr" | "crystal" | "ex" | "exs" | "elixir" | "tcl" | "ps1" | "powershell"
-            | "awk" | "sed" | "nix" | "gd" | "coffee" | "conf" | "cfg" | "properties" | "pyx" => {
-                Lang::SCRIPT
-            }
+            | "cmake" | "makefile" | "mk" | "make" | "dockerfile" | "nim" | "cr" | "crystal"
+            | "ex" | "exs" | "elixir" | "tcl" | "ps1" | "powershell" | "awk" | "sed" | "nix"
+            | "gd" | "coffee" | "pyx" => Lang::SCRIPT,
+            "toml" | "yaml" | "yml" | "conf" | "cfg" | "properties" => Lang::CONFIG,
             "php" => Lang::PHP,
             "sql" | "psql" | "plsql" | "mysql" | "sqlite" => Lang::SQL,
             "lua" | "ada" | "adb" | "ads" | "vhdl" | "vhd" => Lang::LUA,
             "hs" | "haskell" | "elm" | "purs" | "idr" | "agda" => Lang::HASKELL,
             "lisp" | "lsp" | "cl" | "el" | "elisp" | "clj" | "cljs" | "cljc" | "edn"
             | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "asm" | "s"
-            | "nasm" | "ini" => Lang::LISP,
+            | "nasm" => Lang::LISP,
+            "ini" => Lang::INI,
             "html" | "htm" | "xml" | "xhtml" | "svg" | "json" | "tex" | "latex" | "sty" | "cls"
             | "bib" | "erl" | "hrl" | "erlang" | "ml" | "mli" | "ocaml" | "fs" | "fsi" | "fsx"
             | "fsharp" | "pas" | "pascal" | "f" | "f90" | "f95" | "fortran" | "for" | "bat"
