@@ -1045,3 +1045,114 @@ async fn hop_by_hop_headers_and_headers_named_in_connection_are_not_forwarded() 
         assert_eq!(h.get("content-type").unwrap(), "application/json");
     }
 }
+
+/// `text` with whole identifiers replaced as `pairs` say.
+fn rename_idents(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let w = std::mem::take(word);
+        out.push_str(
+            pairs
+                .iter()
+                .find(|(a, _)| *a == w)
+                .map_or(w.as_str(), |(_, b)| b),
+        );
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
+    // The fixture's GPL code with every name changed, and a fixture chapter with words changed:
+    // both are blocked like verbatim copies (the built-in long-run rules cover `renamed` and
+    // `near`), say which kind of copy they are, and release nothing of the renamed code.
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v1-renamed").unwrap());
+    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let body = &src[src.find("pub fn total_owed").unwrap()..];
+    let pairs = [
+        ("total_owed", "sum_debts"),
+        ("columns", "cells"),
+        ("column", "cell"),
+        ("Column", "Entry"),
+        ("totals", "acc"),
+        ("name", "who"),
+        ("shillings", "pence"),
+        ("parse_line", "split_row"),
+        ("line", "row"),
+        ("parts", "fields"),
+        ("out", "res"),
+        ("bearing", "dir"),
+        ("force", "strength"),
+        ("sum", "amount"),
+    ];
+    let code = rename_idents(body, &pairs);
+    let intro = "Here is a ledger parser for you:\n\n```rust\n";
+    let text = format!("{intro}{code}\n```\n");
+    for piece in [1, 3, 17] {
+        let mock = start(Reply::sse(&openai_stream(&text, piece), 64)).await;
+        let p = proxy_with(&mock, vec![Arc::clone(&renamed_index)], |_| {}).await;
+        let (status, _, resp) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200);
+        let evs = events(&resp);
+        let got = openai_text(&evs);
+        assert!(
+            text.starts_with(&got) && got.len() <= intro.len(),
+            "piece {piece}: released {got:?}"
+        );
+        let last = &evs[evs.len() - 2].1;
+        assert_eq!(
+            last.pointer("/choices/0/finish_reason"),
+            Some(&json!("content_filter")),
+            "{last}"
+        );
+        assert_eq!(
+            last.pointer("/verbatim/finding/kind"),
+            Some(&json!("renamed")),
+            "{last}"
+        );
+        assert_eq!(
+            last.pointer("/verbatim/finding/doc"),
+            Some(&json!("fixtures/gpl-code/src/ledger.rs"))
+        );
+    }
+
+    // Prose: one word in twelve changed.
+    let chapter = std::fs::read_to_string("corpora/fixtures/acme-books/chapter-01.md").unwrap();
+    let words: Vec<&str> = chapter.split_whitespace().skip(5).take(60).collect();
+    let edited: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i % 12 == 6 { "zebra" } else { w })
+        .collect();
+    let text = format!("{INTRO}{}{OUTRO}", edited.join(" "));
+    let mock = start(Reply::sse(&openai_stream(&text, 4), 64)).await;
+    let p = proxy_with(&mock, vec![Arc::clone(&renamed_index)], |_| {}).await;
+    let (_, _, resp) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&resp);
+    let last = &evs[evs.len() - 2].1;
+    assert_eq!(
+        last.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{last}"
+    );
+    assert_eq!(
+        last.pointer("/verbatim/finding/kind"),
+        Some(&json!("near")),
+        "{last}"
+    );
+    let sim = last
+        .pointer("/verbatim/finding/similarity")
+        .and_then(Value::as_f64)
+        .unwrap();
+    assert!((0.85..1.0).contains(&sim), "similarity {sim}");
+}
