@@ -858,6 +858,21 @@ fn generate(
     }
     let scan_secs = t1.elapsed().as_secs_f64();
 
+    // SimHash as an auxiliary signal: would it find what the engine misses, and at what cost?
+    let t2 = Instant::now();
+    let sim = SimIndex::build(&indexed);
+    let mut simhash = String::new();
+    for (c, o) in cases.iter().zip(&outcomes) {
+        let hit = sim.query(&c.text);
+        writeln!(
+            &mut simhash,
+            "{}",
+            serde_json::json!({"tool": "SimHash (auxiliary)", "id": c.id, "detected": hit, "score": f64::from(u8::from(hit)), "verbatim": o.detected})
+        )
+        .unwrap();
+    }
+    eprintln!("SimHash experiment in {:.1} s", t2.elapsed().as_secs_f64());
+
     // Files for the peers.
     std::fs::create_dir_all(out).unwrap();
     let pdir = out.join("peers");
@@ -894,6 +909,7 @@ fn generate(
         writeln!(lines, "{}", serde_json::to_string(o).unwrap()).unwrap();
     }
     std::fs::write(out.join("verbatim.jsonl"), lines).unwrap();
+    std::fs::write(out.join("simhash.jsonl"), simhash).unwrap();
     let m = idx.manifest();
     let meta = serde_json::json!({
         "index_id": m.index_id,
@@ -907,6 +923,7 @@ fn generate(
         "negatives_replaced": replaced,
         "excluded_positives": outcomes.iter().filter(|o| o.excluded).count(),
         "scan_seconds": scan_secs,
+        "simhash_documents": indexed.len(),
         "seed": seed,
     });
     std::fs::write(
@@ -920,6 +937,64 @@ fn generate(
         cases.iter().filter(|c| c.positive).count(),
         g.refs.len()
     );
+}
+
+/// SimHash of 50-unit windows (stride 25) of the indexed documents, searched for windows of a
+/// response within Hamming distance 3 — the classic near-duplicate setting (Manku et al.,
+/// WWW 2007: 64 bits, four 16-bit blocks, one of which must agree exactly). Hand-written here:
+/// the `simhash` crate tokenises strings itself, and this must use the engine's own units.
+struct SimIndex {
+    tables: [HashMap<u16, Vec<u64>>; 4],
+}
+
+const SIM_WINDOW: usize = 50;
+
+fn simhash_of(units: &[verbatim::normalize::Unit]) -> u64 {
+    let mut v = [0i32; 64];
+    for w in units.windows(3) {
+        let f = verbatim::hash::kgram_key(w.iter().map(|u| u.hash));
+        for (b, x) in v.iter_mut().enumerate() {
+            *x += if f >> b & 1 == 1 { 1 } else { -1 };
+        }
+    }
+    v.iter()
+        .enumerate()
+        .fold(0u64, |h, (b, &x)| if x > 0 { h | 1 << b } else { h })
+}
+
+impl SimIndex {
+    fn build(docs: &[Doc]) -> SimIndex {
+        let mut tables: [HashMap<u16, Vec<u64>>; 4] = Default::default();
+        for d in docs {
+            let units = normalize(&d.text, d.kind);
+            let mut a = 0;
+            while a + SIM_WINDOW <= units.len() {
+                let h = simhash_of(&units[a..a + SIM_WINDOW]);
+                for (i, t) in tables.iter_mut().enumerate() {
+                    t.entry((h >> (16 * i)) as u16).or_default().push(h);
+                }
+                a += SIM_WINDOW / 2;
+            }
+        }
+        SimIndex { tables }
+    }
+
+    fn query(&self, text: &str) -> bool {
+        let units = normalize(text, TextKind::Markdown);
+        let mut a = 0;
+        while a + SIM_WINDOW <= units.len() {
+            let h = simhash_of(&units[a..a + SIM_WINDOW]);
+            for (i, t) in self.tables.iter().enumerate() {
+                if let Some(c) = t.get(&((h >> (16 * i)) as u16))
+                    && c.iter().any(|x| (x ^ h).count_ones() <= 3)
+                {
+                    return true;
+                }
+            }
+            a += 5;
+        }
+        false
+    }
 }
 
 /// One tool's verdict on one case (the peers write these, one JSON object per line).
@@ -1321,6 +1396,62 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
         )
         .unwrap();
     }
+    // SimHash as an auxiliary signal.
+    let sim: HashMap<String, bool> = read("simhash.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<PeerVerdict>(l).unwrap())
+        .map(|v| (v.id, v.detected))
+        .collect();
+    if !sim.is_empty() {
+        writeln!(
+            md,
+            "\n## SimHash as an auxiliary signal\n\n\
+             64-bit SimHash of every 50-unit window (stride 25) of the {} sampled indexed documents \
+             (which include every positive's source), searched for each response's 50-unit windows \
+             within Hamming distance 3. \"Gain\" = positives SimHash finds that Verbatim misses; \
+             \"added false\" = negatives SimHash reports that Verbatim does not.\n\n\
+             | channel | family | n (≥ 50 units) | Verbatim | SimHash | gain |\n|---|---|---:|---:|---:|---:|",
+            meta["simhash_documents"]
+        )
+        .unwrap();
+        let (mut gain_all, mut n_all) = (0, 0);
+        for key in &keys {
+            let cs: Vec<&&Case> = groups[key].iter().filter(|c| c.len >= 50).collect();
+            let v = |c: &Case| ours.get(&c.id).is_some_and(|o| o.detected);
+            let s = |c: &Case| sim.get(&c.id).copied().unwrap_or(false);
+            let gain = cs.iter().filter(|c| s(c) && !v(c)).count();
+            gain_all += gain;
+            n_all += cs.len();
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                if key.0 { "code" } else { "prose" },
+                key.1,
+                cs.len(),
+                pct(cs.iter().filter(|c| v(c)).count(), cs.len()),
+                pct(cs.iter().filter(|c| s(c)).count(), cs.len()),
+                gain
+            )
+            .unwrap();
+        }
+        let neg: Vec<&Case> = cases.iter().filter(|c| !c.positive).collect();
+        let added = neg
+            .iter()
+            .filter(|c| {
+                sim.get(&c.id).copied().unwrap_or(false)
+                    && !ours.get(&c.id).is_some_and(|o| o.detected)
+            })
+            .count();
+        writeln!(
+            md,
+            "\nOver all families: SimHash would add {gain_all} of {n_all} positives of ≥ 50 units and \
+             {added} false findings on {} negatives ({} per 1,000).",
+            neg.len(),
+            per_k(added, neg.len())
+        )
+        .unwrap();
+    }
+
     let img = doc
         .and_then(|d| d.parent())
         .map(|p| p.join("img"))

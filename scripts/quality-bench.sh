@@ -130,7 +130,8 @@ PY
 # --- Index ---------------------------------------------------------------------------------------
 cargo build --release --quiet
 IDX="$Q/idx"
-SIG=$(cat "$M"/indexed/*.toml | sha256sum | cut -c1-16)
+# Rebuilt when the corpus or the binary (normaliser, parameters) changes: a build takes seconds.
+SIG=$(cat "$M"/indexed/*.toml target/release/verbatim | sha256sum | cut -c1-16)
 if [ "$(cat "$IDX.sig" 2>/dev/null)" != "$SIG" ]; then
   target/release/verbatim index build --corpus "$M/indexed" --out "$IDX" --force --quiet
   echo "$SIG" > "$IDX.sig"

@@ -135,6 +135,8 @@ const HISTORY: usize = 256;
 const MAX_GAP: u32 = 6;
 /// A gap may skip at most this many more source units than output units (a deletion).
 const MAX_SKIP: u32 = 4;
+/// Runs of one document open at once (at different alignments).
+const MAX_RUNS_PER_DOC: u8 = 4;
 /// A gapped run is reported only if it is at least this similar to its source region.
 pub const NEAR_MIN_SIMILARITY: f64 = 0.6;
 
@@ -278,9 +280,12 @@ struct IndexMatcher {
     /// The index has the rename-insensitive channel (its parameters and class store).
     renamed: Option<ChannelParams>,
     open: Vec<Candidate>,
-    /// Documents with an open run (at most one run per document is open at a time, which also
-    /// keeps repetitive documents from reporting the same output twice).
-    open_docs: FxHashSet<u32>,
+    /// Open runs per document. A document may have a few open at once, at different
+    /// alignments: a passage that occurs twice in it (a refrain, a repeated warning) may seed
+    /// the wrong occurrence first, and the right one must not wait for the wrong one to die —
+    /// its first units would be released meanwhile. Bounded so a repetitive document cannot
+    /// open a run at every repeat.
+    open_docs: rustc_hash::FxHashMap<u32, u8>,
     roll: RollingKgram,
     roll_channel: Option<Channel>,
     /// Per fresh unit: its k-gram key if the filter may contain it.
@@ -489,7 +494,12 @@ impl IndexMatcher {
                 i += 1;
             } else {
                 let c = self.open.swap_remove(i);
-                self.open_docs.remove(&c.doc);
+                if let Some(n) = self.open_docs.get_mut(&c.doc) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.open_docs.remove(&c.doc);
+                    }
+                }
                 self.close(&c, which, out);
             }
         }
@@ -516,13 +526,29 @@ impl IndexMatcher {
         let first = hist.len() - k;
         let with_names = ch == Channel::Code && self.renamed.is_some();
         for p in postings {
-            if self.open_docs.contains(&p.doc) {
-                continue; // already inside a run of this document
+            let q = p.pos as usize;
+            let end = (q + k) as u32;
+            match self.open_docs.get(&p.doc) {
+                None => {}
+                Some(&n) if n >= MAX_RUNS_PER_DOC => continue,
+                Some(_) => {
+                    // Already part of an open run of this document at this alignment (in step,
+                    // or inside the gap it may resynchronise across)?
+                    let inside = self.open.iter().any(|c| {
+                        c.doc == p.doc
+                            && (c.cur.doc_end == end
+                                || (c.pending > 0
+                                    && (c.cur.doc_end..=c.cur.doc_end + c.pending + MAX_SKIP)
+                                        .contains(&end)))
+                    });
+                    if inside {
+                        continue;
+                    }
+                }
             }
             let units = index.doc_units(p.doc);
             let classes = index.doc_classes(p.doc);
             let class = |d: usize| classes.get(d).copied().unwrap_or(0);
-            let q = p.pos as usize;
             if units.get(q..q + k).is_none() {
                 continue;
             }
@@ -582,7 +608,7 @@ impl IndexMatcher {
                 cand.commit(&hist[o], hist[o].start, d, c, step, 1, gap);
                 last = (o, d);
             }
-            self.open_docs.insert(p.doc);
+            *self.open_docs.entry(p.doc).or_default() += 1;
             self.open.push(cand);
         }
     }
@@ -693,7 +719,7 @@ impl Scanner {
                 params: ix.params(),
                 renamed: ix.params().renamed,
                 open: Vec::new(),
-                open_docs: FxHashSet::default(),
+                open_docs: rustc_hash::FxHashMap::default(),
                 roll: RollingKgram::new(1),
                 roll_channel: None,
                 probes: Vec::new(),
