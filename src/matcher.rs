@@ -155,6 +155,10 @@ enum Cmp {
 struct Names {
     fwd: rustc_hash::FxHashMap<u32, u32>,
     back: rustc_hash::FxHashMap<u32, u32>,
+    /// Some name has been renamed. Until then names that stay the same are not recorded (an
+    /// exact run would otherwise pay two map inserts per identifier); so a later renaming onto
+    /// a name kept earlier is not caught — the price of a fast exact path.
+    active: bool,
 }
 
 impl Names {
@@ -179,16 +183,27 @@ fn compare(u: &Unit, src: u32, class: u8, names: Option<&mut Names>) -> Cmp {
     let Some(names) = names else {
         return if o == src { Cmp::Equal } else { Cmp::Differ };
     };
-    let class = UnitClass::from_u8(class);
-    if u.class != class {
+    if o == src {
+        // Equal text: equal, unless it breaks a renaming already made (`a→x` then `a→a`).
+        if u.class == UnitClass::Ident && names.active && !names.pair(o, src) {
+            return Cmp::Differ;
+        }
+        return Cmp::Equal;
+    }
+    if u.class != UnitClass::from_u8(class) {
         return Cmp::Differ;
     }
-    match class {
-        UnitClass::Other if o == src => Cmp::Equal,
+    match u.class {
         UnitClass::Other => Cmp::Differ,
-        UnitClass::Ident if !names.pair(o, src) => Cmp::Differ,
-        _ if o == src => Cmp::Equal,
-        _ => Cmp::Renamed,
+        UnitClass::Ident => {
+            names.active = true;
+            if names.pair(o, src) {
+                Cmp::Renamed
+            } else {
+                Cmp::Differ
+            }
+        }
+        UnitClass::Number | UnitClass::Str => Cmp::Renamed,
     }
 }
 
@@ -292,6 +307,8 @@ struct IndexMatcher {
     probes: Vec<Option<u64>>,
     /// Per fresh unit: its rename-insensitive k-gram key if the filter may contain it.
     rprobes: Vec<Option<u64>>,
+    /// Scratch for computing those keys.
+    rbuf: Vec<Option<(u64, UnitClass, u32)>>,
 }
 
 impl IndexMatcher {
@@ -384,25 +401,37 @@ impl IndexMatcher {
         self.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
-        let h = hist.len();
-        let at = |i: usize| {
-            if i < h {
-                (&hist[i], hprev[i])
-            } else {
-                (&fresh[i - h], fprev[i - h])
+        // The last k − 1 units of the history and the fresh ones, contiguous: a window is then
+        // a slice (the history is a ring buffer). `None` marks a prose unit.
+        let back = hist.len().min(k - 1);
+        let buf = &mut self.rbuf;
+        buf.clear();
+        let code = |u: &Unit, d: u32| (u.channel == Channel::Code).then_some((u.hash, u.class, d));
+        for i in hist.len() - back..hist.len() {
+            buf.push(code(&hist[i], hprev[i]));
+        }
+        buf.extend(fresh.iter().zip(fprev).map(|(u, &d)| code(u, d)));
+        // Units since the last prose unit and since the last abstracted one (identifier or
+        // literal), so windows that are not all code or abstract nothing are skipped (the
+        // index holds no key for them) without looking at them.
+        let (mut run, mut since_abstract) = (0usize, usize::MAX);
+        for (i, x) in buf.iter().enumerate() {
+            match x {
+                Some((_, class, _)) => {
+                    run += 1;
+                    since_abstract = if *class == UnitClass::Other {
+                        since_abstract.saturating_add(1)
+                    } else {
+                        0
+                    };
+                }
+                None => (run, since_abstract) = (0, usize::MAX),
             }
-        };
-        for (j, u) in fresh.iter().enumerate() {
-            let end = h + j + 1;
-            let key = (u.channel == Channel::Code && end >= k)
-                .then(|| end - k..end)
-                .filter(|r| r.clone().all(|i| at(i).0.channel == Channel::Code))
-                .map(|r| {
-                    renamed_key(r.map(|i| {
-                        let (u, d) = at(i);
-                        (u.hash, u.class, d)
-                    }))
-                });
+            if i < back {
+                continue;
+            }
+            let key = (run >= k && since_abstract < k)
+                .then(|| renamed_key(buf[i + 1 - k..=i].iter().map(|x| x.unwrap_or_default())));
             self.rprobes.push(key);
         }
         self.index.retain_possible(&mut self.rprobes);
@@ -724,6 +753,7 @@ impl Scanner {
                 roll_channel: None,
                 probes: Vec::new(),
                 rprobes: Vec::new(),
+                rbuf: Vec::new(),
             })
             .collect();
         let t_of = |c: Channel| {
