@@ -555,7 +555,7 @@ impl IndexMatcher {
         let first = hist.len() - k;
         let with_names = ch == Channel::Code && self.renamed.is_some();
         for p in postings {
-            let q = p.pos as usize;
+            let q = (p.pos & !crate::index::format::RENAMED_POS) as usize;
             let end = (q + k) as u32;
             match self.open_docs.get(&p.doc) {
                 None => {}

@@ -209,7 +209,7 @@ pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u6
                     .zip(&prev[q..])
                     .map(|(u, &d)| (u.hash, u.class, d)),
             );
-            keys.push((key, q as u32));
+            keys.push((key, q as u32 | format::RENAMED_POS));
         }
     }
     keys
@@ -777,7 +777,12 @@ impl MergeSink<'_> {
             .windows(2)
             .filter(|w| w[0].doc != w[1].doc)
             .count() as u32;
-        if docs >= self.threshold {
+        let threshold = if first.pos & format::RENAMED_POS != 0 {
+            (self.threshold / format::RENAMED_COMMON_DIVISOR).max(2)
+        } else {
+            self.threshold
+        };
+        if docs >= threshold {
             self.common.push(CommonKey {
                 key: first.key,
                 docs,

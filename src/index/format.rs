@@ -45,6 +45,15 @@ pub const MAGIC_FILTER: [u8; 8] = *b"VBFILTR\0";
 pub const MAGIC_COMMON: [u8; 8] = *b"VBCOMMN\0";
 pub const MAGIC_CLASSES: [u8; 8] = *b"VBCLASS\0";
 
+/// Set in `Posting::pos` of a rename-insensitive key (positions are below 2^31: files are at
+/// most 64 MiB by default and never 2^31 units). It lets the build mark such keys common at a
+/// lower count: structure shared by a handful of documents is an idiom, text rarely is.
+pub const RENAMED_POS: u32 = 1 << 31;
+
+/// A rename-insensitive key found in at least `common_threshold / RENAMED_COMMON_DIVISOR`
+/// documents (and at least 2) is common.
+pub const RENAMED_COMMON_DIVISOR: u32 = 4;
+
 impl Header {
     pub fn new(magic: [u8; 8], count: u64, aux: u64, aux2: [u64; 4]) -> Self {
         Header {
