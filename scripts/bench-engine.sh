@@ -19,19 +19,7 @@ if [ ! -d "$P" ]; then
     && dpkg-deb -x python3.11-doc_*.deb pydoc)
 fi
 
-rm -rf "$D/indexed" "$D/held-out"
-mkdir -p "$D/indexed" "$D/held-out"
-ln -s ../manifests/src "$D/indexed/src"
-for m in "$D"/manifests/*.toml; do
-  base=$(basename "$m" .toml)
-  crate=${base%-[0-9]*}
-  if [ $(( $(printf '%s' "$crate" | cksum | cut -d' ' -f1) % 10 )) -eq 0 ]; then
-    ln -s "$(cd "$D/manifests/src/$base" && pwd -P)" "$D/held-out/$base"
-  else
-    ln -s "../manifests/$base.toml" "$D/indexed/$base.toml"
-  fi
-done
-echo "indexed manifests: $(ls "$D"/indexed/*.toml | wc -l), held-out crate versions: $(ls "$D/held-out" | wc -l)"
+scripts/split-crates.sh "$D"
 
 cargo build --release --quiet
 /usr/bin/time -v -o "$R/build-time.txt" ./target/release/verbatim index build \

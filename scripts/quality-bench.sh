@@ -64,21 +64,7 @@ PYDOC=$(cd "$P/usr/share/doc/python3.11/html/_sources" && pwd -P)
 # --- Crates -------------------------------------------------------------------------------------
 C=bench-data/crates
 [ -d "$C/manifests/src" ] || scripts/fetch-crates.sh "$C"
-if [ ! -d "$C/indexed" ]; then
-  # The engine benchmark's split (scripts/bench-engine.sh): every version of a crate whose name
-  # hashes to 0 mod 10 is held out.
-  mkdir -p "$C/indexed" "$C/held-out"
-  ln -s ../manifests/src "$C/indexed/src"
-  for m in "$C"/manifests/*.toml; do
-    base=$(basename "$m" .toml)
-    crate=${base%-[0-9]*}
-    if [ $(( $(printf '%s' "$crate" | cksum | cut -d' ' -f1) % 10 )) -eq 0 ]; then
-      ln -s "$(cd "$C/manifests/src/$base" && pwd -P)" "$C/held-out/$base"
-    else
-      ln -s "../manifests/$base.toml" "$C/indexed/$base.toml"
-    fi
-  done
-fi
+[ -d "$C/indexed" ] || scripts/split-crates.sh "$C"
 C=$(cd "$C" && pwd -P)
 
 # --- Manifests: indexed and never-indexed parts -------------------------------------------------

@@ -1046,6 +1046,22 @@ async fn hop_by_hop_headers_and_headers_named_in_connection_are_not_forwarded() 
     }
 }
 
+/// Checks an OpenAI stream ended blocked by a finding of `kind`; returns the closing chunk.
+fn assert_blocked_as<'a>(evs: &'a [(Option<String>, Value)], kind: &str) -> &'a Value {
+    let last = &evs[evs.len() - 2].1;
+    assert_eq!(
+        last.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{last}"
+    );
+    assert_eq!(
+        last.pointer("/verbatim/finding/kind"),
+        Some(&json!(kind)),
+        "{last}"
+    );
+    last
+}
+
 /// `text` with whole identifiers replaced as `pairs` say.
 fn rename_idents(text: &str, pairs: &[(&str, &str)]) -> String {
     let mut out = String::new();
@@ -1109,17 +1125,7 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
             text.starts_with(&got) && got.len() <= intro.len(),
             "piece {piece}: released {got:?}"
         );
-        let last = &evs[evs.len() - 2].1;
-        assert_eq!(
-            last.pointer("/choices/0/finish_reason"),
-            Some(&json!("content_filter")),
-            "{last}"
-        );
-        assert_eq!(
-            last.pointer("/verbatim/finding/kind"),
-            Some(&json!("renamed")),
-            "{last}"
-        );
+        let last = assert_blocked_as(&evs, "renamed");
         assert_eq!(
             last.pointer("/verbatim/finding/doc"),
             Some(&json!("fixtures/gpl-code/src/ledger.rs"))
@@ -1139,17 +1145,7 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
     let p = proxy_with(&mock, vec![Arc::clone(&renamed_index)], |_| {}).await;
     let (_, _, resp) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
     let evs = events(&resp);
-    let last = &evs[evs.len() - 2].1;
-    assert_eq!(
-        last.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter")),
-        "{last}"
-    );
-    assert_eq!(
-        last.pointer("/verbatim/finding/kind"),
-        Some(&json!("near")),
-        "{last}"
-    );
+    let last = assert_blocked_as(&evs, "near");
     let sim = last
         .pointer("/verbatim/finding/similarity")
         .and_then(Value::as_f64)

@@ -219,12 +219,17 @@ pub fn sample_keys(units: &[crate::normalize::Unit], params: &Params) -> Vec<(u6
 /// max(2, ⌈k/4⌉) distinct units that are not abstracted (keywords, operators, punctuation), so
 /// a list of names (`a, b, c, …`) or of literals is never evidence of a renamed copy.
 pub fn shape_informative(window: &[crate::normalize::Unit]) -> bool {
-    let need = 2.max(window.len().div_ceil(4));
+    let plain = window.iter().filter(|u| u.class == UnitClass::Other);
+    distinct_at_least(plain.map(|u| u.hash), 2.max(window.len().div_ceil(4)))
+}
+
+/// Whether `hashes` holds at least `need` distinct values (or 16, which is always enough).
+fn distinct_at_least(hashes: impl Iterator<Item = u64>, need: usize) -> bool {
     let mut seen: [u64; 16] = [0; 16];
     let mut n = 0;
-    for u in window.iter().filter(|u| u.class == UnitClass::Other) {
-        if !seen[..n].contains(&u.hash) {
-            seen[n] = u.hash;
+    for h in hashes {
+        if !seen[..n].contains(&h) {
+            seen[n] = h;
             n += 1;
             if n >= need || n == seen.len() {
                 return true;
@@ -258,19 +263,10 @@ pub fn shape_periodic(window: &[crate::normalize::Unit], prev: &[u32]) -> bool {
 /// "ha ha ha") match anything with the same padding, so they are never indexed; a run made only
 /// of them is never reported.
 pub fn informative(window: &[crate::normalize::Unit]) -> bool {
-    let need = 2.max(window.len().div_ceil(4));
-    let mut seen: [u64; 16] = [0; 16];
-    let mut n = 0;
-    for u in window {
-        if !seen[..n].contains(&u.hash) {
-            seen[n] = u.hash;
-            n += 1;
-            if n >= need || n == seen.len() {
-                return true;
-            }
-        }
-    }
-    false
+    distinct_at_least(
+        window.iter().map(|u| u.hash),
+        2.max(window.len().div_ceil(4)),
+    )
 }
 
 fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
