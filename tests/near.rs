@@ -277,3 +277,26 @@ fn unrelated_code_and_text_give_nothing() {
         .collect();
     assert!(scan(&f.index, TextKind::Prose, &text).is_empty());
 }
+
+#[test]
+fn a_renamed_copy_of_code_the_caller_supplied_is_marked_as_such() {
+    // "Rename the variables in this function I pasted": the answer is a renamed copy of indexed
+    // code, but of the caller's own text, so it is marked caller-supplied (policy decides).
+    let f = fixture();
+    let (s, e) = window(&f.code[0], RUST, 137, 120);
+    let pasted = format!("```rust\n{}\n```", &f.code[0][s..e]);
+    let answer = format!("```rust\n{}\n```", rename(&f.code[0][s..e], true));
+    let exempt = verbatim::matcher::exemptions([pasted.as_str()], std::slice::from_ref(&f.index));
+    let mut sc =
+        verbatim::matcher::Scanner::new(std::slice::from_ref(&f.index), TextKind::Markdown);
+    sc.set_exemptions(Arc::new(exempt));
+    sc.push_str(&answer);
+    sc.finish();
+    let got = sc.take_findings();
+    let renamed: Vec<&Finding> = got
+        .iter()
+        .filter(|g| g.kind == MatchKind::Renamed)
+        .collect();
+    assert!(!renamed.is_empty(), "{got:?}");
+    assert!(renamed.iter().all(|g| g.caller_supplied), "{got:?}");
+}
