@@ -240,8 +240,9 @@ fn distinct_at_least(hashes: impl Iterator<Item = u64>, need: usize) -> bool {
 }
 
 /// Whether a window's shapes (see [`crate::hash::shape`]) repeat with a short period — a list
-/// of items of one form (`use a::b;` lines, `X => Some("X"),` arms, `#[attr] Variant,`): at
-/// some shift of at most k/2, at least 80 % of the shapes equal the shape that many places on.
+/// of items of one form (`use a::b;` lines, `X => Some("X"),` arms, `#[attr] Variant,`, or
+/// two-line items like `#[cfg(feature = "x")] pub use x::*;`): at some shift of at most 2k/3,
+/// at least 80 % of the shapes equal the shape that many places on.
 /// Renaming makes any such list match any other, so these windows are not renamed evidence
 /// (the exact channel still indexes them).
 pub fn shape_periodic(window: &[crate::normalize::Unit], prev: &[u32]) -> bool {
@@ -252,7 +253,7 @@ pub fn shape_periodic(window: &[crate::normalize::Unit], prev: &[u32]) -> bool {
         .map(|(j, (u, &d))| crate::hash::shape(u.hash, u.class, d, j))
         .collect();
     let k = shapes.len();
-    (1..=k / 2).any(|q| {
+    (1..=k * 2 / 3).any(|q| {
         let same = (0..k - q).filter(|&i| shapes[i] == shapes[i + q]).count();
         same * 5 >= (k - q) * 4
     })
