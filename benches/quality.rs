@@ -580,10 +580,6 @@ struct Outcome {
     excluded: bool,
 }
 
-fn qualifies(index: &Index, f: &Finding) -> bool {
-    verbatim::matcher::qualifies(&index.params(), f)
-}
-
 /// Streams `c` through a scanner in random chunks, as the proxy's strict holdback would.
 fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding>) {
     let mut sc = Scanner::new(std::slice::from_ref(index), TextKind::Markdown);
@@ -614,7 +610,10 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
                 .iter()
                 .cloned()
                 .chain(open)
-                .filter(|f| qualifies(index, f) && overlaps(f.output_start, f.output_end))
+                .filter(|f| {
+                    verbatim::matcher::qualifies(&index.params(), f)
+                        && overlaps(f.output_start, f.output_end)
+                })
                 .map(|f| f.output_start)
                 .min();
             if let Some(start) = start {

@@ -57,20 +57,32 @@ pub fn kgram_key(units: impl IntoIterator<Item = u64>) -> u64 {
 /// `units` (`u32::MAX` for a first occurrence and for every other unit): the input of
 /// [`renamed_key`], computed once per document or stream.
 pub fn prev_distances(units: &[Unit]) -> Vec<u32> {
-    let mut last = rustc_hash::FxHashMap::default();
-    units
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            if u.class != UnitClass::Ident {
-                return u32::MAX;
-            }
-            match last.insert(u.hash, i) {
-                Some(j) => u32::try_from(i - j).unwrap_or(u32::MAX),
-                None => u32::MAX,
-            }
-        })
-        .collect()
+    let mut d = PrevDistance::default();
+    units.iter().map(|u| d.next(u)).collect()
+}
+
+/// [`prev_distances`] one unit at a time, for a stream.
+#[derive(Debug, Default)]
+pub struct PrevDistance {
+    /// Identifier → position of its last occurrence.
+    last: rustc_hash::FxHashMap<u64, u64>,
+    /// Position of the next unit.
+    seq: u64,
+}
+
+impl PrevDistance {
+    /// The distance from `u` back to the previous occurrence of the same identifier.
+    pub fn next(&mut self, u: &Unit) -> u32 {
+        let i = self.seq;
+        self.seq += 1;
+        if u.class != UnitClass::Ident {
+            return u32::MAX;
+        }
+        match self.last.insert(u.hash, i) {
+            Some(j) => u32::try_from(i - j).unwrap_or(u32::MAX),
+            None => u32::MAX,
+        }
+    }
 }
 
 /// The shape of the unit at offset `j` of a window: keywords, operators and punctuation are

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{RollingKgram, prev_distances, renamed_key, stored};
+use crate::hash::{PrevDistance, RollingKgram, prev_distances, renamed_key, stored};
 use crate::index::{ChannelParams, Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit, UnitClass};
 
@@ -243,6 +243,28 @@ struct Candidate {
     names: Option<Box<Names>>,
 }
 
+impl Extent {
+    /// What the run so far is: gapped, renamed or exact.
+    fn kind(&self) -> MatchKind {
+        if self.gaps > 0 {
+            MatchKind::Near
+        } else if self.renamed > 0 {
+            MatchKind::Renamed
+        } else {
+            MatchKind::Exact
+        }
+    }
+}
+
+/// How a run of `doc` is reported: a run of a license text is `LicenseText` whatever aligned.
+fn reported_kind(index: &Index, doc: u32, kind: MatchKind) -> MatchKind {
+    if is_license(index, doc) {
+        MatchKind::LicenseText
+    } else {
+        kind
+    }
+}
+
 impl Candidate {
     /// Aligns output unit `u` (and the `matched − 1` equal units before it, the first of which
     /// starts at byte `first`) with source unit `doc_pos`, after `out_units − matched`
@@ -312,18 +334,11 @@ struct IndexMatcher {
 }
 
 impl IndexMatcher {
-    /// The run `c` as a finding, if it qualifies: exact runs of at least the channel's `t`,
-    /// renamed runs of at least the renamed channel's `t`, gapped runs with at least `t`
-    /// aligned units and a similarity of at least [`NEAR_MIN_SIMILARITY`].
+    /// The run `c` as a finding, if it [`qualifies`]; a gapped run that does not may still
+    /// hold an exact piece that does.
     fn finding(&self, c: &Candidate, which: usize) -> Option<Finding> {
         let e = c.anchor;
-        let kind = if e.gaps > 0 {
-            MatchKind::Near
-        } else if e.renamed > 0 {
-            MatchKind::Renamed
-        } else {
-            MatchKind::Exact
-        };
+        let kind = e.kind();
         let f = Finding {
             output_start: c.out_start,
             output_end: e.out_end,
@@ -334,11 +349,7 @@ impl IndexMatcher {
             units: e.out_units,
             matched: e.matched,
             longest: e.longest.3,
-            kind: if is_license(&self.index, c.doc) {
-                MatchKind::LicenseText
-            } else {
-                kind
-            },
+            kind: reported_kind(&self.index, c.doc, kind),
             channel: c.channel,
             caller_supplied: c.caller_supplied,
         };
@@ -491,7 +502,10 @@ impl IndexMatcher {
         }
         match found {
             Some((d, n)) => {
-                if let (Some(names), UnitClass::Ident) = (c.names.as_deref_mut(), unit.class) {
+                // An equal name is recorded once a renaming is under way, as `compare` does.
+                if let (Some(names), UnitClass::Ident) = (c.names.as_deref_mut(), unit.class)
+                    && names.active
+                {
                     names.pair(stored(unit.hash), stored(unit.hash));
                 }
                 c.pending = 0;
@@ -720,12 +734,11 @@ pub struct Scanner {
     /// K-gram keys of text the caller supplied (see [`Exemptions`]).
     exempt: Arc<FxHashSet<u64>>,
     hist: VecDeque<Unit>,
-    /// Per unit of `hist`: distance back to the previous occurrence of the same identifier.
+    /// Per unit of `hist`: distance back to the previous occurrence of the same identifier
+    /// (kept only with `idents`).
     hist_prev: VecDeque<u32>,
-    /// Identifier → sequence number of its last occurrence (for those distances).
-    ident_last: rustc_hash::FxHashMap<u64, u64>,
-    /// Sequence number of the next unit.
-    seq: u64,
+    /// Those distances, when some index has the rename-insensitive channel.
+    idents: Option<PrevDistance>,
     fresh: Vec<Unit>,
     fresh_prev: Vec<u32>,
     findings: Vec<Finding>,
@@ -770,14 +783,14 @@ impl Scanner {
                 .unwrap_or(1)
         };
         let t_max = [t_of(Channel::Prose), t_of(Channel::Code)];
+        let has_renamed = matchers.iter().any(|m| m.renamed.is_some());
         Scanner {
             norm: Normalizer::new(kind),
             matchers,
             exempt: Arc::default(),
             hist: VecDeque::with_capacity(HISTORY + 1),
             hist_prev: VecDeque::with_capacity(HISTORY + 1),
-            ident_last: rustc_hash::FxHashMap::default(),
-            seq: 0,
+            idents: has_renamed.then(PrevDistance::default),
             fresh: Vec::new(),
             fresh_prev: Vec::new(),
             findings: Vec::new(),
@@ -824,34 +837,27 @@ impl Scanner {
         if fresh.is_empty() {
             return;
         }
-        // Identifier distances, only when some index has the rename-insensitive channel.
+        // Identifier distances: kept only when some index has the rename-insensitive channel
+        // (the only reader), so a scan without it pays nothing per unit.
         self.fresh_prev.clear();
-        if self.matchers.iter().any(|m| m.renamed.is_some()) {
-            for u in fresh.iter() {
-                let d = if u.class == UnitClass::Ident {
-                    match self.ident_last.insert(u.hash, self.seq) {
-                        Some(j) => u32::try_from(self.seq - j).unwrap_or(u32::MAX),
-                        None => u32::MAX,
-                    }
-                } else {
-                    u32::MAX
-                };
-                self.fresh_prev.push(d);
-                self.seq += 1;
-            }
-        } else {
-            self.fresh_prev.resize(fresh.len(), u32::MAX);
+        if let Some(d) = &mut self.idents {
+            self.fresh_prev.extend(fresh.iter().map(|u| d.next(u)));
         }
         for m in &mut self.matchers {
             m.prepare(&self.hist, &self.hist_prev, fresh, &self.fresh_prev);
         }
+        let tracked = self.idents.is_some();
         for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
-                self.hist_prev.pop_front();
+                if tracked {
+                    self.hist_prev.pop_front();
+                }
             }
             self.hist.push_back(u);
-            self.hist_prev.push_back(self.fresh_prev[j]);
+            if tracked {
+                self.hist_prev.push_back(self.fresh_prev[j]);
+            }
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
                 let rprobe = m.rprobes.get(j).copied().flatten();
@@ -916,15 +922,7 @@ impl Scanner {
             m.open.iter().map(move |c| OpenRun {
                 output_start: c.out_start,
                 output_end: c.cur.out_end,
-                kind: if is_license(&m.index, c.doc) {
-                    MatchKind::LicenseText
-                } else if c.cur.gaps > 0 {
-                    MatchKind::Near
-                } else if c.cur.renamed > 0 {
-                    MatchKind::Renamed
-                } else {
-                    MatchKind::Exact
-                },
+                kind: reported_kind(&m.index, c.doc, c.cur.kind()),
                 units: c.cur.out_units,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,

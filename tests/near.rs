@@ -200,8 +200,9 @@ fn inconsistently_renamed_code_is_not_a_renamed_finding() {
             checked += 1;
         }
     }
-    // The property is about absence: no renamed run at all satisfies it too.
-    eprintln!("{checked} renamed runs checked");
+    // Lists of constants in these sources do give renamed runs, so the check above ran on
+    // some: if none came out, this test would no longer test anything.
+    assert!(checked > 0, "no renamed run to check");
 }
 
 #[test]

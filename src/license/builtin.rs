@@ -33,7 +33,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Bumped whenever what goes into the built-in index changes (its documents, their resolved
 /// licenses, the build parameters) without the texts or the index format changing.
-const REVISION: u32 = 2;
+const REVISION: u32 = 3;
 
 /// The name of the built-in index's cache entry for this build of Verbatim.
 pub fn entry_name() -> String {
@@ -105,6 +105,9 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, BuiltinError> {
     // License texts share whole paragraphs across dozens of variants (the MIT grant, the GPL
     // preamble): here that is expected, not boilerplate, and identification tells them apart.
     opts.params.common_threshold = u32::MAX;
+    // License texts are prose: the rename-insensitive code channel would hold nothing, and a
+    // scan would still compute and probe its keys for every code unit of every answer.
+    opts.params.renamed = None;
     match build(&[corpus], &out, &opts) {
         Ok(_) => Ok(out),
         // Another process built it meanwhile.
