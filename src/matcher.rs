@@ -73,6 +73,12 @@ pub struct Finding {
     pub matched: u32,
     /// The longest run of equal units in it (`units` for exact runs).
     pub longest: u32,
+    /// For a renamed run: how much of its source region is structure not repeated within it
+    /// (see [`structure`]); `units` for other runs.
+    pub structure: u32,
+    /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
+    /// the documents it was sampled in, times the sampling period).
+    pub key_docs: u32,
     pub kind: MatchKind,
     pub channel: Channel,
     /// The run also occurs in text the caller supplied in the request.
@@ -103,18 +109,21 @@ impl Finding {
 /// exactly what would be reported.
 pub fn qualifies(params: &Params, f: &Finding) -> bool {
     let cp = params.channel(f.channel);
+    // A run that is not an exact copy must have been hit by a k-gram that is not boilerplate.
+    let rare = |f: &Finding| f.key_docs < params.common_threshold;
     let near = |f: &Finding| {
         let enough = match f.channel {
             Channel::Prose => f.matched >= 2 * cp.t(),
             Channel::Code => f.matched >= cp.t() + cp.k / 2 && f.longest >= cp.t(),
         };
-        enough && f.similarity() >= NEAR_MIN_SIMILARITY
+        enough && f.similarity() >= NEAR_MIN_SIMILARITY && rare(f)
     };
     match f.kind {
         MatchKind::Near => near(f),
-        MatchKind::Renamed => params
-            .renamed
-            .is_some_and(|r| f.units >= renamed_min(params, r)),
+        MatchKind::Renamed => params.renamed.is_some_and(|r| {
+            let min = renamed_min(params, r);
+            f.units >= min && f.structure >= min && rare(f)
+        }),
         // License-text runs and exact runs (a gapped license run is judged as near).
         _ if f.matched < f.units => near(f),
         _ => f.units >= cp.t(),
@@ -125,6 +134,62 @@ pub fn qualifies(params: &Params, f: &Finding) -> bool {
 /// the code channel's `t + k` (39 by default) — structure alone is weaker evidence than text.
 pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
     r.t().max(params.code.t() + params.code.k)
+}
+
+/// Width of the windows [`structure`] compares.
+const STRUCTURE_W: usize = 12;
+/// [`structure`] looks at most this many units of a run.
+const STRUCTURE_MAX: usize = 4096;
+
+/// How much structure a source region holds that it does not repeat: the number of its units
+/// not inside a window of [`STRUCTURE_W`] units that occurred earlier in it, with identifiers
+/// and literals abstracted to their class (so a region that never repeats itself counts its
+/// length). A renamed run matches *shape*, and a list of items of one form (`pub use
+/// self::a::b;` lines, `#[cfg(feature = "x")] pub mod x;`, bindgen's layout asserts, `pub
+/// const X: T = N;` tables) has one shape however long it is: any other list of that form
+/// matches it under renaming. Counting only structure not seen earlier in the run makes such a
+/// list worth one item. Looks at the first [`STRUCTURE_MAX`] units.
+pub fn structure(index: &Index, doc: u32, start: u32, len: u32) -> u32 {
+    let (s, e) = (
+        start as usize,
+        start as usize + (len as usize).min(STRUCTURE_MAX),
+    );
+    let (Some(units), Some(classes)) = (
+        index.doc_units(doc).get(s..e),
+        index.doc_classes(doc).get(s..e),
+    ) else {
+        return len; // no class store: nothing was matched by shape
+    };
+    structure_of(
+        units
+            .iter()
+            .zip(classes)
+            .map(|(&h, &c)| (u64::from(h), UnitClass::from_u8(c))),
+    )
+}
+
+/// [`structure`] of a sequence of units given as (hash, class).
+pub fn structure_of(units: impl Iterator<Item = (u64, UnitClass)>) -> u32 {
+    let coarse: Vec<u64> = units
+        .take(STRUCTURE_MAX)
+        .map(|(h, c)| match c {
+            UnitClass::Other => h,
+            other => u64::MAX - other as u64,
+        })
+        .collect();
+    if coarse.len() < STRUCTURE_W {
+        return coarse.len() as u32;
+    }
+    let mut seen = FxHashSet::default();
+    // Units inside a repeated window: the union of those windows, left to right.
+    let (mut repeated, mut covered_to) = (0, 0);
+    for (j, w) in coarse.windows(STRUCTURE_W).enumerate() {
+        if !seen.insert(crate::hash::kgram_key(w.iter().copied())) {
+            repeated += j + STRUCTURE_W - covered_to.max(j);
+            covered_to = j + STRUCTURE_W;
+        }
+    }
+    (coarse.len() - repeated) as u32
 }
 
 /// Units of recent output kept for left extension. A run's first sampled k-gram starts within
@@ -241,6 +306,8 @@ struct Candidate {
     caller_supplied: bool,
     /// The run's renaming, when renamed units may align (code, index with classes).
     names: Option<Box<Names>>,
+    /// See [`Finding::key_docs`].
+    key_docs: u32,
 }
 
 impl Extent {
@@ -349,6 +416,12 @@ impl IndexMatcher {
             units: e.out_units,
             matched: e.matched,
             longest: e.longest.3,
+            structure: if kind == MatchKind::Renamed {
+                structure(&self.index, c.doc, c.doc_start, e.doc_end - c.doc_start)
+            } else {
+                e.out_units
+            },
+            key_docs: c.key_docs,
             kind: reported_kind(&self.index, c.doc, kind),
             channel: c.channel,
             caller_supplied: c.caller_supplied,
@@ -369,6 +442,7 @@ impl IndexMatcher {
             units,
             matched: units,
             longest: units,
+            structure: units,
             kind: if f.kind == MatchKind::LicenseText {
                 MatchKind::LicenseText
             } else {
@@ -550,20 +624,28 @@ impl IndexMatcher {
         let ch = unit.channel;
         if let Some(key) = probe {
             let k = self.params.channel(ch).k as usize;
-            self.seed(hist, key, k, exempt.contains(&key));
+            let p = self.params.channel(ch).p;
+            self.seed(hist, key, k, p, exempt.contains(&key));
         }
         if let (Some(key), Some(rp)) = (rprobe, self.renamed) {
-            self.seed(hist, key, rp.k as usize, exempt.contains(&key));
+            self.seed(hist, key, rp.k as usize, rp.p, exempt.contains(&key));
         }
     }
 
     /// Opens runs at the postings of `key`, the k-gram of the last `k` units of `hist`.
-    fn seed(&mut self, hist: &VecDeque<Unit>, key: u64, k: usize, caller_supplied: bool) {
+    /// Opens a run for each posting of `key` (a k-gram sampled every `p` units) that aligns
+    /// with the output just received, or notes the key's rarity on the run it falls in.
+    fn seed(&mut self, hist: &VecDeque<Unit>, key: u64, k: usize, p: u32, caller_supplied: bool) {
         let index = Arc::clone(&self.index);
         let postings = index.lookup_unfiltered(key);
         if postings.is_empty() {
             return;
         }
+        // Documents the key occurs in, estimated: it was sampled at one in p positions, so
+        // it is in about p times as many documents as it was sampled in. Postings are sorted
+        // by document.
+        let sampled_docs = 1 + postings.windows(2).filter(|w| w[0].doc != w[1].doc).count();
+        let key_docs = (sampled_docs as u32).saturating_mul(p);
         let Some(unit) = hist.back() else { return };
         let ch = unit.channel;
         let first = hist.len() - k;
@@ -577,14 +659,15 @@ impl IndexMatcher {
                 Some(_) => {
                     // Already part of an open run of this document at this alignment (in step,
                     // or inside the gap it may resynchronise across)?
-                    let inside = self.open.iter().any(|c| {
+                    let inside = self.open.iter_mut().find(|c| {
                         c.doc == p.doc
                             && (c.cur.doc_end == end
                                 || (c.pending > 0
                                     && (c.cur.doc_end..=c.cur.doc_end + c.pending + MAX_SKIP)
                                         .contains(&end)))
                     });
-                    if inside {
+                    if let Some(c) = inside {
+                        c.key_docs = c.key_docs.min(key_docs);
                         continue;
                     }
                 }
@@ -643,6 +726,7 @@ impl IndexMatcher {
                 channel: ch,
                 caller_supplied,
                 names,
+                key_docs,
             };
             let mut last = (start, doc_start);
             for (n, &(o, d, c)) in pairs[lead..].iter().enumerate() {
@@ -924,6 +1008,12 @@ impl Scanner {
                 output_end: c.cur.out_end,
                 kind: reported_kind(&m.index, c.doc, c.cur.kind()),
                 units: c.cur.out_units,
+                structure: if c.cur.kind() == MatchKind::Renamed {
+                    structure(&m.index, c.doc, c.doc_start, c.cur.doc_end - c.doc_start)
+                } else {
+                    c.cur.out_units
+                },
+                key_docs: c.key_docs,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
                 longest: c.cur.longest.3,
@@ -947,6 +1037,10 @@ pub struct OpenRun {
     pub source_units: u32,
     pub matched: u32,
     pub longest: u32,
+    /// See [`Finding::structure`].
+    pub structure: u32,
+    /// See [`Finding::key_docs`].
+    pub key_docs: u32,
     pub channel: Channel,
     pub index: usize,
     pub doc: u32,
@@ -967,6 +1061,8 @@ impl OpenRun {
             units: self.units,
             matched: self.matched,
             longest: self.longest,
+            structure: self.structure,
+            key_docs: self.key_docs,
             kind: self.kind,
             channel: self.channel,
             caller_supplied: self.caller_supplied,

@@ -301,3 +301,123 @@ fn a_renamed_copy_of_code_the_caller_supplied_is_marked_as_such() {
     assert!(!renamed.is_empty(), "{got:?}");
     assert!(renamed.iter().all(|g| g.caller_supplied), "{got:?}");
 }
+
+/// A table of constants of one form followed by a short function, as generated bindings are.
+fn table(prefix: &str, ty: &str, n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s += &format!("pub const {prefix}_{i}: {ty} = {};\n", i * 3 + 1);
+    }
+    s += &format!(
+        "\n#[inline]\npub const fn {prefix}_tag(tag: {ty}) -> i32 {{\n    (tag as i32) << 24\n}}\n"
+    );
+    s
+}
+
+#[test]
+fn a_list_matches_any_list_of_its_form_so_only_an_exact_copy_of_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = std::fs::read_to_string("src/hash.rs").unwrap();
+    // Documents are numbered in path order: 0 is hash.rs, 1 the table.
+    let docs = vec![
+        ("table.rs".to_string(), table("VM_MEMORY", "c_uint", 40)),
+        ("hash.rs".to_string(), own.clone()),
+    ];
+    let m = write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
+    let index = build_index(dir.path(), &[m], Params::default());
+
+    // Another table of the same form: every name, type and value differs, the shape is the
+    // same. Not a renamed copy of anything.
+    let other = table("GDI_HANDLE", "ULONG", 30);
+    let got = scan(&index, RUST, &other);
+    assert!(got.is_empty(), "{got:?}");
+    // Its structure is one row (and the function), however long the list.
+    let s = |t: &str| {
+        verbatim::matcher::structure_of(normalize(t, RUST).iter().map(|u| (u.hash, u.class)))
+    };
+    let (rows10, rows30) = (s(&table("A", "u8", 10)), s(&table("A", "u8", 30)));
+    assert_eq!(rows10, rows30, "a longer list added structure");
+    assert!(rows30 < 39, "{rows30}");
+
+    // The table copied exactly is found, exactly.
+    let original = table("VM_MEMORY", "c_uint", 40);
+    let got = scan(&index, RUST, &original);
+    assert!(
+        got.iter()
+            .any(|g| g.kind == MatchKind::Exact && g.doc == 1 && g.units >= 200),
+        "{got:?}"
+    );
+
+    // Code that does not repeat itself keeps all of its structure (here `RollingKgram::new`
+    // and the start of its methods), and a renamed copy of it is still a renamed finding in
+    // this index.
+    let (a, b) = window(&own, RUST, 700, 100);
+    let n = normalize(&own[a..b], RUST).len() as u32;
+    assert!(s(&own[a..b]) >= n * 9 / 10, "{} of {n}", s(&own[a..b]));
+    let got = scan(&index, RUST, &rename(&own[a..b], true));
+    assert!(
+        got.iter()
+            .any(|g| g.kind == MatchKind::Renamed && g.doc == 0 && g.units >= 80),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_passage_in_many_documents_is_found_when_copied_exactly_but_is_no_evidence_of_a_near_copy() {
+    // The same 60 words in 48 documents, each at its own offset: every k-gram of it is sampled
+    // in about 48 / p documents (fewer than the common threshold of 32, so exact copies are
+    // still guaranteed), and it occurs in about 48 (more than 32): boilerplate, not evidence
+    // that an edited copy is a copy.
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = vocabulary('b', 500, 21);
+    let mut r = Rng(21);
+    let mut words = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| vocab[r.below(vocab.len())].clone())
+            .collect()
+    };
+    let passage = words(60);
+    let docs: Vec<(String, String)> = (0..48)
+        .map(|i| {
+            let text = [words(5 + i % 17), passage.clone(), words(40)]
+                .concat()
+                .join(" ");
+            (format!("d{i}.txt"), text)
+        })
+        .collect();
+    let m = write_corpus(dir.path(), "prose", "prose", "copyrighted", None, &docs);
+    let index = build_index(dir.path(), &[m], Params::default());
+    let outside = vocabulary('z', 50, 22);
+
+    let exact = format!("{} {} {}", outside[0], passage.join(" "), outside[1]);
+    let got = scan(&index, TextKind::Prose, &exact);
+    assert!(
+        got.iter()
+            .any(|g| g.kind == MatchKind::Exact && g.units == 60),
+        "{got:?}"
+    );
+    let hit = got.iter().find(|g| g.units == 60).unwrap();
+    assert!(hit.key_docs >= 32, "{hit:?}");
+
+    // Two words changed: the pieces between them are still reported exactly, the whole is
+    // not a near copy.
+    let mut edited = passage.clone();
+    edited[20] = outside[2].clone();
+    edited[40] = outside[3].clone();
+    let text = format!("{} {} {}", outside[0], edited.join(" "), outside[1]);
+    let got = scan(&index, TextKind::Prose, &text);
+    assert!(got.iter().all(|g| g.kind != MatchKind::Near), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|g| g.kind == MatchKind::Exact && g.units >= 19),
+        "{got:?}"
+    );
+
+    // The same edit of a passage in one document is a near copy.
+    let single = &docs[0].1;
+    let mut one: Vec<String> = single.split(' ').map(str::to_string).collect();
+    one[25] = outside[2].clone();
+    one[45] = outside[3].clone();
+    let got = scan(&index, TextKind::Prose, &one[..].join(" "));
+    assert!(got.iter().any(|g| g.kind == MatchKind::Near), "{got:?}");
+}
