@@ -186,6 +186,28 @@ impl TomlReader {
         }
     }
 
+    /// A number between 0 and 1 (an integer 0 or 1 too), or a problem.
+    pub fn opt_fraction(&mut self, table: &Table, prefix: &str, key: &str) -> Option<Spanned<f64>> {
+        let item = table.get(key)?;
+        match item
+            .as_float()
+            .or_else(|| item.as_integer().map(|i| i as f64))
+        {
+            Some(x) if (0.0..=1.0).contains(&x) => Some(Spanned {
+                value: x,
+                span: item.span(),
+            }),
+            _ => {
+                self.problem(
+                    item.span(),
+                    &join_key(prefix, key),
+                    "expected a number between 0 and 1",
+                );
+                None
+            }
+        }
+    }
+
     /// A boolean, or a problem if present with another type.
     pub fn opt_bool(&mut self, table: &Table, prefix: &str, key: &str) -> Option<Spanned<bool>> {
         let item = table.get(key)?;

@@ -331,8 +331,10 @@ impl Policy {
             when: When {
                 source: vec![source.into()],
                 min_units: Some(min),
-                // A renamed or lightly edited copy of a long run is as much a copy.
+                // A renamed or lightly edited copy of a long run is as much a copy; a copy
+                // with more of its words changed is reported (short_action), not blocked.
                 kind: vec!["exact".into(), "renamed".into(), "near".into()],
+                min_similarity: Some(rules.long_min_similarity),
                 ..When::default()
             },
             line: 0,
@@ -707,19 +709,7 @@ fn parse_when(r: &mut TomlReader, t: &Table, prefix: &str) -> When {
         .opt_u64(t, prefix, "max_units")
         .map(|v| v.value.min(u32::MAX as u64) as u32);
     w.min_chars = r.opt_u64(t, prefix, "min_chars").map(|v| v.value);
-    if let Some(item) = t.get("min_similarity") {
-        match item
-            .as_float()
-            .or_else(|| item.as_integer().map(|i| i as f64))
-        {
-            Some(x) if (0.0..=1.0).contains(&x) => w.min_similarity = Some(x),
-            _ => r.problem(
-                item.span(),
-                &format!("{prefix}.min_similarity"),
-                "expected a number between 0 and 1",
-            ),
-        }
-    }
+    w.min_similarity = r.opt_fraction(t, prefix, "min_similarity").map(|v| v.value);
     w
 }
 

@@ -339,6 +339,14 @@ fn the_config_rules_are_the_built_in_policy() {
     let mut f = facts("code", "MIT", 500);
     f.kind = "caller-supplied".into();
     assert_eq!(p.decide(&f).action, Action::Log);
+    // A near copy is blocked only if at least `long_min_similarity` (0.8) similar to its
+    // source; a looser one is annotated.
+    let mut near = facts("prose", "MIT", 40);
+    near.kind = "near".into();
+    near.similarity = 0.85;
+    assert_eq!(p.decide(&near).action, Action::Block);
+    near.similarity = 0.75;
+    assert_eq!(p.decide(&near).action, Action::Annotate);
 }
 
 #[test]

@@ -289,6 +289,7 @@ impl Config {
                 &[
                     "long_prose_units",
                     "long_code_units",
+                    "long_min_similarity",
                     "long_action",
                     "short_action",
                     "caller_supplied",
@@ -299,6 +300,9 @@ impl Config {
             }
             if let Some(v) = r.opt_u64(rt, "rules", "long_code_units") {
                 c.rules.long_code_units = v.value.min(u32::MAX as u64) as u32;
+            }
+            if let Some(v) = r.opt_fraction(rt, "rules", "long_min_similarity") {
+                c.rules.long_min_similarity = v.value;
             }
             for (key, slot) in [
                 ("long_action", &mut c.rules.long_action),
@@ -375,7 +379,29 @@ mod tests {
         assert_eq!(c.max_event_bytes, d.max_event_bytes);
         assert_eq!(c.max_holdback_bytes, d.max_holdback_bytes);
         assert_eq!(c.timeouts, d.timeouts);
+        assert_eq!(c.rules, d.rules);
         assert!(c.audit_log.is_none() && c.tenant_header.is_none());
+    }
+
+    #[test]
+    fn rules_are_read_and_checked() {
+        let src = "[rules]\nlong_prose_units = 40\nlong_min_similarity = 0.9\n";
+        let c = Config::parse(Path::new("v.toml"), src.into()).unwrap();
+        assert_eq!(c.rules.long_prose_units, 40);
+        assert_eq!(c.rules.long_min_similarity, 0.9);
+        let src = "[rules]\nlong_min_similarity = 1.5\nlong_action = \"shred\"\n";
+        let e = Config::parse(Path::new("v.toml"), src.into())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "v.toml:2",
+            "rules.long_min_similarity",
+            "between 0 and 1",
+            "v.toml:3",
+            "rules.long_action",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

@@ -118,10 +118,13 @@ pub enum Hold {
 
 /// The built-in rules, until policies exist: long runs get `long_action`, shorter ones
 /// `short_action`, runs the caller supplied `caller_supplied`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     pub long_prose_units: u32,
     pub long_code_units: u32,
+    /// A near copy gets `long_action` only if at least this similar to its source (exact and
+    /// renamed runs have similarity 1).
+    pub long_min_similarity: f64,
     pub long_action: Action,
     pub short_action: Action,
     pub caller_supplied: Action,
@@ -132,6 +135,7 @@ impl Default for Rules {
         Rules {
             long_prose_units: 32,
             long_code_units: 50,
+            long_min_similarity: 0.8,
             long_action: Action::Block,
             short_action: Action::Annotate,
             caller_supplied: Action::Log,
