@@ -29,11 +29,20 @@ use verbatim::index::build::{BuildOptions, build};
 use verbatim::index::{Index, Params};
 use verbatim::matcher::{Finding, Scanner};
 use verbatim::normalize::{Channel, TextKind, UnitClass, normalize};
+use verbatim::proxy::pipeline::Rules;
 
 /// Span lengths in units.
 const LENGTHS: &[usize] = &[8, 12, 16, 24, 50, 100, 200];
-/// Blocking thresholds of the built-in policy (`[rules]` defaults): prose, code.
-const BLOCK_UNITS: [u32; 2] = [32, 50];
+/// Whether the built-in policy (`[rules]` defaults) blocks a finding: a run of at least
+/// `long_prose_units` / `long_code_units`, at least `long_min_similarity` similar to its source.
+fn blocks(f: &Finding) -> bool {
+    let r = Rules::default();
+    let min = match f.channel {
+        Channel::Prose => r.long_prose_units,
+        Channel::Code => r.long_code_units,
+    };
+    f.units >= min && f.similarity() >= r.long_min_similarity
+}
 
 struct Rng(u64);
 impl Rng {
@@ -578,6 +587,10 @@ struct Outcome {
     /// in ≥ `common_threshold` documents (license headers, generated boilerplate) or made of
     /// repeated units. Left out of recall (counted in the report).
     excluded: bool,
+    /// Code positives: units of non-repeated structure in the unchanged span
+    /// (`matcher::structure_of`); a renamed run needs `renamed_min` of them.
+    #[serde(default)]
+    structure: Option<u32>,
 }
 
 /// Streams `c` through a scanner in random chunks, as the proxy's strict holdback would.
@@ -637,10 +650,7 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
         // Detected only at the end of the stream: everything was released.
         detected_at = Some((span_units.len(), span_units.len()));
     }
-    let blocking = findings.iter().any(|f| {
-        let b = BLOCK_UNITS[usize::from(f.channel == Channel::Code)];
-        f.units >= b
-    });
+    let blocking = findings.iter().any(blocks);
     let source = best.and_then(|f| {
         let d = index.doc(f.doc)?;
         Some(format!("{}:{}", index.corpus(d).name, d.path))
@@ -656,6 +666,7 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
         span_units: span_units.len(),
         blocking,
         excluded: false,
+        structure: None,
     };
     (outcome, findings)
 }
@@ -848,6 +859,12 @@ fn generate(
                 Channel::Prose
             })
             .t();
+        if c.code {
+            let units = normalize(orig, *kind);
+            o.structure = Some(verbatim::matcher::structure_of(
+                units.iter().map(|u| (u.hash, u.class)),
+            ));
+        }
         if c.len >= t as usize {
             let mut sc = Scanner::new(std::slice::from_ref(&idx), *kind);
             sc.push_str(orig);
@@ -1241,6 +1258,41 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
         writeln!(md, "{row}").unwrap();
     }
 
+    // Renamed and literal-changed copies by how much their source repeats itself.
+    let params: Params = serde_json::from_value(meta["params"].clone()).unwrap_or_default();
+    let min = params
+        .renamed
+        .map_or(0, |r| verbatim::matcher::renamed_min(&params, r));
+    writeln!(
+        md,
+        "\nRenamed and literal-changed copies of ≥ 50 units by their source span: a list of items of \
+         one form (an import block, a constant table, generated layout tests) matches any other list \
+         of that form under renaming, so a renamed run is reported only with ≥ {min} units of \
+         structure its source does not repeat (`matcher::structure`); lists are still found when \
+         copied exactly.\n\n| family | source not a list | source a list |\n|---|---:|---:|"
+    )
+    .unwrap();
+    for fam in ["renamed", "literals"] {
+        let mut row = format!("| {fam} |");
+        for listy in [false, true] {
+            let at: Vec<&Case> = cases
+                .iter()
+                .filter(|c| c.positive && c.code && c.family == fam && c.len >= 50)
+                .filter(|c| {
+                    ours.get(&c.id).is_some_and(|o| {
+                        !o.excluded && o.structure.is_some_and(|s| (s < min) == listy)
+                    })
+                })
+                .collect();
+            let n = at
+                .iter()
+                .filter(|c| ours.get(&c.id).is_some_and(|o| o.detected))
+                .count();
+            row += &format!(" {} ({}/{}) |", pct(n, at.len()), n, at.len());
+        }
+        writeln!(md, "{row}").unwrap();
+    }
+
     writeln!(md, "\n## Verbatim's recall by span length (units)\n").unwrap();
     let mut head = "| channel | family |".to_string();
     let mut rule = "|---|---|".to_string();
@@ -1279,8 +1331,11 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
     writeln!(
         md,
         "Verbatim: any finding / a finding the built-in policy blocks (runs of ≥ {} prose or ≥ {} code \
-         units). Peers: any report at their default thresholds.\n",
-        BLOCK_UNITS[0], BLOCK_UNITS[1]
+         units, near copies at least {} similar to their source). Peers: any report at their default \
+         thresholds.\n",
+        Rules::default().long_prose_units,
+        Rules::default().long_code_units,
+        Rules::default().long_min_similarity
     )
     .unwrap();
     let mut head = "| negatives | n | Verbatim any | Verbatim blocking |".to_string();
@@ -1322,6 +1377,33 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
             row += &format!(" {} |", per_k(n, d));
         }
         writeln!(md, "{row}").unwrap();
+    }
+    // What the blocked negatives were, so a reader can judge them.
+    let blocked: Vec<&Case> = cases
+        .iter()
+        .filter(|c| !c.positive && ours.get(&c.id).is_some_and(|o| o.blocking))
+        .collect();
+    if !blocked.is_empty() {
+        writeln!(
+            md,
+            "\nThe negatives a finding of which the built-in policy blocks (the longest finding of \
+             each; `bench-data/quality/run/cases.jsonl` has their text):\n\n\
+             | case | negatives | kind | similarity | source |\n|---|---|---|---:|---|"
+        )
+        .unwrap();
+        for c in blocked {
+            let o = &ours[&c.id];
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | `{}` |",
+                c.id,
+                c.family,
+                o.kind.as_deref().unwrap_or("–"),
+                o.similarity.map_or("–".into(), |s| format!("{s:.2}")),
+                o.source.as_deref().unwrap_or("–")
+            )
+            .unwrap();
+        }
     }
 
     // Each peer at the false-finding rate Verbatim has on the cases that peer was run on: its
