@@ -180,9 +180,135 @@ impl RollingKgram {
     }
 }
 
+/// [`renamed_key`] of the last `k` units of a stream of code units, updated in O(1) per unit
+/// instead of re-hashing k shapes. The shape of an identifier depends on where it sits in the
+/// window ("the name `d` back" only while that occurrence is inside it), but as the window
+/// slides by one, exactly one shape can change: that of the next occurrence of the name that
+/// leaves, which becomes "a name not seen earlier". So each step removes the leaving unit,
+/// shifts, adds the new one and corrects at most one term.
+#[derive(Debug, Clone)]
+pub struct RollingRenamed {
+    k: usize,
+    /// B^i for i < k.
+    pow: Vec<u64>,
+    /// Per unit of the window, at `index % k`: its shape as it stands in the window, and the
+    /// index of the next occurrence of its name if that is in the window ([`u64::MAX`] if not).
+    ring: Vec<(u64, u64)>,
+    acc: u64,
+    /// Units pushed since the last reset.
+    n: u64,
+}
+
+impl RollingRenamed {
+    pub fn new(k: usize) -> Self {
+        let k = k.max(1);
+        let pow = std::iter::successors(Some(1u64), |p| Some(p.wrapping_mul(KGRAM_BASE)))
+            .take(k)
+            .collect();
+        RollingRenamed {
+            k,
+            pow,
+            ring: vec![(0, u64::MAX); k],
+            acc: 0,
+            n: 0,
+        }
+    }
+
+    /// Empties the window (a unit that is not code).
+    pub fn reset(&mut self) {
+        self.acc = 0;
+        self.n = 0;
+    }
+
+    /// Adds the next unit (its hash, class and distance back to the previous occurrence of the
+    /// same identifier, as [`PrevDistance`] gives); returns the key of the window ending at it
+    /// once the window holds `k` units.
+    #[inline]
+    pub fn push(&mut self, hash: u64, class: UnitClass, prev: u32) -> Option<u64> {
+        let k = self.k;
+        let i = self.n;
+        self.n += 1;
+        if i >= k as u64 {
+            // Unit i − k leaves from offset 0, where its shape has weight B^(k−1).
+            let (shape0, next) = self.ring[(i % k as u64) as usize];
+            self.acc = self.acc.wrapping_sub(shape0.wrapping_mul(self.pow[k - 1]));
+            if next != u64::MAX {
+                // Its next occurrence, at offset m, was "the name m back": now it is new.
+                let m = (next - (i - k as u64)) as usize;
+                self.acc = self
+                    .acc
+                    .wrapping_sub((m as u64).wrapping_mul(self.pow[k - 1 - m]));
+                self.ring[(next % k as u64) as usize].0 = IDENT_SHAPE;
+            }
+        }
+        let j = (i as usize).min(k - 1);
+        let s = shape(hash, class, prev, j);
+        self.acc = self.acc.wrapping_mul(KGRAM_BASE).wrapping_add(s);
+        if class == UnitClass::Ident && (prev as usize) <= j {
+            self.ring[((i - u64::from(prev)) % k as u64) as usize].1 = i;
+        }
+        self.ring[(i % k as u64) as usize] = (s, u64::MAX);
+        (self.n >= k as u64).then(|| finalize_seeded(self.acc, RENAMED_SEED))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rolling_renamed_key_equals_direct_key() {
+        // Few names, so names recur inside and across windows at every distance; literals,
+        // keywords and resets (prose units) mixed in.
+        let mut x = 7u64;
+        let mut rnd = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        for k in [1usize, 2, 3, 8, 24] {
+            let mut units: Vec<(u64, UnitClass)> = Vec::new();
+            for _ in 0..3000 {
+                let r = rnd();
+                units.push(match r % 10 {
+                    0..=4 => (r % 6, UnitClass::Ident),
+                    5 => (r, UnitClass::Number),
+                    6 => (r, UnitClass::Str),
+                    _ => (100 + r % 4, UnitClass::Other),
+                });
+            }
+            let mut d = PrevDistance::default();
+            let prev: Vec<u32> = units
+                .iter()
+                .map(|&(h, c)| {
+                    d.next(&Unit {
+                        hash: h,
+                        start: 0,
+                        end: 0,
+                        channel: crate::normalize::Channel::Code,
+                        class: c,
+                    })
+                })
+                .collect();
+            let mut roll = RollingRenamed::new(k);
+            let mut since_reset = 0;
+            for i in 0..units.len() {
+                if i % 997 == 500 {
+                    roll.reset();
+                    since_reset = 0;
+                }
+                since_reset += 1;
+                let got = roll.push(units[i].0, units[i].1, prev[i]);
+                if since_reset >= k {
+                    let w = (i + 1 - k..=i).map(|m| (units[m].0, units[m].1, prev[m]));
+                    assert_eq!(got, Some(renamed_key(w)), "k {k} at {i}");
+                } else {
+                    assert_eq!(got, None);
+                }
+            }
+        }
+    }
 
     #[test]
     fn rolling_key_equals_direct_key() {

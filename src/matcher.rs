@@ -18,7 +18,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{PrevDistance, RollingKgram, prev_distances, renamed_key, stored};
+use crate::hash::{
+    PrevDistance, RollingKgram, RollingRenamed, prev_distances, renamed_key, stored,
+};
 use crate::index::{ChannelParams, Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit, UnitClass};
 
@@ -396,8 +398,12 @@ struct IndexMatcher {
     probes: Vec<Option<u64>>,
     /// Per fresh unit: its rename-insensitive k-gram key if the filter may contain it.
     rprobes: Vec<Option<u64>>,
-    /// Scratch for computing those keys.
-    rbuf: Vec<Option<(u64, UnitClass, u32)>>,
+    /// The rename-insensitive key of the last k code units, rolled.
+    rroll: RollingRenamed,
+    /// Code units in a row so far, and units since the last abstracted one (identifier or
+    /// literal): windows that are not all code or abstract nothing have no key in the index.
+    rrun: usize,
+    since_abstract: usize,
 }
 
 impl IndexMatcher {
@@ -461,13 +467,7 @@ impl IndexMatcher {
     /// of them in one tight loop, so the filter's cache misses overlap instead of stalling the
     /// per-unit logic one at a time. Fills `self.probes` (and `self.rprobes`, the
     /// rename-insensitive keys of code units) with one entry per fresh unit.
-    fn prepare(
-        &mut self,
-        hist: &VecDeque<Unit>,
-        hprev: &VecDeque<u32>,
-        fresh: &[Unit],
-        fprev: &[u32],
-    ) {
+    fn prepare(&mut self, hist: &VecDeque<Unit>, fresh: &[Unit], fprev: &[u32]) {
         self.probes.clear();
         for (j, u) in fresh.iter().enumerate() {
             let k = self.params.channel(u.channel).k as usize;
@@ -486,38 +486,22 @@ impl IndexMatcher {
         self.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
-        // The last k − 1 units of the history and the fresh ones, contiguous: a window is then
-        // a slice (the history is a ring buffer). `None` marks a prose unit.
-        let back = hist.len().min(k - 1);
-        let buf = &mut self.rbuf;
-        buf.clear();
-        let code = |u: &Unit, d: u32| (u.channel == Channel::Code).then_some((u.hash, u.class, d));
-        for i in hist.len() - back..hist.len() {
-            buf.push(code(&hist[i], hprev[i]));
-        }
-        buf.extend(fresh.iter().zip(fprev).map(|(u, &d)| code(u, d)));
-        // Units since the last prose unit and since the last abstracted one (identifier or
-        // literal), so windows that are not all code or abstract nothing are skipped (the
-        // index holds no key for them) without looking at them.
-        let (mut run, mut since_abstract) = (0usize, usize::MAX);
-        for (i, x) in buf.iter().enumerate() {
-            match x {
-                Some((_, class, _)) => {
-                    run += 1;
-                    since_abstract = if *class == UnitClass::Other {
-                        since_abstract.saturating_add(1)
-                    } else {
-                        0
-                    };
-                }
-                None => (run, since_abstract) = (0, usize::MAX),
-            }
-            if i < back {
+        for (u, &d) in fresh.iter().zip(fprev) {
+            if u.channel != Channel::Code {
+                self.rroll.reset();
+                (self.rrun, self.since_abstract) = (0, usize::MAX);
+                self.rprobes.push(None);
                 continue;
             }
-            let key = (run >= k && since_abstract < k)
-                .then(|| renamed_key(buf[i + 1 - k..=i].iter().map(|x| x.unwrap_or_default())));
-            self.rprobes.push(key);
+            let key = self.rroll.push(u.hash, u.class, d);
+            self.rrun += 1;
+            self.since_abstract = if u.class == UnitClass::Other {
+                self.since_abstract.saturating_add(1)
+            } else {
+                0
+            };
+            self.rprobes
+                .push(key.filter(|_| self.rrun >= k && self.since_abstract < k));
         }
         self.index.retain_possible(&mut self.rprobes);
     }
@@ -818,9 +802,6 @@ pub struct Scanner {
     /// K-gram keys of text the caller supplied (see [`Exemptions`]).
     exempt: Arc<FxHashSet<u64>>,
     hist: VecDeque<Unit>,
-    /// Per unit of `hist`: distance back to the previous occurrence of the same identifier
-    /// (kept only with `idents`).
-    hist_prev: VecDeque<u32>,
     /// Those distances, when some index has the rename-insensitive channel.
     idents: Option<PrevDistance>,
     fresh: Vec<Unit>,
@@ -850,7 +831,9 @@ impl Scanner {
                 roll_channel: None,
                 probes: Vec::new(),
                 rprobes: Vec::new(),
-                rbuf: Vec::new(),
+                rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
+                rrun: 0,
+                since_abstract: usize::MAX,
             })
             .collect();
         let t_of = |c: Channel| {
@@ -873,7 +856,6 @@ impl Scanner {
             matchers,
             exempt: Arc::default(),
             hist: VecDeque::with_capacity(HISTORY + 1),
-            hist_prev: VecDeque::with_capacity(HISTORY + 1),
             idents: has_renamed.then(PrevDistance::default),
             fresh: Vec::new(),
             fresh_prev: Vec::new(),
@@ -928,20 +910,13 @@ impl Scanner {
             self.fresh_prev.extend(fresh.iter().map(|u| d.next(u)));
         }
         for m in &mut self.matchers {
-            m.prepare(&self.hist, &self.hist_prev, fresh, &self.fresh_prev);
+            m.prepare(&self.hist, fresh, &self.fresh_prev);
         }
-        let tracked = self.idents.is_some();
         for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
-                if tracked {
-                    self.hist_prev.pop_front();
-                }
             }
             self.hist.push_back(u);
-            if tracked {
-                self.hist_prev.push_back(self.fresh_prev[j]);
-            }
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
                 let rprobe = m.rprobes.get(j).copied().flatten();
