@@ -300,7 +300,10 @@ struct Candidate {
     cur: Extent,
     /// `cur` as it was after the last *equal* unit: a run ends on an equal unit, so renamed
     /// units after it (which may be unrelated names that happen to fit) are dropped on close.
+    /// Only valid when `!anchor_is_cur` (copied when a renamed unit follows an equal one, not
+    /// after every unit: an exact run never pays for the copy).
     anchor: Extent,
+    anchor_is_cur: bool,
     /// Output units since the last aligned one (0: in step with the source).
     pending: u32,
     channel: Channel,
@@ -349,6 +352,10 @@ impl Candidate {
         matched: u32,
         gap: bool,
     ) {
+        if cmp == Cmp::Renamed && self.anchor_is_cur {
+            self.anchor = self.cur;
+            self.anchor_is_cur = false;
+        }
         let c = &mut self.cur;
         c.out_end = u.end;
         c.out_units += out_units;
@@ -372,7 +379,27 @@ impl Candidate {
         if cmp == Cmp::Renamed {
             c.renamed += 1;
         } else {
-            self.anchor = *c;
+            self.anchor_is_cur = true;
+        }
+    }
+
+    /// [`Finding::structure`] of the run up to `e`: computed only for a renamed run long
+    /// enough to be reported (the only case where it decides anything).
+    fn structure(&self, index: &Index, params: &Params, e: &Extent) -> u32 {
+        match params.renamed {
+            Some(r) if e.kind() == MatchKind::Renamed && e.out_units >= renamed_min(params, r) => {
+                structure(index, self.doc, self.doc_start, e.doc_end - self.doc_start)
+            }
+            _ => e.out_units,
+        }
+    }
+
+    /// The run as it ends: on its last equal unit.
+    fn anchor(&self) -> Extent {
+        if self.anchor_is_cur {
+            self.cur
+        } else {
+            self.anchor
         }
     }
 }
@@ -410,7 +437,7 @@ impl IndexMatcher {
     /// The run `c` as a finding, if it [`qualifies`]; a gapped run that does not may still
     /// hold an exact piece that does.
     fn finding(&self, c: &Candidate, which: usize) -> Option<Finding> {
-        let e = c.anchor;
+        let e = c.anchor();
         let kind = e.kind();
         let f = Finding {
             output_start: c.out_start,
@@ -422,11 +449,7 @@ impl IndexMatcher {
             units: e.out_units,
             matched: e.matched,
             longest: e.longest.3,
-            structure: if kind == MatchKind::Renamed {
-                structure(&self.index, c.doc, c.doc_start, e.doc_end - c.doc_start)
-            } else {
-                e.out_units
-            },
+            structure: c.structure(&self.index, &self.params, &e),
             key_docs: c.key_docs,
             kind: reported_kind(&self.index, c.doc, kind),
             channel: c.channel,
@@ -706,6 +729,7 @@ impl IndexMatcher {
                 out_start: hist[start].start,
                 cur: empty,
                 anchor: empty,
+                anchor_is_cur: true,
                 pending: 0,
                 channel: ch,
                 caller_supplied,
@@ -983,11 +1007,7 @@ impl Scanner {
                 output_end: c.cur.out_end,
                 kind: reported_kind(&m.index, c.doc, c.cur.kind()),
                 units: c.cur.out_units,
-                structure: if c.cur.kind() == MatchKind::Renamed {
-                    structure(&m.index, c.doc, c.doc_start, c.cur.doc_end - c.doc_start)
-                } else {
-                    c.cur.out_units
-                },
+                structure: c.structure(&m.index, &m.params, &c.cur),
                 key_docs: c.key_docs,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
