@@ -460,8 +460,10 @@ impl IndexMatcher {
         if qualifies(&self.params, &as_kind) {
             return Some(f);
         }
-        // A gapped run that is not enough of a near copy may still hold an exact run of `t`:
-        // that is reported as it would have been without gap tolerance.
+        // A gapped run that is not enough of a near copy, or a renamed run that is not enough
+        // of a renamed copy (too short, a list, hit only by boilerplate), may still hold an
+        // exact run of `t`: that is reported as it would have been without gap tolerance and
+        // renaming, so neither ever loses an exact finding.
         let (start, end, doc_start, units) = e.longest;
         let exact = Finding {
             output_start: start,
@@ -479,7 +481,7 @@ impl IndexMatcher {
             },
             ..f
         };
-        (kind == MatchKind::Near && qualifies(&self.params, &exact)).then_some(exact)
+        (kind != MatchKind::Exact && qualifies(&self.params, &exact)).then_some(exact)
     }
 
     fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {

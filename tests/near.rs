@@ -421,3 +421,36 @@ fn a_passage_in_many_documents_is_found_when_copied_exactly_but_is_no_evidence_o
     let got = scan(&index, TextKind::Prose, &one[..].join(" "));
     assert!(got.iter().any(|g| g.kind == MatchKind::Near), "{got:?}");
 }
+
+#[test]
+fn an_exact_run_followed_by_a_renamed_name_is_still_reported() {
+    // 30 units copied exactly, then one name renamed, then a few equal units: the alignment is
+    // a renamed run of 34 units, too short to be reported as renamed (39) — its exact piece of
+    // 30 (≥ t = 23) must still be reported, as it would be without the renamed channel.
+    let f = fixture();
+    let mut checked = 0;
+    for (d, doc) in f.code.iter().enumerate() {
+        let units = normalize(doc, RUST);
+        for a in (0..units.len() - 40).step_by(23) {
+            let w = &units[a..a + 34];
+            let target = &w[30];
+            if target.class != UnitClass::Ident
+                || w.iter()
+                    .enumerate()
+                    .any(|(i, u)| i != 30 && u.hash == target.hash)
+            {
+                continue;
+            }
+            let (s, e) = (w[0].start as usize, w[33].end as usize);
+            let (ts, te) = (target.start as usize, target.end as usize);
+            let text = format!("{}zzz_renamed{}", &doc[s..ts], &doc[te..e]);
+            let got = scan(&f.index, RUST, &text);
+            assert!(
+                got.iter().any(|g| g.doc as usize == d && g.units >= 30),
+                "doc {d} at unit {a}: {got:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} windows checked");
+}
