@@ -700,8 +700,35 @@ fn lcs_ratio(a: &[String], b: &[String]) -> f64 {
     2.0 * f64::from(prev[b.len()]) / (a.len() + b.len()) as f64
 }
 
+/// `s` without `//` and `/* */` comments (roughly: markers inside strings count too) — a
+/// copy with its comments dropped is still a copy (the "comments" family of the positives).
+fn strip_comments(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while !rest.is_empty() {
+        match (rest.find("//"), rest.find("/*")) {
+            (Some(l), b) if b.is_none_or(|b| l < b) => {
+                out.push_str(&rest[..l]);
+                rest = rest[l..].find('\n').map_or("", |e| &rest[l + e..]);
+            }
+            (_, Some(b)) => {
+                out.push_str(&rest[..b]);
+                rest = rest[b + 2..]
+                    .find("*/")
+                    .map_or("", |e| &rest[b + 2 + e + 2..]);
+            }
+            _ => {
+                out.push_str(rest);
+                rest = "";
+            }
+        }
+    }
+    out
+}
+
 /// Whether a finding is a real copy, judged without the engine: the output region and the
-/// cited source region, read from disk, share ≥ 80 % of their words in order (and ≥ 8 words).
+/// cited source region, read from disk (code without its comments), share ≥ 80 % of their
+/// words in order (and ≥ 8 words).
 fn genuine(index: &Index, root: &Path, text: &str, f: &Finding) -> bool {
     let Some(r) = verbatim::matcher::FindingReport::new(index, f) else {
         return false;
@@ -715,7 +742,11 @@ fn genuine(index: &Index, root: &Path, text: &str, f: &Finding) -> bool {
     ) else {
         return false;
     };
-    let (a, b) = (tokens(o), tokens(s));
+    let (a, b) = if f.channel == Channel::Code {
+        (tokens(&strip_comments(o)), tokens(&strip_comments(s)))
+    } else {
+        (tokens(o), tokens(s))
+    };
     a.len().min(b.len()) >= 8 && lcs_ratio(&a, &b) >= 0.8
 }
 
@@ -1086,15 +1117,19 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
     .unwrap();
     writeln!(
         md,
-        "Index: {} documents, {:.0} MB of corpus (`{}`), parameters `{}`. {} positives, {} negatives; \
-         the peers compare each response with {} reference files (every source document of a \
-         positive plus as many distractors) — a far easier task than our whole index.\n",
+        "Index: {} documents, {:.0} MB of corpus (`{}`), parameters `{}`. {} positives, {} negatives \
+         ({} more drawn were replaced: a finding in them turned out to be a real copy of indexed text, \
+         judged without the engine — the output and source regions share ≥ 80 % of their words in \
+         order, code without its comments); the peers compare each response with {} reference files \
+         (every source document of a positive plus as many distractors) — a far easier task than our \
+         whole index.\n",
         meta["documents"],
         meta["corpus_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         meta["index_id"].as_str().unwrap_or(""),
         meta["params"],
         meta["positives"],
         meta["negatives"],
+        meta["negatives_replaced"],
         meta["references_for_peers"],
     )
     .unwrap();

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PER_CELL=40
-NEGATIVES=1000
+NEGATIVES=3000
 while [ $# -gt 0 ]; do
   case "$1" in
     --per-cell) PER_CELL=$2; shift 2 ;;
