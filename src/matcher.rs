@@ -182,7 +182,7 @@ pub fn structure_of(units: impl Iterator<Item = (u64, UnitClass)>) -> u32 {
     if coarse.len() < STRUCTURE_W {
         return coarse.len() as u32;
     }
-    let mut seen = FxHashSet::default();
+    let mut seen = FxHashSet::with_capacity_and_hasher(coarse.len(), Default::default());
     // Units inside a repeated window: the union of those windows, left to right.
     let (mut repeated, mut covered_to) = (0, 0);
     for (j, w) in coarse.windows(STRUCTURE_W).enumerate() {

@@ -389,41 +389,46 @@ mod tests {
         let c = Config::parse(Path::new("v.toml"), src.into()).unwrap();
         assert_eq!(c.rules.long_prose_units, 40);
         assert_eq!(c.rules.long_min_similarity, 0.9);
-        let src = "[rules]\nlong_min_similarity = 1.5\nlong_action = \"shred\"\n";
+        assert_problems(
+            "[rules]\nlong_min_similarity = 1.5\nlong_action = \"shred\"\n",
+            &[
+                "v.toml:2",
+                "rules.long_min_similarity",
+                "between 0 and 1",
+                "v.toml:3",
+                "rules.long_action",
+            ],
+        );
+    }
+
+    /// `src` does not parse, and its error message names every one of `want`.
+    fn assert_problems(src: &str, want: &[&str]) {
         let e = Config::parse(Path::new("v.toml"), src.into())
             .unwrap_err()
             .to_string();
-        for want in [
-            "v.toml:2",
-            "rules.long_min_similarity",
-            "between 0 and 1",
-            "v.toml:3",
-            "rules.long_action",
-        ] {
-            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        for w in want {
+            assert!(e.contains(w), "missing {w:?} in:\n{e}");
         }
     }
 
     #[test]
     fn every_audit_and_tenant_problem_is_reported_at_once() {
         let src = "audit_log = \"a.jsonl\"\ntenant_header = \"Authorization\"\n[audit]\npath = \"b.jsonl\"\ndurable = \"yes\"\non_failure = \"fail-maybe\"\nrotate_bytes = 10\nkeep = 0\nflush = 1\n[timeouts]\nidle_ms = 0\nread_ms = 5\n";
-        let e = Config::parse(Path::new("v.toml"), src.into())
-            .unwrap_err()
-            .to_string();
-        for want in [
-            "v.toml:2",
-            "tenant_header",
-            "audit.path",
-            "audit.durable",
-            "audit.on_failure",
-            "`fail-maybe` is not one of `fail-open`, `fail-closed`",
-            "audit.rotate_bytes",
-            "audit.keep",
-            "audit.flush",
-            "timeouts.idle_ms",
-            "timeouts.read_ms",
-        ] {
-            assert!(e.contains(want), "missing {want:?} in:\n{e}");
-        }
+        assert_problems(
+            src,
+            &[
+                "v.toml:2",
+                "tenant_header",
+                "audit.path",
+                "audit.durable",
+                "audit.on_failure",
+                "`fail-maybe` is not one of `fail-open`, `fail-closed`",
+                "audit.rotate_bytes",
+                "audit.keep",
+                "audit.flush",
+                "timeouts.idle_ms",
+                "timeouts.read_ms",
+            ],
+        );
     }
 }
