@@ -1082,6 +1082,19 @@ fn pct(n: usize, d: usize) -> String {
     }
 }
 
+/// A table cell: Verbatim's recall over `cases`, with the counts (` 97.0 (98/101) |`).
+fn recall_cell<'a>(
+    ours: &HashMap<String, Outcome>,
+    cases: impl Iterator<Item = &'a Case>,
+) -> String {
+    let (mut n, mut d) = (0, 0);
+    for c in cases {
+        d += 1;
+        n += usize::from(ours.get(&c.id).is_some_and(|o| o.detected));
+    }
+    format!(" {} ({n}/{d}) |", pct(n, d))
+}
+
 fn report(out: &Path, doc: Option<&Path>, command: &str) {
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let cases: Vec<Case> = read("cases.jsonl")
@@ -1280,15 +1293,13 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
     for key in keys.iter().filter(|k| k.0) {
         let mut row = format!("| {} |", key.1);
         for l in langs {
-            let at: Vec<&&Case> = groups[key]
-                .iter()
-                .filter(|c| c.len >= 50 && lang(&c.ext) == l)
-                .collect();
-            let n = at
-                .iter()
-                .filter(|c| ours.get(&c.id).is_some_and(|o| o.detected))
-                .count();
-            row += &format!(" {} ({}/{}) |", pct(n, at.len()), n, at.len());
+            row += &recall_cell(
+                &ours,
+                groups[key]
+                    .iter()
+                    .copied()
+                    .filter(|c| c.len >= 50 && lang(&c.ext) == l),
+            );
         }
         writeln!(md, "{row}").unwrap();
     }
@@ -1310,20 +1321,15 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
     for fam in ["renamed", "literals"] {
         let mut row = format!("| {fam} |");
         for listy in [false, true] {
-            let at: Vec<&Case> = cases
+            let at = cases
                 .iter()
                 .filter(|c| c.positive && c.code && c.family == fam && c.len >= 50)
                 .filter(|c| {
                     ours.get(&c.id).is_some_and(|o| {
                         !o.excluded && o.structure.is_some_and(|s| (s < min) == listy)
                     })
-                })
-                .collect();
-            let n = at
-                .iter()
-                .filter(|c| ours.get(&c.id).is_some_and(|o| o.detected))
-                .count();
-            row += &format!(" {} ({}/{}) |", pct(n, at.len()), n, at.len());
+                });
+            row += &recall_cell(&ours, at);
         }
         writeln!(md, "{row}").unwrap();
     }
