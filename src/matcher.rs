@@ -139,9 +139,9 @@ pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
 }
 
 /// Width of the windows [`structure`] compares.
-const STRUCTURE_W: usize = 12;
+pub const STRUCTURE_W: usize = 12;
 /// [`structure`] looks at most this many units of a run.
-const STRUCTURE_MAX: usize = 4096;
+pub const STRUCTURE_MAX: usize = 4096;
 
 /// How much structure a source region holds that it does not repeat: the number of its units
 /// not inside a window of [`STRUCTURE_W`] units that occurred earlier in it, with identifiers
