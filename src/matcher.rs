@@ -263,6 +263,11 @@ fn compare(u: &Unit, src: u32, class: u8, names: Option<&mut Names>) -> Cmp {
     match u.class {
         UnitClass::Other => Cmp::Differ,
         UnitClass::Ident => {
+            if !names.active {
+                // A renaming: a window's worth of names at once, without regrowing.
+                names.fwd.reserve(32);
+                names.back.reserve(32);
+            }
             names.active = true;
             if names.pair(o, src) {
                 Cmp::Renamed
@@ -427,6 +432,9 @@ struct IndexMatcher {
     rprobes: Vec<Option<u64>>,
     /// The rename-insensitive key of the last k code units, rolled.
     rroll: RollingRenamed,
+    /// Scratch for a seed's alignment (the seed window, and left of it).
+    pairs: Vec<(usize, u32, Cmp)>,
+    left: Vec<(usize, u32, Cmp)>,
     /// Code units in a row so far, and units since the last abstracted one (identifier or
     /// literal): windows that are not all code or abstract nothing have no key in the index.
     rrun: usize,
@@ -689,8 +697,10 @@ impl IndexMatcher {
             }
             let mut names = with_names.then(Box::<Names>::default);
             // The seed window must align unit for unit (a filter false positive, a hash
-            // collision or an inconsistent renaming fails here).
-            let mut pairs: Vec<(usize, u32, Cmp)> = Vec::with_capacity(k + 16);
+            // collision or an inconsistent renaming fails here). Scratch vectors are reused:
+            // a structural key may have several postings to verify in one push.
+            let mut pairs = std::mem::take(&mut self.pairs);
+            pairs.clear();
             let aligned = (0..k).all(|j| {
                 let c = compare(
                     &hist[first + j],
@@ -702,15 +712,28 @@ impl IndexMatcher {
                 c != Cmp::Differ
             });
             if !aligned {
+                self.pairs = pairs;
                 continue;
             }
             // Extend left through the kept history, across gaps as the right side does.
-            let mut left = extend_left(hist, units, &class, first, q, names.as_deref_mut());
+            let mut left = std::mem::take(&mut self.left);
+            left.clear();
+            extend_left(
+                hist,
+                units,
+                &class,
+                first,
+                q,
+                names.as_deref_mut(),
+                &mut left,
+            );
             left.reverse();
-            left.append(&mut pairs);
+            left.extend_from_slice(&pairs);
+            self.pairs = pairs;
             let pairs = left;
             // A run starts at its first equal unit.
             let Some(lead) = pairs.iter().position(|&(_, _, c)| c == Cmp::Equal) else {
+                self.left = pairs;
                 continue;
             };
             let (start, doc_start, _) = pairs[lead];
@@ -745,6 +768,7 @@ impl IndexMatcher {
                 cand.commit(&hist[o], hist[o].start, d, c, step, 1, gap);
                 last = (o, d);
             }
+            self.left = pairs;
             *self.open_docs.entry(p.doc).or_default() += 1;
             self.open.push(cand);
         }
@@ -761,7 +785,7 @@ impl IndexMatcher {
 /// Aligns the output before a seed (`hist[..first]`) with the source before `q`, right to
 /// left: unit for unit while units compare equal or renamed, across a gap of at most
 /// [`MAX_GAP`] output units when two units in a row left of it are equal again. Returns the
-/// aligned (history index, source position, comparison) pairs, nearest first.
+/// aligned (history index, source position, comparison) pairs, nearest first, into `out`.
 fn extend_left(
     hist: &VecDeque<Unit>,
     units: &[u32],
@@ -769,8 +793,8 @@ fn extend_left(
     first: usize,
     q: usize,
     mut names: Option<&mut Names>,
-) -> Vec<(usize, u32, Cmp)> {
-    let mut out = Vec::new();
+    out: &mut Vec<(usize, u32, Cmp)>,
+) {
     let (mut o, mut d) = (first, q);
     let eq = |o: usize, d: usize| units.get(d) == Some(&stored(hist[o].hash));
     while o > 0 && d > 0 {
@@ -818,7 +842,6 @@ fn extend_left(
         d = dc;
         out.push((o, d as u32, Cmp::Equal));
     }
-    out
 }
 
 /// Scans one output stream against one or more indexes.
@@ -860,6 +883,8 @@ impl Scanner {
                 rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
                 rrun: 0,
                 since_abstract: usize::MAX,
+                pairs: Vec::new(),
+                left: Vec::new(),
             })
             .collect();
         let t_of = |c: Channel| {
