@@ -516,6 +516,7 @@ impl IndexMatcher {
             self.probes.push(self.roll.push(u.hash, leaving));
         }
         self.index.retain_possible(&mut self.probes);
+        self.index.prefetch_postings(&self.probes);
         self.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
@@ -537,6 +538,7 @@ impl IndexMatcher {
                 .push(key.filter(|_| self.rrun >= k && self.since_abstract < k));
         }
         self.index.retain_possible(&mut self.rprobes);
+        self.index.prefetch_postings(&self.rprobes);
     }
 
     /// Steps an open run by the newest unit `unit`; false when the run ends before it.

@@ -479,9 +479,9 @@ impl Index {
                 if let Some(key) = *k {
                     *p = filter_positions(d, key);
                     let (_, a, b, c) = *p;
-                    prefetch(fps, a);
-                    prefetch(fps, b);
-                    prefetch(fps, c);
+                    prefetch(fps, a as usize);
+                    prefetch(fps, b as usize);
+                    prefetch(fps, c as usize);
                 }
             }
             for (k, &(fp, a, b, c)) in block.iter_mut().zip(pos.iter()) {
@@ -491,6 +491,24 @@ impl Index {
                         *k = None;
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts loading, for every `Some(key)` (keys the filter let through), the bucket its
+    /// postings are in — the directory entry first, then the start of the bucket — so the
+    /// lookups that follow find them in cache: the postings are mmap'd and far larger than
+    /// the caches, and a scan looks up the keys of a push one after another.
+    pub fn prefetch_postings(&self, keys: &[Option<u64>]) {
+        let dir = self.bucket_dir();
+        let entries = self.entries();
+        let bucket = |key: u64| (key >> (64 - self.bucket_bits)) as usize;
+        for key in keys.iter().flatten() {
+            prefetch(dir, bucket(*key));
+        }
+        for key in keys.iter().flatten() {
+            if let Some(&lo) = dir.get(bucket(*key)) {
+                prefetch(entries, lo as usize);
             }
         }
     }
@@ -585,13 +603,13 @@ impl Index {
 
 /// Asks the CPU to bring `v[i]` into the cache (a hint: no effect on results).
 #[inline(always)]
-fn prefetch(v: &[u16], i: u32) {
+fn prefetch<T>(v: &[T], i: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(x) = v.get(i as usize) {
+    if let Some(x) = v.get(i) {
         // SAFETY: `_mm_prefetch` only hints the cache; the pointer is to a live element.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                (x as *const u16).cast::<i8>(),
+                (x as *const T).cast::<i8>(),
             )
         };
     }
