@@ -388,11 +388,16 @@ impl Candidate {
         }
     }
 
-    /// [`Finding::structure`] of the run up to `e`: computed only for a renamed run long
-    /// enough to be reported (the only case where it decides anything).
+    /// [`Finding::structure`] of the run up to `e`: computed only for a renamed run that is
+    /// otherwise reportable — long enough, hit by a rare key — the only case where it decides
+    /// anything.
     fn structure(&self, index: &Index, params: &Params, e: &Extent) -> u32 {
         match params.renamed {
-            Some(r) if e.kind() == MatchKind::Renamed && e.out_units >= renamed_min(params, r) => {
+            Some(r)
+                if e.kind() == MatchKind::Renamed
+                    && e.out_units >= renamed_min(params, r)
+                    && self.key_docs < params.common_threshold =>
+            {
                 structure(index, self.doc, self.doc_start, e.doc_end - self.doc_start)
             }
             _ => e.out_units,
