@@ -75,8 +75,9 @@ pub struct Finding {
     pub matched: u32,
     /// The longest run of equal units in it (`units` for exact runs).
     pub longest: u32,
-    /// For a renamed run: how much of its source region is structure not repeated within it
-    /// (see [`structure`]); `units` for other runs.
+    /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
+    /// much of its source region is structure not repeated within it (see [`structure`]);
+    /// `units` for every other run (it decides nothing there).
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
@@ -447,8 +448,8 @@ struct IndexMatcher {
 }
 
 impl IndexMatcher {
-    /// The run `c` as a finding, if it [`qualifies`]; a gapped run that does not may still
-    /// hold an exact piece that does.
+    /// The run `c` as a finding, if it [`qualifies`]; a gapped or renamed run that does not
+    /// may still hold an exact piece that does.
     fn finding(&self, c: &Candidate, which: usize) -> Option<Finding> {
         let e = c.anchor();
         let kind = e.kind();
@@ -656,9 +657,9 @@ impl IndexMatcher {
         }
     }
 
-    /// Opens runs at the postings of `key`, the k-gram of the last `k` units of `hist`.
-    /// Opens a run for each posting of `key` (a k-gram sampled every `p` units) that aligns
-    /// with the output just received, or notes the key's rarity on the run it falls in.
+    /// Opens a run at each posting of `key` — the k-gram of the last `k` units of `hist`,
+    /// sampled every `p` units in the index — that aligns with the output just received, or
+    /// notes the key's rarity on the open run the posting falls in.
     fn seed(&mut self, hist: &VecDeque<Unit>, key: u64, k: usize, p: u32, caller_supplied: bool) {
         let index = Arc::clone(&self.index);
         let postings = index.lookup_unfiltered(key);
