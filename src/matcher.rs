@@ -297,7 +297,7 @@ struct Extent {
     longest: (u64, u64, u32, u32),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Candidate {
     doc: u32,
     doc_start: u32,
@@ -319,6 +319,12 @@ struct Candidate {
     names: Option<Box<Names>>,
     /// See [`Finding::key_docs`].
     key_docs: u32,
+    /// The last [`structure`] measured, with the source end it was measured to: the proxy
+    /// looks at open runs more than once per event, and a run that has not grown has the
+    /// same structure.
+    /// Packed as `end << 32 | value`; `u64::MAX` when not measured (atomic only so a scanner
+    /// stays `Sync`; one thread uses it).
+    structure_at: std::sync::atomic::AtomicU64,
 }
 
 impl Extent {
@@ -399,7 +405,15 @@ impl Candidate {
                     && e.out_units >= renamed_min(params, r)
                     && self.key_docs < params.common_threshold =>
             {
-                structure(index, self.doc, self.doc_start, e.doc_end - self.doc_start)
+                use std::sync::atomic::Ordering::Relaxed;
+                let at = self.structure_at.load(Relaxed);
+                if at != u64::MAX && (at >> 32) as u32 == e.doc_end {
+                    return at as u32;
+                }
+                let v = structure(index, self.doc, self.doc_start, e.doc_end - self.doc_start);
+                self.structure_at
+                    .store(u64::from(e.doc_end) << 32 | u64::from(v), Relaxed);
+                v
             }
             _ => e.out_units,
         }
@@ -768,6 +782,7 @@ impl IndexMatcher {
                 caller_supplied,
                 names,
                 key_docs,
+                structure_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             };
             let mut last = (start, doc_start);
             for (n, &(o, d, c)) in pairs[lead..].iter().enumerate() {
