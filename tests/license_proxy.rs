@@ -191,3 +191,28 @@ fn license_runs_are_held_back_only_when_the_policy_could_block_them() {
         "released {out} of {pushed} events of an open license run"
     );
 }
+
+/// Threads (and processes) that start together on an empty cache wait for one build of the
+/// built-in index instead of removing and replacing each other's: without the lock, a
+/// `serve` started beside another after a format change failed to start now and then.
+#[test]
+fn concurrent_first_starts_share_one_build_of_the_builtin_index() {
+    let t = tempfile::tempdir().unwrap();
+    let got: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| verbatim::license::builtin::ensure(t.path())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for g in got {
+        let p = g.unwrap();
+        Index::open(&p).unwrap().verify().unwrap();
+    }
+    let mut left: Vec<String> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let entry = verbatim::license::builtin::entry_name();
+    assert_eq!(left, [entry.clone(), format!("{entry}.lock")]);
+}

@@ -78,6 +78,21 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, BuiltinError> {
         move |source| BuiltinError::Io { path, source }
     };
     std::fs::create_dir_all(cache).map_err(io(cache))?;
+    // One builder at a time. Processes that start together (several `serve`s after an
+    // upgrade, tests in parallel) would otherwise each remove and replace the entry while
+    // another is opening or renaming it; now the others wait for the first build and use it.
+    // The lock is released when `lock` is dropped (or the process dies).
+    let lock_path = cache.join(format!("{}.lock", entry_name()));
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if Index::open(&out).is_ok() {
+        return Ok(out);
+    }
     // A stale entry of the same name (a broken earlier build) is replaced.
     if out.exists() {
         let _ = std::fs::remove_dir_all(&out);
@@ -108,9 +123,11 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, BuiltinError> {
     // License texts are prose: the rename-insensitive code channel would hold nothing, and a
     // scan would still compute and probe its keys for every code unit of every answer.
     opts.params.renamed = None;
-    match build(&[corpus], &out, &opts) {
+    let built = build(&[corpus], &out, &opts);
+    drop(lock);
+    match built {
         Ok(_) => Ok(out),
-        // Another process built it meanwhile.
+        // Another process built it meanwhile (one of an older Verbatim that does not lock).
         Err(BuildError::OutputIsIndex(_)) if Index::open(&out).is_ok() => Ok(out),
         Err(e) => Err(e.into()),
     }
