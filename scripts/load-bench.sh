@@ -25,8 +25,11 @@ if [ ! -x "$L/venv-litellm/bin/litellm" ]; then
   python3 -m venv "$L/venv-litellm"
   "$L/venv-litellm/bin/pip" install -q 'litellm[proxy]'
 fi
-[ -f bench-data/idx-crates/manifest.json ] || scripts/bench-engine.sh
-if [ ! -f "$L/idx-linux/manifest.json" ]; then
+# An index of another format version is rebuilt (the proxy refuses to open it).
+v=$(grep -oP 'pub const FORMAT_VERSION: u32 = \K[0-9]+' src/index/format.rs)
+current() { grep -q "\"format_version\": $v," "$1/manifest.json" 2>/dev/null; }
+current bench-data/idx-crates || scripts/bench-engine.sh
+if ! current "$L/idx-linux"; then
   if [ ! -d "$L/linux/linux-source-6.1" ]; then
     (cd "$L" && { ls linux-source-6.1_*.deb >/dev/null 2>&1 || apt-get download linux-source-6.1 || { apt-get update -qq && apt-get download linux-source-6.1; }; } \
       && mkdir -p linux && dpkg-deb -x linux-source-6.1_*.deb linux \

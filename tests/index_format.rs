@@ -13,10 +13,12 @@ use verbatim::index::{Index, IndexOpenError, Params};
 use verbatim::matcher::{FindingReport, Scanner};
 use verbatim::normalize::{TextKind, normalize};
 
-const FIXTURE: &str = "tests/fixtures/index-v1";
-/// The same corpora built with the rename-insensitive channel (an additive part of format 1:
+const FIXTURE: &str = "tests/fixtures/index-v2";
+/// The same corpora built with the rename-insensitive channel (optional since format 1:
 /// `params.renamed` in the manifest and `classes.bin`; indexes without it still open).
-const FIXTURE_RENAMED: &str = "tests/fixtures/index-v1-renamed";
+const FIXTURE_RENAMED: &str = "tests/fixtures/index-v2-renamed";
+/// An index of format 1, as the previous release built it: refused, with a clear message.
+const FIXTURE_V1: &str = "tests/fixtures/index-v1";
 
 /// A sentence copied from `corpora/fixtures/acme-books/chapter-02.md`, reflowed and capitalised.
 const COPIED: &str = "Sure. \"YOU'LL WANT TO WRITE THAT DOWN,\" he told Marguerite, when she asked him about the \
@@ -48,7 +50,7 @@ fn scan_all(index: &Arc<Index>, text: &str) -> Vec<FindingReport> {
 }
 
 #[test]
-fn committed_v1_fixture_opens_verifies_and_still_matches() {
+fn committed_fixture_opens_verifies_and_still_matches() {
     let ix = Arc::new(Index::open(FIXTURE).unwrap());
     ix.verify().unwrap();
     let got = scan_all(&ix, COPIED);
@@ -176,22 +178,45 @@ fn another_format_version_fails_with_a_clear_message() {
     let m = p.join("manifest.json");
     let text = std::fs::read_to_string(&m)
         .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 999");
+        .replace("\"format_version\": 2", "\"format_version\": 999");
     std::fs::write(&m, text).unwrap();
     let e = Index::open(&p).unwrap_err();
     assert!(matches!(
         e,
         IndexOpenError::FormatVersion {
             found: 999,
-            expected: 1,
+            expected: 2,
             ..
         }
     ));
     assert!(
         e.to_string()
-            .contains("has format version 999, this verbatim reads version 1: rebuild it"),
+            .contains("has format version 999, this verbatim reads version 2: rebuild it"),
         "{e}"
     );
+}
+
+#[test]
+fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
+    for dir in [FIXTURE_V1, "tests/fixtures/index-v1-renamed"] {
+        let e = Index::open(dir).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IndexOpenError::FormatVersion {
+                    found: 1,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{dir}: {e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("has format version 1, this verbatim reads version 2: rebuild it"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

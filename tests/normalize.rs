@@ -48,6 +48,11 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
             TextKind::Markdown,
         ),
         (
+            "fence lines inside a block comment",
+            "text\n```rust\n/**\n```rust\nlet x = 1;\n```\n*/\nfn f() {}\n```\nafter\n",
+            TextKind::Markdown,
+        ),
+        (
             "fence at end without newline",
             "text\n```\ncode here\n```",
             TextKind::Markdown,
@@ -257,6 +262,39 @@ fn pending_start_never_passes_an_unfinished_unit() {
     n.push_str("ma ", &mut out);
     assert_eq!(out.len(), 3);
     assert_eq!(&text[out[2].start as usize..], "gam");
+}
+
+/// A model copying a file whose doc comment holds a Markdown example, inside a fence of three
+/// backticks: the example's fence lines do not end the block, so the answer's code has the
+/// file's units. Outside comments, and for an unnamed language, a fence line still closes.
+#[test]
+fn fence_lines_inside_a_block_comment_are_comment_text() {
+    let file = "/**\nAn error.\n\n```rust\nlet e = f();\n```\n*/\npub struct TryFromFloatError {\n    pub(crate) _unused: (),\n}\n";
+    let answer = format!("Here it is:\n\n```rs\n{file}```\n\nThat is the struct.\n");
+    let code = |units: &[Unit]| -> Vec<u64> {
+        units
+            .iter()
+            .filter(|u| u.channel == verbatim::normalize::Channel::Code)
+            .map(|u| u.hash)
+            .collect()
+    };
+    let md = normalize(&answer, TextKind::Markdown);
+    assert_eq!(code(&md), code(&normalize(file, RUST)));
+    let prose: Vec<&str> = md
+        .iter()
+        .filter(|u| u.channel == verbatim::normalize::Channel::Prose)
+        .map(|u| &answer[u.start as usize..u.end as usize])
+        .collect();
+    assert_eq!(prose, ["Here", "it", "is", "That", "is", "the", "struct"]);
+
+    // An unnamed fence: `/*` may be a glob that never closes, so the fence line closes.
+    let shell = "```\nls src/*\n```\nWords after.\n";
+    let prose: Vec<&str> = normalize(shell, TextKind::Markdown)
+        .iter()
+        .filter(|u| u.channel == verbatim::normalize::Channel::Prose)
+        .map(|u| &shell[u.start as usize..u.end as usize])
+        .collect();
+    assert_eq!(prose, ["Words", "after"]);
 }
 
 #[test]

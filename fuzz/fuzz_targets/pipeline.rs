@@ -13,7 +13,7 @@ fn index() -> Arc<Index> {
     static I: OnceLock<Arc<Index>> = OnceLock::new();
     I.get_or_init(|| {
         let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v1");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v2");
         Arc::new(Index::open(dir).expect("fixture index"))
     })
     .clone()

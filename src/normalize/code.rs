@@ -63,6 +63,11 @@ impl CodeLexer {
         }
     }
 
+    /// Inside a `/* … */` comment.
+    pub(crate) fn in_block_comment(&self) -> bool {
+        matches!(self.state, State::BlockComment { .. })
+    }
+
     pub(crate) fn push(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
         for (i, c) in text.char_indices() {
             self.push_char(c, at + i as u64, out);

@@ -137,12 +137,17 @@ impl Lang {
     /// The language of a fenced block from its info string (first word, e.g. `rust,ignore`).
     /// An empty or unknown info string still means code: C-like conventions.
     pub fn from_fence_info(info: &str) -> Lang {
+        Lang::named_in_fence_info(info).unwrap_or(Lang::C_LIKE)
+    }
+
+    /// The language an info string names, if it names one we know.
+    pub fn named_in_fence_info(info: &str) -> Option<Lang> {
         let first = info
             .trim()
             .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
             .find(|s| !s.is_empty())
             .unwrap_or("");
-        Lang::from_name(first).unwrap_or(Lang::C_LIKE)
+        Lang::from_name(first)
     }
 }
 

@@ -82,6 +82,14 @@ pub struct Unit {
 struct Fence {
     ch: char,
     count: usize,
+    /// The info string named a language with block comments (`rust`, `c`, `js` …): inside
+    /// one of its block comments a fence line is comment text, not the end of the block.
+    /// Doc comments hold Markdown examples (`/** … ```rust … ``` … */`), and a model copying
+    /// such a file inside a three-backtick fence does not lengthen its fence; a Markdown
+    /// renderer would end the block there, but the text that follows is still the file's
+    /// code, and lexed as prose it could not match the file. Not for an unnamed or unknown
+    /// language: there `/*` may be a shell glob that never closes.
+    comments_hide_fences: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,8 +240,12 @@ impl Normalizer {
                 match rest.find('\n') {
                     Some(nl) => {
                         info.push_str(&rest[..nl]);
-                        let lang = Lang::from_fence_info(info);
-                        let fence = *fence;
+                        let named = Lang::named_in_fence_info(info);
+                        let lang = named.unwrap_or(Lang::C_LIKE);
+                        let fence = Fence {
+                            comments_hide_fences: named.is_some_and(|l| l.c_comments),
+                            ..*fence
+                        };
                         self.code.reset(lang);
                         self.mode = Mode::Code { fence: Some(fence) };
                         self.at_line_start = true;
@@ -326,13 +338,17 @@ impl Normalizer {
                 if after.is_empty() && c == fc {
                     LineStart::Undecided
                 } else if n >= 3 {
-                    LineStart::Open(Fence { ch: fc, count: n })
+                    LineStart::Open(Fence {
+                        ch: fc,
+                        count: n,
+                        comments_hide_fences: false,
+                    })
                 } else {
                     LineStart::NotFence
                 }
             }
             Mode::Code { fence: Some(open) } => {
-                if fc != open.ch {
+                if fc != open.ch || (open.comments_hide_fences && self.code.in_block_comment()) {
                     return LineStart::NotFence;
                 }
                 if after.is_empty() && c == fc {
@@ -363,7 +379,10 @@ impl Normalizer {
             if let Mode::Code { fence: Some(open) } = self.mode {
                 // A closing fence at the very end of the input, without a newline.
                 let trimmed = prefix.trim();
-                if trimmed.chars().all(|x| x == open.ch) && trimmed.len() >= open.count {
+                if trimmed.chars().all(|x| x == open.ch)
+                    && trimmed.len() >= open.count
+                    && !(open.comments_hide_fences && self.code.in_block_comment())
+                {
                     self.code.flush(self.prefix_start, out);
                     self.mode = Mode::Prose;
                     return;

@@ -19,7 +19,7 @@ def proxy():
     upstream = mock.start()
     url = f"http://127.0.0.1:{upstream.server_address[1]}"
     try:
-        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v1"),
+        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v2"),
                                        "--upstream-openai", url, "--upstream-anthropic", url],
                                       extra_env={"RUST_LOG": "info"})
     except RuntimeError as e:
