@@ -198,6 +198,20 @@ fn main() {
         )
     };
     let prose_findings = findings.replace(0) / reps;
+    // The license layer's marker scanner (identifiers, notices, header phrases), which `scan`
+    // and the proxy run beside the matcher on the same text.
+    let markers = |d: &Doc| {
+        let text = String::from_utf8_lossy(&d.text);
+        findings.set(findings.get() + verbatim::license::markers::scan(&text).len());
+    };
+    let markers_pos = throughput(&pos, reps, markers);
+    let markers_neg = throughput(&neg, reps, markers);
+    let markers_prose = if prose.is_empty() {
+        0.0
+    } else {
+        throughput(&prose, reps, markers)
+    };
+    findings.set(0);
 
     // Latency of each 32-byte chunk pushed into a scanner, over interleaved copied and
     // unrelated text (a stream of ~4 MiB at most).
@@ -248,9 +262,9 @@ fn main() {
         "unrelated_mb": unrelated_mb,
         "unrelated_docs": neg.len(),
         "reps": reps,
-        "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings},
-        "prose": {"mb": prose.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6, "normalise_mb_s": norm_prose, "scan_mb_s": scan_prose, "scan_over_normalise": scan_prose / norm_prose, "findings": prose_findings},
-        "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings},
+        "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings, "license_markers_mb_s": markers_pos},
+        "prose": {"mb": prose.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6, "normalise_mb_s": norm_prose, "scan_mb_s": scan_prose, "scan_over_normalise": scan_prose / norm_prose, "findings": prose_findings, "license_markers_mb_s": markers_prose},
+        "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings, "license_markers_mb_s": markers_neg},
         "chunk32_latency_ns": {
             "chunks": lat.len(),
             "p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99),

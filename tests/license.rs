@@ -207,6 +207,41 @@ fn markers_are_the_same_whatever_the_chunking() {
     }
 }
 
+/// The scanner forgets words no phrase can still need once it holds over 4,096 (and rebuilds
+/// the text it searches): phrases, notices and identifiers far into a long text are found as
+/// if the text began with them, at offsets shifted by what came before, at any chunking.
+#[test]
+fn markers_far_into_a_long_text_are_found_at_their_offsets() {
+    let tail = format!(
+        "// SPDX-License-Identifier: MIT
+// Copyright 2024 Example Ltd
+{GPL_HEADER}"
+    );
+    let near = markers::scan(&tail);
+    assert_eq!(near.len(), 3, "{near:?}");
+    for lines in [700, 1500, 3000] {
+        // Six words a line: 4,200, 9,000 and 18,000 words before the markers.
+        let filler = "lorem ipsum dolor sit amet consectetur\n".repeat(lines);
+        let text = format!("{filler}{tail}");
+        let shifted: Vec<_> = near
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.start += filler.len() as u64;
+                m.end += filler.len() as u64;
+                m
+            })
+            .collect();
+        assert_eq!(markers::scan(&text), shifted, "{lines} lines");
+        let mut s = markers::MarkerScanner::new();
+        for piece in text.as_bytes().chunks(97) {
+            s.push(std::str::from_utf8(piece).unwrap());
+        }
+        s.finish();
+        assert_eq!(s.take(), shifted, "{lines} lines, chunks of 97 bytes");
+    }
+}
+
 #[test]
 fn license_names_mentioned_in_passing_are_markers() {
     let cases = [

@@ -71,7 +71,13 @@ const VARIETAL: &[(&str, &str)] = &[
 /// "copyright", `©` or `(c)` and carries a year, a sign or a template placeholder — so a
 /// rewrapped sentence that happens to start a line with "copyright holders" is kept.
 fn is_copyright_line(rest: &str) -> bool {
-    let l = rest.trim_start().to_lowercase();
+    // Every prefix below starts with one of these once lower-cased, and no other character
+    // lower-cases to one of them: most lines are rejected here without a lower-cased copy.
+    let t = rest.trim_start();
+    if !t.starts_with(['c', 'C', '©', '(', 'p', 'P', 'a', 'A']) {
+        return false;
+    }
+    let l = t.to_lowercase();
     let starts = ["copyright", "©", "(c)", "portions copyright"]
         .iter()
         .any(|p| l.starts_with(p));

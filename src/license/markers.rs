@@ -246,11 +246,22 @@ static LONGEST: LazyLock<usize> = LazyLock::new(|| {
         .unwrap_or(0)
 });
 
+/// The words a phrase can start with: a search needs to reach back only to the earliest of
+/// these among the last [`LONGEST`] words, not to all of them (the automaton's own prefilter
+/// cannot help: every pattern starts with a space).
+static FIRST_WORDS: LazyLock<rustc_hash::FxHashSet<&'static str>> = LazyLock::new(|| {
+    PHRASES
+        .iter()
+        .filter_map(|p| p.words.split(' ').next())
+        .collect()
+});
+
 static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
     // Patterns are padded with spaces so they match whole words in " w1 w2 … " text.
     #[allow(clippy::expect_used)] // a fixed, valid pattern set
     AhoCorasick::builder()
         .match_kind(MatchKind::LeftmostLongest)
+        .start_kind(aho_corasick::StartKind::Anchored)
         .build(PHRASES.iter().map(|p| format!(" {} ", p.words)))
         .expect("valid patterns")
 });
@@ -369,7 +380,31 @@ fn spdx_line(m: &mut Marker, rest: &str) {
 
 /// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
 /// sign (so prose about copyright law is not a notice).
+/// The three ways a copyright notice starts, ASCII case-insensitively: a line without any of
+/// them (most lines) is rejected without a lower-cased copy.
+static COPYRIGHT_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)] // a fixed, valid pattern set
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(["copyright", "©", "(c)"])
+        .expect("valid patterns")
+});
+
+/// `SPDX-License-Identifier:` in any ASCII case; offsets are the line's own.
+static SPDX_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)] // a fixed, valid pattern
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(["spdx-license-identifier:"])
+        .expect("valid pattern")
+});
+
 fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
+    // For ASCII text, ASCII case-insensitive matching finds what lower-casing would; a line
+    // with other characters takes the general path below.
+    if line.is_ascii() && !COPYRIGHT_AC.is_match(line) {
+        return None;
+    }
     let lower = line.to_lowercase();
     // Byte offsets of `lower` and `line` agree only for ASCII; find the marker in `line`.
     let pos = ["copyright", "©", "(c)"]
@@ -447,6 +482,13 @@ pub struct MarkerScanner {
     line_start: u64,
     /// Normalised words of recent lines with their byte spans (for header phrases).
     words: Vec<(String, (u64, u64))>,
+    /// The same words joined as " w1 w2 … wn " (what the phrase automaton searches), kept up
+    /// to date as words arrive so a line's search does not rebuild it, and where each word
+    /// starts in it.
+    joined: String,
+    word_at: Vec<usize>,
+    /// Per word: whether some phrase starts with it.
+    starts: Vec<bool>,
     /// Offset of `words[0]` in the word stream, and how far phrases have been searched.
     searched: usize,
     /// Phrases found whose version words have not all arrived: (family, first word, phrase end).
@@ -489,8 +531,7 @@ impl MarkerScanner {
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
         let start = self.line_start;
-        let lower = line.to_ascii_lowercase();
-        if let Some(i) = lower.find("spdx-license-identifier:") {
+        if let Some(i) = SPDX_AC.find(&line).map(|m| m.start()) {
             let mut m = Marker::new(
                 MarkerKind::SpdxIdentifier,
                 start + i as u64,
@@ -505,7 +546,14 @@ impl MarkerScanner {
         } else if let Some(m) = copyright_line(&line, start) {
             self.found.push(m);
         }
+        if self.joined.is_empty() {
+            self.joined.push(' ');
+        }
         for (w, (s, e)) in super::identify::words_keeping_numbers(&line) {
+            self.word_at.push(self.joined.len());
+            self.joined.push_str(&w);
+            self.joined.push(' ');
+            self.starts.push(FIRST_WORDS.contains(w.as_str()));
             self.words.push((w, (start + s as u64, start + e as u64)));
         }
         self.line_start = start + line.len() as u64;
@@ -515,18 +563,32 @@ impl MarkerScanner {
     fn search(&mut self, finishing: bool) {
         // Search the words not yet searched, with an overlap of the longest phrase.
         let longest = *LONGEST;
-        let from = self.searched.saturating_sub(longest);
-        let mut text = String::from(" ");
-        let mut word_at: Vec<usize> = Vec::new(); // byte offset in `text` → word index
-        for (w, _) in self.words.iter().skip(from) {
-            word_at.push(text.len());
-            text.push_str(w);
-            text.push(' ');
+        // A phrase not searched yet ends after `searched`, so it starts at one of the last
+        // `longest` words searched or later, and at a word some phrase starts with.
+        let mut from = self.searched.saturating_sub(longest);
+        while from < self.searched && !self.starts.get(from).copied().unwrap_or(true) {
+            from += 1;
         }
-        for m in AC.find_iter(&text) {
-            let first = from + word_at.partition_point(|&o| o <= m.start());
+        // Leftmost-longest, non-overlapping phrase matches from word `from` on, as an
+        // unanchored search of " w_from … w_n " would give them, but tried only where a phrase
+        // can start: the longest phrase starting at each such word (an anchored search, which
+        // stops as soon as no phrase continues), skipping words a match has used. A match's
+        // trailing space is the next word's leading one, so the word right after a match
+        // cannot start one either.
+        let mut next_free = from;
+        for first in from..self.words.len() {
+            if first < next_free || !self.starts[first] {
+                continue;
+            }
+            // The space before the word: patterns are " w1 … wn ".
+            let at = self.word_at[first] - 1;
+            let input = aho_corasick::Input::new(&self.joined)
+                .span(at..self.joined.len())
+                .anchored(aho_corasick::Anchored::Yes);
+            let Some(m) = AC.find(input) else { continue };
             let n = PHRASES[m.pattern().as_usize()].words.split(' ').count();
             let end = first + n;
+            next_free = end + 1;
             if end <= self.searched || self.pending.iter().any(|p| p.1 == first) {
                 continue; // found before, in the overlap
             }
@@ -576,6 +638,15 @@ impl MarkerScanner {
             .min(self.words.len().saturating_sub(longest));
         if keep_from > 4096 {
             self.words.drain(..keep_from);
+            self.starts.drain(..keep_from);
+            self.joined.clear();
+            self.word_at.clear();
+            self.joined.push(' ');
+            for (w, _) in &self.words {
+                self.word_at.push(self.joined.len());
+                self.joined.push_str(w);
+                self.joined.push(' ');
+            }
             self.searched -= keep_from;
             for p in &mut self.pending {
                 p.1 -= keep_from;
