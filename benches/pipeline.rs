@@ -4,6 +4,11 @@
 //! parse alone over the same bytes (the floor any event-aware relay pays).
 //!
 //!   cargo bench --bench pipeline -- [--index DIR ...] [--events 200000] [--hold none|strict]
+//!                                    [--unique] [--interleave 1000]
+//!
+//! `--interleave N` keeps N streams open and pushes their events round-robin, as a proxy
+//! serving N concurrent streams does: every stream's state and every probe is then cold in
+//! the caches, which a one-stream-at-a-time loop hides.
 //!
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
@@ -38,6 +43,9 @@ struct Args {
     /// k-gram is new and each filter probe misses the cache, as with real model output.
     #[arg(long)]
     unique: bool,
+    /// Streams open at once, their events pushed round-robin (1: one stream after another).
+    #[arg(long, default_value_t = 1)]
+    interleave: usize,
     #[arg(long)]
     bench: bool,
 }
@@ -102,22 +110,28 @@ fn main() {
     };
     // Streams of 100 events, as in the load benchmark; a new pipeline per stream.
     let per_stream = 100;
+    // Groups of `interleave` streams; within a group, event i of every stream, then i + 1.
+    let streams: Vec<&[Vec<u8>]> = evs.chunks(per_stream).collect();
+    let groups: Vec<&[&[Vec<u8>]]> = streams.chunks(a.interleave.max(1)).collect();
     let (mut base, mut full) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
         let t = Instant::now();
         let mut n = 0usize;
-        for s in evs.chunks(per_stream) {
-            let mut d = SseDecoder::new(1 << 20);
+        for g in &groups {
+            let mut ds: Vec<SseDecoder> = g.iter().map(|_| SseDecoder::new(1 << 20)).collect();
             let mut out = Vec::new();
-            for e in s {
-                out.clear();
-                d.push(e, &mut out).unwrap();
-                for ev in &out {
-                    let v: serde_json::Value =
-                        serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
-                    n += v["choices"][0]["delta"]["content"]
-                        .as_str()
-                        .map_or(0, str::len);
+            for i in 0..per_stream {
+                for (s, d) in g.iter().zip(ds.iter_mut()) {
+                    let Some(e) = s.get(i) else { continue };
+                    out.clear();
+                    d.push(e, &mut out).unwrap();
+                    for ev in &out {
+                        let v: serde_json::Value =
+                            serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+                        n += v["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .map_or(0, str::len);
+                    }
                 }
             }
         }
@@ -125,22 +139,32 @@ fn main() {
         base.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
         let t = Instant::now();
         let mut out = 0usize;
-        for s in evs.chunks(per_stream) {
-            let mut p = Pipeline::new(Api::ChatCompletions, setup.clone());
-            for e in s {
-                out += p.push(e).len();
+        for g in &groups {
+            let mut ps: Vec<Pipeline> = g
+                .iter()
+                .map(|_| Pipeline::new(Api::ChatCompletions, setup.clone()))
+                .collect();
+            for i in 0..per_stream {
+                for (s, p) in g.iter().zip(ps.iter_mut()) {
+                    if let Some(e) = s.get(i) {
+                        out += p.push(e).len();
+                    }
+                }
             }
-            out += p.finish().len();
+            for p in &mut ps {
+                out += p.finish().len();
+            }
         }
         std::hint::black_box(out);
         full.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
     }
     let (b, f) = (median(base), median(full));
     println!(
-        "{} events, {} indexes, hold={}: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
+        "{} events, {} indexes, hold={}, {} streams at once: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
         evs.len(),
         setup.indexes.len(),
         a.hold,
+        a.interleave,
         f / b
     );
 }
