@@ -454,3 +454,74 @@ fn an_exact_run_followed_by_a_renamed_name_is_still_reported() {
     }
     assert!(checked >= 20, "only {checked} windows checked");
 }
+
+/// Code of one shape in `n` documents, each with its own names, between code of its own, at
+/// offsets that cover every residue modulo the renamed channel's p = 6 equally: each of its
+/// keys is sampled in `n / 6` documents. With 42, that is 7 — fewer than the 8 that make a
+/// rename-insensitive key common in the index (32 / 4) — and estimated at 42 documents, more
+/// than the common threshold of 32.
+fn shape_corpus(n: usize) -> (tempfile::TempDir, Arc<Index>) {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let own = |tag: &str, extra: usize| {
+                (0..8 + extra)
+                    .map(|j| {
+                        format!(
+                            "fn {tag}_{i}_{j}(x: u{}) -> bool {{ x > {j} }}\n",
+                            8 << (j % 4)
+                        )
+                    })
+                    .collect::<String>()
+            };
+            // `;` is one unit: offsets 0–5 modulo 6.
+            let text = format!(
+                "{}{}{}{}",
+                own("head", 0),
+                ";".repeat(i % 6),
+                shape(i),
+                own("tail", 0)
+            );
+            (format!("d{i}.rs"), text)
+        })
+        .collect();
+    let m = write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
+    let index = build_index(dir.path(), &[m], Params::default());
+    (dir, index)
+}
+
+fn shape(n: usize) -> String {
+    format!(
+        "pub fn get_{n}(cfg_{n}: &Config{n}, key_{n}: u32) -> Option<Value{n}> {{\n    let entry_{n} = cfg_{n}.table_{n}.lookup(key_{n} + 1);\n    if entry_{n}.is_valid() && !cfg_{n}.frozen_{n} {{\n        return Some(entry_{n}.value_{n}.clone());\n    }}\n    for alt_{n} in cfg_{n}.fallbacks_{n}.iter() {{\n        if let Some(v_{n}) = alt_{n}.find_{n}(key_{n}) {{\n            return Some(v_{n});\n        }}\n    }}\n    None\n}}\n"
+    )
+}
+
+/// The most runs open at once while `text` is pushed a few bytes at a time.
+fn most_open_runs(index: &Arc<Index>, text: &str) -> usize {
+    let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(index), RUST);
+    let mut most = 0;
+    for piece in text.as_bytes().chunks(8) {
+        s.push_bytes(piece);
+        most = most.max(s.open_runs().count());
+    }
+    s.finish();
+    most
+}
+
+/// A shape of code in many documents (42, each with its own names) is boilerplate to the
+/// rename-insensitive channel: a renamed copy of it opens no runs (it used to open one per
+/// document sharing the shape, none of them reportable — most of what made held-out code slow
+/// to scan), and it is not reported. The same shape in three documents opens runs and is a
+/// renamed finding.
+#[test]
+fn a_shape_in_many_documents_opens_no_renamed_runs() {
+    let copy = shape(999);
+    let (_d, many) = shape_corpus(42);
+    assert_eq!(most_open_runs(&many, &copy), 0);
+    assert!(scan(&many, RUST, &copy).is_empty());
+
+    let (_d, few) = shape_corpus(3);
+    assert!(most_open_runs(&few, &copy) >= 3);
+    let got = scan(&few, RUST, &copy);
+    assert!(got.iter().any(|g| g.kind == MatchKind::Renamed), "{got:?}");
+}
