@@ -664,34 +664,18 @@ impl IndexMatcher {
         if let Some(key) = probe {
             let k = self.params.channel(ch).k as usize;
             let p = self.params.channel(ch).p;
-            self.seed(hist, key, k, p, exempt.contains(&key));
+            self.seed(hist, key, k, p, exempt.contains(&key), false);
         }
         if let (Some(key), Some(rp)) = (rprobe, self.renamed) {
-            self.seed_renamed(hist, key, rp.k as usize, rp.p, exempt.contains(&key));
+            self.seed(hist, key, rp.k as usize, rp.p, exempt.contains(&key), true);
         }
     }
 
     /// Opens a run at each posting of `key` — the k-gram of the last `k` units of `hist`,
     /// sampled every `p` units in the index — that aligns with the output just received, or
-    /// notes the key's rarity on the open run the posting falls in.
-    fn seed(&mut self, hist: &VecDeque<Unit>, key: u64, k: usize, p: u32, caller_supplied: bool) {
-        self.seed_with(hist, key, k, p, caller_supplied, false)
-    }
-
-    /// [`IndexMatcher::seed`] for a rename-insensitive key: as common in the index as exact
-    /// keys may be before they stop being evidence, it opens runs only when it is rare.
-    fn seed_renamed(
-        &mut self,
-        hist: &VecDeque<Unit>,
-        key: u64,
-        k: usize,
-        p: u32,
-        caller_supplied: bool,
-    ) {
-        self.seed_with(hist, key, k, p, caller_supplied, true)
-    }
-
-    fn seed_with(
+    /// notes the key's rarity on the open run the posting falls in. A `renamed` (rename-
+    /// insensitive) key opens runs only when it is rare.
+    fn seed(
         &mut self,
         hist: &VecDeque<Unit>,
         key: u64,
