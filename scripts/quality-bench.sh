@@ -139,7 +139,7 @@ if [ ! -d "$N/node_modules/jscpd" ] || [ ! -d "$N/node_modules/@dodona/dolos-lib
   mkdir -p "$N"
   (cd "$N" && npm init -y >/dev/null && npm install --silent -E jscpd@5.3.2 @dodona/dolos-lib@3.5.1 >/dev/null)
 fi
-"$V/bin/python" scripts/quality_peers.py "$RUN" --node "$N"
+PYTHONHASHSEED=0 "$V/bin/python" scripts/quality_peers.py "$RUN" --node "$N"
 
 # --- Report --------------------------------------------------------------------------------------
 cargo bench --quiet --bench quality -- report --out "$RUN" --doc docs/quality.md
