@@ -88,7 +88,10 @@ struct Fence {
     /// such a file inside a three-backtick fence does not lengthen its fence; a Markdown
     /// renderer would end the block there, but the text that follows is still the file's
     /// code, and lexed as prose it could not match the file. Not for an unnamed or unknown
-    /// language: there `/*` may be a shell glob that never closes.
+    /// language: there `/*` may be a shell glob that never closes. The price, accepted: in a
+    /// block of a named C-like language, a `/*` that is never closed keeps the block open
+    /// past its closing fence (the text after it is lexed as code, the same way at index
+    /// build and at scan, so only a copy of that text alone is missed).
     comments_hide_fences: bool,
 }
 
