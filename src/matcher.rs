@@ -516,10 +516,11 @@ impl IndexMatcher {
         out.extend(self.finding(c, which));
     }
 
-    /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and probes the filter for all
-    /// of them in one tight loop, so the filter's cache misses overlap instead of stalling the
-    /// per-unit logic one at a time. Fills `self.probes` (and `self.rprobes`, the
-    /// rename-insensitive keys of code units) with one entry per fresh unit.
+    /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and starts loading the filter
+    /// lines of all of them, so the filter's cache misses overlap instead of stalling the
+    /// per-unit logic one at a time ([`IndexMatcher::filter`] then tests them). Fills
+    /// `self.probes` (and `self.rprobes`, the rename-insensitive keys of code units) with one
+    /// entry per fresh unit.
     fn prepare(&mut self, hist: &VecDeque<Unit>, fresh: &[Unit], fprev: &[u32]) {
         self.probes.clear();
         for (j, u) in fresh.iter().enumerate() {
@@ -535,8 +536,7 @@ impl IndexMatcher {
             };
             self.probes.push(self.roll.push(u.hash, leaving));
         }
-        self.index.retain_possible(&mut self.probes);
-        self.index.prefetch_postings(&self.probes);
+        self.index.prefetch_filter(&self.probes);
         self.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
@@ -557,8 +557,20 @@ impl IndexMatcher {
             self.rprobes
                 .push(key.filter(|_| self.rrun >= k && self.since_abstract < k));
         }
-        self.index.retain_possible(&mut self.rprobes);
-        self.index.prefetch_postings(&self.rprobes);
+        self.index.prefetch_filter(&self.rprobes);
+    }
+
+    /// The second half of [`IndexMatcher::prepare`]: drops the keys the filter rules out and
+    /// starts loading the postings of the rest. Split so that a scan with several indexes
+    /// has every index's filter lines in flight at once (one memory latency per push, not
+    /// one per index: docs/benchmarks.md).
+    fn filter(&mut self) {
+        self.index.retain_possible(&mut self.probes);
+        self.index.prefetch_postings(&self.probes);
+        if self.renamed.is_some() {
+            self.index.retain_possible(&mut self.rprobes);
+            self.index.prefetch_postings(&self.rprobes);
+        }
     }
 
     /// Steps an open run by the newest unit `unit`; false when the run ends before it.
@@ -1004,6 +1016,9 @@ impl Scanner {
         }
         for m in &mut self.matchers {
             m.prepare(&self.hist, fresh, &self.fresh_prev);
+        }
+        for m in &mut self.matchers {
+            m.filter();
         }
         for (j, u) in fresh.drain(..).enumerate() {
             if self.hist.len() == HISTORY {

@@ -495,6 +495,19 @@ impl Index {
         }
     }
 
+    /// Starts loading the filter lines [`Index::retain_possible`] will read for these keys, so
+    /// a caller with several indexes can have all their misses in flight before testing any.
+    pub fn prefetch_filter(&self, keys: &[Option<u64>]) {
+        let Some(f) = &self.filter else { return };
+        let fps: &[u16] = &f.fingerprints;
+        for key in keys.iter().flatten() {
+            let (_, a, b, c) = filter_positions(&f.descriptor, *key);
+            prefetch(fps, a as usize);
+            prefetch(fps, b as usize);
+            prefetch(fps, c as usize);
+        }
+    }
+
     /// Starts loading, for every `Some(key)` (keys the filter let through), the bucket its
     /// postings are in — the directory entry first, then the start of the bucket — so the
     /// lookups that follow find them in cache: the postings are mmap'd and far larger than
