@@ -246,9 +246,8 @@ static LONGEST: LazyLock<usize> = LazyLock::new(|| {
         .unwrap_or(0)
 });
 
-/// The words a phrase can start with: a search needs to reach back only to the earliest of
-/// these among the last [`LONGEST`] words, not to all of them (the automaton's own prefilter
-/// cannot help: every pattern starts with a space).
+/// The words a phrase can start with: the automaton is tried only at these (its own
+/// prefilter cannot help: every pattern starts with a space).
 static FIRST_WORDS: LazyLock<rustc_hash::FxHashSet<&'static str>> = LazyLock::new(|| {
     PHRASES
         .iter()
@@ -378,8 +377,6 @@ fn spdx_line(m: &mut Marker, rest: &str) {
     }
 }
 
-/// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
-/// sign (so prose about copyright law is not a notice).
 /// The three ways a copyright notice starts, ASCII case-insensitively: a line without any of
 /// them (most lines) is rejected without a lower-cased copy.
 static COPYRIGHT_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
@@ -399,6 +396,8 @@ static SPDX_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
         .expect("valid pattern")
 });
 
+/// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
+/// sign (so prose about copyright law is not a notice).
 fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
     // For ASCII text, ASCII case-insensitive matching finds what lower-casing would; a line
     // with other characters takes the general path below.
@@ -561,14 +560,11 @@ impl MarkerScanner {
     }
 
     fn search(&mut self, finishing: bool) {
-        // Search the words not yet searched, with an overlap of the longest phrase.
+        // Search the words not yet searched, with an overlap of the longest phrase: a phrase
+        // not searched yet ends after `searched`, so it starts at one of the last `longest`
+        // words searched or later.
         let longest = *LONGEST;
-        // A phrase not searched yet ends after `searched`, so it starts at one of the last
-        // `longest` words searched or later, and at a word some phrase starts with.
-        let mut from = self.searched.saturating_sub(longest);
-        while from < self.searched && !self.starts.get(from).copied().unwrap_or(true) {
-            from += 1;
-        }
+        let from = self.searched.saturating_sub(longest);
         // Leftmost-longest, non-overlapping phrase matches from word `from` on, as an
         // unanchored search of " w_from … w_n " would give them, but tried only where a phrase
         // can start: the longest phrase starting at each such word (an anchored search, which
