@@ -452,6 +452,9 @@ struct IndexMatcher {
     rprobes: Vec<Option<u64>>,
     /// The rename-insensitive key of the last k code units, rolled.
     rroll: RollingRenamed,
+    /// The filter probes of `probes` and `rprobes`, between `prepare` and `filter`.
+    pos: Vec<crate::index::FilterPos>,
+    rpos: Vec<crate::index::FilterPos>,
     /// Scratch for a seed's alignment (the seed window, and left of it).
     pairs: Vec<(usize, u32, Cmp)>,
     left: Vec<(usize, u32, Cmp)>,
@@ -536,7 +539,7 @@ impl IndexMatcher {
             };
             self.probes.push(self.roll.push(u.hash, leaving));
         }
-        self.index.prefetch_filter(&self.probes);
+        self.index.prefetch_filter(&self.probes, &mut self.pos);
         self.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
@@ -557,7 +560,7 @@ impl IndexMatcher {
             self.rprobes
                 .push(key.filter(|_| self.rrun >= k && self.since_abstract < k));
         }
-        self.index.prefetch_filter(&self.rprobes);
+        self.index.prefetch_filter(&self.rprobes, &mut self.rpos);
     }
 
     /// The second half of [`IndexMatcher::prepare`]: drops the keys the filter rules out and
@@ -565,10 +568,10 @@ impl IndexMatcher {
     /// has every index's filter lines in flight at once (one memory latency per push, not
     /// one per index: docs/benchmarks.md).
     fn filter(&mut self) {
-        self.index.retain_possible(&mut self.probes);
+        self.index.retain_possible(&mut self.probes, &self.pos);
         self.index.prefetch_postings(&self.probes);
         if self.renamed.is_some() {
-            self.index.retain_possible(&mut self.rprobes);
+            self.index.retain_possible(&mut self.rprobes, &self.rpos);
             self.index.prefetch_postings(&self.rprobes);
         }
     }
@@ -937,6 +940,8 @@ impl Scanner {
                 rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
                 rrun: 0,
                 since_abstract: usize::MAX,
+                pos: Vec::new(),
+                rpos: Vec::new(),
                 pairs: Vec::new(),
                 left: Vec::new(),
             })

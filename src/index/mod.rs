@@ -458,53 +458,44 @@ impl Index {
         bytemuck::try_cast_slice(&self.postings[HEADER_LEN..end]).unwrap_or(&[])
     }
 
-    /// [`Index::may_contain`] for many keys at once: each `Some(key)` the filter rules out
-    /// becomes `None`. The filter is far larger than the caches, so each probe is three cache
-    /// misses; here the three fingerprint positions of a block of keys are computed and
-    /// prefetched first, and tested after, so the misses overlap instead of queueing. The
-    /// positions are computed as xorf 0.13's `contains` computes them (its hashing helpers are
-    /// private, so [`filter_positions`] restates them; a test checks it agrees with `contains`
-    /// on every key, members and not).
-    pub fn retain_possible(&self, keys: &mut [Option<u64>]) {
+    /// [`Index::may_contain`] for many keys at once, in two halves. The filter is far larger
+    /// than the caches, so each probe is three cache misses; this half computes every key's
+    /// fingerprint and three positions into `pos` (one entry per key) and starts loading
+    /// them, and [`Index::retain_possible`] tests them after — so the misses overlap instead
+    /// of queueing, across all the keys and, for a caller with several indexes that calls
+    /// this on each before testing any, across indexes. The positions are computed as xorf
+    /// 0.13's `contains` computes them (its hashing helpers are private, so
+    /// [`filter_positions`] restates them; a test checks it agrees with `contains` on every
+    /// key, members and not).
+    pub fn prefetch_filter(&self, keys: &[Option<u64>], pos: &mut Vec<FilterPos>) {
+        pos.clear();
+        let Some(f) = &self.filter else { return };
+        let fps: &[u16] = &f.fingerprints;
+        pos.extend(keys.iter().map(|k| {
+            let Some(key) = *k else {
+                return (0, 0, 0, 0);
+            };
+            let p = filter_positions(&f.descriptor, key);
+            prefetch(fps, p.1 as usize);
+            prefetch(fps, p.2 as usize);
+            prefetch(fps, p.3 as usize);
+            p
+        }));
+    }
+
+    /// The second half of [`Index::prefetch_filter`], given the same `keys` and its `pos`:
+    /// each `Some(key)` the filter rules out becomes `None`.
+    pub fn retain_possible(&self, keys: &mut [Option<u64>], pos: &[FilterPos]) {
         let Some(f) = &self.filter else {
             keys.fill(None);
             return;
         };
-        let d = &f.descriptor;
         let fps: &[u16] = &f.fingerprints;
-        const BLOCK: usize = 32;
-        let mut pos = [(0u16, 0u32, 0u32, 0u32); BLOCK];
-        for block in keys.chunks_mut(BLOCK) {
-            for (k, p) in block.iter().zip(pos.iter_mut()) {
-                if let Some(key) = *k {
-                    *p = filter_positions(d, key);
-                    let (_, a, b, c) = *p;
-                    prefetch(fps, a as usize);
-                    prefetch(fps, b as usize);
-                    prefetch(fps, c as usize);
-                }
+        let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
+        for (k, &(fp, a, b, c)) in keys.iter_mut().zip(pos) {
+            if k.is_some() && fp ^ get(a) ^ get(b) ^ get(c) != 0 {
+                *k = None;
             }
-            for (k, &(fp, a, b, c)) in block.iter_mut().zip(pos.iter()) {
-                if k.is_some() {
-                    let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
-                    if fp ^ get(a) ^ get(b) ^ get(c) != 0 {
-                        *k = None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Starts loading the filter lines [`Index::retain_possible`] will read for these keys, so
-    /// a caller with several indexes can have all their misses in flight before testing any.
-    pub fn prefetch_filter(&self, keys: &[Option<u64>]) {
-        let Some(f) = &self.filter else { return };
-        let fps: &[u16] = &f.fingerprints;
-        for key in keys.iter().flatten() {
-            let (_, a, b, c) = filter_positions(&f.descriptor, *key);
-            prefetch(fps, a as usize);
-            prefetch(fps, b as usize);
-            prefetch(fps, c as usize);
         }
     }
 
@@ -630,11 +621,14 @@ fn prefetch<T>(v: &[T], i: usize) {
     let _ = (v, i);
 }
 
+/// A key's filter probe: its fingerprint and the three positions it is checked against.
+pub type FilterPos = (u16, u32, u32, u32);
+
 /// The fingerprint and the three positions xorf's `BinaryFuse16::contains` reads for `key`:
 /// murmur3's 64-bit finaliser of `key + seed`, the fingerprint `h ^ (h >> 32)` as 16 bits, and
 /// the positions in three consecutive segments.
 #[inline(always)]
-pub fn filter_positions(d: &xorf::Descriptor, key: u64) -> (u16, u32, u32, u32) {
+pub fn filter_positions(d: &xorf::Descriptor, key: u64) -> FilterPos {
     let mut h = key.wrapping_add(d.seed);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
