@@ -635,13 +635,15 @@ impl MarkerScanner {
         if keep_from > 4096 {
             self.words.drain(..keep_from);
             self.starts.drain(..keep_from);
-            self.joined.clear();
-            self.word_at.clear();
-            self.joined.push(' ');
-            for (w, _) in &self.words {
-                self.word_at.push(self.joined.len());
-                self.joined.push_str(w);
-                self.joined.push(' ');
+            // Keep the joined text from the space before the first word kept.
+            let cut = self
+                .word_at
+                .get(keep_from)
+                .map_or(self.joined.len(), |&o| o - 1);
+            self.joined.drain(..cut);
+            self.word_at.drain(..keep_from);
+            for o in &mut self.word_at {
+                *o -= cut;
             }
             self.searched -= keep_from;
             for p in &mut self.pending {
