@@ -134,13 +134,9 @@ impl Lang {
         Some(lang)
     }
 
-    /// The language of a fenced block from its info string (first word, e.g. `rust,ignore`).
-    /// An empty or unknown info string still means code: C-like conventions.
-    pub fn from_fence_info(info: &str) -> Lang {
-        Lang::named_in_fence_info(info).unwrap_or(Lang::C_LIKE)
-    }
-
-    /// The language an info string names, if it names one we know.
+    /// The language a fenced block's info string names (its first word, e.g. `rust,ignore`),
+    /// if we know it. An empty or unknown info string still means code: the normaliser lexes
+    /// it with C-like conventions ([`Lang::C_LIKE`]).
     pub fn named_in_fence_info(info: &str) -> Option<Lang> {
         let first = info
             .trim()
