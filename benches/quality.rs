@@ -700,9 +700,17 @@ fn lcs_ratio(a: &[String], b: &[String]) -> f64 {
     2.0 * f64::from(prev[b.len()]) / (a.len() + b.len()) as f64
 }
 
-/// `s` without `//` and `/* */` comments (roughly: markers inside strings count too) — a
-/// copy with its comments dropped is still a copy (the "comments" family of the positives).
-fn strip_comments(s: &str) -> String {
+/// `s` without `//` and `/* */` comments, or `#` comments in a language that has those
+/// (roughly: markers inside strings count too) — a copy with its comments dropped is still a
+/// copy (the "comments" family of the positives).
+fn strip_comments(s: &str, hash: bool) -> String {
+    if hash {
+        return s
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while !rest.is_empty() {
@@ -743,7 +751,16 @@ fn genuine(index: &Index, root: &Path, text: &str, f: &Finding) -> bool {
         return false;
     };
     let (a, b) = if f.channel == Channel::Code {
-        (tokens(&strip_comments(o)), tokens(&strip_comments(s)))
+        let hash = comment_prefix(
+            Path::new(&r.doc)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or(""),
+        ) == "#";
+        (
+            tokens(&strip_comments(o, hash)),
+            tokens(&strip_comments(s, hash)),
+        )
     } else {
         (tokens(o), tokens(s))
     };
@@ -1275,19 +1292,21 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
         "\n## Verbatim's recall on code of ≥ 50 units, by language of the source\n\n\
          Assembly and C from GMP/MPFR (vendored by `gmp-mpfr-sys`) repeat the same structures \
          across hundreds of files, so most of their rename-insensitive keys are common (in ≥ 32 \
-         documents) and not evidence on their own.\n"
+         documents) and not evidence on their own. Python is from the GPL and LGPL packages' \
+         source distributions on PyPI (`scripts/fetch-pypi.sh`).\n"
     )
     .unwrap();
     let lang = |e: &str| match e {
         "rs" => "Rust",
         "c" | "h" => "C",
         "asm" | "s" | "S" => "assembly",
+        "py" => "Python",
         _ => "other",
     };
-    let langs = ["Rust", "C", "assembly", "other"];
+    let langs = ["Rust", "C", "assembly", "Python", "other"];
     writeln!(
         md,
-        "| family | Rust | C | assembly | other |\n|---|---:|---:|---:|---:|"
+        "| family | Rust | C | assembly | Python | other |\n|---|---:|---:|---:|---:|---:|"
     )
     .unwrap();
     for key in keys.iter().filter(|k| k.0) {

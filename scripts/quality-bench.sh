@@ -8,9 +8,10 @@
 #   scripts/quality-bench.sh [--per-cell N] [--negatives N]
 #
 # Corpora: the King James Bible (Debian bible-kjv, split by book), the Python 3.11
-# documentation sources (Debian python3.11-doc, split by file), and crate sources from the Rust
+# documentation sources (Debian python3.11-doc, split by file), crate sources from the Rust
 # crate registry (scripts/fetch-crates.sh; a sample of its indexed crates, including the copyleft
-# ones, and its held-out crates).
+# ones, and its held-out crates), and the Python sources of twelve GPL and LGPL packages from
+# PyPI (scripts/fetch-pypi.sh; split by package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PER_CELL=40
@@ -67,13 +68,18 @@ C=bench-data/crates
 [ -d "$C/indexed" ] || scripts/split-crates.sh "$C"
 C=$(cd "$C" && pwd -P)
 
+# --- PyPI: GPL and LGPL Python packages ------------------------------------------------------------
+PY=bench-data/pypi
+[ -f "$PY/packages.tsv" ] || scripts/fetch-pypi.sh "$PY"
+PY=$(cd "$PY" && pwd -P)
+
 # --- Manifests: indexed and never-indexed parts -------------------------------------------------
 M="$Q/manifests"
 rm -rf "$M"
 mkdir -p "$M/indexed" "$M/held-out"
-python3 - "$Q" "$PYDOC" "$C" "$M" <<'PY'
+python3 - "$Q" "$PYDOC" "$C" "$M" "$PY" <<'PY'
 import os, sys, zlib, glob
-q, pydoc, crates, m = sys.argv[1:]
+q, pydoc, crates, m, pypi = sys.argv[1:]
 def pick(name, mod, keep):  # a stable split by name
     return zlib.crc32(name.encode()) % mod in keep
 def manifest(path, name, kind, rights, paths, extra=""):
@@ -85,6 +91,7 @@ for part in ("indexed", "held-out"):
     os.symlink(os.path.join(q, "kjv", "books"), os.path.join(m, part, "kjv"))
     os.symlink(pydoc, os.path.join(m, part, "pydoc"))
     os.symlink(os.path.join(crates, "manifests", "src"), os.path.join(m, part, "src"))
+    os.symlink(os.path.join(pypi, "src"), os.path.join(m, part, "pypi"))
 books = sorted(os.listdir(os.path.join(q, "kjv", "books")))
 for part, held in [("indexed", False), ("held-out", True)]:
     files = [f"kjv/{b}" for b in books if pick(b, 3, {0}) == held]
@@ -110,7 +117,21 @@ for d in sorted(glob.glob(os.path.join(crates, "held-out", "*"))):
     manifest(os.path.join(m, "held-out", f"crate-{name}.toml"), name, "auto", "licensed",
              [f"src/{name}"], 'exclude = ["**/target/**", "**/.git/**"]\n')
     h += 1
-print(f"manifests: kjv and python docs split by document; {n} indexed crates, {h} held-out crates")
+# PyPI packages: a third of them (by name) never indexed; their Python sources only, without
+# tests and documentation.
+pn = {"indexed": 0, "held-out": 0}
+for line in open(os.path.join(pypi, "packages.tsv")):
+    name, version, spdx = line.rstrip("\n").split("\t")
+    part = "held-out" if pick(name, 3, {0}) else "indexed"
+    manifest(os.path.join(m, part, f"pypi-{name}.toml"), f"pypi-{name}", "code", "licensed",
+             [f"pypi/{name}-{version}"],
+             'include = ["**/*.py"]\n'
+             'exclude = ["**/test/**", "**/tests/**", "**/unittests/**", "**/doc/**", "**/docs/**"]\n'
+             f'license = "{spdx}"\nurl = "https://pypi.org/project/{name}/{version}/"\n'
+             f'[metadata]\ntitle = "{name} {version} (PyPI)"\n')
+    pn[part] += 1
+print(f"manifests: kjv and python docs split by document; {n} indexed crates, {h} held-out crates; "
+      f"{pn['indexed']} indexed and {pn['held-out']} held-out PyPI packages")
 PY
 
 # --- Index ---------------------------------------------------------------------------------------
