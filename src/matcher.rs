@@ -965,7 +965,9 @@ impl Scanner {
             norm: Normalizer::new(kind),
             matchers,
             exempt: Arc::default(),
-            hist: VecDeque::with_capacity(HISTORY + 1),
+            // Grown as units arrive rather than sized up front: 257 units are 8 KB, and a
+            // proxy keeps a scanner per open stream, most of which never see that many.
+            hist: VecDeque::new(),
             idents: has_renamed.then(PrevDistance::default),
             fresh: Vec::new(),
             fresh_prev: Vec::new(),
