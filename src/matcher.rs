@@ -18,9 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{
-    PrevDistance, RollingKgram, RollingRenamed, prev_distances, renamed_key, stored,
-};
+use crate::hash::{RecentNames, RollingKgram, RollingRenamed, prev_distances, renamed_key, stored};
 use crate::index::{ChannelParams, Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit, UnitClass};
 
@@ -909,7 +907,7 @@ pub struct Scanner {
     exempt: Arc<FxHashSet<u64>>,
     hist: VecDeque<Unit>,
     /// Those distances, when some index has the rename-insensitive channel.
-    idents: Option<PrevDistance>,
+    idents: Option<RecentNames>,
     fresh: Vec<Unit>,
     fresh_prev: Vec<u32>,
     findings: Vec<Finding>,
@@ -960,7 +958,12 @@ impl Scanner {
                 .unwrap_or(1)
         };
         let t_max = [t_of(Channel::Prose), t_of(Channel::Code)];
-        let has_renamed = matchers.iter().any(|m| m.renamed.is_some());
+        // The longest rename-insensitive window of any index: a name's distance back to its
+        // previous occurrence matters only inside one.
+        let renamed_k = matchers
+            .iter()
+            .filter_map(|m| m.renamed.map(|r| r.k as usize))
+            .max();
         Scanner {
             norm: Normalizer::new(kind),
             matchers,
@@ -968,7 +971,7 @@ impl Scanner {
             // Grown as units arrive rather than sized up front: 257 units are 8 KB, and a
             // proxy keeps a scanner per open stream, most of which never see that many.
             hist: VecDeque::new(),
-            idents: has_renamed.then(PrevDistance::default),
+            idents: renamed_k.map(RecentNames::new),
             fresh: Vec::new(),
             fresh_prev: Vec::new(),
             findings: Vec::new(),

@@ -351,7 +351,12 @@ fn a_list_matches_any_list_of_its_form_so_only_an_exact_copy_of_one_is_reported(
     // Code that does not repeat itself keeps all of its structure (here `RollingKgram::new`
     // and the start of its methods), and a renamed copy of it is still a renamed finding in
     // this index.
-    let (a, b) = window(&own, RUST, 700, 100);
+    let at = own.find("impl RollingKgram").unwrap() as u64;
+    let first = normalize(&own, RUST)
+        .iter()
+        .position(|u| u.start >= at)
+        .unwrap();
+    let (a, b) = window(&own, RUST, first, 100);
     let n = normalize(&own[a..b], RUST).len() as u32;
     assert!(s(&own[a..b]) >= n * 9 / 10, "{} of {n}", s(&own[a..b]));
     let got = scan(&index, RUST, &rename(&own[a..b], true));
