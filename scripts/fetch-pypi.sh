@@ -32,7 +32,8 @@ while IFS=$'\t' read -r name version license; do
   if [ ! -d "$out" ]; then
     # The simple index (PEP 503) names every file with its sha256.
     link=$(curl -sSf --max-time 60 "https://pypi.org/simple/$name/" \
-      | grep -o "href=\"[^\"]*-$version\\.tar\\.gz#sha256=[0-9a-f]*\"" | head -1 | sed 's/^href="//; s/"$//')
+      | { grep -o "href=\"[^\"]*-$version\\.tar\\.gz#sha256=[0-9a-f]*\"" || true; } \
+      | head -1 | sed 's/^href="//; s/"$//')
     [ -n "$link" ] || { echo "fetch-pypi: no sdist of $name $version on PyPI" >&2; exit 1; }
     url=${link%%#*}
     sha=${link##*#sha256=}
