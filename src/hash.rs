@@ -90,8 +90,9 @@ impl PrevDistance {
 /// all a window of at most `window` units can tell), and names last seen further back are
 /// forgotten every [`RecentNames::PRUNE_EVERY`] units. [`PrevDistance`]'s map keeps every name
 /// of a stream, so a scanner's memory grew with the length of a code answer (by about 30 bytes
-/// per distinct name: megabytes for a long one); this one stays at a few thousand names at
-/// most. Same distances wherever they matter, and measured no slower (a 76 MB scan).
+/// per distinct name: megabytes for a long one); this one keeps the names of the last
+/// `PRUNE_EVERY + window` units at most. Same distances wherever they matter, and measured no
+/// slower (a 76 MB scan).
 #[derive(Debug, Clone)]
 pub struct RecentNames {
     last: rustc_hash::FxHashMap<u64, u64>,
