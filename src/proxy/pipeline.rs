@@ -223,7 +223,8 @@ struct Held {
     /// (built by [`Held::ensure_json`] only if the event must be rewritten). Such an event
     /// always carries text, so its `spans` are never empty.
     lazy: Option<String>,
-    spans: Vec<HeldSpan>,
+    /// One span for almost every event (a text delta), inline: no allocation per event.
+    spans: smallvec::SmallVec<[HeldSpan; 1]>,
     changed: bool,
 }
 
@@ -234,7 +235,7 @@ impl Held {
             event: event.map(str::to_string),
             json: Some(v),
             lazy: None,
-            spans: Vec::new(),
+            spans: smallvec::SmallVec::new(),
             changed: true,
         }
     }
@@ -266,6 +267,8 @@ pub struct Pipeline {
     api: Api,
     setup: ScanSetup,
     decoder: SseDecoder,
+    /// Scratch for the events one push completes.
+    events: Vec<SseEvent>,
     streams: Vec<(StreamKey, Scanner)>,
     /// Each stream's text so far: a redaction must also reach the events that repeat it whole
     /// (the Responses API's `*.done` events and `response.completed`).
@@ -315,6 +318,7 @@ impl Pipeline {
             min_block,
             api,
             decoder: SseDecoder::new(setup.max_event_bytes),
+            events: Vec::new(),
             setup,
             streams: Vec::new(),
             texts: Vec::new(),
@@ -375,14 +379,16 @@ impl Pipeline {
             return out;
         }
         if self.state == State::Relaying {
-            let mut events = Vec::new();
+            // Reused between pushes (a push is usually one event).
+            let mut events = std::mem::take(&mut self.events);
             let r = self.decoder.push(bytes, &mut events);
-            for ev in events {
+            for ev in events.drain(..) {
                 self.on_event(ev);
                 if self.state != State::Relaying {
                     break;
                 }
             }
+            self.events = events;
             self.release();
             if let (Err(EventTooLarge { limit }), State::Relaying) = (r, self.state) {
                 // Fail-closed, as at the holdback limit: what was decided is sent, what is
@@ -524,7 +530,7 @@ impl Pipeline {
             event: ev.event,
             json,
             lazy: None,
-            spans: Vec::new(),
+            spans: smallvec::SmallVec::new(),
             changed: false,
         };
         if let Some(v) = &mut held.json {
@@ -566,7 +572,7 @@ impl Pipeline {
             event: ev.event,
             json: None,
             lazy: ev.data,
-            spans: vec![span],
+            spans: smallvec::smallvec![span],
             changed: false,
         });
         self.decide();
