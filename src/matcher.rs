@@ -912,8 +912,6 @@ pub struct Scanner {
     /// Those distances, when some index has the rename-insensitive channel.
     idents: Option<RecentNames>,
     fresh: Vec<Unit>,
-    /// Scratch for [`Scanner::take_units`]: one block of a large push.
-    block: Vec<Unit>,
     fresh_prev: Vec<u32>,
     findings: Vec<Finding>,
     /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
@@ -978,7 +976,6 @@ impl Scanner {
             hist: VecDeque::new(),
             idents: renamed_k.map(RecentNames::new),
             fresh: Vec::new(),
-            block: Vec::new(),
             fresh_prev: Vec::new(),
             findings: Vec::new(),
             t_max,
@@ -1025,23 +1022,13 @@ impl Scanner {
     /// is small enough that they are still in cache when tested — a 64 KiB push is ~13,000
     /// units, whose lines would evict each other before use. Findings do not depend on it.
     fn take_units(&mut self, fresh: &mut Vec<Unit>) {
-        if fresh.len() <= BLOCK {
-            return self.take_block(fresh);
-        }
-        let mut block = std::mem::take(&mut self.block);
-        for chunk in fresh.chunks(BLOCK) {
-            block.clear();
-            block.extend_from_slice(chunk);
-            self.take_block(&mut block);
+        for block in fresh.chunks(BLOCK) {
+            self.take_block(block);
         }
         fresh.clear();
-        self.block = block;
     }
 
-    fn take_block(&mut self, fresh: &mut Vec<Unit>) {
-        if fresh.is_empty() {
-            return;
-        }
+    fn take_block(&mut self, fresh: &[Unit]) {
         // Identifier distances: kept only when some index has the rename-insensitive channel
         // (the only reader), so a scan without it pays nothing per unit.
         self.fresh_prev.clear();
@@ -1054,7 +1041,7 @@ impl Scanner {
         for m in &mut self.matchers {
             m.filter();
         }
-        for (j, u) in fresh.drain(..).enumerate() {
+        for (j, &u) in fresh.iter().enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
             }
