@@ -266,9 +266,10 @@ static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
 });
 
 /// The version a GNU-style or versioned license phrase names, read from the words after it.
-fn resolve(family: Family, after: &[String]) -> Option<String> {
-    let text = format!(" {} ", after.join(" "));
-    let has = |s: &str| text.contains(s);
+/// `after`: the words after the phrase as " w1 w2 … wn " (a slice of the scanner's joined
+/// words).
+fn resolve(family: Family, after: &str) -> Option<String> {
+    let has = |s: &str| after.contains(s);
     let or_later = has(" any later version ") || has(" or later ");
     let gnu = |base: &str| {
         Some(format!(
@@ -479,12 +480,11 @@ pub struct MarkerScanner {
     /// The current line, not yet complete, and the offset of its first byte.
     line: String,
     line_start: u64,
-    /// Normalised words of recent lines with their byte spans (for header phrases).
-    words: Vec<(String, (u64, u64))>,
-    /// The same words joined as " w1 w2 … wn " (what the phrase automaton searches), kept up
-    /// to date as words arrive so a line's search does not rebuild it, and where each word
-    /// starts in it.
+    /// Normalised words of recent lines, joined as " w1 w2 … wn " (what the phrase automaton
+    /// searches), kept up to date as words arrive so a line's search does not rebuild it;
+    /// where each word starts in it, and its byte span in the text.
     joined: String,
+    words: Vec<(u64, u64)>,
     word_at: Vec<usize>,
     /// Per word: whether some phrase starts with it.
     starts: Vec<bool>,
@@ -553,10 +553,20 @@ impl MarkerScanner {
             self.joined.push_str(&w);
             self.joined.push(' ');
             self.starts.push(FIRST_WORDS.contains(w.as_str()));
-            self.words.push((w, (start + s as u64, start + e as u64)));
+            self.words.push((start + s as u64, start + e as u64));
         }
         self.line_start = start + line.len() as u64;
+        // The line's buffer is kept for the next line.
+        let mut line = line;
+        line.clear();
+        self.line = line;
         self.search(false);
+    }
+
+    /// Words `from..to` as " w_from … w_(to−1) " (a single space when empty).
+    fn words_text(&self, from: usize, to: usize) -> &str {
+        let at = |i: usize| self.word_at.get(i).copied().unwrap_or(self.joined.len());
+        &self.joined[at(from) - 1..at(to)]
     }
 
     fn search(&mut self, finishing: bool) {
@@ -592,10 +602,10 @@ impl MarkerScanner {
                 .push((PHRASES[m.pattern().as_usize()].family, first, end));
         }
         self.searched = self.words.len();
-        let words = &self.words;
         let mut keep = Vec::new();
         for (family, first, end) in std::mem::take(&mut self.pending) {
-            let avail = words.len().saturating_sub(end);
+            let n = self.words.len();
+            let avail = n.saturating_sub(end);
             let lookahead = match family {
                 Family::Name(id) if id.ends_with("-only") => NAME_LOOKAHEAD,
                 Family::Name(_) | Family::Fixed(_) => 0,
@@ -605,16 +615,12 @@ impl MarkerScanner {
                 keep.push((family, first, end));
                 continue;
             }
-            let after: Vec<String> = words[end..(end + lookahead).min(words.len())]
-                .iter()
-                .map(|w| w.0.clone())
-                .collect();
             let kind = match family {
                 Family::Name(_) => MarkerKind::LicenseName,
                 _ => MarkerKind::HeaderPhrase,
             };
-            let mut m = Marker::new(kind, words[first].1.0, words[end - 1].1.1);
-            m.expression = resolve(family, &after);
+            let mut m = Marker::new(kind, self.words[first].0, self.words[end - 1].1);
+            m.expression = resolve(family, self.words_text(end, (end + lookahead).min(n)));
             if !self
                 .spdx_lines
                 .iter()
