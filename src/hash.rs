@@ -305,19 +305,25 @@ impl RollingRenamed {
     }
 }
 
+/// Xorshift64 from `seed` (non-zero): the random keys and units of the crate's unit tests.
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn recent_names_agree_with_prev_distance_below_the_window() {
-        let mut r = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for window in [1usize, 2, 5, 24, 40] {
             let mut full = PrevDistance::default();
             let mut recent = RecentNames::new(window);

@@ -664,13 +664,7 @@ mod tests {
     /// members (no false negatives) and non-members (the same false positives).
     #[test]
     fn filter_positions_agree_with_xorf() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::hash::xorshift(0x9e37_79b9_7f4a_7c15);
         let members: Vec<u64> = (0..50_000).map(|_| next()).collect();
         let f = xorf::BinaryFuse16::try_from(&members[..]).unwrap();
         let others: Vec<u64> = (0..200_000).map(|_| next()).collect();
