@@ -172,20 +172,6 @@ fn map(path: &Path) -> Result<Mmap, IndexOpenError> {
     })
 }
 
-/// [`map`], or nothing for an empty file (which cannot be mapped).
-fn map_or_empty(path: &Path) -> Result<Box<dyn std::ops::Deref<Target = [u8]>>, IndexOpenError> {
-    let len = std::fs::metadata(path)
-        .map_err(|source| IndexOpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    if len == 0 {
-        return Ok(Box::new(Vec::new()));
-    }
-    Ok(Box::new(map(path)?))
-}
-
 fn header(path: &Path, data: &[u8], magic: [u8; 8]) -> Result<Header, IndexOpenError> {
     let bytes = data.get(..HEADER_LEN).ok_or_else(|| {
         corrupt(
@@ -280,7 +266,7 @@ impl Index {
         // would be garbage as soon as the open returns, and mimalloc, the binary's allocator,
         // keeps such memory resident in an idle process (measured: docs/benchmarks.md).
         let dpath = dir.join(format::DOCS);
-        let dmap = map_or_empty(&dpath)?;
+        let dmap = map(&dpath)?;
         let dtext =
             std::str::from_utf8(&dmap).map_err(|e| corrupt(&dpath, format!("not UTF-8: {e}")))?;
         let mut docs = Vec::with_capacity(manifest.stats.documents as usize);
