@@ -74,8 +74,9 @@ pub struct Finding {
     /// The longest run of equal units in it (`units` for exact runs).
     pub longest: u32,
     /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
-    /// much of its source region is structure not repeated within it (see [`structure`]);
-    /// `units` for every other run (it decides nothing there).
+    /// much of its source region is structure not repeated within it (see [`structure`]; long
+    /// literals count by value when every literal of the run equals its source's); `units`
+    /// for every other run (it decides nothing there).
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
@@ -137,6 +138,11 @@ pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
     r.t().max(params.code.t() + params.code.k)
 }
 
+/// Bytes a literal needs to count as copied text in [`structure`]: `"abcd"`, `10000`,
+/// `0x1234`. Shorter ones — `0`, `1`, `"a"`, enum discriminants counting up — are what
+/// independently written lists of one form share.
+pub const LONG_LITERAL: u64 = 6;
+
 /// Width of the windows [`structure`] compares.
 pub const STRUCTURE_W: usize = 12;
 /// [`structure`] looks at most this many units of a run.
@@ -150,7 +156,11 @@ pub const STRUCTURE_MAX: usize = 4096;
 /// const X: T = N;` tables) has one shape however long it is: any other list of that form
 /// matches it under renaming. Counting only structure not seen earlier in the run makes such a
 /// list worth one item. Looks at the first [`STRUCTURE_MAX`] units.
-pub fn structure(index: &Index, doc: u32, start: u32, len: u32) -> u32 {
+///
+/// With `literals`, literals of at least [`LONG_LITERAL`] bytes count by value, not by class:
+/// a run whose literals all equal its source's (only its names changed) carries them as
+/// copied text, and a table of test vectors is not one row repeated.
+pub fn structure(index: &Index, doc: u32, start: u32, len: u32, literals: bool) -> u32 {
     let (s, e) = (
         start as usize,
         start as usize + (len as usize).min(STRUCTURE_MAX),
@@ -161,12 +171,21 @@ pub fn structure(index: &Index, doc: u32, start: u32, len: u32) -> u32 {
     ) else {
         return len; // no class store: nothing was matched by shape
     };
-    structure_of(
-        units
-            .iter()
-            .zip(classes)
-            .map(|(&h, &c)| (u64::from(h), UnitClass::from_u8(c))),
-    )
+    let long = |pos: usize| {
+        index
+            .unit_span(doc, pos as u32)
+            .is_some_and(|(a, b)| u64::from(b - a) >= LONG_LITERAL)
+    };
+    let values = units.iter().zip(classes).enumerate().map(|(i, (&h, &c))| {
+        let class = UnitClass::from_u8(c);
+        match class {
+            UnitClass::Number | UnitClass::Str if literals && long(s + i) => {
+                (u64::from(h), UnitClass::Other)
+            }
+            _ => (u64::from(h), class),
+        }
+    });
+    structure_of(values)
 }
 
 /// [`structure`] of a sequence of units given as (hash, class).
@@ -289,6 +308,8 @@ struct Extent {
     doc_end: u32,
     matched: u32,
     renamed: u32,
+    /// Of `renamed`, literals whose value changed.
+    literals_changed: u32,
     gaps: u32,
     /// Equal units in a row so far (a gap or a renamed unit ends a piece), where the current
     /// piece starts in the output, and the longest piece: (output start, output end, source
@@ -391,6 +412,9 @@ impl Candidate {
         }
         if cmp == Cmp::Renamed {
             c.renamed += 1;
+            if matches!(u.class, UnitClass::Number | UnitClass::Str) {
+                c.literals_changed += 1;
+            }
         } else {
             self.anchor_is_cur = true;
         }
@@ -407,13 +431,18 @@ impl Candidate {
                     && self.key_docs < params.common_threshold =>
             {
                 use std::sync::atomic::Ordering::Relaxed;
+                // A run's literals count by value while every one equals its source's.
+                let literals = e.literals_changed == 0;
+                // The mode is part of the key (bit 31 of the value: a structure is at most
+                // STRUCTURE_MAX).
+                let key = u64::from(e.doc_end) << 32 | u64::from(literals) << 31;
                 let at = self.structure_at.load(Relaxed);
-                if at != u64::MAX && (at >> 32) as u32 == e.doc_end {
-                    return at as u32;
+                if at != u64::MAX && at & !0x7fff_ffff == key {
+                    return (at & 0x7fff_ffff) as u32;
                 }
-                let v = structure(index, self.doc, self.doc_start, e.doc_end - self.doc_start);
-                self.structure_at
-                    .store(u64::from(e.doc_end) << 32 | u64::from(v), Relaxed);
+                let len = e.doc_end - self.doc_start;
+                let v = structure(index, self.doc, self.doc_start, len, literals);
+                self.structure_at.store(key | u64::from(v), Relaxed);
                 v
             }
             _ => e.out_units,
@@ -800,6 +829,7 @@ impl IndexMatcher {
                 doc_end: doc_start,
                 matched: 0,
                 renamed: 0,
+                literals_changed: 0,
                 gaps: 0,
                 piece: 0,
                 piece_start: 0,

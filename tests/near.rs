@@ -77,6 +77,11 @@ fn fixture() -> &'static Fixture {
 /// per occurrence) and every number changed; identifiers and literals as the normaliser
 /// classifies them, so keywords stay.
 fn rename(text: &str, consistent: bool) -> String {
+    rename_with(text, consistent, true)
+}
+
+/// [`rename`], with numbers kept unless `numbers`.
+fn rename_with(text: &str, consistent: bool, numbers: bool) -> String {
     let units = normalize(text, RUST);
     let mut out = String::new();
     let mut names: HashMap<&str, String> = HashMap::new();
@@ -93,7 +98,7 @@ fn rename(text: &str, consistent: bool) -> String {
                     .clone()
             }
             UnitClass::Ident => format!("fresh_{n}"),
-            UnitClass::Number => format!("{}", n % 7 + 100),
+            UnitClass::Number if numbers => format!("{}", n % 7 + 100),
             _ => continue,
         };
         out.push_str(&text[at..s]);
@@ -365,6 +370,110 @@ fn a_list_matches_any_list_of_its_form_so_only_an_exact_copy_of_one_is_reported(
             .any(|g| g.kind == MatchKind::Renamed && g.doc == 0 && g.units >= 80),
         "{got:?}"
     );
+}
+
+/// Test vectors as crates keep them: test functions of rows of one form, each row with
+/// literals of its own.
+fn vectors(n_fns: usize, seed: u64) -> String {
+    let mut r = Rng(seed);
+    let mut s = String::from("use super::*;\n\n");
+    for f in 0..n_fns {
+        s += &format!("#[test]\nfn parse_case_{f}() {{\n");
+        for _ in 0..6 {
+            s += &format!(
+                "    check!(parse::<f64>(\"{}.{}e{}\", {}), ({}, 0x{:x}));\n",
+                r.below(1000),
+                r.below(100),
+                r.below(300),
+                r.below(2),
+                r.below(100_000),
+                r.below(1 << 20),
+            );
+        }
+        s += "}\n\n";
+    }
+    s
+}
+
+/// Constants as generated bindings declare them: `impl` blocks of one form, the values
+/// counting up from zero in each.
+fn enums(n_blocks: usize) -> String {
+    let mut s = String::new();
+    for b in 0..n_blocks {
+        s += &format!("impl Kind{b} {{\n");
+        for v in 0..6 {
+            s += &format!("    pub const VARIANT_{b}_{v}: Self = Self({v});\n");
+        }
+        s += "}\n\n";
+    }
+    s
+}
+
+/// Functions `from..to` of a [`vectors`] or [`enums`] text, with its names renamed and its
+/// literals kept; and the span of source units they occupy.
+fn rows(doc: &str, header: &str, from: usize, to: usize) -> (String, u32, u32) {
+    let (a, b) = (
+        doc.find(&format!("{header}{from}")).unwrap(),
+        doc.find(&format!("{header}{to}")).unwrap(),
+    );
+    let units = normalize(doc, RUST);
+    let unit = |at: usize| units.iter().position(|u| u.start as usize >= at).unwrap() as u32;
+    let copy = rename_with(&doc[a..b], true, false);
+    assert!(copy.contains("renamed_"), "{copy}");
+    (copy, unit(a), unit(b))
+}
+
+#[test]
+fn a_renamed_copy_of_a_list_is_found_by_its_long_literals() {
+    // Every test function has the same shape, so the renaming of one matches the renaming of
+    // any other: only the literals say which rows were copied. Names renamed, literals kept:
+    // a renamed copy of those rows, aligned with them. The same rows with other values: a
+    // list of that form, like any other — not a renamed copy. Enum constants counting up
+    // from zero, renamed: short literals are what independently written lists of one form
+    // share (generated bindings do exactly this), so not a renamed copy either.
+    let dir = tempfile::tempdir().unwrap();
+    let own = std::fs::read_to_string("src/hash.rs").unwrap();
+    let docs = vec![
+        ("enums.rs".to_string(), enums(12)),
+        ("hash.rs".to_string(), own),
+        ("vectors.rs".to_string(), vectors(12, 5)),
+    ];
+    let m = write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
+    let index = build_index(dir.path(), &[m], Params::default());
+    let renamed = |got: &[Finding], doc: u32| -> Vec<Finding> {
+        got.iter()
+            .filter(|g| g.kind == MatchKind::Renamed && g.doc == doc)
+            .cloned()
+            .collect()
+    };
+
+    let (copy, ua, ub) = rows(&vectors(12, 5), "#[test]\nfn parse_case_", 6, 10);
+    let cuts: Vec<usize> = (1..copy.len()).collect();
+    for got in [
+        scan(&index, RUST, &copy),
+        scan_cuts(&index, RUST, copy.as_bytes(), &cuts),
+    ] {
+        let found = renamed(&got, 2);
+        assert!(
+            found.iter().any(|g| g.units >= 150),
+            "no renamed finding of the rows: {got:?}"
+        );
+        for g in &found {
+            let (s, e) = (g.doc_unit_start, g.doc_unit_start + g.source_units);
+            assert!(
+                s >= ua && e <= ub,
+                "aligned with other rows ({s}..{e}, copied {ua}..{ub})"
+            );
+        }
+    }
+
+    let (other, _, _) = rows(&vectors(12, 99), "#[test]\nfn parse_case_", 6, 10);
+    let got = scan(&index, RUST, &other);
+    assert!(renamed(&got, 2).is_empty(), "{got:?}");
+
+    let (consts, _, _) = rows(&enums(12), "impl Kind", 6, 10);
+    let got = scan(&index, RUST, &consts);
+    assert!(renamed(&got, 0).is_empty(), "{got:?}");
 }
 
 #[test]
