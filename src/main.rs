@@ -493,7 +493,8 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     // small writes each searched for a newline (a third of a `scan` with 200,000 findings).
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let name = a.input.display().to_string();
-    let text = String::from_utf8_lossy(&kept);
+    // Offsets in it are the input's (findings and markers are reported at them).
+    let text = verbatim::normalize::text_at_same_offsets(&kept);
     // Runs of license texts are one finding per reproduced region, named by its license.
     let mut findings = verbatim::license::with_regions(findings, &indexes, &text);
     findings.sort_by_key(|(f, _)| (f.output_start, f.output_end, f.index, f.doc));

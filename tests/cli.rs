@@ -264,6 +264,37 @@ fn scan_names_a_reproduced_license_and_reports_license_markers() {
 }
 
 #[test]
+fn scan_reports_input_offsets_when_the_input_is_not_utf8() {
+    // The same license notice after 100 spaces and after 100 bytes that are not UTF-8 (read
+    // as spaces): the same findings and markers at the same offsets, the same license named.
+    // Before, the text the license layer read was the lossy UTF-8 copy, 200 bytes longer.
+    let dir = tempfile::tempdir().unwrap();
+    let mit = verbatim::license::texts::text_of("MIT").unwrap().text;
+    let notice = format!("Copyright (c) 2020 Jane Doe\n\n{mit}\n");
+    let scan = |prefix: &[u8]| {
+        let f = dir.path().join("answer.txt");
+        std::fs::write(&f, [prefix, notice.as_bytes()].concat()).unwrap();
+        let out = Command::new(BIN)
+            .args(["scan", "--format", "jsonl", f.to_str().unwrap()])
+            .env("VERBATIM_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ascii = scan(&b" ".repeat(100));
+    let invalid = scan(&b"\xff\xfe".repeat(50));
+    assert!(ascii.contains("\"license\":\"MIT\""), "{ascii}");
+    assert!(ascii.contains("\"holder\":\"Jane Doe\""), "{ascii}");
+    assert_eq!(invalid, ascii);
+}
+
+#[test]
 fn corpus_inspect_prints_each_files_license_and_where_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

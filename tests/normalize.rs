@@ -243,6 +243,15 @@ fn invalid_utf8_acts_as_whitespace_and_keeps_offsets() {
     n.finish(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(n.offset(), 6);
+    // The text `scan` hands to the license layer reads the bytes the same way, at the same
+    // offsets.
+    let text = verbatim::normalize::text_at_same_offsets(&bytes);
+    assert_eq!(text, "alpha beta    gamma");
+    assert_eq!(normalize(&text, TextKind::Markdown), units);
+    assert_eq!(
+        verbatim::normalize::text_at_same_offsets(b"word \xe2"),
+        "word  "
+    );
 }
 
 #[test]

@@ -398,6 +398,23 @@ impl Normalizer {
     }
 }
 
+/// `bytes` as text with the same byte offsets, read as the normaliser reads them: each byte of
+/// an invalid UTF-8 sequence becomes a space. (`String::from_utf8_lossy` writes three bytes for
+/// each invalid sequence, so every offset after one would point elsewhere.)
+pub fn text_at_same_offsets(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len());
+            for chunk in bytes.utf8_chunks() {
+                out.push_str(chunk.valid());
+                out.extend(std::iter::repeat_n(' ', chunk.invalid().len()));
+            }
+            out.into()
+        }
+    }
+}
+
 /// Normalises a whole text at once.
 pub fn normalize(text: &str, kind: TextKind) -> Vec<Unit> {
     let mut n = Normalizer::new(kind);
