@@ -155,6 +155,19 @@ fn copyright_notices_carry_holder_and_years_and_prose_about_copyright_is_not_one
     );
 }
 
+#[test]
+fn a_copyright_sign_in_binary_data_is_not_a_notice() {
+    // `©` is the bytes C2 A9, which random data holds about once in 64 KiB; what follows
+    // it there is not a holder. (2 MB of random bytes gave 32 such "notices".)
+    let text = "\u{15}\u{1}c F © 2020 \u{17}8) \u{1c} W λ6 I\n© \u{0}b ? *  v Xy\n";
+    let m = markers::scan(text);
+    assert!(m.is_empty(), "{m:?}");
+    // A tab is still whitespace in a notice.
+    let m = markers::scan("Copyright (c)\t2019\tJane Doe\n");
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0].holder.as_deref(), Some("Jane Doe"));
+}
+
 const GPL_HEADER: &str = "/*\n * This program is free software; you can redistribute it and/or modify\n * it under the terms of the GNU General Public License as published by\n * the Free Software Foundation; either version 2 of the License, or\n * (at your option) any later version.\n *\n * This program is distributed in the hope that it will be useful,\n * but WITHOUT ANY WARRANTY; without even the implied warranty of\n * MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.\n */\nint main(void) { return 0; }\n";
 
 #[test]

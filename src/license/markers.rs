@@ -463,6 +463,10 @@ fn copyright_fields(line: &str, from: &str, start: u64) -> Option<Marker> {
         .next()
         .unwrap_or(holder)
         .trim();
+    if holder.chars().any(|c| c.is_control() && c != '\t') {
+        // Control characters are not in a notice: a `©` (bytes C2 A9) in binary data.
+        return None;
+    }
     let _ = line;
     let mut m = Marker::new(
         MarkerKind::Copyright,
