@@ -737,7 +737,14 @@ impl IndexMatcher {
         // Documents the key occurs in, estimated: it was sampled at one in p positions, so
         // it is in about p times as many documents as it was sampled in. Postings are sorted
         // by document.
-        let sampled_docs = 1 + postings.windows(2).filter(|w| w[0].doc != w[1].doc).count();
+        let sampled_docs = {
+            let (mut n, mut i) = (0, 0);
+            while i < postings.len() {
+                n += 1;
+                i = doc_run_end(postings, i);
+            }
+            n
+        };
         let key_docs = (sampled_docs as u32).saturating_mul(p);
         if renamed && key_docs >= self.params.common_threshold {
             // A structural key in this many documents cannot make a renamed run reportable
@@ -753,12 +760,20 @@ impl IndexMatcher {
         let ch = unit.channel;
         let first = hist.len() - k;
         let with_names = ch == Channel::Code && self.renamed.is_some();
-        for p in postings {
+        let mut next = 0;
+        while next < postings.len() {
+            let at = next;
+            let p = &postings[at];
+            next += 1;
             let q = (p.pos & !crate::index::format::RENAMED_POS) as usize;
             let end = (q + k) as u32;
             match self.open_docs.get(&p.doc) {
                 None => {}
-                Some(&n) if n >= MAX_RUNS_PER_DOC => continue,
+                Some(&n) if n >= MAX_RUNS_PER_DOC => {
+                    // The document takes no more runs: none of its other postings either.
+                    next = doc_run_end(postings, at);
+                    continue;
+                }
                 Some(_) => {
                     // Already part of an open run of this document at this alignment (in step,
                     // or inside the gap it may resynchronise across)?
@@ -867,6 +882,19 @@ impl IndexMatcher {
         for c in std::mem::take(&mut self.open) {
             self.close(&c, which, out);
         }
+    }
+}
+
+/// Where the postings of `postings[i].doc` end (postings are sorted by document). Most
+/// documents hold a key once; a repetitive one (generated tables, test data) may hold it
+/// thousands of times (encoding_rs's `data.rs` tables: 2,678 postings of one key), and a copy
+/// of such a document meets such a key at every unit — so the end is found by binary search,
+/// not by walking.
+fn doc_run_end(postings: &[crate::index::format::Posting], i: usize) -> usize {
+    let d = postings[i].doc;
+    match postings.get(i + 1) {
+        Some(p) if p.doc == d => i + 1 + postings[i + 1..].partition_point(|p| p.doc == d),
+        _ => i + 1,
     }
 }
 
