@@ -44,7 +44,6 @@ pub struct Loaded {
 struct Shared {
     cfg: Config,
     loaded: ArcSwap<Loaded>,
-    client: HttpsClient,
     audit: AuditSink,
     metrics: Metrics,
 }
@@ -168,7 +167,6 @@ fn client(connect_timeout: std::time::Duration) -> HttpsClient {
 impl Server {
     pub async fn bind(cfg: Config, indexes: Vec<Arc<Index>>) -> Result<Server, ServeError> {
         let addr = cfg.listen;
-        let connect_timeout = cfg.timeouts.connect;
         let policy = policy_for(&cfg, &indexes).map_err(ServeError::Policy)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -204,7 +202,6 @@ impl Server {
             shared: Arc::new(Shared {
                 cfg,
                 loaded: ArcSwap::from_pointee(loaded),
-                client: client(connect_timeout),
                 audit,
                 metrics,
             }),
@@ -228,9 +225,27 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then waits for open connections to finish.
+    ///
+    /// Connections are accepted here and served by workers, one thread per core, each
+    /// with its own single-threaded runtime and upstream connection pool: a stream's client
+    /// connection, upstream connection and scanning stay on one thread. On the multi-threaded
+    /// runtime they were spread over its workers, and every event woke the other one to steal
+    /// the task (docs/benchmarks.md, "Where scanning's CPU per chunk goes").
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let n = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers: Vec<Worker> = match (0..n)
+            .map(|i| Worker::spawn(i, Arc::clone(&self.shared)))
+            .collect::<std::io::Result<_>>()
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start connection workers");
+                return;
+            }
+        };
+        let mut next = 0usize;
         tokio::pin!(shutdown);
         let admin = self.admin;
         loop {
@@ -257,30 +272,95 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let shared = Arc::clone(&self.shared);
-                    let service = hyper::service::service_fn(move |req| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, Infallible>(handle(shared, req).await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    // Tracked by `graceful`: shutdown waits for it.
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepted connection unusable");
+                            continue;
                         }
-                    });
+                    };
+                    // Round robin: a worker's connections stay on its thread.
+                    let w = &workers[next % workers.len()];
+                    next += 1;
+                    // Tracked by `graceful` from here: shutdown waits for it.
+                    if w.tx.send((stream, peer, graceful.watcher())).is_err() {
+                        tracing::error!(%peer, "connection worker gone; connection dropped");
+                    }
                 }
                 () = &mut shutdown => break,
             }
         }
         graceful.shutdown().await;
+        for w in workers {
+            drop(w.tx);
+            let _ = tokio::task::spawn_blocking(move || w.thread.join()).await;
+        }
         // Every connection is done: the writer writes what is queued, syncs and ends. (A
         // `Handle` may still hold the sink, so this cannot wait for the last sender to drop.)
         self.shared.audit.stop().await;
         if let Some(w) = self.audit_writer {
             let _ = w.await;
         }
+    }
+}
+
+/// An accepted client connection, handed to a worker, watched for graceful shutdown.
+type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    hyper_util::server::graceful::Watcher,
+);
+
+/// A thread serving the connections it is handed on its own single-threaded runtime, with
+/// its own upstream client (pooled upstream connections are driven by the runtime that made
+/// them, so a shared pool would bring the other threads back into every stream).
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(i: usize, shared: Arc<Shared>) -> std::io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+        let thread = std::thread::Builder::new()
+            .name(format!("verbatim-worker-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let client = client(shared.cfg.timeouts.connect);
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // Ends when the server has shut down (every connection done) and drops
+                    // the sender.
+                    while let Some((stream, peer, watcher)) = rx.recv().await {
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "accepted connection unusable");
+                                continue;
+                            }
+                        };
+                        let shared = Arc::clone(&shared);
+                        let client = client.clone();
+                        let service = hyper::service::service_fn(move |req| {
+                            let (shared, client) = (Arc::clone(&shared), client.clone());
+                            async move { Ok::<_, Infallible>(handle(shared, client, req).await) }
+                        });
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        let conn = watcher.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                });
+            })?;
+        Ok(Worker { tx, thread })
     }
 }
 
@@ -380,7 +460,11 @@ async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> 
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    shared: Arc<Shared>,
+    client: HttpsClient,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     // Liveness and readiness are answered here, never forwarded.
     if req.method() == http::Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz") {
         let ready = match req.uri().path() {
@@ -403,7 +487,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         .map(Api::name)
         .unwrap_or("passthrough");
     let id = request_id();
-    let mut resp = forward(Arc::clone(&shared), req, id.clone()).await;
+    let mut resp = forward(Arc::clone(&shared), &client, req, id.clone()).await;
     shared.metrics.request(route, resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-verbatim-request-id", v);
@@ -426,6 +510,7 @@ const AUDIT_REFUSAL: &str =
 
 async fn forward(
     shared: Arc<Shared>,
+    client: &HttpsClient,
     req: Request<Incoming>,
     request_id: String,
 ) -> Response<ProxyBody> {
@@ -539,11 +624,8 @@ async fn forward(
         }
     };
 
-    let resp = match tokio::time::timeout(
-        cfg.timeouts.first_byte,
-        shared.client.request(upstream_req),
-    )
-    .await
+    let resp = match tokio::time::timeout(cfg.timeouts.first_byte, client.request(upstream_req))
+        .await
     {
         Err(_) => {
             tracing::warn!(upstream = %base, timeout = ?cfg.timeouts.first_byte, "upstream did not answer in time");
