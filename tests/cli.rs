@@ -213,6 +213,23 @@ fn build_info_verify_round_trip() {
     assert_eq!(verify.status.code(), Some(0));
 }
 
+/// `verbatim scan --format jsonl FILE` with the built-in license index cached under `dir`,
+/// which must find something (exit 1); its output.
+fn scan_with_findings(file: &std::path::Path, dir: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args(["scan", "--format", "jsonl", file.to_str().unwrap()])
+        .env("VERBATIM_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn scan_names_a_reproduced_license_and_reports_license_markers() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,19 +247,7 @@ fn scan_names_a_reproduced_license_and_reports_license_markers() {
         format!("# SPDX-License-Identifier: Apache 2\n# Copyright 2023 Example\n\n{half}\n"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["scan", "--format", "jsonl", f.to_str().unwrap()])
-        .env("VERBATIM_CACHE_DIR", dir.path().join("cache"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let lines: Vec<serde_json::Value> = scan_with_findings(&f, dir.path())
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -274,18 +279,7 @@ fn scan_reports_input_offsets_when_the_input_is_not_utf8() {
     let scan = |prefix: &[u8]| {
         let f = dir.path().join("answer.txt");
         std::fs::write(&f, [prefix, notice.as_bytes()].concat()).unwrap();
-        let out = Command::new(BIN)
-            .args(["scan", "--format", "jsonl", f.to_str().unwrap()])
-            .env("VERBATIM_CACHE_DIR", dir.path().join("cache"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        scan_with_findings(&f, dir.path())
     };
     let ascii = scan(&b" ".repeat(100));
     let invalid = scan(&b"\xff\xfe".repeat(50));
