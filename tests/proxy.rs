@@ -1147,3 +1147,55 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
         .unwrap();
     assert!((0.85..1.0).contains(&sim), "similarity {sim}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
+    // Connections are served by worker threads; a shutdown must still wait for every stream
+    // they carry, whichever worker has it, and then end the workers.
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let upstream = openai_stream(&text, 16);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.delay = Duration::from_millis(15);
+    let mock = start(reply).await;
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_openai: format!("http://{}", mock.addr).parse().unwrap(),
+        upstream_anthropic: format!("http://{}", mock.addr).parse().unwrap(),
+        ..Config::default()
+    };
+    let server = Server::bind(cfg, vec![Arc::new(Index::open(FIXTURE).unwrap())])
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let streams: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(
+                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(streams.iter().all(|s| !s.is_finished()), "not in flight");
+    stop.send(()).unwrap();
+    for st in streams {
+        let (status, _, body) = st.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            Bytes::from(upstream.clone()),
+            "a stream was cut short"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the server did not stop after its streams ended")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after shutdown"
+    );
+}
