@@ -741,14 +741,7 @@ async fn reload_under_load_keeps_every_stream_and_a_bad_reload_keeps_the_old_pol
     .await;
     let admin_addr = p.admin.unwrap();
     // Eight streams in flight under the log-only policy…
-    let streams: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = p.addr;
-            tokio::spawn(
-                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
-            )
-        })
-        .collect();
+    let streams = chat_streams(p.addr, 8);
     tokio::time::sleep(Duration::from_millis(150)).await;
     // …when the policy changes to blocking.
     std::fs::write(
@@ -758,15 +751,8 @@ async fn reload_under_load_keeps_every_stream_and_a_bad_reload_keeps_the_old_pol
     .unwrap();
     let (s, body) = admin(admin_addr, "POST", "/admin/reload").await;
     assert_eq!((s, body.as_str()), (200, "reloaded\n"));
-    for st in streams {
-        let (status, _, body) = st.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(
-            body,
-            Bytes::from(upstream.clone()),
-            "an in-flight stream finishes under the policy it started with"
-        );
-    }
+    // An in-flight stream finishes under the policy it started with.
+    expect_whole(streams, &upstream).await;
     mock.reply.lock().unwrap().delay = Duration::ZERO;
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
     let evs = events(&body);
@@ -1171,25 +1157,11 @@ async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
     let running = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let streams: Vec<_> = (0..6)
-        .map(|_| {
-            tokio::spawn(
-                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
-            )
-        })
-        .collect();
+    let streams = chat_streams(addr, 6);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(streams.iter().all(|s| !s.is_finished()), "not in flight");
     stop.send(()).unwrap();
-    for st in streams {
-        let (status, _, body) = st.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(
-            body,
-            Bytes::from(upstream.clone()),
-            "a stream was cut short"
-        );
-    }
+    expect_whole(streams, &upstream).await;
     tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("the server did not stop after its streams ended")
@@ -1198,4 +1170,30 @@ async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still listening after shutdown"
     );
+}
+
+type Answer = (u16, http::HeaderMap, Bytes);
+
+/// `n` streamed chat requests to the proxy at `addr`, under way at once.
+fn chat_streams(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<Answer>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(
+                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
+            )
+        })
+        .collect()
+}
+
+/// Every one of `streams` answered 200 with the upstream's stream, whole and unchanged.
+async fn expect_whole(streams: Vec<tokio::task::JoinHandle<Answer>>, upstream: &[u8]) {
+    for st in streams {
+        let (status, _, body) = st.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            Bytes::copy_from_slice(upstream),
+            "a stream was not relayed whole"
+        );
+    }
 }
