@@ -245,7 +245,7 @@ impl Server {
                 return;
             }
         };
-        let mut next = 0usize;
+        use std::sync::atomic::Ordering::Relaxed;
         tokio::pin!(shutdown);
         let admin = self.admin;
         loop {
@@ -279,11 +279,13 @@ impl Server {
                             continue;
                         }
                     };
-                    // Round robin: a worker's connections stay on its thread.
-                    let w = &workers[next % workers.len()];
-                    next += 1;
+                    // To the worker with the fewest connections open (connections end at
+                    // different times; round robin would let one worker collect the long
+                    // ones). A connection stays on its worker's thread.
+                    let w = &workers[least_loaded(workers.iter().map(|w| w.live.load(Relaxed)))];
+                    let live = Live::new(&w.live);
                     // Tracked by `graceful` from here: shutdown waits for it.
-                    if w.tx.send((stream, peer, graceful.watcher())).is_err() {
+                    if w.tx.send((stream, peer, graceful.watcher(), live)).is_err() {
                         tracing::error!(%peer, "connection worker gone; connection dropped");
                     }
                 }
@@ -304,12 +306,39 @@ impl Server {
     }
 }
 
-/// An accepted client connection, handed to a worker, watched for graceful shutdown.
+/// An accepted client connection, handed to a worker, watched for graceful shutdown, counted
+/// in its worker's load while it lives.
 type Accepted = (
     std::net::TcpStream,
     SocketAddr,
     hyper_util::server::graceful::Watcher,
+    Live,
 );
+
+/// One connection in a worker's count of open connections, until dropped (the connection ended,
+/// failed, or never reached the worker).
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Live {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Live(Arc::clone(count))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The index of the smallest load (the first of equal ones).
+fn least_loaded(loads: impl Iterator<Item = usize>) -> usize {
+    loads
+        .enumerate()
+        .min_by_key(|&(i, n)| (n, i))
+        .map_or(0, |(i, _)| i)
+}
 
 /// A thread serving the connections it is handed on its own single-threaded runtime, with
 /// its own upstream client (pooled upstream connections are driven by the runtime that made
@@ -317,6 +346,8 @@ type Accepted = (
 struct Worker {
     tx: tokio::sync::mpsc::UnboundedSender<Accepted>,
     thread: std::thread::JoinHandle<()>,
+    /// Connections handed to it and not yet ended.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Worker {
@@ -334,7 +365,7 @@ impl Worker {
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     // Ends when the server has shut down (every connection done) and drops
                     // the sender.
-                    while let Some((stream, peer, watcher)) = rx.recv().await {
+                    while let Some((stream, peer, watcher, live)) = rx.recv().await {
                         let stream = match tokio::net::TcpStream::from_std(stream) {
                             Ok(s) => s,
                             Err(e) => {
@@ -353,6 +384,7 @@ impl Worker {
                             .into_owned();
                         let conn = watcher.watch(conn);
                         tokio::spawn(async move {
+                            let _live = live;
                             if let Err(e) = conn.await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
@@ -360,7 +392,11 @@ impl Worker {
                     }
                 });
             })?;
-        Ok(Worker { tx, thread })
+        Ok(Worker {
+            tx,
+            thread,
+            live: Arc::default(),
+        })
     }
 }
 
@@ -1070,5 +1106,36 @@ impl Body for PipelineBody {
                 Poll::Ready(None) => this.upstream = None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_least_loaded_worker_and_leave_its_count_when_they_end() {
+        let counts: Vec<Arc<std::sync::atomic::AtomicUsize>> =
+            (0..3).map(|_| Arc::default()).collect();
+        let load = || {
+            counts
+                .iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let mut open = Vec::new();
+        for _ in 0..6 {
+            let i = least_loaded(load());
+            open.push((i, Live::new(&counts[i])));
+        }
+        // Filled evenly, the first of equals first.
+        let picked: Vec<usize> = open.iter().map(|(i, _)| *i).collect();
+        assert_eq!(picked, [0, 1, 2, 0, 1, 2]);
+        // Worker 1's two connections end: it is the one to take the next two.
+        open.retain(|(i, _)| *i != 1);
+        assert_eq!(load().collect::<Vec<_>>(), [2, 0, 2]);
+        assert_eq!(least_loaded(load()), 1);
+        drop(open);
+        assert_eq!(load().collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!(least_loaded(std::iter::empty()), 0);
     }
 }
