@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -54,6 +55,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     audit_writer: Option<tokio::task::JoinHandle<()>>,
+    /// Started with the server, idle until it runs; they end when it is dropped.
+    workers: Vec<Worker>,
 }
 
 /// Controls a running proxy (reload); cheap to clone.
@@ -146,6 +149,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the connection worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// The upstream client: TLS with the bundled Mozilla roots (works offline and in minimal
@@ -196,16 +201,23 @@ impl Server {
         };
         let metrics = Metrics::default();
         set_loaded_metrics(&metrics, &loaded);
+        let shared = Arc::new(Shared {
+            cfg,
+            loaded: ArcSwap::from_pointee(loaded),
+            audit,
+            metrics,
+        });
+        let n = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers = (0..n)
+            .map(|i| Worker::spawn(i, Arc::clone(&shared)))
+            .collect::<std::io::Result<_>>()
+            .map_err(ServeError::Workers)?;
         Ok(Server {
             listener,
             admin,
-            shared: Arc::new(Shared {
-                cfg,
-                loaded: ArcSwap::from_pointee(loaded),
-                audit,
-                metrics,
-            }),
+            shared,
             audit_writer,
+            workers,
         })
     }
 
@@ -234,18 +246,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let n = std::thread::available_parallelism().map_or(1, usize::from);
-        let workers: Vec<Worker> = match (0..n)
-            .map(|i| Worker::spawn(i, Arc::clone(&self.shared)))
-            .collect::<std::io::Result<_>>()
-        {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start connection workers");
-                return;
-            }
-        };
-        use std::sync::atomic::Ordering::Relaxed;
+        let workers = self.workers;
         tokio::pin!(shutdown);
         let admin = self.admin;
         loop {
@@ -317,18 +318,18 @@ type Accepted = (
 
 /// One connection in a worker's count of open connections, until dropped (the connection ended,
 /// failed, or never reached the worker).
-struct Live(Arc<std::sync::atomic::AtomicUsize>);
+struct Live(Arc<AtomicUsize>);
 
 impl Live {
-    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Live {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn new(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Relaxed);
         Live(Arc::clone(count))
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -347,7 +348,7 @@ struct Worker {
     tx: tokio::sync::mpsc::UnboundedSender<Accepted>,
     thread: std::thread::JoinHandle<()>,
     /// Connections handed to it and not yet ended.
-    live: Arc<std::sync::atomic::AtomicUsize>,
+    live: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -1115,13 +1116,8 @@ mod tests {
 
     #[test]
     fn connections_go_to_the_least_loaded_worker_and_leave_its_count_when_they_end() {
-        let counts: Vec<Arc<std::sync::atomic::AtomicUsize>> =
-            (0..3).map(|_| Arc::default()).collect();
-        let load = || {
-            counts
-                .iter()
-                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-        };
+        let counts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+        let load = || counts.iter().map(|c| c.load(Relaxed));
         let mut open = Vec::new();
         for _ in 0..6 {
             let i = least_loaded(load());
