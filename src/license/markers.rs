@@ -413,12 +413,13 @@ fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
         .min()?;
     if !line.is_char_boundary(pos.0) || lower.len() != line.len() {
         // Non-ASCII case mapping changed lengths; fall back to the whole line.
-        return copyright_fields(line, line, line_start);
+        return copyright_fields(line, line_start);
     }
-    copyright_fields(line, &line[pos.0..], line_start + pos.0 as u64)
+    copyright_fields(&line[pos.0..], line_start + pos.0 as u64)
 }
 
-fn copyright_fields(line: &str, from: &str, start: u64) -> Option<Marker> {
+/// The notice's fields from `from`, the line from its first marker on (at offset `start`).
+fn copyright_fields(from: &str, start: u64) -> Option<Marker> {
     let mut rest = from;
     let mut sign = false;
     let mut word = false;
@@ -467,7 +468,6 @@ fn copyright_fields(line: &str, from: &str, start: u64) -> Option<Marker> {
         // Control characters are not in a notice: a `©` (bytes C2 A9) in binary data.
         return None;
     }
-    let _ = line;
     let mut m = Marker::new(
         MarkerKind::Copyright,
         start,
