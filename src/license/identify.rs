@@ -152,11 +152,75 @@ fn strip_numbering(mut l: &str) -> &str {
     }
 }
 
-fn fold(w: &str) -> String {
-    let lower = w.to_lowercase();
-    match VARIETAL.iter().find(|(from, _)| *from == lower) {
-        Some((_, to)) => (*to).to_string(),
-        None => lower,
+/// [`VARIETAL`] as a map: every word of every scanned line is looked up in it.
+static VARIETAL_MAP: LazyLock<rustc_hash::FxHashMap<&'static str, &'static str>> =
+    LazyLock::new(|| VARIETAL.iter().copied().collect());
+
+/// `w` lower-cased and its varietal spelling folded, written into `scratch`; returns the
+/// folded word (in `scratch`, or the static spelling it folds to).
+fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
+    scratch.clear();
+    if w.is_ascii() {
+        scratch.push_str(w);
+        scratch.make_ascii_lowercase();
+    } else {
+        // `str::to_lowercase`, not per char: a final sigma lower-cases by its position.
+        scratch.push_str(&w.to_lowercase());
+    }
+    if !LenFirst::VARIETAL.may_hold(scratch) {
+        return scratch;
+    }
+    match VARIETAL_MAP.get(scratch.as_str()) {
+        Some(to) => to,
+        None => scratch,
+    }
+}
+
+/// Which (length, first byte, last byte) triples the words of a small set have, hashed to one
+/// of 8,192 bits: a word whose bit is clear is not in the set, found without a hash table. Most words of a text are in
+/// neither [`VARIETAL`] nor the marker scanner's phrase starts, and both are asked about
+/// every word.
+pub(crate) struct LenFirst([u64; 128]);
+
+impl LenFirst {
+    const VARIETAL: LenFirst = {
+        let mut m = LenFirst::EMPTY;
+        let mut i = 0;
+        while i < VARIETAL.len() {
+            m = m.with(VARIETAL[i].0);
+            i += 1;
+        }
+        m
+    };
+
+    pub(crate) const EMPTY: LenFirst = LenFirst([0; 128]);
+
+    /// The set so far, with `w` added.
+    pub(crate) const fn with(mut self, w: &str) -> LenFirst {
+        let b = w.as_bytes();
+        if !b.is_empty() {
+            let bit = Self::bit(b);
+            self.0[bit / 64] |= 1 << (bit % 64);
+        }
+        self
+    }
+
+    /// False when no word of the set has `w`'s length and first byte.
+    #[inline]
+    pub(crate) fn may_hold(&self, w: &str) -> bool {
+        let b = w.as_bytes();
+        if b.is_empty() {
+            return false;
+        }
+        let bit = Self::bit(b);
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// One of 8,192 bits (`b` is not empty): the length (long words share the last of 8
+    /// values), the first and the last byte (32 values each).
+    const fn bit(b: &[u8]) -> usize {
+        let l = if b.len() > 7 { 7 } else { b.len() };
+        (l << 10) | (((b[0] & 31) as usize) << 5) | (b[b.len() - 1] & 31) as usize
     }
 }
 
@@ -173,6 +237,22 @@ pub fn words_keeping_numbers(text: &str) -> Vec<(String, (usize, usize))> {
 
 fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
     let mut out = Vec::new();
+    for_each_word(text, numbers, &mut String::new(), |w, span| {
+        out.push((w.to_string(), span))
+    });
+    out
+}
+
+/// Calls `f` with each word of `text` (folded: lower-cased, varietal spellings unified) and
+/// its byte range, as [`words`] (or, with `numbers`, [`words_keeping_numbers`]) lists them,
+/// without a `String` per word: `scratch` holds the word being folded. The license marker
+/// scanner runs this over every line of every answer.
+pub(crate) fn for_each_word(
+    text: &str,
+    numbers: bool,
+    scratch: &mut String,
+    mut f: impl FnMut(&str, (usize, usize)),
+) {
     let base = text.as_ptr() as usize;
     for line in text.lines() {
         let rest = strip_prefix(line);
@@ -180,32 +260,50 @@ fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
             continue;
         }
         let rest = strip_numbering(rest);
-        let mut start = None;
         let off = rest.as_ptr() as usize - base;
+        // Short numbers and single letters are dropped wherever they stand: section and list
+        // markers ("1.", "2.1.", "a)") move to the middle of a line when text is rewrapped,
+        // where they cannot be told from the rest.
+        let mut word = |s: usize, i: usize, scratch: &mut String| {
+            let w = &rest[s..i];
+            let marker =
+                w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit()) || w.chars().nth(1).is_none();
+            if numbers || !marker {
+                f(fold_into(w, scratch), (off + s, off + i));
+            }
+        };
+        if rest.is_ascii() {
+            // Most lines: a word is a run of ASCII letters and digits.
+            let b = rest.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if !b[i].is_ascii_alphanumeric() {
+                    i += 1;
+                    continue;
+                }
+                let s = i;
+                while i < b.len() && b[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+                word(s, i, scratch);
+            }
+            continue;
+        }
+        let mut start = None;
         for (i, c) in rest
             .char_indices()
             .chain(std::iter::once((rest.len(), ' ')))
         {
-            let word = c.is_alphanumeric();
-            match (word, start) {
+            match (c.is_alphanumeric(), start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
-                    // Short numbers and single letters are dropped wherever they stand:
-                    // section and list markers ("1.", "2.1.", "a)") move to the middle of a
-                    // line when text is rewrapped, where they cannot be told from the rest.
-                    let w = &rest[s..i];
-                    let marker = w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit())
-                        || w.chars().count() == 1;
-                    if numbers || !marker {
-                        out.push((fold(w), (off + s, off + i)));
-                    }
+                    word(s, i, scratch);
                     start = None;
                 }
                 _ => {}
             }
         }
     }
-    out
 }
 
 fn bigrams(words: &[(String, (usize, usize))]) -> Vec<u64> {
@@ -398,5 +496,78 @@ impl LicenseDb {
                 .get(1)
                 .map(|&(l, s, _)| (self.entries[l as usize].id.to_string(), s)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The word list as it was computed before [`super::for_each_word`]: a `String` per word,
+    /// every character tested with `char::is_alphanumeric`, varietal spellings found by a
+    /// linear search. Kept as the reference the fast path must agree with.
+    fn reference(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
+        let fold = |w: &str| {
+            let lower = w.to_lowercase();
+            match super::VARIETAL.iter().find(|(from, _)| *from == lower) {
+                Some((_, to)) => (*to).to_string(),
+                None => lower,
+            }
+        };
+        let mut out = Vec::new();
+        let base = text.as_ptr() as usize;
+        for line in text.lines() {
+            let rest = super::strip_prefix(line);
+            if super::is_copyright_line(rest) {
+                continue;
+            }
+            let rest = super::strip_numbering(rest);
+            let mut start = None;
+            let off = rest.as_ptr() as usize - base;
+            for (i, c) in rest
+                .char_indices()
+                .chain(std::iter::once((rest.len(), ' ')))
+            {
+                match (c.is_alphanumeric(), start) {
+                    (true, None) => start = Some(i),
+                    (false, Some(s)) => {
+                        let w = &rest[s..i];
+                        let marker = w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit())
+                            || w.chars().count() == 1;
+                        if numbers || !marker {
+                            out.push((fold(w), (off + s, off + i)));
+                        }
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+        /// Same words, folded the same, at the same offsets as the reference, on license-like
+        /// ASCII lines (comment prefixes, numbering, copyright lines, varietal spellings) and
+        /// on lines with other characters (final sigma, letters that lower-case to several).
+        #[test]
+        fn words_agree_with_the_reference(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "[ /*#;>-]{0,4}(\\(?[0-9a-c]{1,3}[.)] )?[A-Za-z0-9 ,.'()-]{0,40}",
+                    "(Copyright|\\(C\\)|©|All rights reserved) [0-9]{0,4} [A-Za-z ]{0,12}",
+                    "(Licence|CENTRE|Whilst|organisation|x|7|123|1234) [a-z]{1,6}",
+                    "[ΣσςΑΒΓßİẞa-zÉé0-9 .,-]{0,30}",
+                    "\\PC{0,20}",
+                ],
+                0..6,
+            ),
+            crlf in any::<bool>(),
+            numbers in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            prop_assert_eq!(super::words_with(&text, numbers), reference(&text, numbers));
+        }
     }
 }

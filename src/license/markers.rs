@@ -255,6 +255,34 @@ static FIRST_WORDS: LazyLock<rustc_hash::FxHashSet<&'static str>> = LazyLock::ne
         .collect()
 });
 
+/// The phrases of one word, and the first two words of the others: a word that starts a
+/// phrase is searched from only if it is one of the first or the next word makes one of the
+/// second (most "the", "open" or "public" start none), without running the automaton.
+static ONE_WORD: LazyLock<rustc_hash::FxHashSet<&'static str>> = LazyLock::new(|| {
+    PHRASES
+        .iter()
+        .filter(|p| !p.words.contains(' '))
+        .map(|p| &*p.words)
+        .collect()
+});
+static FIRST_TWO: LazyLock<rustc_hash::FxHashSet<(&'static str, &'static str)>> =
+    LazyLock::new(|| {
+        PHRASES
+            .iter()
+            .filter_map(|p| {
+                let mut w = p.words.split(' ');
+                Some((w.next()?, w.next()?))
+            })
+            .collect()
+    });
+
+/// [`FIRST_WORDS`]' lengths and first bytes, asked first (most words start no phrase).
+static FIRST_WORDS_PREFILTER: LazyLock<super::identify::LenFirst> = LazyLock::new(|| {
+    FIRST_WORDS
+        .iter()
+        .fold(super::identify::LenFirst::EMPTY, |m, w| m.with(w))
+});
+
 static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
     // Patterns are padded with spaces so they match whole words in " w1 w2 … " text.
     #[allow(clippy::expect_used)] // a fixed, valid pattern set
@@ -378,31 +406,42 @@ fn spdx_line(m: &mut Marker, rest: &str) {
     }
 }
 
-/// The three ways a copyright notice starts, ASCII case-insensitively: a line without any of
-/// them (most lines) is rejected without a lower-cased copy.
-static COPYRIGHT_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    #[allow(clippy::expect_used)] // a fixed, valid pattern set
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(["copyright", "©", "(c)"])
-        .expect("valid patterns")
-});
+/// Whether an ASCII line holds `copyright` or `(c)` in any ASCII case (the ways a notice
+/// starts but `©`, which is not ASCII): a line without them (most lines) is rejected without
+/// a lower-cased copy. Found by the bytes they start with (`memchr`, which tests 32
+/// bytes at a time) rather than an automaton stepping every byte: every line of every answer
+/// is asked, and an aho-corasick automaton over these three patterns, which have four
+/// distinct first bytes in any case, gets no prefilter.
+fn ascii_may_hold_copyright(line: &[u8]) -> bool {
+    memchr::memchr3_iter(b'c', b'C', b'(', line).any(|i| {
+        let r = &line[i..];
+        if r[0] == b'(' {
+            r.len() >= 3 && r[1].eq_ignore_ascii_case(&b'c') && r[2] == b')'
+        } else {
+            r.len() >= 9 && r[..9].eq_ignore_ascii_case(b"copyright")
+        }
+    })
+}
 
-/// `SPDX-License-Identifier:` in any ASCII case; offsets are the line's own.
-static SPDX_AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    #[allow(clippy::expect_used)] // a fixed, valid pattern
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(["spdx-license-identifier:"])
-        .expect("valid pattern")
-});
+/// Where `SPDX-License-Identifier:` starts in a line, in any ASCII case (the leftmost). Found
+/// by its `x`, a rare letter, with `memchr`; the reasons are [`ascii_may_hold_copyright`]'s.
+fn spdx_tag(line: &str) -> Option<usize> {
+    const TAG: &[u8] = b"spdx-license-identifier:";
+    let b = line.as_bytes();
+    memchr::memchr2_iter(b'x', b'X', b).find_map(|i| {
+        let start = i.checked_sub(3)?;
+        b.get(start..start + TAG.len())
+            .filter(|w| w.eq_ignore_ascii_case(TAG))
+            .map(|_| start)
+    })
+}
 
 /// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
 /// sign (so prose about copyright law is not a notice).
 fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
     // For ASCII text, ASCII case-insensitive matching finds what lower-casing would; a line
     // with other characters takes the general path below.
-    if line.is_ascii() && !COPYRIGHT_AC.is_match(line) {
+    if line.is_ascii() && !ascii_may_hold_copyright(line.as_bytes()) {
         return None;
     }
     let lower = line.to_lowercase();
@@ -500,6 +539,8 @@ pub struct MarkerScanner {
     /// Spans of recent `SPDX-License-Identifier` lines: the names inside them are not
     /// markers of their own.
     spdx_lines: Vec<(u64, u64)>,
+    /// The word being folded.
+    scratch: String,
 }
 
 impl MarkerScanner {
@@ -509,9 +550,14 @@ impl MarkerScanner {
 
     pub fn push(&mut self, text: &str) {
         let mut rest = text;
-        while let Some(i) = rest.find('\n') {
-            self.line.push_str(&rest[..i]);
-            self.end_line();
+        while let Some(i) = memchr::memchr(b'\n', rest.as_bytes()) {
+            if self.line.is_empty() {
+                // A whole line in `text`: read where it is, not copied.
+                self.line_done(&rest[..i]);
+            } else {
+                self.line.push_str(&rest[..i]);
+                self.end_line();
+            }
             self.line_start += 1; // the newline
             rest = &rest[i + 1..];
         }
@@ -531,10 +577,18 @@ impl MarkerScanner {
         std::mem::take(&mut self.found)
     }
 
+    /// The buffered line is complete.
     fn end_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
+        let mut line = std::mem::take(&mut self.line);
+        self.line_done(&line);
+        // The line's buffer is kept for the next line.
+        line.clear();
+        self.line = line;
+    }
+
+    fn line_done(&mut self, line: &str) {
         let start = self.line_start;
-        if let Some(i) = SPDX_AC.find(&line).map(|m| m.start()) {
+        if let Some(i) = spdx_tag(line) {
             let mut m = Marker::new(
                 MarkerKind::SpdxIdentifier,
                 start + i as u64,
@@ -546,25 +600,38 @@ impl MarkerScanner {
             }
             self.spdx_lines.push((m.start, m.end));
             self.found.push(m);
-        } else if let Some(m) = copyright_line(&line, start) {
+        } else if let Some(m) = copyright_line(line, start) {
             self.found.push(m);
         }
         if self.joined.is_empty() {
             self.joined.push(' ');
         }
-        for (w, (s, e)) in super::identify::words_keeping_numbers(&line) {
-            self.word_at.push(self.joined.len());
-            self.joined.push_str(&w);
-            self.joined.push(' ');
-            self.starts.push(FIRST_WORDS.contains(w.as_str()));
-            self.words.push((start + s as u64, start + e as u64));
-        }
+        let (joined, word_at, starts, words) = (
+            &mut self.joined,
+            &mut self.word_at,
+            &mut self.starts,
+            &mut self.words,
+        );
+        let prefilter = &*FIRST_WORDS_PREFILTER;
+        super::identify::for_each_word(line, true, &mut self.scratch, |w, (s, e)| {
+            word_at.push(joined.len());
+            joined.push_str(w);
+            joined.push(' ');
+            starts.push(prefilter.may_hold(w) && FIRST_WORDS.contains(w));
+            words.push((start + s as u64, start + e as u64));
+        });
         self.line_start = start + line.len() as u64;
-        // The line's buffer is kept for the next line.
-        let mut line = line;
-        line.clear();
-        self.line = line;
         self.search(false);
+    }
+
+    /// Word `i` (of `words`).
+    fn word(&self, i: usize) -> &str {
+        let end = self
+            .word_at
+            .get(i + 1)
+            .copied()
+            .unwrap_or(self.joined.len());
+        &self.joined[self.word_at[i]..end - 1]
     }
 
     /// Words `from..to` as " w_from … w_(to−1) " (a single space when empty).
@@ -589,6 +656,15 @@ impl MarkerScanner {
         for first in from..self.words.len() {
             if first < next_free || !self.starts[first] {
                 continue;
+            }
+            let w = self.word(first);
+            if !ONE_WORD.contains(w) {
+                // A longer phrase needs the next word; without it (the last word so far), the
+                // next search, whose overlap holds this word, tries again.
+                if first + 1 == self.words.len() || !FIRST_TWO.contains(&(w, self.word(first + 1)))
+                {
+                    continue;
+                }
             }
             // The space before the word: patterns are " w1 … wn ".
             let at = self.word_at[first] - 1;
@@ -670,4 +746,53 @@ pub fn scan(text: &str) -> Vec<Marker> {
     s.push(text);
     s.finish();
     s.take()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+        /// The byte searches find what an ASCII case-insensitive aho-corasick search of the
+        /// same patterns finds (the implementation they replaced), at the same place.
+        #[test]
+        fn tag_and_notice_searches_agree_with_aho_corasick(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z (),:-]{0,12}",
+                    "(SPDX|spdx|SpDx)-(License|LICENSE)-(Identifier|identifiEr)(:|)",
+                    "(Copyright|COPYRIGHT|copyrigh|\\(c\\)|\\(C\\)|\\(c|©|x|X)",
+                    "\\PC{0,6}",
+                ],
+                0..8,
+            ),
+        ) {
+            let line: String = parts.concat();
+            let ci = |p: &[&str]| {
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(p)
+                    .expect("valid patterns")
+            };
+            let spdx = ci(&["spdx-license-identifier:"]).find(&line).map(|m| m.start());
+            prop_assert_eq!(super::spdx_tag(&line), spdx);
+            if line.is_ascii() {
+                let notice = ci(&["copyright", "©", "(c)"]).is_match(&line);
+                prop_assert_eq!(super::ascii_may_hold_copyright(line.as_bytes()), notice);
+            }
+        }
+    }
+
+    /// The prefilter may let words through that start no phrase, never the other way round.
+    #[test]
+    fn the_first_word_prefilter_holds_every_first_word() {
+        let missed: Vec<_> = super::FIRST_WORDS
+            .iter()
+            .filter(|w| !super::FIRST_WORDS_PREFILTER.may_hold(w))
+            .collect();
+        assert!(missed.is_empty(), "{missed:?}");
+        assert!(super::FIRST_WORDS.len() > 100, "SPDX names are among them");
+        assert!(!super::FIRST_WORDS_PREFILTER.may_hold("zzzzzzzzzzzzzzzzzzzz"));
+    }
 }
