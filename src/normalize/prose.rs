@@ -19,16 +19,48 @@ use super::{Channel, Unit};
 use crate::hash::unit_hash;
 
 /// Buffers prose until it can be segmented without depending on where chunks were cut.
+/// The buffer holds only text after the last safe cut so far (no safe cut inside it): a push
+/// completes it up to the first safe cut of the new text, and the rest of the new text is
+/// segmented where it is, up to its last safe cut, without being copied.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ProseTokenizer {
     buf: String,
     /// Absolute byte offset of `buf[0]` in the stream.
     buf_start: u64,
-    /// Bytes of `buf` already searched for whitespace (so appends cost O(new bytes)).
-    searched: usize,
-    /// Start of the last whitespace char in `buf` (a safe cut), if any.
-    last_ws: Option<usize>,
     scratch: String,
+}
+
+/// Whether `c` may be a safe cut (see the module documentation), its previous character
+/// allowing.
+fn cut_char(c: char) -> bool {
+    // No-break spaces are not word separators to UAX #29 (U+202F is even ExtendNumLet,
+    // joining the words around it).
+    c.is_whitespace() && !matches!(c, '\u{A0}' | '\u{2007}' | '\u{202F}')
+}
+
+/// The first safe cut in `text`, `prev` being the character before it (if any).
+fn first_cut(text: &str, mut prev: Option<char>) -> Option<usize> {
+    for (i, c) in text.char_indices() {
+        if cut_char(c) && prev.is_some_and(breaks_before_space) {
+            return Some(i);
+        }
+        prev = Some(c);
+    }
+    None
+}
+
+/// The last safe cut in `text` (nothing before it: a cut needs a previous character).
+fn last_cut(text: &str) -> Option<usize> {
+    text.char_indices()
+        .rev()
+        .find(|&(i, c)| {
+            cut_char(c)
+                && text[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(breaks_before_space)
+        })
+        .map(|(i, _)| i)
 }
 
 impl ProseTokenizer {
@@ -37,42 +69,51 @@ impl ProseTokenizer {
         (!self.buf.is_empty()).then_some(self.buf_start)
     }
 
-    pub(crate) fn push(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
+    pub(crate) fn push(&mut self, mut text: &str, mut at: u64, out: &mut Vec<Unit>) {
         if text.is_empty() {
             return;
         }
-        if self.buf.is_empty() {
-            self.buf_start = at;
-            self.searched = 0;
-            self.last_ws = None;
+        if !self.buf.is_empty() {
+            match first_cut(text, self.buf.chars().next_back()) {
+                None => {
+                    self.buf.push_str(text);
+                    return;
+                }
+                Some(c) => {
+                    // Everything buffered ends before this cut: segment it all.
+                    self.buf.push_str(&text[..c]);
+                    emit_words(&self.buf, self.buf_start, &mut self.scratch, out);
+                    self.buf.clear();
+                    text = &text[c..];
+                    at += c as u64;
+                }
+            }
         }
-        self.buf.push_str(text);
-        let from = self.searched;
-        let tail = &self.buf[from..];
-        let buf = &self.buf;
-        if let Some((i, _)) = tail.char_indices().rev().find(|&(i, c)| {
-            // No-break spaces are not word separators to UAX #29 (U+202F is even
-            // ExtendNumLet, joining the words around it).
-            c.is_whitespace()
-                && !matches!(c, '\u{A0}' | '\u{2007}' | '\u{202F}')
-                && buf[..from + i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(breaks_before_space)
-        }) {
-            self.last_ws = Some(from + i);
-        }
-        self.searched = self.buf.len();
-        if let Some(cut) = self.last_ws.take() {
-            self.emit_words(cut, out);
-        }
+        // Nothing buffered: segment `text` where it is, up to its last safe cut.
+        let keep = match last_cut(text) {
+            Some(c) => {
+                emit_words(&text[..c], at, &mut self.scratch, out);
+                c
+            }
+            None => 0,
+        };
+        self.buf.push_str(&text[keep..]);
+        self.buf_start = at + keep as u64;
     }
 
-    /// Emits the words of `buf[..cut]` and keeps the rest.
-    fn emit_words(&mut self, cut: usize, out: &mut Vec<Unit>) {
-        let base = self.buf_start;
-        let text = &self.buf[..cut];
-        let scratch = &mut self.scratch;
+    /// Emits everything buffered: the end of a prose section.
+    pub(crate) fn flush(&mut self, out: &mut Vec<Unit>) {
+        if !self.buf.is_empty() {
+            emit_words(&self.buf, self.buf_start, &mut self.scratch, out);
+            self.buf.clear();
+        }
+    }
+}
+
+/// Emits the words of `text`, which starts at offset `base` of the stream and ends at a safe
+/// cut (or at the end of a prose section).
+fn emit_words(text: &str, base: u64, scratch: &mut String, out: &mut Vec<Unit>) {
+    {
         let mut emit = |i: usize, word: &str, hash: Option<u64>| {
             if let Some(hash) = hash {
                 out.push(Unit {
@@ -84,32 +125,41 @@ impl ProseTokenizer {
                 });
             }
         };
-        // Line by line: UAX #29 always breaks after a newline and no rule looks across one, so
-        // each line segments on its own, and one non-ASCII character only slows its own line.
+        // UAX #29 always breaks after a newline and no rule looks across one, so each line
+        // segments on its own: the lines with a non-ASCII character go through the general
+        // segmenter, and each run of ASCII lines between them through `ascii_words` at once.
+        let b = text.as_bytes();
         let mut at = 0;
-        for line in text.split_inclusive('\n') {
-            if line.is_ascii() {
-                ascii_words(line, |i, w| emit(at + i, w, ascii_word_hash(w.as_bytes())));
-            } else {
-                for (i, word) in line.unicode_word_indices() {
-                    emit(at + i, word, word_hash(word, scratch));
-                }
+        while at < b.len() {
+            let (line_start, line_end) = match next_non_ascii(b, at) {
+                None => (b.len(), b.len()),
+                Some(p) => (
+                    memchr::memrchr(b'\n', &b[at..p]).map_or(at, |n| at + n + 1),
+                    memchr::memchr(b'\n', &b[p..]).map_or(b.len(), |n| p + n + 1),
+                ),
+            };
+            ascii_words(&text[at..line_start], |i, w| {
+                emit(at + i, w, ascii_word_hash(w.as_bytes()))
+            });
+            for (i, word) in text[line_start..line_end].unicode_word_indices() {
+                emit(line_start + i, word, word_hash(word, scratch));
             }
-            at += line.len();
+            at = line_end;
         }
-        self.buf.drain(..cut);
-        self.buf_start += cut as u64;
-        self.searched = self.buf.len();
-        self.last_ws = None;
     }
+}
 
-    /// Emits everything buffered: the end of a prose section.
-    pub(crate) fn flush(&mut self, out: &mut Vec<Unit>) {
-        let n = self.buf.len();
-        if n > 0 {
-            self.emit_words(n, out);
+/// The first byte at or after `from` that is not ASCII, eight bytes at a time.
+fn next_non_ascii(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(w) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if w & 0x8080_8080_8080_8080 != 0 {
+            break;
         }
+        i += 8;
     }
+    b[i..].iter().position(|&c| c >= 0x80).map(|p| i + p)
 }
 
 /// Whether UAX #29 always breaks between `prev` and a following whitespace character: `prev`
