@@ -355,5 +355,43 @@ mod ascii_segmentation {
                 .collect();
             prop_assert_eq!(got, want, "text {:?}", s);
         }
+
+        /// Lines with and without non-ASCII characters, mixed: the ASCII lines between two
+        /// non-ASCII ones are segmented together, the others by the general segmenter, and
+        /// the words are UAX #29's, at every chunking.
+        #[test]
+        fn mixed_ascii_and_unicode_lines_segment_as_uax29(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "[a-cA-C0-2_.,;:' \t!?-]{0,30}",
+                    "[a-cé0-2ßΣ日’. ]{0,12}",
+                ],
+                0..8,
+            ),
+            crlf in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let s = lines.join(if crlf { "\r\n" } else { "\n" });
+            let want: Vec<(usize, usize)> = s
+                .unicode_word_indices()
+                .map(|(i, w)| (i, i + w.len()))
+                .filter(|&(a, b)| s[a..b].trim_matches(|c| c == '_' || c == '\'').chars().any(char::is_alphanumeric))
+                .collect();
+            let spans = |units: Vec<verbatim::normalize::Unit>| -> Vec<(usize, usize)> {
+                units.iter().map(|u| (u.start as usize, u.end as usize)).collect()
+            };
+            prop_assert_eq!(spans(normalize(&s, TextKind::Prose)), want.clone(), "text {:?}", s);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < s.len()).collect();
+            cuts.sort_unstable();
+            let mut n = verbatim::normalize::Normalizer::new(TextKind::Prose);
+            let mut out = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([s.len()]) {
+                n.push_bytes(&s.as_bytes()[from..c.max(from)], &mut out);
+                from = c.max(from);
+            }
+            n.finish(&mut out);
+            prop_assert_eq!(spans(out), want, "text {:?} chunked", s);
+        }
     }
 }
