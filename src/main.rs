@@ -239,8 +239,11 @@ struct ScanArgs {
     /// Language of code input (e.g. `rust`, `python`).
     #[arg(long)]
     lang: Option<String>,
-    /// File to scan, or `-` for stdin.
-    input: PathBuf,
+    /// Files or directories to scan (every file under a directory, hidden entries left out;
+    /// binary files found there are skipped), or `-` for stdin. With more than one file, each
+    /// JSON line names its `input`.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -436,24 +439,23 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         dirs.push(builtin_license_index()?);
     }
     let indexes = open_indexes(&dirs)?;
-    let stdin = a.input.as_os_str() == "-";
     let lang = match &a.lang {
         Some(l) => Some(Lang::from_name(l).with_context(|| format!("unknown language `{l}`"))?),
         None => None,
     };
-    let kind = match a.kind {
+    let kind_of = |path: Option<&Path>| match a.kind {
         KindArg::Markdown => TextKind::Markdown,
         KindArg::Prose => TextKind::Prose,
         KindArg::Code => {
-            TextKind::Code(lang.unwrap_or_else(|| match TextKind::from_path(&a.input) {
-                TextKind::Code(l) => l,
-                TextKind::Markdown | TextKind::Prose => Lang::C_LIKE,
+            TextKind::Code(lang.unwrap_or_else(|| match path.map(TextKind::from_path) {
+                Some(TextKind::Code(l)) => l,
+                _ => Lang::C_LIKE,
             }))
         }
-        KindArg::Auto => match lang {
-            Some(l) => TextKind::Code(l),
-            None if stdin => TextKind::Markdown,
-            None => TextKind::from_path(&a.input),
+        KindArg::Auto => match (lang, path) {
+            (Some(l), _) => TextKind::Code(l),
+            (None, None) => TextKind::Markdown,
+            (None, Some(p)) => TextKind::from_path(p),
         },
     };
     let format = a.format.unwrap_or(if io::stdout().is_terminal() {
@@ -461,44 +463,197 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     } else {
         Format::Jsonl
     });
-
-    let mut scanner = Scanner::new(&indexes, kind);
-    let mut input: Box<dyn Read> = if stdin {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(
-            std::fs::File::open(&a.input)
-                .with_context(|| format!("cannot open {}", a.input.display()))?,
-        )
+    // Buffered: stdout alone is line-buffered, one write(2) per finding, and serde_json's many
+    // small writes each searched for a newline (a third of a `scan` with 200,000 findings).
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let scan = |input: &mut dyn Read, kind, skip_binary| {
+        scan_input(&indexes, kind, input, a.no_license_index, skip_binary)
     };
-    // License texts are identified from the copied text, markers found in it, and the text
-    // report quotes it: the input is kept.
+
+    let stdin = a.inputs.iter().any(|p| p.as_os_str() == "-");
+    let single_file = a.inputs.len() == 1 && !a.inputs[0].is_dir();
+    if stdin || single_file {
+        if a.inputs.len() > 1 {
+            anyhow::bail!("`-` (standard input) cannot be scanned together with other inputs");
+        }
+        let input = &a.inputs[0];
+        let mut reader: Box<dyn Read> = if stdin {
+            Box::new(io::stdin().lock())
+        } else {
+            Box::new(
+                std::fs::File::open(input)
+                    .with_context(|| format!("cannot open {}", input.display()))?,
+            )
+        };
+        let kind = kind_of((!stdin).then_some(input.as_path()));
+        let Some((bytes, found)) = scan(&mut *reader, kind, false)
+            .with_context(|| format!("cannot read {}", input.display()))?
+        else {
+            anyhow::bail!("{}: skipped as binary", input.display());
+        };
+        write_scan(
+            &mut out,
+            &input.display().to_string(),
+            None,
+            &bytes,
+            &found,
+            &indexes,
+            format,
+        )?;
+        out.flush()?;
+        return Ok(ExitCode::from(u8::from(found.any())));
+    }
+
+    // Several inputs, or a directory: every file named and every file under a directory
+    // named (hidden entries and links skipped; binary files found there skipped and counted),
+    // scanned in parallel, reported in order, each line naming its input.
+    let mut problems = Vec::new();
+    let mut files: Vec<(PathBuf, bool)> = Vec::new();
+    for input in &a.inputs {
+        if !input.is_dir() {
+            files.push((input.clone(), false));
+            continue;
+        }
+        let walk = walkdir::WalkDir::new(input)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        for e in walk {
+            match e {
+                Ok(e) if e.file_type().is_file() => files.push((e.into_path(), true)),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{}: {e}", input.display())),
+            }
+        }
+    }
+    use rayon::prelude::*;
+    let (mut any, mut binary) = (false, 0usize);
+    // A batch at a time, so a large tree is not held in memory whole.
+    for batch in files.chunks(64) {
+        let results: Vec<FileScan> = batch
+            .par_iter()
+            .map(|(path, walked)| {
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                // Binary files a directory walk found are skipped (a file named on the
+                // command line is scanned whatever it holds).
+                scan(&mut file, kind_of(Some(path)), *walked)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            })
+            .collect();
+        for ((path, _), r) in batch.iter().zip(results) {
+            match r {
+                Ok(Some((bytes, found))) => {
+                    let name = path.display().to_string();
+                    write_scan(
+                        &mut out,
+                        &name,
+                        Some(&name),
+                        &bytes,
+                        &found,
+                        &indexes,
+                        format,
+                    )?;
+                    any |= found.any();
+                }
+                Ok(None) => binary += 1,
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+    }
+    out.flush()?;
+    if binary > 0 {
+        eprintln!("verbatim: {binary} binary files skipped");
+    }
+    for p in &problems {
+        eprintln!("verbatim: {p}");
+    }
+    Ok(ExitCode::from(if !problems.is_empty() {
+        2
+    } else {
+        u8::from(any)
+    }))
+}
+
+/// What a scan of one input found.
+struct Scanned {
+    findings: Vec<(
+        verbatim::matcher::Finding,
+        Option<verbatim::license::identify::Identification>,
+    )>,
+    markers: Vec<verbatim::license::markers::Marker>,
+}
+
+impl Scanned {
+    fn any(&self) -> bool {
+        !self.findings.is_empty() || !self.markers.is_empty()
+    }
+}
+
+/// A file's bytes and what its scan found; `None` for a binary file a directory walk skipped.
+type FileScan = Result<Option<(Vec<u8>, Scanned)>>;
+
+/// Scans one input as it is read. The input is kept: license texts are identified from the
+/// copied text, markers found in it, and the text report quotes it. With `skip_binary`, an
+/// input with a NUL byte in its first 8 KiB is not scanned (`None`), as grep skips binary
+/// files.
+fn scan_input(
+    indexes: &[Arc<Index>],
+    kind: TextKind,
+    input: &mut dyn Read,
+    no_markers: bool,
+    skip_binary: bool,
+) -> io::Result<Option<(Vec<u8>, Scanned)>> {
+    let mut scanner = Scanner::new(indexes, kind);
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        let n = input
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", a.input.display()))?;
+        let n = input.read(&mut buf)?;
         if n == 0 {
             break;
+        }
+        let head = (8usize << 10).saturating_sub(kept.len()).min(n);
+        if skip_binary && buf[..head].contains(&0) {
+            return Ok(None);
         }
         scanner.push_bytes(&buf[..n]);
         kept.extend_from_slice(&buf[..n]);
     }
     scanner.finish();
+    let bytes = &kept;
     let mut findings = scanner.take_findings();
     findings.sort_by_key(|f| (f.output_start, f.output_end, f.index, f.doc));
-
-    // Buffered: stdout alone is line-buffered, one write(2) per finding, and serde_json's many
-    // small writes each searched for a newline (a third of a `scan` with 200,000 findings).
-    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let name = a.input.display().to_string();
     // Offsets in it are the input's (findings and markers are reported at them).
-    let text = verbatim::normalize::text_at_same_offsets(&kept);
+    let text = verbatim::normalize::text_at_same_offsets(bytes);
     // Runs of license texts are one finding per reproduced region, named by its license.
-    let mut findings = verbatim::license::with_regions(findings, &indexes, &text);
+    let mut findings = verbatim::license::with_regions(findings, indexes, &text);
     findings.sort_by_key(|(f, _)| (f.output_start, f.output_end, f.index, f.doc));
-    for (f, id) in &findings {
+    let markers = if no_markers {
+        Vec::new()
+    } else {
+        verbatim::license::markers::scan(&text)
+    };
+    drop(text);
+    Ok(Some((kept, Scanned { findings, markers })))
+}
+
+/// Writes what a scan of `kept` (named `name`) found; JSON lines carry `input` when given.
+fn write_scan(
+    out: &mut impl Write,
+    name: &str,
+    input: Option<&str>,
+    kept: &[u8],
+    found: &Scanned,
+    indexes: &[Arc<Index>],
+    format: Format,
+) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct WithInput<'a, T> {
+        input: &'a str,
+        #[serde(flatten)]
+        line: &'a T,
+    }
+    for (f, id) in &found.findings {
         let Some(mut r) = FindingReport::new(&indexes[f.index], f) else {
             continue;
         };
@@ -507,30 +662,33 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         }
         match format {
             Format::Jsonl => {
-                serde_json::to_writer(&mut out, &r)?;
+                match input {
+                    Some(input) => {
+                        serde_json::to_writer(&mut *out, &WithInput { input, line: &r })?
+                    }
+                    None => serde_json::to_writer(&mut *out, &r)?,
+                }
                 writeln!(out)?;
             }
-            Format::Text => write_text(&mut out, &name, &kept, &r)?,
+            Format::Text => write_text(out, name, kept, &r)?,
         }
     }
-    let markers = if a.no_license_index {
-        Vec::new()
-    } else {
-        verbatim::license::markers::scan(&text)
-    };
-    for m in &markers {
+    for m in &found.markers {
         match format {
             Format::Jsonl => {
                 #[derive(serde::Serialize)]
                 struct Line<'a> {
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    input: Option<&'a str>,
                     kind: &'static str,
                     output_start: u64,
                     output_end: u64,
                     marker: &'a verbatim::license::markers::Marker,
                 }
                 serde_json::to_writer(
-                    &mut out,
+                    &mut *out,
                     &Line {
+                        input,
                         kind: "license-marker",
                         output_start: m.start,
                         output_end: m.end,
@@ -558,12 +716,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
             }
         }
     }
-    out.flush()?;
-    Ok(if findings.is_empty() && markers.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(())
 }
 
 fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport) -> io::Result<()> {

@@ -326,3 +326,117 @@ fn corpus_inspect_prints_each_files_license_and_where_it_came_from() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Several files, or a directory, as a CI gate over generated code runs it: each JSON line
+/// names its input, in order; hidden entries and binary files under a directory are left
+/// out (binary ones counted on stderr); a file named explicitly is scanned whatever it holds.
+#[test]
+fn scan_of_several_files_and_a_directory_names_each_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("tree/sub")).unwrap();
+    std::fs::create_dir_all(d.join("tree/.git")).unwrap();
+    std::fs::write(d.join("tree/b.md"), ANSWER).unwrap();
+    std::fs::write(d.join("tree/sub/a.md"), ANSWER).unwrap();
+    std::fs::write(d.join("tree/clean.txt"), "Nothing copied here at all.\n").unwrap();
+    std::fs::write(d.join("tree/.git/copy.md"), ANSWER).unwrap();
+    let binary = format!("\0\x01\x02{ANSWER}");
+    std::fs::write(d.join("tree/blob.md"), &binary).unwrap();
+    std::fs::write(d.join("named.md"), &binary).unwrap();
+    let p = |s: &str| d.join(s).to_str().unwrap().to_string();
+
+    let out = run(
+        &[
+            "scan",
+            "--index",
+            FIXTURE,
+            "--format",
+            "jsonl",
+            &p("tree"),
+            &p("named.md"),
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inputs: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|v| v["input"].as_str().unwrap().to_string())
+        .collect();
+    // Walked in name order; `.git` and the binary `blob.md` left out; `named.md` scanned.
+    assert_eq!(inputs, [p("tree/b.md"), p("tree/sub/a.md"), p("named.md")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 binary files skipped"), "{err}");
+
+    // The same finding as a scan of the file alone, plus the input's name.
+    let alone = run(&["scan", "--index", FIXTURE, &p("tree/b.md")], None);
+    let mut alone = json_lines(&alone).remove(0);
+    let mut first = json_lines(&out).remove(0);
+    assert_eq!(
+        first.as_object_mut().unwrap().remove("input").unwrap(),
+        p("tree/b.md")
+    );
+    assert!(alone.get("input").is_none());
+    alone.as_object_mut().unwrap().remove("index_id");
+    first.as_object_mut().unwrap().remove("index_id");
+    assert_eq!(first, alone);
+
+    // Only clean files: exit 0, nothing printed.
+    let out = run(
+        &[
+            "scan",
+            "--index",
+            FIXTURE,
+            &p("tree/clean.txt"),
+            &p("tree/clean.txt"),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+/// A file that cannot be read among others: its error on stderr and exit 2, the others still
+/// reported; `-` cannot be mixed with files.
+#[test]
+fn scan_of_several_inputs_reports_what_it_can_and_exits_2_on_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("answer.md");
+    std::fs::write(&f, ANSWER).unwrap();
+    let out = run(
+        &[
+            "scan",
+            "--index",
+            FIXTURE,
+            "/nonexistent/a.md",
+            f.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_lines(&out).len(), 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open /nonexistent/a.md"), "{err}");
+
+    let out = run(
+        &["scan", "--index", FIXTURE, "-", f.to_str().unwrap()],
+        Some(ANSWER),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be scanned together"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
