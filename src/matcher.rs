@@ -888,12 +888,27 @@ impl IndexMatcher {
 /// Where the postings of `postings[i].doc` end (postings are sorted by document). Most
 /// documents hold a key once; a repetitive one (generated tables, test data) may hold it
 /// thousands of times (encoding_rs's `data.rs` tables: 2,678 postings of one key), and a copy
-/// of such a document meets such a key at every unit — so the end is found by binary search,
-/// not by walking.
+/// of such a document meets such a key at every unit — so the end is found by galloping
+/// (steps of 1, 2, 4, … then a binary search inside the last step), not by walking: as cheap
+/// as a binary search for a long run, and for the short runs most repeated keys have, a
+/// search over a few postings instead of over every document after this one.
 fn doc_run_end(postings: &[crate::index::format::Posting], i: usize) -> usize {
     let d = postings[i].doc;
     match postings.get(i + 1) {
-        Some(p) if p.doc == d => i + 1 + postings[i + 1..].partition_point(|p| p.doc == d),
+        Some(p) if p.doc == d => {
+            // postings[lo] is in the run; find the first hi past it.
+            let (mut lo, mut step) = (i + 1, 1);
+            let hi = loop {
+                match postings.get(lo + step) {
+                    Some(p) if p.doc == d => {
+                        lo += step;
+                        step *= 2;
+                    }
+                    _ => break (lo + step).min(postings.len()),
+                }
+            };
+            lo + 1 + postings[lo + 1..hi].partition_point(|p| p.doc == d)
+        }
         _ => i + 1,
     }
 }
@@ -1360,5 +1375,27 @@ impl FindingReport {
         self.license = id.id.clone();
         self.license_source = "identified".into();
         self.coverage = Some((id.coverage * 1000.0).round() / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::index::format::Posting;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The end of a document's postings, found by galloping, is where a walk ends.
+        #[test]
+        fn doc_run_end_is_where_a_walk_ends(runs in proptest::collection::vec(1usize..40, 1..30)) {
+            let postings: Vec<Posting> = runs
+                .iter()
+                .enumerate()
+                .flat_map(|(d, &n)| (0..n).map(move |q| Posting { key: 7, doc: d as u32, pos: q as u32 }))
+                .collect();
+            for i in 0..postings.len() {
+                let walked = i + postings[i..].iter().take_while(|p| p.doc == postings[i].doc).count();
+                prop_assert_eq!(super::doc_run_end(&postings, i), walked, "at {}", i);
+            }
+        }
     }
 }
