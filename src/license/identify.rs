@@ -167,7 +167,7 @@ fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
         // `str::to_lowercase`, not per char: a final sigma lower-cases by its position.
         scratch.push_str(&w.to_lowercase());
     }
-    if !LenFirst::VARIETAL.may_hold(scratch) {
+    if !WordEnds::VARIETAL.may_hold(scratch) {
         return scratch;
     }
     match VARIETAL_MAP.get(scratch.as_str()) {
@@ -176,15 +176,15 @@ fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
     }
 }
 
-/// Which (length, first byte, last byte) triples the words of a small set have, hashed to one
-/// of 8,192 bits: a word whose bit is clear is not in the set, found without a hash table. Most words of a text are in
-/// neither [`VARIETAL`] nor the marker scanner's phrase starts, and both are asked about
-/// every word.
-pub(crate) struct LenFirst([u64; 128]);
+/// Which (length, first byte, last byte) classes the words of a small set have, one bit each
+/// of 8,192 (see [`WordEnds::bit`]): a word whose bit is clear is not in the set, found
+/// without a hash table. Most words of a text are in neither [`VARIETAL`] nor the marker
+/// scanner's phrase starts, and both are asked about every word.
+pub(crate) struct WordEnds([u64; 128]);
 
-impl LenFirst {
-    const VARIETAL: LenFirst = {
-        let mut m = LenFirst::EMPTY;
+impl WordEnds {
+    const VARIETAL: WordEnds = {
+        let mut m = WordEnds::EMPTY;
         let mut i = 0;
         while i < VARIETAL.len() {
             m = m.with(VARIETAL[i].0);
@@ -193,10 +193,10 @@ impl LenFirst {
         m
     };
 
-    pub(crate) const EMPTY: LenFirst = LenFirst([0; 128]);
+    pub(crate) const EMPTY: WordEnds = WordEnds([0; 128]);
 
     /// The set so far, with `w` added.
-    pub(crate) const fn with(mut self, w: &str) -> LenFirst {
+    pub(crate) const fn with(mut self, w: &str) -> WordEnds {
         let b = w.as_bytes();
         if !b.is_empty() {
             let bit = Self::bit(b);
@@ -205,7 +205,7 @@ impl LenFirst {
         self
     }
 
-    /// False when no word of the set has `w`'s length and first byte.
+    /// False when no word of the set is in `w`'s (length, first byte, last byte) class.
     #[inline]
     pub(crate) fn may_hold(&self, w: &str) -> bool {
         let b = w.as_bytes();

@@ -276,11 +276,12 @@ static FIRST_TWO: LazyLock<rustc_hash::FxHashSet<(&'static str, &'static str)>> 
             .collect()
     });
 
-/// [`FIRST_WORDS`]' lengths and first bytes, asked first (most words start no phrase).
-static FIRST_WORDS_PREFILTER: LazyLock<super::identify::LenFirst> = LazyLock::new(|| {
+/// [`FIRST_WORDS`]' lengths and first and last bytes, asked first (most words start no
+/// phrase).
+static FIRST_WORDS_PREFILTER: LazyLock<super::identify::WordEnds> = LazyLock::new(|| {
     FIRST_WORDS
         .iter()
-        .fold(super::identify::LenFirst::EMPTY, |m, w| m.with(w))
+        .fold(super::identify::WordEnds::EMPTY, |m, w| m.with(w))
 });
 
 static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
