@@ -239,8 +239,8 @@ struct ScanArgs {
     /// Language of code input (e.g. `rust`, `python`).
     #[arg(long)]
     lang: Option<String>,
-    /// Files or directories to scan (every file under a directory, hidden entries left out;
-    /// binary files found there are skipped), or `-` for stdin. With more than one file, each
+    /// Files or directories to scan (every file under a directory, hidden entries and links
+    /// left out; binary files found there are skipped), or `-` for stdin. With more than one file, each
     /// JSON line names its `input`.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
