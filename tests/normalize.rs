@@ -333,6 +333,37 @@ fn plain_prose_has_no_fences_but_markdown_does() {
     );
 }
 
+mod markdown_lines {
+    use proptest::prelude::*;
+    use verbatim::normalize::TextKind;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        /// Markdown fed whole (lines that cannot open a fence go to the prose tokenizer in one
+        /// piece) and one byte at a time (every line through the fence check) gives the same
+        /// units: fences opened and closed by backticks and tildes, indented up to three spaces
+        /// or more, code spans and tildes inside lines, comments inside fenced code.
+        #[test]
+        fn markdown_whole_and_byte_by_byte_agree(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "[a-z ,.é]{0,20}",
+                    "( {0,4})(```|~~~|````)(rust|py|)",
+                    "[a-z ]{0,6}(`[a-z]{1,4}`|~)[a-z ]{0,6}",
+                    "( {0,4})(`|~)[a-z]{0,5}",
+                    "(/\\*|\\*/|//|#) ?[a-z]{0,8}",
+                ],
+                0..14,
+            ),
+        ) {
+            let text = lines.join("\n");
+            let b = text.as_bytes();
+            let every: Vec<usize> = (1..b.len()).collect();
+            prop_assert_eq!(super::whole(b, TextKind::Markdown), super::chunked(b, TextKind::Markdown, &every), "{:?}", text);
+        }
+    }
+}
+
 mod ascii_segmentation {
     use proptest::prelude::*;
     use unicode_segmentation::UnicodeSegmentation;

@@ -262,6 +262,25 @@ impl Normalizer {
                 }
                 continue;
             }
+            if self.at_line_start && self.prefix.is_empty() && self.mode == Mode::Prose {
+                // Whole lines that do not start (after at most three spaces) with a backtick or
+                // a tilde cannot open a fence: they are prose, fed in one piece instead of a
+                // line at a time (the prose tokenizer gives the same words however its input
+                // is cut).
+                let rest = &s.as_bytes()[i..];
+                let clear = memchr::memchr2_iter(b'`', b'~', rest)
+                    .find_map(|p| {
+                        let ls = memchr::memrchr(b'\n', &rest[..p]).map_or(0, |n| n + 1);
+                        (p - ls <= 3 && rest[ls..p].iter().all(|&b| b == b' ')).then_some(ls)
+                    })
+                    .unwrap_or(rest.len());
+                if let Some(nl) = memchr::memrchr(b'\n', &rest[..clear]) {
+                    self.prose.push(&s[i..i + nl + 1], at, out);
+                    i += nl + 1;
+                    self.prefix_start = base + i as u64;
+                    continue;
+                }
+            }
             if self.at_line_start {
                 let c = s[i..].chars().next().unwrap_or(' ');
                 if self.prefix.is_empty() {
