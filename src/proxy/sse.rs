@@ -78,7 +78,7 @@ impl SseDecoder {
 fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {
-        let nl = buf[i..].iter().position(|&b| b == b'\n')? + i;
+        let nl = memchr::memchr(b'\n', &buf[i..])? + i;
         // A line ending here; is the next line empty?
         let next = nl + 1;
         if buf.get(next) == Some(&b'\n') {
