@@ -489,7 +489,8 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         let Some((bytes, found)) = scan(&mut *reader, kind, false)
             .with_context(|| format!("cannot read {}", input.display()))?
         else {
-            anyhow::bail!("{}: skipped as binary", input.display());
+            // Not asked to skip binary input, `scan_input` always scans it.
+            anyhow::bail!("{}: not scanned", input.display());
         };
         write_scan(
             &mut out,

@@ -28,6 +28,14 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     c.wait_with_output().unwrap()
 }
 
+/// Each line of a JSON Lines output, parsed.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 const ANSWER: &str = "Here you go:\n\n```rust\npub fn total_owed(columns: &[Column]) -> std::collections::BTreeMap<String, u32> {\n    let mut totals = std::collections::BTreeMap::new();\n    for column in columns {\n        if let Column::Owed { name, shillings } = column {\n            *totals.entry(name.clone()).or_insert(0) += *shillings;\n        }\n    }\n    totals\n}\n```\n";
 
 #[test]
@@ -42,12 +50,8 @@ fn scan_reports_findings_as_json_lines_and_exits_1() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 1, "{text}");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     let v = &lines[0];
     for key in [
         "output_start",
@@ -247,10 +251,7 @@ fn scan_names_a_reproduced_license_and_reports_license_markers() {
         format!("# SPDX-License-Identifier: Apache 2\n# Copyright 2023 Example\n\n{half}\n"),
     )
     .unwrap();
-    let lines: Vec<serde_json::Value> = scan_with_findings(&f, dir.path())
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(scan_with_findings(&f, dir.path()).as_bytes());
     let texts: Vec<_> = lines
         .iter()
         .filter(|l| l["kind"] == "license-text")
@@ -327,13 +328,6 @@ fn corpus_inspect_prints_each_files_license_and_where_it_came_from() {
     }
 }
 
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// Several files, or a directory, as a CI gate over generated code runs it: each JSON line
 /// names its input, in order; hidden entries and binary files under a directory are left
 /// out (binary ones counted on stderr); a file named explicitly is scanned whatever it holds.
@@ -370,7 +364,7 @@ fn scan_of_several_files_and_a_directory_names_each_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let inputs: Vec<String> = json_lines(&out)
+    let inputs: Vec<String> = json_lines(&out.stdout)
         .iter()
         .map(|v| v["input"].as_str().unwrap().to_string())
         .collect();
@@ -381,8 +375,8 @@ fn scan_of_several_files_and_a_directory_names_each_input() {
 
     // The same finding as a scan of the file alone, plus the input's name.
     let alone = run(&["scan", "--index", FIXTURE, &p("tree/b.md")], None);
-    let mut alone = json_lines(&alone).remove(0);
-    let mut first = json_lines(&out).remove(0);
+    let mut alone = json_lines(&alone.stdout).remove(0);
+    let mut first = json_lines(&out.stdout).remove(0);
     assert_eq!(
         first.as_object_mut().unwrap().remove("input").unwrap(),
         p("tree/b.md")
@@ -425,7 +419,7 @@ fn scan_of_several_inputs_reports_what_it_can_and_exits_2_on_an_error() {
         None,
     );
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(json_lines(&out).len(), 1);
+    assert_eq!(json_lines(&out.stdout).len(), 1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open /nonexistent/a.md"), "{err}");
 

@@ -113,39 +113,37 @@ impl ProseTokenizer {
 /// Emits the words of `text`, which starts at offset `base` of the stream and ends at a safe
 /// cut (or at the end of a prose section).
 fn emit_words(text: &str, base: u64, scratch: &mut String, out: &mut Vec<Unit>) {
-    {
-        let mut emit = |i: usize, word: &str, hash: Option<u64>| {
-            if let Some(hash) = hash {
-                out.push(Unit {
-                    class: super::UnitClass::Other,
-                    hash,
-                    start: base + i as u64,
-                    end: base + (i + word.len()) as u64,
-                    channel: Channel::Prose,
-                });
-            }
-        };
-        // UAX #29 always breaks after a newline and no rule looks across one, so each line
-        // segments on its own: the lines with a non-ASCII character go through the general
-        // segmenter, and each run of ASCII lines between them through `ascii_words` at once.
-        let b = text.as_bytes();
-        let mut at = 0;
-        while at < b.len() {
-            let (line_start, line_end) = match next_non_ascii(b, at) {
-                None => (b.len(), b.len()),
-                Some(p) => (
-                    memchr::memrchr(b'\n', &b[at..p]).map_or(at, |n| at + n + 1),
-                    memchr::memchr(b'\n', &b[p..]).map_or(b.len(), |n| p + n + 1),
-                ),
-            };
-            ascii_words(&text[at..line_start], |i, w| {
-                emit(at + i, w, ascii_word_hash(w.as_bytes()))
+    let mut emit = |i: usize, word: &str, hash: Option<u64>| {
+        if let Some(hash) = hash {
+            out.push(Unit {
+                class: super::UnitClass::Other,
+                hash,
+                start: base + i as u64,
+                end: base + (i + word.len()) as u64,
+                channel: Channel::Prose,
             });
-            for (i, word) in text[line_start..line_end].unicode_word_indices() {
-                emit(line_start + i, word, word_hash(word, scratch));
-            }
-            at = line_end;
         }
+    };
+    // UAX #29 always breaks after a newline and no rule looks across one, so each line
+    // segments on its own: the lines with a non-ASCII character go through the general
+    // segmenter, and each run of ASCII lines between them through `ascii_words` at once.
+    let b = text.as_bytes();
+    let mut at = 0;
+    while at < b.len() {
+        let (line_start, line_end) = match next_non_ascii(b, at) {
+            None => (b.len(), b.len()),
+            Some(p) => (
+                memchr::memrchr(b'\n', &b[at..p]).map_or(at, |n| at + n + 1),
+                memchr::memchr(b'\n', &b[p..]).map_or(b.len(), |n| p + n + 1),
+            ),
+        };
+        ascii_words(&text[at..line_start], |i, w| {
+            emit(at + i, w, ascii_word_hash(w.as_bytes()))
+        });
+        for (i, word) in text[line_start..line_end].unicode_word_indices() {
+            emit(line_start + i, word, word_hash(word, scratch));
+        }
+        at = line_end;
     }
 }
 
