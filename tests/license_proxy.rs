@@ -216,3 +216,123 @@ fn concurrent_first_starts_share_one_build_of_the_builtin_index() {
     let entry = verbatim::license::builtin::entry_name();
     assert_eq!(left, [entry.clone(), format!("{entry}.lock")]);
 }
+
+/// The fixture corpus's GPL ledger code, copied into an answer as a fenced block with a
+/// copyright comment inserted inside it: the code channel skips the comment, so the index
+/// finding spans it, and the license layer finds the notice inside that span. Two findings
+/// over one region, both to be redacted.
+fn overlapping_answer() -> (String, &'static str) {
+    let code = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let body = code.split_once("#[derive").unwrap().1;
+    let notice = "// Copyright (C) 2025 Ünïcödé Ltd — «all rights reserved»";
+    let (head, tail) = body.split_once("    Date(String),").unwrap();
+    let copied = format!("#[derive{head}    {notice}\n    Date(String),{tail}");
+    (
+        format!("Here is the ledger code:\n\n```rust\n{copied}```\n\nThat is all — ünïcödé."),
+        notice,
+    )
+}
+
+fn redact_everything() -> Policy {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(
+        &f,
+        "version = 1\nname = \"redact-all\"\n[defaults]\naction = \"redact\"\n",
+    )
+    .unwrap();
+    Policy::load(&f).unwrap()
+}
+
+/// Redactions whose spans overlap (an index finding and a license marker inside it) in a
+/// response that is not streamed: all of the text either covers is replaced, nothing of it is
+/// released, and the text around them is kept whole.
+#[test]
+fn overlapping_redactions_in_a_whole_response_leave_nothing_of_either() {
+    let (text, notice) = overlapping_answer();
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v2").unwrap())];
+    let body = serde_json::to_vec(&openai_json(&text)).unwrap();
+    let (changed, decisions) =
+        verbatim::proxy::pipeline::scan_response(Api::ChatCompletions, &body, &s);
+    let kinds: Vec<&str> = decisions.iter().map(|d| d.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"exact") && kinds.contains(&"license-marker"),
+        "{kinds:?}"
+    );
+    let v: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+    let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+    for copied in [
+        "shillings",
+        "bearing",
+        "Column::Owed",
+        notice,
+        "Ünïcödé Ltd",
+    ] {
+        assert!(!got.contains(copied), "{copied:?} released: {got}");
+    }
+    assert!(got.starts_with("Here is the ledger code:"), "{got}");
+    assert!(got.ends_with("That is all — ünïcödé."), "{got}");
+    assert_only_placeholders_between_fences(got);
+}
+
+/// What stands between the code fences of [`overlapping_answer`] once redacted: placeholders
+/// and whitespace, not one character of the copied code.
+fn assert_only_placeholders_between_fences(got: &str) {
+    let inner = got
+        .split_once("```rust\n")
+        .and_then(|(_, r)| r.rsplit_once("```"))
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("fences lost: {got}"));
+    let mut rest = inner.to_string();
+    while let Some(a) = rest.find("[verbatim: redacted") {
+        let b = a + rest[a..].find(']').expect("placeholder closed");
+        rest.replace_range(a..=b, "");
+    }
+    assert!(
+        rest.trim().is_empty(),
+        "copied text released around the placeholders: {rest:?} in {got}"
+    );
+    assert!(inner.contains("[verbatim: redacted"), "{got}");
+}
+
+/// The same in a stream, held strictly, for Chat Completions and Responses (whose closing
+/// events repeat the whole text): the notice inside the copied code is redacted when its line
+/// arrives, the code when its run ends; neither may leave any of the other's text behind.
+#[test]
+fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
+    let (text, notice) = overlapping_answer();
+    let index = Arc::new(Index::open("tests/fixtures/index-v2").unwrap());
+    for (api, upstream) in [
+        (Api::ChatCompletions, openai_stream(&text, 3)),
+        (Api::Responses, responses_stream(&text, 3)),
+    ] {
+        let mut s = setup(redact_everything());
+        s.indexes = vec![Arc::clone(&index)];
+        let mut p = Pipeline::new(api, s);
+        let mut out = Vec::new();
+        for piece in upstream.chunks(7) {
+            for f in p.push(piece) {
+                out.extend_from_slice(&f);
+            }
+        }
+        for f in p.finish() {
+            out.extend_from_slice(&f);
+        }
+        let evs = events(&out);
+        let got = match api {
+            Api::Responses => evs
+                .iter()
+                .filter(|(_, v)| v["type"] == "response.output_text.delta")
+                .map(|(_, v)| v["delta"].as_str().unwrap())
+                .collect::<String>(),
+            _ => openai_text(&evs),
+        };
+        assert_only_placeholders_between_fences(&got);
+        // Every event, the closing ones included, is free of the copied text.
+        let all = String::from_utf8_lossy(&out);
+        for copied in ["shillings", "bearing", "Ok(out)", notice, "Ünïcödé Ltd"] {
+            assert!(!all.contains(copied), "{api:?}: {copied:?} released: {all}");
+        }
+    }
+}

@@ -280,9 +280,11 @@ pub struct Pipeline {
     license_pending: Vec<Vec<Finding>>,
     /// Whether the policy could block a license text (else its runs are not held back).
     hold_license: bool,
-    /// Redactions made so far (original text, placeholder), applied to every later event that
-    /// repeats text, since those may arrive after the run was redacted.
-    redactions: Vec<(String, String)>,
+    /// Each stream's redactions so far, in its original text's offsets (see [`Redactions`]):
+    /// held events are rebuilt from the original text with all of them applied, and events
+    /// that repeat a stream's whole text (which may arrive after the run was redacted) get
+    /// the redacted whole.
+    redactions: Vec<Redactions>,
     queue: VecDeque<Held>,
     /// Released events, one frame each (the upstream's event framing is kept).
     out: Vec<Bytes>,
@@ -545,8 +547,11 @@ impl Pipeline {
             }
         }
         if let (true, Some(v)) = (held.spans.is_empty(), &mut held.json) {
-            for (from, to) in &self.redactions {
-                held.changed |= replace_strings(v, from, to);
+            for (r, text) in self.redactions.iter().zip(&self.texts) {
+                if !r.is_empty() {
+                    held.changed |=
+                        replace_strings(v, text, &r.apply(text, 0, text.len(), &mut |_| true));
+                }
             }
         }
         self.hold(held);
@@ -720,56 +725,55 @@ impl Pipeline {
         }
     }
 
-    /// Replaces `[start, end)` of a stream's text in the held events by a placeholder.
+    /// Replaces `[start, end)` of a stream's text in the held events by a placeholder. Held
+    /// events are rebuilt from the stream's original text with every redaction so far applied,
+    /// so redactions that overlap (a license notice inside a copied run: two findings, two
+    /// decisions) or meet inside one event cannot leave text of either behind, whichever
+    /// comes first. A redaction's placeholder goes into the first held event it reaches.
     fn redact(&mut self, stream: usize, start: u64, end: u64, cite: &Citation) {
-        let placeholder = cite.placeholder();
         let api = self.api;
-        let mut placed = false;
+        if self.redactions.len() <= stream {
+            self.redactions.resize_with(stream + 1, Redactions::default);
+        }
+        let text = &self.texts[stream];
+        let whole_before = self.redactions[stream].apply(text, 0, text.len(), &mut |_| true);
+        self.redactions[stream].add(start, end, cite.placeholder());
+        let rs = &self.redactions[stream];
+        let mut placed = vec![false; rs.len()];
         for h in &mut self.queue {
+            if !h
+                .spans
+                .iter()
+                .any(|sp| sp.stream == stream && rs.reaches(sp.start, sp.end))
+            {
+                continue;
+            }
             h.ensure_json();
             let Some(v) = &mut h.json else { continue };
             for sp in h
                 .spans
                 .iter()
-                .filter(|sp| sp.stream == stream && sp.end > start && sp.start < end)
+                .filter(|sp| sp.stream == stream && rs.reaches(sp.start, sp.end))
             {
-                let Some(text) = api::event_pieces(api, v)
-                    .into_iter()
-                    .find(|p| p.key == sp.key)
-                    .map(|p| p.text)
-                else {
-                    continue;
-                };
-                let cut_a = (start.saturating_sub(sp.start) as usize).min(text.len());
-                let cut_b = (end.saturating_sub(sp.start) as usize).min(text.len());
-                let mut new = String::with_capacity(text.len());
-                new.push_str(text.get(..cut_a).unwrap_or(""));
-                if !placed {
-                    new.push_str(&placeholder);
-                    placed = true;
-                }
-                new.push_str(text.get(cut_b..).unwrap_or(""));
+                let new = rs.apply(text, sp.start as usize, sp.end as usize, &mut |i| {
+                    !std::mem::replace(&mut placed[i], true)
+                });
                 api::set_event_text(api, v, sp.key, &new);
                 h.changed = true;
             }
         }
         // Events that repeat the whole text (Responses `*.done`, `response.completed`) must
-        // not carry the original either.
-        let original = self.texts[stream]
-            .get(start as usize..end as usize)
-            .unwrap_or("")
-            .to_string();
-        if !original.is_empty() {
-            for h in &mut self.queue {
-                // Events with text of their own were rewritten above, if at all (and only
-                // those are ever read lazily, so `json` is built for every other one).
-                if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
-                    h.changed |= replace_strings(v, &original, &placeholder);
-                }
+        // not carry the original either, nor what an earlier redaction left.
+        let whole = rs.apply(text, 0, text.len(), &mut |_| true);
+        for h in &mut self.queue {
+            // Events with text of their own were rewritten above, if at all (and only
+            // those are ever read lazily, so `json` is built for every other one).
+            if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
+                h.changed |= replace_strings(v, &whole_before, &whole);
+                h.changed |= replace_strings(v, text, &whole);
             }
-            self.redactions.push((original, placeholder));
         }
-        if !placed {
+        if !rs.placed_any(&placed) {
             // Already released (hold = none): say so in the log; nothing can be taken back.
             tracing::warn!(doc = %cite.doc, "a run to redact was already released (hold = none)");
         }
@@ -803,19 +807,23 @@ impl Pipeline {
                 .filter(|sp| sp.stream == stream && sp.start < at)
                 .collect();
             if let (false, Some(v)) = (part.is_empty(), &mut h.json) {
-                let pieces = api::event_pieces(api, v);
                 for sp in &h.spans {
-                    let text = pieces
-                        .iter()
-                        .find(|p| p.key == sp.key)
-                        .map(|p| p.text.as_str())
-                        .unwrap_or("");
+                    // What precedes `at`, from the original text with the stream's redactions
+                    // applied (their placeholders where they start in it), so an earlier
+                    // redaction in this event cannot shift the cut.
                     let keep = if sp.stream == stream {
-                        ((at - sp.start) as usize).min(text.len())
+                        let text = &self.texts[stream];
+                        let upto = at.min(sp.end) as usize;
+                        match self.redactions.get(stream) {
+                            Some(r) => r.apply(text, sp.start as usize, upto, &mut |i| {
+                                r.starts_within(i, sp.start, at)
+                            }),
+                            None => text.get(sp.start as usize..upto).unwrap_or("").to_string(),
+                        }
                     } else {
-                        0
+                        String::new()
                     };
-                    api::set_event_text(api, v, sp.key, text.get(..keep).unwrap_or(""));
+                    api::set_event_text(api, v, sp.key, &keep);
                 }
                 h.changed = true;
                 self.emit(&h);
@@ -853,6 +861,90 @@ impl Pipeline {
 }
 
 /// Replaces `from` by `to` in every string inside `v`; whether anything changed.
+/// One stream's redactions: disjoint ranges of its original text, in order, each with the
+/// placeholder that replaces it. Ranges that overlap or touch are one: a notice inside a copied
+/// run is cut out with the run, under the placeholder of the longer of the two.
+#[derive(Debug, Default)]
+struct Redactions(Vec<(u64, u64, String)>);
+
+impl Redactions {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds `[start, end)` (nothing if it is empty).
+    fn add(&mut self, start: u64, end: u64, placeholder: String) {
+        if start >= end {
+            return;
+        }
+        let (mut a, mut b, mut ph, mut longest) = (start, end, placeholder, end - start);
+        self.0.retain(|(s, e, p)| {
+            if *e < a || *s > b {
+                return true;
+            }
+            if e - s > longest {
+                (ph, longest) = (p.clone(), e - s);
+            }
+            (a, b) = (a.min(*s), b.max(*e));
+            false
+        });
+        let at = self.0.partition_point(|(s, _, _)| *s < a);
+        self.0.insert(at, (a, b, ph));
+    }
+
+    /// Whether some redaction overlaps `[start, end)`.
+    fn reaches(&self, start: u64, end: u64) -> bool {
+        self.0.iter().any(|&(s, e, _)| s < end && e > start)
+    }
+
+    /// Whether redaction `i` starts inside `[start, end)`.
+    fn starts_within(&self, i: usize, start: u64, end: u64) -> bool {
+        self.0
+            .get(i)
+            .is_some_and(|&(s, _, _)| (start..end).contains(&s))
+    }
+
+    /// Whether any redaction overlapping held text was given its placeholder.
+    fn placed_any(&self, placed: &[bool]) -> bool {
+        placed.iter().any(|&p| p)
+    }
+
+    /// `text[from..to]` with every redaction cut out; a redaction's placeholder is written
+    /// where it is cut when `place(i)` says so. A range that is not on character boundaries
+    /// (not expected: findings and markers are) loses the partial character, never keeps it.
+    fn apply(
+        &self,
+        text: &str,
+        from: usize,
+        to: usize,
+        place: &mut dyn FnMut(usize) -> bool,
+    ) -> String {
+        let to = to.min(text.len());
+        let mut out = String::with_capacity(to.saturating_sub(from));
+        let mut pos = from;
+        for (i, (s, e, ph)) in self.0.iter().enumerate() {
+            let (s, e) = ((*s as usize).max(from), (*e as usize).min(to));
+            if s >= to {
+                break;
+            }
+            if e <= from || e <= pos && s < pos {
+                continue;
+            }
+            out.push_str(text.get(pos..s.max(pos)).unwrap_or(""));
+            if place(i) {
+                out.push_str(ph);
+            }
+            pos = e.max(pos);
+        }
+        out.push_str(text.get(pos.min(to)..to).unwrap_or(""));
+        out
+    }
+}
+
 fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
     match v {
         Value::String(s) if s.contains(from) => {
@@ -982,9 +1074,12 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                 .into_iter()
                 .map(|m| judge_marker(setup, piece.key.a, m)),
         );
-        judged.sort_by_key(|(c, _)| std::cmp::Reverse(c.output_start));
-        let mut text = piece.text.clone();
-        let mut changed = false;
+        judged.sort_by_key(|(c, _)| c.output_start);
+        // Where the text is cut (the earliest block), and what is redacted before it: ranges
+        // of the original text, applied together at the end, so findings that overlap (a
+        // notice inside a copied run) cannot leave text of either behind.
+        let mut cut: Option<usize> = None;
+        let mut redactions = Redactions::default();
         for (cite, v) in judged {
             let action = v.effective;
             let span = piece
@@ -998,25 +1093,26 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                 format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
                 span,
             ));
-            let (a, b) = (cite.output_start as usize, cite.output_end as usize);
             match action {
                 Action::Block => {
                     // Keep what precedes the run; later findings are moot.
-                    text.truncate(a.min(text.len()));
-                    changed = true;
-                    if block.is_none() {
+                    if cut.is_none() {
+                        cut = Some(cite.output_start as usize);
                         block = Some(cite);
                     }
                 }
-                Action::Redact if b <= text.len() => {
-                    text.replace_range(a..b, &cite.placeholder());
-                    changed = true;
+                Action::Redact => {
+                    redactions.add(cite.output_start, cite.output_end, cite.placeholder());
                     cites.push(cite);
                 }
-                Action::Redact | Action::Annotate => cites.push(cite),
+                Action::Annotate => cites.push(cite),
                 Action::Log | Action::Allow => {}
             }
         }
+        let changed = cut.is_some() || !redactions.is_empty();
+        let text = redactions.apply(&piece.text, 0, cut.unwrap_or(piece.text.len()), &mut |_| {
+            true
+        });
         if changed && piece.key.part != Part::ToolArgs {
             edits.push((piece.key, text));
         } else if changed {
@@ -1036,4 +1132,88 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         api::annotate_value(api, &mut v, &cites, false);
     }
     (serde_json::to_vec(&v).ok().map(Bytes::from), decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Ranges on character boundaries of `text`, from pairs of character indexes.
+    fn ranges(text: &str, pairs: &[(usize, usize)]) -> Vec<(u64, u64)> {
+        let bounds: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([text.len()])
+            .collect();
+        pairs
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a % bounds.len(), b % bounds.len());
+                (bounds[a.min(b)] as u64, bounds[a.max(b)] as u64)
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever order overlapping, nested or touching redactions arrive in, and wherever
+        /// the text is read from: no byte any of them covers survives, every byte none covers
+        /// does, and each group of ranges that overlap or touch leaves one placeholder.
+        #[test]
+        fn redactions_cut_every_covered_byte_once(
+            text in "[a-zé€ 😀]{0,40}",
+            pairs in proptest::collection::vec((0usize..64, 0usize..64), 0..6),
+            window in (0usize..64, 0usize..64),
+        ) {
+            let rs = ranges(&text, &pairs);
+            let mut r = Redactions::default();
+            for &(a, b) in &rs {
+                r.add(a, b, "[R]".to_string());
+            }
+            let w = ranges(&text, &[window])[0];
+            let (from, to) = (w.0 as usize, w.1 as usize);
+            let got = r.apply(&text, from, to, &mut |_| true);
+            // The reference: groups of ranges that overlap or touch, merged.
+            let mut sorted: Vec<(u64, u64)> = rs.iter().copied().filter(|(a, b)| a < b).collect();
+            sorted.sort();
+            let mut groups: Vec<(usize, usize)> = Vec::new();
+            for (a, b) in sorted {
+                match groups.last_mut() {
+                    Some(g) if a as usize <= g.1 => g.1 = g.1.max(b as usize),
+                    _ => groups.push((a as usize, b as usize)),
+                }
+            }
+            let mut want = String::new();
+            let mut pos = from;
+            for (a, b) in groups {
+                // Only groups that overlap the window show in it (an empty window has none).
+                if !(a < to && b > from && from < to) {
+                    continue;
+                }
+                let (a, b) = (a.max(from), b.min(to));
+                want.push_str(&text[pos..a.max(pos)]);
+                want.push_str("[R]");
+                pos = b.max(pos);
+            }
+            want.push_str(&text[pos.min(to)..to]);
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn overlapping_redactions_keep_the_longer_ones_placeholder() {
+        let text = "0123456789abcdefghij";
+        let mut r = Redactions::default();
+        r.add(4, 6, "[notice]".into());
+        r.add(2, 15, "[run]".into());
+        r.add(18, 19, "[other]".into());
+        assert_eq!(
+            r.apply(text, 0, text.len(), &mut |_| true),
+            "01[run]fgh[other]j"
+        );
+        // Read from inside the first: the rest of it is still cut, its placeholder where
+        // `place` allows.
+        assert_eq!(r.apply(text, 5, 17, &mut |_| false), "fg");
+        assert_eq!(r.apply(text, 5, 17, &mut |i| i == 0), "[run]fg");
+    }
 }
