@@ -11,7 +11,7 @@ SECS=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build -s none -O
 status=0
-for t in sse_decoder normalizer pipeline parsers markers; do
+for t in sse_decoder normalizer pipeline responses parsers markers; do
   work=bench-data/fuzz/$t
   mkdir -p "$work"
   cp -n fuzz/seeds/$t/* "$work"/ 2>/dev/null || true

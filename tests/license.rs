@@ -136,6 +136,24 @@ fn spdx_identifier_lines_are_parsed_and_imprecise_names_reported() {
     assert!(ids[3].expression.is_none() && ids[3].problem.is_some());
 }
 
+/// Inside a string literal or JSON (a file written through a tool call) the line breaks are
+/// escapes: the identifier ends at the backslash, and an unreadable one is quoted short.
+#[test]
+fn an_identifier_in_escaped_text_ends_at_the_backslash_and_problems_quote_little() {
+    let json = r#"{"content":"// SPDX-License-Identifier: GPL-3.0-or-later\n// Copyright (C) 2024 The Ledger Tools Authors\n\nfn main() {}\n"}"#;
+    let m = markers::scan(json);
+    let id = m
+        .iter()
+        .find(|m| m.kind == MarkerKind::SpdxIdentifier)
+        .expect("the identifier");
+    assert_eq!(id.expression.as_deref(), Some("GPL-3.0-or-later"), "{m:?}");
+    assert_eq!(id.problem, None);
+    let long = format!("SPDX-License-Identifier: {}\n", "not a license ".repeat(20));
+    let m = markers::scan(&long);
+    let problem = m[0].problem.as_deref().expect("a problem");
+    assert!(problem.chars().count() < 120, "{problem}");
+}
+
 #[test]
 fn copyright_notices_carry_holder_and_years_and_prose_about_copyright_is_not_one() {
     let text = "/*\n * Copyright (c) 2019 Jane Doe <jane@example.org>\n * © 2020-2023 Acme Corp. All rights reserved.\n * (C) 2021, 2022 The Foo Authors\n */\nCopyright law protects original works.\nThe copyright holder may object.\n";

@@ -336,3 +336,60 @@ fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
         }
     }
 }
+
+/// An Anthropic `tool_use` block's input is a JSON object: redacting text found in it (here a
+/// copyright notice and an SPDX identifier in a file the model writes) must replace the
+/// object, as it replaces a string elsewhere. It was left as it was (found by the `responses`
+/// fuzz target from its first seed).
+#[test]
+fn redacting_a_tool_use_input_in_a_whole_response_replaces_it() {
+    let file = "// SPDX-License-Identifier: GPL-3.0-or-later\n// Copyright (C) 2024 The Ledger Tools Authors\n\nfn main() {}\n";
+    let v = serde_json::json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+        "content": [
+            {"type": "text", "text": "I will write the file."},
+            {"type": "tool_use", "id": "toolu_1", "name": "write_file",
+             "input": {"path": "src/main.rs", "content": file}},
+        ],
+        "stop_reason": "tool_use",
+    });
+    let s = setup(redact_everything());
+    let body = serde_json::to_vec(&v).unwrap();
+    let (changed, decisions) = verbatim::proxy::pipeline::scan_response(Api::Messages, &body, &s);
+    assert!(
+        decisions.iter().any(|d| d.kind == "license-marker"),
+        "{decisions:?}"
+    );
+    let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+    let all = out.to_string();
+    assert!(!all.contains("Ledger Tools Authors"), "{all}");
+    assert!(!all.contains("SPDX-License-Identifier"), "{all}");
+    assert_eq!(out["content"][1]["input"], serde_json::json!({}), "{all}");
+    assert_eq!(out["content"][1]["name"], "write_file");
+    assert_eq!(out["content"][0]["text"], "I will write the file.");
+}
+
+/// Choices are edited where they stand in the array: a response that repeats a choice index
+/// (malformed, or made to evade the filter) had a later choice's redaction written into the
+/// first choice of that index, and released the later one as it came (found by the
+/// `responses` fuzz target).
+#[test]
+fn a_repeated_choice_index_cannot_move_a_redaction_to_another_choice() {
+    let (text, notice) = overlapping_answer();
+    let v = serde_json::json!({
+        "id": "c", "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Nothing to see."}, "finish_reason": "stop"},
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"},
+        ],
+    });
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v2").unwrap())];
+    let body = serde_json::to_vec(&v).unwrap();
+    let (changed, _) = verbatim::proxy::pipeline::scan_response(Api::ChatCompletions, &body, &s);
+    let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], "Nothing to see.");
+    let second = out["choices"][1]["message"]["content"].as_str().unwrap();
+    assert!(!second.contains(notice) && !second.contains("shillings"), "{second}");
+    assert_only_placeholders_between_fences(second);
+}

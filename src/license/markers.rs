@@ -362,8 +362,12 @@ fn resolve(family: Family, after: &str) -> Option<String> {
     }
 }
 
-/// Parses what follows `SPDX-License-Identifier:` on its line.
+/// Parses what follows `SPDX-License-Identifier:` on its line. A backslash ends it: no SPDX
+/// expression holds one, and in a string literal or JSON (a file a model writes through a
+/// tool, `"// SPDX-License-Identifier: MIT\n// Copyright …"`) it starts the escaped line
+/// break the line really ends at.
 fn spdx_line(m: &mut Marker, rest: &str) {
+    let rest = rest.split('\\').next().unwrap_or(rest);
     let expr = rest
         .trim()
         .trim_end_matches(|c: char| {
@@ -394,16 +398,26 @@ fn spdx_line(m: &mut Marker, rest: &str) {
     match spdx::Expression::canonicalize(expr) {
         Ok(None) => match spdx::Expression::parse(expr) {
             Ok(_) => m.expression = Some(expr.to_string()),
-            Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+            Err(e) => m.problem = Some(format!("`{}`: {}", quote(expr), e.reason)),
         },
         Ok(Some(fixed)) => match spdx::Expression::parse(&fixed) {
             Ok(_) => {
                 m.expression = Some(fixed);
                 m.imprecise = Some(expr.to_string());
             }
-            Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+            Err(e) => m.problem = Some(format!("`{}`: {}", quote(expr), e.reason)),
         },
-        Err(e) => m.problem = Some(format!("`{expr}`: {}", e.reason)),
+        Err(e) => m.problem = Some(format!("`{}`: {}", quote(expr), e.reason)),
+    }
+}
+
+/// An unreadable expression as a problem quotes it: at most its first 64 characters. The
+/// marker travels in citations beside text a policy may have redacted; the rest of a long
+/// line is not the identifier's and must not ride along.
+fn quote(expr: &str) -> std::borrow::Cow<'_, str> {
+    match expr.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &expr[..i]).into(),
+        None => expr.into(),
     }
 }
 

@@ -298,13 +298,16 @@ pub fn response_pieces(api: Api, v: &Value) -> Vec<Piece> {
 fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str)) {
     match api {
         Api::ChatCompletions => {
-            for c in v
+            // Choices by their place in the array, not their `index` field: a response that
+            // repeats an index must not have one choice's redaction written into another.
+            for (i, c) in v
                 .get("choices")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                .enumerate()
             {
-                let i = u(c, "index");
+                let i = i as u64;
                 let Some(m) = c.get("message") else { continue };
                 if let Some(t) = m.get("content").and_then(Value::as_str) {
                     f(key(i, 0, Part::Text), t);
@@ -327,14 +330,15 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
             }
         }
         Api::Completions => {
-            for c in v
+            for (i, c) in v
                 .get("choices")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                .enumerate()
             {
                 if let Some(t) = c.get("text").and_then(Value::as_str) {
-                    f(key(u(c, "index"), 0, Part::Text), t);
+                    f(key(i as u64, 0, Part::Text), t);
                 }
             }
         }
@@ -399,7 +403,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
         Api::ChatCompletions => v
             .get_mut("choices")
             .and_then(Value::as_array_mut)
-            .and_then(|cs| cs.iter_mut().find(|c| u(c, "index") == k.a))
+            .and_then(|cs| cs.get_mut(k.a as usize))
             .and_then(|c| c.get_mut("message"))
             .and_then(|m| match k.part {
                 Part::Text => m.get_mut("content"),
@@ -413,7 +417,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
         Api::Completions => v
             .get_mut("choices")
             .and_then(Value::as_array_mut)
-            .and_then(|cs| cs.iter_mut().find(|c| u(c, "index") == k.a))
+            .and_then(|cs| cs.get_mut(k.a as usize))
             .and_then(|c| c.get_mut("text")),
         Api::Responses => v
             .get_mut("output")
@@ -434,7 +438,17 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(|b| match k.part {
                 Part::Text => b.get_mut("text"),
                 Part::Thinking => b.get_mut("thinking"),
-                Part::ToolArgs => None,
+                Part::ToolArgs => {
+                    // A `tool_use` block's input is a JSON object, not a string: the new
+                    // text if it is one, else (a blanked input) an empty object.
+                    if let Some(input) = b.get_mut("input") {
+                        *input = serde_json::from_str::<Value>(text)
+                            .ok()
+                            .filter(Value::is_object)
+                            .unwrap_or_else(|| Value::Object(Default::default()));
+                    }
+                    None
+                }
             }),
     };
     if let Some(s) = slot {
@@ -888,9 +902,9 @@ pub fn annotate_value(api: Api, v: &mut Value, cites: &[Citation], filtered: boo
     match api {
         Api::ChatCompletions | Api::Completions => {
             if let Some(cs) = v.get_mut("choices").and_then(Value::as_array_mut) {
-                for c in cs.iter_mut() {
-                    let i = u(c, "index");
-                    if let Some(cite) = cites.iter().find(|x| x.key_a == i) {
+                // By place in the array, as the response's pieces are read.
+                for (i, c) in cs.iter_mut().enumerate() {
+                    if let Some(cite) = cites.iter().find(|x| x.key_a == i as u64) {
                         c["content_filter_results"] = cite.azure(filtered);
                     }
                 }
@@ -910,12 +924,12 @@ pub fn annotate_value(api: Api, v: &mut Value, cites: &[Citation], filtered: boo
 pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
     match api {
         Api::ChatCompletions | Api::Completions => {
-            if let Some(cs) = v.get_mut("choices").and_then(Value::as_array_mut) {
-                for c in cs.iter_mut() {
-                    if u(c, "index") == why.key_a {
-                        c["finish_reason"] = json!("content_filter");
-                    }
-                }
+            if let Some(c) = v
+                .get_mut("choices")
+                .and_then(Value::as_array_mut)
+                .and_then(|cs| cs.get_mut(why.key_a as usize))
+            {
+                c["finish_reason"] = json!("content_filter");
             }
         }
         Api::Responses => {
