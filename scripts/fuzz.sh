@@ -16,7 +16,7 @@ for t in sse_decoder normalizer pipeline responses parsers markers; do
   mkdir -p "$work"
   cp -n fuzz/seeds/$t/* "$work"/ 2>/dev/null || true
   echo "== $t (${SECS}s)"
-  if ! cargo fuzz run -s none -O "$t" "$work" -- -max_total_time="$SECS" -max_len=8192 -print_final_stats=1 \
+  if ! cargo fuzz run -s none -O "$t" "$work" -- -max_total_time="$SECS" -max_len=16384 -print_final_stats=1 \
       2>&1 | grep -E "^Done|stat::number_of_executed_units|stat::new_units_added|panicked|SUMMARY|Test unit written"; then
     :
   fi

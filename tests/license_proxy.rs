@@ -297,15 +297,22 @@ fn assert_only_placeholders_between_fences(got: &str) {
 }
 
 /// The same in a stream, held strictly, for Chat Completions and Responses (whose closing
-/// events repeat the whole text): the notice inside the copied code is redacted when its line
+/// events repeat the whole text, even when it differs from the deltas): the notice inside the copied code is redacted when its line
 /// arrives, the code when its run ends; neither may leave any of the other's text behind.
 #[test]
 fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
     let (text, notice) = overlapping_answer();
     let index = Arc::new(Index::open("tests/fixtures/index-v2").unwrap());
+    // A Responses stream whose closing events repeat a text that differs from its deltas (here
+    // in one word, before the copied code): what they repeat is redacted all the same.
+    let differing = String::from_utf8(responses_stream(&text, 3))
+        .unwrap()
+        .replace("Here is the ledger code:", "Here is THE ledger code:")
+        .into_bytes();
     for (api, upstream) in [
         (Api::ChatCompletions, openai_stream(&text, 3)),
         (Api::Responses, responses_stream(&text, 3)),
+        (Api::Responses, differing),
     ] {
         let mut s = setup(redact_everything());
         s.indexes = vec![Arc::clone(&index)];
@@ -390,6 +397,9 @@ fn a_repeated_choice_index_cannot_move_a_redaction_to_another_choice() {
     let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
     assert_eq!(out["choices"][0]["message"]["content"], "Nothing to see.");
     let second = out["choices"][1]["message"]["content"].as_str().unwrap();
-    assert!(!second.contains(notice) && !second.contains("shillings"), "{second}");
+    assert!(
+        !second.contains(notice) && !second.contains("shillings"),
+        "{second}"
+    );
     assert_only_placeholders_between_fences(second);
 }

@@ -281,6 +281,88 @@ pub fn set_event_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
     }
 }
 
+/// The text fields of a streamed event that repeat a stream's text once it is complete —
+/// Responses' `response.output_text.done`, `response.reasoning_text.done`,
+/// `response.function_call_arguments.done`, `response.content_part.done`,
+/// `response.output_item.done`, and the whole response in `response.completed` (or
+/// `.incomplete`, `.failed`) — each with the stream it repeats. Other APIs repeat nothing.
+pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamKey, &mut Value)) {
+    if api != Api::Responses {
+        return;
+    }
+    fn part_of(c: &Value) -> Part {
+        match c.get("type").and_then(Value::as_str) {
+            Some("reasoning_text") => Part::Thinking,
+            _ => Part::Text,
+        }
+    }
+    fn item(oi: u64, it: &mut Value, f: &mut dyn FnMut(StreamKey, &mut Value)) {
+        if let Some(a) = it.get_mut("arguments") {
+            f(key(oi, 0, Part::ToolArgs), a);
+        }
+        for (j, c) in it
+            .get_mut("content")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let part = part_of(c);
+            if let Some(t) = c.get_mut("text") {
+                f(key(oi, j as u64, part), t);
+            }
+        }
+    }
+    let (oi, ci) = (u(v, "output_index"), u(v, "content_index"));
+    let ty = v
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match ty.as_str() {
+        "response.output_text.done" | "response.reasoning_text.done" => {
+            let part = if ty == "response.reasoning_text.done" {
+                Part::Thinking
+            } else {
+                Part::Text
+            };
+            if let Some(t) = v.get_mut("text") {
+                f(key(oi, ci, part), t);
+            }
+        }
+        "response.function_call_arguments.done" => {
+            if let Some(a) = v.get_mut("arguments") {
+                f(key(oi, 0, Part::ToolArgs), a);
+            }
+        }
+        "response.content_part.done" => {
+            if let Some(p) = v.get_mut("part") {
+                let part = part_of(p);
+                if let Some(t) = p.get_mut("text") {
+                    f(key(oi, ci, part), t);
+                }
+            }
+        }
+        "response.output_item.done" => {
+            if let Some(it) = v.get_mut("item") {
+                item(oi, it, f);
+            }
+        }
+        _ => {
+            for (i, it) in v
+                .get_mut("response")
+                .and_then(|r| r.get_mut("output"))
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                item(i as u64, it, f);
+            }
+        }
+    }
+}
+
 /// Text pieces of a whole (non-streamed) response.
 pub fn response_pieces(api: Api, v: &Value) -> Vec<Piece> {
     let mut out = Vec::new();

@@ -225,6 +225,10 @@ struct Held {
     lazy: Option<String>,
     /// One span for almost every event (a text delta), inline: no allocation per event.
     spans: smallvec::SmallVec<[HeldSpan; 1]>,
+    /// The streams whose texts the event repeats ([`api::for_each_repeated_text`]): it is
+    /// released only when their texts are decided, or it would carry text still held back (a
+    /// closing event that arrives before the deltas it repeats end).
+    repeats: smallvec::SmallVec<[usize; 1]>,
     changed: bool,
 }
 
@@ -236,6 +240,7 @@ impl Held {
             json: Some(v),
             lazy: None,
             spans: smallvec::SmallVec::new(),
+            repeats: smallvec::SmallVec::new(),
             changed: true,
         }
     }
@@ -533,6 +538,7 @@ impl Pipeline {
             json,
             lazy: None,
             spans: smallvec::SmallVec::new(),
+            repeats: smallvec::SmallVec::new(),
             changed: false,
         };
         if let Some(v) = &mut held.json {
@@ -547,12 +553,15 @@ impl Pipeline {
             }
         }
         if let (true, Some(v)) = (held.spans.is_empty(), &mut held.json) {
-            for (r, text) in self.redactions.iter().zip(&self.texts) {
-                if !r.is_empty() {
-                    held.changed |=
-                        replace_strings(v, text, &r.apply(text, 0, text.len(), &mut |_| true));
+            held.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
+            let streams = &self.streams;
+            api::for_each_repeated_text(api, v, &mut |k, _| {
+                if let Some(s) = streams.iter().position(|(key, _)| *key == k)
+                    && !held.repeats.contains(&s)
+                {
+                    held.repeats.push(s);
                 }
-            }
+            });
         }
         self.hold(held);
         // Streams that end with this event: the text it carried is complete.
@@ -578,6 +587,7 @@ impl Pipeline {
             json: None,
             lazy: ev.data,
             spans: smallvec::smallvec![span],
+            repeats: smallvec::SmallVec::new(),
             changed: false,
         });
         self.decide();
@@ -737,7 +747,7 @@ impl Pipeline {
         }
         let text = &self.texts[stream];
         let whole_before = self.redactions[stream].apply(text, 0, text.len(), &mut |_| true);
-        self.redactions[stream].add(start, end, cite.placeholder());
+        self.redactions[stream].add(text, start, end, cite.placeholder());
         let rs = &self.redactions[stream];
         let mut placed = vec![false; rs.len()];
         for h in &mut self.queue {
@@ -769,8 +779,10 @@ impl Pipeline {
             // Events with text of their own were rewritten above, if at all (and only
             // those are ever read lazily, so `json` is built for every other one).
             if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
-                h.changed |= replace_strings(v, &whole_before, &whole);
-                h.changed |= replace_strings(v, text, &whole);
+                if !whole_before.is_empty() {
+                    h.changed |= replace_strings(v, &whole_before, &whole);
+                }
+                h.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
             }
         }
         if !rs.placed_any(&placed) {
@@ -847,25 +859,33 @@ impl Pipeline {
         }
         while let Some(h) = self.queue.front() {
             let ok = self.setup.hold == Hold::None
-                || h.spans
+                || (h
+                    .spans
                     .iter()
-                    .all(|sp| sp.end <= self.streams[sp.stream].1.stable_offset());
+                    .all(|sp| sp.end <= self.streams[sp.stream].1.stable_offset())
+                    && h.repeats
+                        .iter()
+                        .all(|&s| self.streams[s].1.stable_offset() >= self.texts[s].len() as u64));
             if !ok {
                 break;
             }
-            if let Some(h) = self.queue.pop_front() {
+            if let Some(mut h) = self.queue.pop_front() {
+                // What it repeats is the delivered text as it stands now, complete.
+                if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
+                    h.changed |=
+                        scrub_repeats(self.api, v, &self.streams, &self.texts, &self.redactions);
+                }
                 self.emit(&h);
             }
         }
     }
 }
 
-/// Replaces `from` by `to` in every string inside `v`; whether anything changed.
 /// One stream's redactions: disjoint ranges of its original text, in order, each with the
 /// placeholder that replaces it. Ranges that overlap or touch are one: a notice inside a copied
 /// run is cut out with the run, under the placeholder of the longer of the two.
 #[derive(Debug, Default)]
-struct Redactions(Vec<(u64, u64, String)>);
+struct Redactions(Vec<(u64, u64, String)>, Vec<(String, String)>);
 
 impl Redactions {
     fn is_empty(&self) -> bool {
@@ -876,10 +896,14 @@ impl Redactions {
         self.0.len()
     }
 
-    /// Adds `[start, end)` (nothing if it is empty).
-    fn add(&mut self, start: u64, end: u64, placeholder: String) {
+    /// Adds `[start, end)` of `text` (nothing if it is empty).
+    fn add(&mut self, text: &str, start: u64, end: u64, placeholder: String) {
         if start >= end {
             return;
+        }
+        if let Some(original) = text.get(start as usize..end as usize) {
+            self.1.push((original.to_string(), placeholder.clone()));
+            self.1.sort_by_key(|(o, _)| std::cmp::Reverse(o.len()));
         }
         let (mut a, mut b, mut ph, mut longest) = (start, end, placeholder, end - start);
         self.0.retain(|(s, e, p)| {
@@ -894,6 +918,23 @@ impl Redactions {
         });
         let at = self.0.partition_point(|(s, _, _)| *s < a);
         self.0.insert(at, (a, b, ph));
+    }
+
+    /// Takes what the redactions cover out of an event that repeats text (Responses' `*.done`,
+    /// `response.completed`): the stream's whole text becomes the redacted whole, then every
+    /// redacted original left anywhere in it (an upstream whose closing text differs from its
+    /// deltas) becomes its placeholder, longest first.
+    fn scrub(&self, v: &mut Value, text: &str) -> bool {
+        let mut changed = false;
+        if !text.is_empty() {
+            changed |= replace_strings(v, text, &self.apply(text, 0, text.len(), &mut |_| true));
+        }
+        for (original, placeholder) in &self.1 {
+            if !original.is_empty() {
+                changed |= replace_strings(v, original, placeholder);
+            }
+        }
+        changed
     }
 
     /// Whether some redaction overlaps `[start, end)`.
@@ -945,6 +986,44 @@ impl Redactions {
     }
 }
 
+/// Makes an event that repeats streams' texts repeat what the client was given: each repeated
+/// text field ([`api::for_each_repeated_text`]) becomes its stream's text as delivered — its
+/// redactions applied — whatever the upstream put there (a closing text that differs from the
+/// deltas was never scanned, and must not carry what they lost); a repeated field of a stream
+/// no delta carried, never scanned either, is emptied; then [`Redactions::scrub`] for anything
+/// else that repeats redacted text. A well-formed stream's closing events are left as they
+/// came when nothing was redacted (their texts already equal the deltas').
+fn scrub_repeats(
+    api: Api,
+    v: &mut Value,
+    streams: &[(StreamKey, Scanner)],
+    texts: &[String],
+    redactions: &[Redactions],
+) -> bool {
+    let mut changed = false;
+    api::for_each_repeated_text(api, v, &mut |k, slot| {
+        let delivered = match streams.iter().position(|(key, _)| *key == k) {
+            Some(s) => match (redactions.get(s), texts.get(s)) {
+                (Some(r), Some(t)) if !r.is_empty() => r.apply(t, 0, t.len(), &mut |_| true),
+                (_, Some(t)) => t.clone(),
+                (_, None) => String::new(),
+            },
+            None => String::new(),
+        };
+        if slot.as_str() != Some(delivered.as_str()) {
+            *slot = Value::String(delivered);
+            changed = true;
+        }
+    });
+    for (r, text) in redactions.iter().zip(texts) {
+        if !r.is_empty() {
+            changed |= r.scrub(v, text);
+        }
+    }
+    changed
+}
+
+/// Replaces `from` by `to` in every string inside `v`; whether anything changed.
 fn replace_strings(v: &mut Value, from: &str, to: &str) -> bool {
     match v {
         Value::String(s) if s.contains(from) => {
@@ -1102,7 +1181,12 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                     }
                 }
                 Action::Redact => {
-                    redactions.add(cite.output_start, cite.output_end, cite.placeholder());
+                    redactions.add(
+                        &piece.text,
+                        cite.output_start,
+                        cite.output_end,
+                        cite.placeholder(),
+                    );
                     cites.push(cite);
                 }
                 Action::Annotate => cites.push(cite),
@@ -1168,7 +1252,7 @@ mod tests {
             let rs = ranges(&text, &pairs);
             let mut r = Redactions::default();
             for &(a, b) in &rs {
-                r.add(a, b, "[R]".to_string());
+                r.add(&text, a, b, "[R]".to_string());
             }
             let w = ranges(&text, &[window])[0];
             let (from, to) = (w.0 as usize, w.1 as usize);
@@ -1204,9 +1288,9 @@ mod tests {
     fn overlapping_redactions_keep_the_longer_ones_placeholder() {
         let text = "0123456789abcdefghij";
         let mut r = Redactions::default();
-        r.add(4, 6, "[notice]".into());
-        r.add(2, 15, "[run]".into());
-        r.add(18, 19, "[other]".into());
+        r.add(text, 4, 6, "[notice]".into());
+        r.add(text, 2, 15, "[run]".into());
+        r.add(text, 18, 19, "[other]".into());
         assert_eq!(
             r.apply(text, 0, text.len(), &mut |_| true),
             "01[run]fgh[other]j"
