@@ -4,38 +4,17 @@
 //! text a redaction or a block of an exact run covered is released — not in the events that
 //! carry the text, not in those that repeat it at the end.
 #![no_main]
-use std::sync::{Arc, OnceLock};
-
-use libfuzzer_sys::fuzz_target;
-use verbatim::index::Index;
-use verbatim::policy::Policy;
+#[path = "common.rs"]
+mod common;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use common::{index, redact_all, windows};
+use libfuzzer_sys::fuzz_target;
+use verbatim::policy::Policy;
 use verbatim::proxy::api::{self, Api};
 use verbatim::proxy::pipeline::{Action, Hold, Pipeline, ScanSetup};
 use verbatim::proxy::sse::SseDecoder;
-
-fn index() -> Arc<Index> {
-    static I: OnceLock<Arc<Index>> = OnceLock::new();
-    I.get_or_init(|| {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v2");
-        Arc::new(Index::open(dir).expect("fixture index"))
-    })
-    .clone()
-}
-
-fn redact_all() -> Arc<Policy> {
-    static P: OnceLock<Arc<Policy>> = OnceLock::new();
-    P.get_or_init(|| {
-        let src = "version = 1\nname = \"redact-all\"\n[defaults]\naction = \"redact\"\n";
-        Arc::new(
-            Policy::parse(std::path::Path::new("redact-all.toml"), src.to_string())
-                .expect("policy"),
-        )
-    })
-    .clone()
-}
 
 /// Each text stream's text (`a:b:Part`, as decisions name them) in SSE bytes, as the
 /// pipeline reads it (every event's pieces, in order), and the texts closing events repeat
@@ -72,28 +51,6 @@ fn stream_texts(api: Api, bytes: &[u8]) -> (BTreeMap<String, String>, BTreeMap<S
         }
     }
     (out, repeated)
-}
-
-/// Pieces of `span` to look for in released text: 32 bytes every 16 (on character
-/// boundaries), so a span released in part — cut around another redaction inside it — is
-/// caught, not only a span released whole.
-fn windows(span: &str) -> Vec<&str> {
-    let fit = |mut i: usize| {
-        while !span.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    let mut out = Vec::new();
-    let mut a = 0;
-    while a + 32 <= span.len() {
-        let (s, e) = (fit(a), fit(a + 32));
-        if e > s {
-            out.push(&span[s..e]);
-        }
-        a += 16;
-    }
-    out
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -164,7 +121,10 @@ fuzz_target!(|data: &[u8]| {
         let Some(text) = sent.get(&d.stream) else {
             continue;
         };
-        let (a, b) = (d.citation.output_start as usize, d.citation.output_end as usize);
+        let (a, b) = (
+            d.citation.output_start as usize,
+            d.citation.output_end as usize,
+        );
         let Some(span) = text.get(a..b) else {
             continue; // the pipeline stopped reading before the end (a limit, a block)
         };
@@ -174,7 +134,11 @@ fuzz_target!(|data: &[u8]| {
             if text[..a].contains(w) || text[b..].contains(w) {
                 continue;
             }
-            assert!(!out.contains(w), "{:?}: {w:?} of {span:?} released", d.action);
+            assert!(
+                !out.contains(w),
+                "{:?}: {w:?} of {span:?} released",
+                d.action
+            );
             assert!(
                 !raw.contains(w),
                 "{:?}: {w:?} of {span:?} released in a repeating event",

@@ -4,58 +4,16 @@
 //! are all reached); any bytes as a request body, read for the caller-supplied texts. Never a
 //! panic; a rewritten response is JSON and keeps none of the text a redaction covered.
 #![no_main]
-use std::sync::{Arc, OnceLock};
+#[path = "common.rs"]
+mod common;
+use std::sync::Arc;
 
+use common::{index, redact_all, windows};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use verbatim::index::Index;
 use verbatim::policy::Policy;
 use verbatim::proxy::api::{self, Api};
 use verbatim::proxy::pipeline::{Action, Hold, ScanSetup, scan_response};
-
-fn index() -> Arc<Index> {
-    static I: OnceLock<Arc<Index>> = OnceLock::new();
-    I.get_or_init(|| {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v2");
-        Arc::new(Index::open(dir).expect("fixture index"))
-    })
-    .clone()
-}
-
-fn redact_all() -> Arc<Policy> {
-    static P: OnceLock<Arc<Policy>> = OnceLock::new();
-    P.get_or_init(|| {
-        let src = "version = 1\nname = \"redact-all\"\n[defaults]\naction = \"redact\"\n";
-        Arc::new(
-            Policy::parse(std::path::Path::new("redact-all.toml"), src.to_string())
-                .expect("policy"),
-        )
-    })
-    .clone()
-}
-
-/// Pieces of `span` to look for in released text: 32 bytes every 16 (on character
-/// boundaries), so a span released in part — cut around another redaction inside it — is
-/// caught, not only a span released whole.
-fn windows(span: &str) -> Vec<&str> {
-    let fit = |mut i: usize| {
-        while !span.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    let mut out = Vec::new();
-    let mut a = 0;
-    while a + 32 <= span.len() {
-        let (s, e) = (fit(a), fit(a + 32));
-        if e > s {
-            out.push(&span[s..e]);
-        }
-        a += 16;
-    }
-    out
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&head, body)) = data.split_first() else {
@@ -100,17 +58,26 @@ fuzz_target!(|data: &[u8]| {
             else {
                 continue;
             };
-            let Some(span) = piece.text.get(c.output_start as usize..c.output_end as usize) else {
+            let Some(span) = piece
+                .text
+                .get(c.output_start as usize..c.output_end as usize)
+            else {
                 panic!("a redaction's span is not on the text's character boundaries");
             };
             let (head, tail) = (
                 &piece.text[..c.output_start as usize],
                 &piece.text[c.output_end as usize..],
             );
-            let now = after.iter().find(|p| p.key == piece.key).map_or("", |p| &p.text);
+            let now = after
+                .iter()
+                .find(|p| p.key == piece.key)
+                .map_or("", |p| &p.text);
             for w in windows(span) {
                 if !head.contains(w) && !tail.contains(w) {
-                    assert!(!now.contains(w), "redacted text released: {w:?} of {span:?} in {now:?}");
+                    assert!(
+                        !now.contains(w),
+                        "redacted text released: {w:?} of {span:?} in {now:?}"
+                    );
                 }
             }
         }
