@@ -348,7 +348,10 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
                 item(oi, it, f);
             }
         }
-        _ => {
+        // The response lifecycle events (`response.created`, `.in_progress`, `.completed`,
+        // `.incomplete`, `.failed`) carry the whole response; a delta does not repeat anything,
+        // whatever else an upstream puts in it.
+        t if t.starts_with("response.") && !t.ends_with(".delta") => {
             for (i, it) in v
                 .get_mut("response")
                 .and_then(|r| r.get_mut("output"))
@@ -360,6 +363,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
                 item(i as u64, it, f);
             }
         }
+        _ => {}
     }
 }
 

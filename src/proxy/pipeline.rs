@@ -445,7 +445,17 @@ impl Pipeline {
             }
             self.decide();
             if self.state == State::Relaying {
-                while let Some(h) = self.queue.pop_front() {
+                while let Some(mut h) = self.queue.pop_front() {
+                    // What it repeats is the delivered text as it stands now, complete.
+                    if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
+                        h.changed |= scrub_repeats(
+                            self.api,
+                            v,
+                            &self.streams,
+                            &self.texts,
+                            &self.redactions,
+                        );
+                    }
                     self.emit(&h);
                 }
                 if let Some(rest) = rest {
@@ -796,13 +806,16 @@ impl Pipeline {
     fn block(&mut self, stream: usize, at: u64, cite: &Citation) {
         let api = self.api;
         while let Some(h) = self.queue.front() {
-            let ok = h.spans.iter().all(|sp| {
-                if sp.stream == stream {
-                    sp.end <= at
-                } else {
-                    sp.end <= self.streams[sp.stream].1.stable_offset()
-                }
-            });
+            // An event that repeats texts goes with what is dropped: it would repeat the
+            // blocked run, or text not decided yet.
+            let ok = h.repeats.is_empty()
+                && h.spans.iter().all(|sp| {
+                    if sp.stream == stream {
+                        sp.end <= at
+                    } else {
+                        sp.end <= self.streams[sp.stream].1.stable_offset()
+                    }
+                });
             if !ok {
                 break;
             }
