@@ -177,14 +177,9 @@ fn license_runs_are_held_back_only_when_the_policy_could_block_them() {
         pushed - out
     );
     // A policy that blocks license texts holds the whole open run.
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("p.toml");
-    std::fs::write(
-        &f,
+    let strict = policy(
         "version = 1\n[[rules]]\nname = \"no-license-texts\"\naction = \"block\"\nwhen = { kind = [\"license-text\"], min_units = 100 }\n",
-    )
-    .unwrap();
-    let strict = Policy::load(&f).unwrap();
+    );
     let (pushed, out, _) = released_while_streaming(strict);
     assert!(
         out < 5,
@@ -233,15 +228,16 @@ fn overlapping_answer() -> (String, &'static str) {
     )
 }
 
-fn redact_everything() -> Policy {
+/// A policy from its text, loaded as a file is.
+fn policy(toml: &str) -> Policy {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.toml");
-    std::fs::write(
-        &f,
-        "version = 1\nname = \"redact-all\"\n[defaults]\naction = \"redact\"\n",
-    )
-    .unwrap();
+    std::fs::write(&f, toml).unwrap();
     Policy::load(&f).unwrap()
+}
+
+fn redact_everything() -> Policy {
+    policy("version = 1\nname = \"redact-all\"\n[defaults]\naction = \"redact\"\n")
 }
 
 /// Redactions whose spans overlap (an index finding and a license marker inside it) in a
