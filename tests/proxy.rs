@@ -1197,3 +1197,134 @@ async fn expect_whole(streams: Vec<tokio::task::JoinHandle<Answer>>, upstream: &
         );
     }
 }
+
+/// Writes its first 8 bytes, then nothing for 50 ms: a client whose first segment holds only
+/// the start of what it sends.
+struct SlowStart {
+    io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    written: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::rt::Read for SlowStart {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for SlowStart {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(p) = self.pause.as_mut() {
+            std::task::ready!(p.as_mut().poll(cx));
+        }
+        let n = if self.written == 0 {
+            buf.len().min(8)
+        } else {
+            buf.len()
+        };
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, &buf[..n]);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            if self.written == 0 {
+                self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+            }
+            self.written += n;
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_and_http1_are_told_apart_even_from_a_partial_first_segment() {
+    // The proxy looks at a connection's first bytes to choose HTTP/1.1 or HTTP/2 (prior
+    // knowledge, h2c). A first segment of 8 bytes is a prefix of the HTTP/2 preface ("PRI *
+    // HT") or ambiguous with it ("POST /v1" starts with its "P"): the rest decides.
+    use http_body_util::Empty;
+    use hyper::client::conn::{http1, http2};
+    let mock = start(Reply::json(200, &json!({"ok": true}))).await;
+    let p = proxy(&mock, |_| {}).await;
+    let body = chat_req(false, "hi").to_string();
+    for (h2, slow) in [(true, false), (true, true), (false, false), (false, true)] {
+        let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let io = SlowStart {
+            io: hyper_util::rt::TokioIo::new(tcp),
+            written: if slow { 0 } else { 8 },
+            pause: None,
+        };
+        let req = |path: &str, b: Option<&str>| {
+            let r = http::Request::post(format!("http://{}{path}", p.addr))
+                .header("content-type", "application/json");
+            let r = if h2 { r } else { r.header("host", "x") };
+            r.body(match b {
+                Some(b) => Full::new(Bytes::from(b.to_string())).boxed(),
+                None => Empty::new().map_err(|n| match n {}).boxed(),
+            })
+            .unwrap()
+        };
+        let what = format!("h2 {h2}, slow first segment {slow}");
+        let statuses = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut out = Vec::new();
+            if h2 {
+                let (mut send, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for (path, b) in [
+                    ("/v1/chat/completions", Some(body.as_str())),
+                    ("/v1/models", None),
+                ] {
+                    let r = send.send_request(req(path, b)).await.unwrap();
+                    assert_eq!(r.version(), http::Version::HTTP_2, "{what}");
+                    out.push((
+                        r.status(),
+                        r.into_body().collect().await.unwrap().to_bytes(),
+                    ));
+                }
+            } else {
+                let (mut send, conn) = http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                for (path, b) in [
+                    ("/v1/chat/completions", Some(body.as_str())),
+                    ("/v1/models", None),
+                ] {
+                    let r = send.send_request(req(path, b)).await.unwrap();
+                    assert_eq!(r.version(), http::Version::HTTP_11, "{what}");
+                    out.push((
+                        r.status(),
+                        r.into_body().collect().await.unwrap().to_bytes(),
+                    ));
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in 10 s"));
+        for (status, b) in statuses {
+            assert_eq!(status, 200, "{what}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&b).unwrap(),
+                json!({"ok": true}),
+                "{what}"
+            );
+        }
+    }
+}

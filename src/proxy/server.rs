@@ -362,8 +362,6 @@ impl Worker {
             .spawn(move || {
                 rt.block_on(async move {
                     let client = client(shared.cfg.timeouts.connect);
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     // Ends when the server has shut down (every connection done) and drops
                     // the sender.
                     while let Some((stream, peer, watcher, live)) = rx.recv().await {
@@ -376,17 +374,21 @@ impl Worker {
                         };
                         let shared = Arc::clone(&shared);
                         let client = client.clone();
+                        // Boxed: hyper keeps the allocation of a service future for as long as
+                        // the connection lives; this one's state (`forward` and the upstream
+                        // request in flight) is freed when the response starts, 1.9 KB of
+                        // every open stream otherwise (heaptrack).
                         let service = hyper::service::service_fn(move |req| {
                             let (shared, client) = (Arc::clone(&shared), client.clone());
-                            async move { Ok::<_, Infallible>(handle(shared, client, req).await) }
+                            let answer: Pin<Box<dyn Future<Output = _> + Send>> =
+                                Box::pin(async move {
+                                    Ok::<_, Infallible>(handle(shared, client, req).await)
+                                });
+                            answer
                         });
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned();
-                        let conn = watcher.watch(conn);
                         tokio::spawn(async move {
                             let _live = live;
-                            if let Err(e) = conn.await {
+                            if let Err(e) = serve_client(stream, service, watcher).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -398,6 +400,65 @@ impl Worker {
             thread,
             live: Arc::default(),
         })
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): how a client speaking HTTP/2 without TLS
+/// ("prior knowledge") starts.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one client connection with HTTP/1.1, or HTTP/2 if it opens with the preface.
+///
+/// Hand-written instead of hyper-util's `auto::Builder`, which reads the first bytes to tell
+/// the versions apart and replays them through a `Rewind`: hyper's first read then returns
+/// those bytes alone, its second finds less than 8 KiB free and doubles the read buffer to
+/// 16 KiB — 8 KiB more for every open connection (heaptrack of 1,000 idle streams,
+/// docs/benchmarks.md, "Memory per idle stream"). Here the bytes are only peeked at, so hyper
+/// reads them itself into its 8 KiB buffer.
+async fn serve_client<S>(
+    stream: tokio::net::TcpStream,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>> + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    if speaks_h2(&stream).await {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service);
+        watcher.watch(conn).await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        watcher.watch(conn).await
+    }
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface, looked at without consuming them.
+/// Anything else, an error, the end of the stream or a preface left unfinished for 10 s is left
+/// to HTTP/1.1, which answers or closes as it does for any malformed request.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
+        // The start of the preface and no more yet (clients send it in one write, so this is
+        // rare): peeking again at once would return the same bytes, so wait a little.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
@@ -587,6 +648,9 @@ async fn forward(
     };
     strip_hop_by_hop(&mut parts.headers);
     parts.uri = uri;
+    // The upstream connection's version is negotiated on its own (HTTP/2 by ALPN where the
+    // upstream offers it); a client's HTTP/2 must not be demanded of an HTTP/1.1 upstream.
+    parts.version = http::Version::HTTP_11;
 
     // Requests to scanned APIs are read whole (bounded): the stream flag and the caller's own
     // text decide how the response is handled. Everything else streams through untouched.
