@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 
 // mimalloc rather than glibc's malloc: the relay allocates and frees small objects for every
 // streamed event on both worker threads (decoded events, JSON values, text pieces); under load
-// it cut the scanning proxy's CPU per event by about a fifth, at the price of ~20 KB more per
-// idle stream (docs/benchmarks.md, load benchmark).
+// it cut the scanning proxy's CPU per event by about a fifth. Built without its transparent
+// huge pages (`no_thp` in Cargo.toml): with them an idle stream cost ~14 KB more than with
+// glibc's malloc (docs/benchmarks.md, "Memory per idle stream").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
