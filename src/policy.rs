@@ -447,15 +447,26 @@ impl Policy {
     /// Whether this policy could block a finding of `kind` (`license-text`, …): if not, the
     /// proxy need not hold such runs back.
     pub fn may_block_kind(&self, kind: &str) -> bool {
+        self.may_take_kind(kind, &[Action::Block])
+    }
+
+    /// Whether this policy could block or redact a finding of `kind`: whether text that may
+    /// become one must be held until it is decided.
+    pub fn may_withhold_kind(&self, kind: &str) -> bool {
+        self.may_take_kind(kind, &[Action::Block, Action::Redact])
+    }
+
+    /// Whether one of `actions` could be taken on a finding of `kind` (never in shadow mode).
+    fn may_take_kind(&self, kind: &str, actions: &[Action]) -> bool {
         if self.shadow {
             return false;
         }
-        self.default_action == Action::Block
+        actions.contains(&self.default_action)
             || self
                 .rules
                 .iter()
                 .chain(&self.exceptions)
-                .filter(|r| r.action == Action::Block)
+                .filter(|r| actions.contains(&r.action))
                 .any(|r| r.when.kind.is_empty() || r.when.kind.iter().any(|k| k == kind))
     }
 

@@ -399,3 +399,86 @@ fn a_repeated_choice_index_cannot_move_a_redaction_to_another_choice() {
     );
     assert_only_placeholders_between_fences(second);
 }
+
+/// Streams `text` through a strict pipeline, `piece` characters an event; returns the text
+/// released before the stream's end (while the notice line was still unfinished, if it is the
+/// last) and the whole text released.
+fn released_text(policy: Policy, text: &str, piece: usize) -> (String, String) {
+    let mut p = Pipeline::new(Api::ChatCompletions, setup(policy));
+    let upstream = String::from_utf8(openai_stream(text, piece)).unwrap();
+    let evs: Vec<&str> = upstream.split_inclusive("\n\n").collect();
+    let mut out = Vec::new();
+    // Not the finish event and `[DONE]`: the stream is still going.
+    for ev in &evs[..evs.len() - 2] {
+        for f in p.push(ev.as_bytes()) {
+            out.extend_from_slice(&f);
+        }
+    }
+    let during = openai_text(&events(&out));
+    for ev in &evs[evs.len() - 2..] {
+        for f in p.push(ev.as_bytes()) {
+            out.extend_from_slice(&f);
+        }
+    }
+    for f in p.finish() {
+        out.extend_from_slice(&f);
+    }
+    (during, openai_text(&events(&out)))
+}
+
+/// An SPDX identifier or a copyright notice is recognised when its line ends. When the policy
+/// could block or redact markers, strict holdback holds the unfinished line from the tag or
+/// notice (or from an end that could begin one: "SPDX-Lic", "Copyr", "(") until it is decided,
+/// so nothing of the marker is released first, at any event size. When the policy only logs
+/// or annotates them, the line flows as it arrives.
+#[test]
+fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it() {
+    let rule = |action: &str| {
+        policy(&format!(
+            "version = 1\n[[rules]]\nname = \"markers\"\naction = \"{action}\"\nwhen = {{ kind = [\"license-marker\"] }}\n"
+        ))
+    };
+    // Each marker's line goes on long enough that the index's own holdback (the last t − 1
+    // words) has moved past the marker before the line ends.
+    let more = "and many more words follow on this same line, one after the other, until the \
+                held tail of words is well past the marker";
+    let head = "Here is the file:\n\n// ";
+    let identifier =
+        format!("{head}SPDX-License-Identifier: GPL-3.0-only -- {more}\nfn main() {{}}\n");
+    let long_line = format!("Notes.\nCopyright (C) 2007 Free Software Foundation, Inc. {more}");
+    let notice = format!("{long_line}\nThe end.\n");
+    for piece in 1..=7 {
+        let (_, got) = released_text(rule("block"), &identifier, piece);
+        assert_eq!(
+            got, head,
+            "piece {piece}: only the text before the identifier"
+        );
+        let (_, got) = released_text(rule("block"), &notice, piece);
+        assert_eq!(
+            got, "Notes.\n",
+            "piece {piece}: only the text before the notice"
+        );
+        let (_, got) = released_text(rule("redact"), &notice, piece);
+        for part in ["Copyright", "(C)", "2007", "Free Software", "Inc."] {
+            assert!(
+                !got.contains(part),
+                "piece {piece}: {part:?} released: {got:?}"
+            );
+        }
+        assert!(
+            got.starts_with("Notes.\n") && got.ends_with("\nThe end.\n"),
+            "piece {piece}: {got:?}"
+        );
+        let (during, _) = released_text(rule("redact"), &long_line, piece);
+        // Events go out whole: the one that starts the notice line waits with it.
+        assert!(
+            !during.is_empty() && "Notes.\n".starts_with(during.as_str()),
+            "piece {piece}: the unfinished notice line is held: {during:?}"
+        );
+        let (during, _) = released_text(Policy::builtin(), &long_line, piece);
+        assert!(
+            during.contains("Copyright (C) 2007 Free Software Foundation, Inc. and many"),
+            "piece {piece}: the built-in policy only logs markers, so nothing waits: {during:?}"
+        );
+    }
+}

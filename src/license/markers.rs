@@ -421,14 +421,13 @@ fn quote(expr: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Whether an ASCII line holds `copyright` or `(c)` in any ASCII case (the ways a notice
-/// starts but `©`, which is not ASCII): a line without them (most lines) is rejected without
-/// a lower-cased copy. Found by the bytes they start with (`memchr`, which tests 32
-/// bytes at a time) rather than an automaton stepping every byte: every line of every answer
-/// is asked, and an aho-corasick automaton over these three patterns, which have four
-/// distinct first bytes in any case, gets no prefilter.
-fn ascii_may_hold_copyright(line: &[u8]) -> bool {
-    memchr::memchr3_iter(b'c', b'C', b'(', line).any(|i| {
+/// Where the first `copyright` or `(c)` in any ASCII case starts in `line` (the ways a notice
+/// starts but `©`, which is not ASCII). Found by the bytes they start with (`memchr`, which
+/// tests 32 bytes at a time) rather than an automaton stepping every byte: every line of
+/// every answer is asked, and an aho-corasick automaton over these three patterns, which have
+/// four distinct first bytes in any case, gets no prefilter.
+fn ascii_notice_token(line: &[u8]) -> Option<usize> {
+    memchr::memchr3_iter(b'c', b'C', b'(', line).find(|&i| {
         let r = &line[i..];
         if r[0] == b'(' {
             r.len() >= 3 && r[1].eq_ignore_ascii_case(&b'c') && r[2] == b')'
@@ -438,8 +437,34 @@ fn ascii_may_hold_copyright(line: &[u8]) -> bool {
     })
 }
 
+/// What an identifier line or a copyright notice starts with, lower-case.
+const MARKER_STARTS: [&[u8]; 3] = [b"spdx-license-identifier:", b"copyright", b"(c)"];
+
+/// Where the first identifier tag or notice token (`copyright`, `(c)`, `©`) starts in `line`.
+fn marker_token(line: &str) -> Option<usize> {
+    [spdx_tag(line), marker_notice_token(line)]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// Where the end of `line` could be the beginning of an identifier tag or a notice token
+/// ("SPDX-Lic", "Copyr", "(c"): the start of the longest such end, in any ASCII case.
+fn marker_token_begun(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    MARKER_STARTS
+        .iter()
+        .filter_map(|t| {
+            (1..t.len().min(b.len() + 1))
+                .rev()
+                .find(|&k| b[b.len() - k..].eq_ignore_ascii_case(&t[..k]))
+        })
+        .max()
+        .map(|k| b.len() - k)
+}
+
 /// Where `SPDX-License-Identifier:` starts in a line, in any ASCII case (the leftmost). Found
-/// by its `x`, a rare letter, with `memchr`; the reasons are [`ascii_may_hold_copyright`]'s.
+/// by its `x`, a rare letter, with `memchr`; the reasons are [`ascii_notice_token`]'s.
 fn spdx_tag(line: &str) -> Option<usize> {
     const TAG: &[u8] = b"spdx-license-identifier:";
     let b = line.as_bytes();
@@ -454,22 +479,20 @@ fn spdx_tag(line: &str) -> Option<usize> {
 /// A copyright notice in a line, if there is one: "copyright", `©` or `(c)`, with a year or a
 /// sign (so prose about copyright law is not a notice).
 fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
-    // For ASCII text, ASCII case-insensitive matching finds what lower-casing would; a line
-    // with other characters takes the general path below.
-    if line.is_ascii() && !ascii_may_hold_copyright(line.as_bytes()) {
-        return None;
-    }
-    let lower = line.to_lowercase();
-    // Byte offsets of `lower` and `line` agree only for ASCII; find the marker in `line`.
-    let pos = ["copyright", "©", "(c)"]
-        .iter()
-        .filter_map(|p| lower.find(p).map(|i| (i, p.len())))
-        .min()?;
-    if !line.is_char_boundary(pos.0) || lower.len() != line.len() {
-        // Non-ASCII case mapping changed lengths; fall back to the whole line.
-        return copyright_fields(line, line_start);
-    }
-    copyright_fields(&line[pos.0..], line_start + pos.0 as u64)
+    // ASCII case-insensitive matching in the line itself finds what lower-casing it would
+    // (no other character lower-cases to a letter of `copyright` or to `(c)` in sequence),
+    // at its place in the line even where lower-casing changes the line's length (`İ`).
+    // While the line streams in, the proxy holds it from this token (`undecided_from`).
+    let pos = marker_notice_token(line)?;
+    copyright_fields(&line[pos..], line_start + pos as u64)
+}
+
+/// Where the first notice token (`copyright` or `(c)` in any ASCII case, or `©`) starts.
+fn marker_notice_token(line: &str) -> Option<usize> {
+    [ascii_notice_token(line.as_bytes()), line.find('©')]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// The notice's fields from `from`, the line from its first marker on (at offset `start`).
@@ -556,6 +579,10 @@ pub struct MarkerScanner {
     spdx_lines: Vec<(u64, u64)>,
     /// The word being folded.
     scratch: String,
+    /// How much of the current line [`MarkerScanner::undecided_from`] has searched for an
+    /// identifier tag or a notice token, and where the first one starts (offsets in `line`).
+    line_searched: usize,
+    line_token: Option<usize>,
 }
 
 impl MarkerScanner {
@@ -592,6 +619,43 @@ impl MarkerScanner {
         std::mem::take(&mut self.found)
     }
 
+    /// Where the earliest marker not reported yet could start, if one could: a phrase that
+    /// waits for the words that may carry its version, or an `SPDX-License-Identifier` or a
+    /// copyright notice in the line not finished yet (both are recognised when their line
+    /// ends) — from its tag or first notice token, or from where the line's end could begin
+    /// one ("SPDX-Lic", "Copyr", "(c"). A proxy that holds text from here on releases nothing
+    /// of such a marker before it is decided.
+    ///
+    /// Not covered: license names and header phrases in the unfinished line, which are
+    /// searched for when it ends (holding every line that has a word some phrase starts with
+    /// — "the", "this", "open" — would hold most prose until its paragraph ends).
+    pub fn undecided_from(&mut self) -> Option<u64> {
+        let phrase = self.pending.iter().map(|p| self.words[p.1].0).min();
+        let line = self.line_hold().map(|i| self.line_start + i as u64);
+        match (phrase, line) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`MarkerScanner::undecided_from`] in the current line: an offset in `line`. Searched
+    /// only where the line has grown since the last call (with the longest tag's overlap), so
+    /// a long line streamed in many pieces is not searched again from its start each time.
+    fn line_hold(&mut self) -> Option<usize> {
+        let line = self.line.as_str();
+        if self.line_token.is_none() && self.line_searched < line.len() {
+            let mut from = self
+                .line_searched
+                .saturating_sub(MARKER_STARTS[0].len() - 1);
+            while !line.is_char_boundary(from) {
+                from -= 1;
+            }
+            self.line_token = marker_token(&line[from..]).map(|i| from + i);
+            self.line_searched = line.len();
+        }
+        self.line_token.or_else(|| marker_token_begun(line))
+    }
+
     /// The buffered line is complete.
     fn end_line(&mut self) {
         let mut line = std::mem::take(&mut self.line);
@@ -603,6 +667,8 @@ impl MarkerScanner {
 
     fn line_done(&mut self, line: &str) {
         let start = self.line_start;
+        self.line_searched = 0;
+        self.line_token = None;
         if let Some(i) = spdx_tag(line) {
             let mut m = Marker::new(
                 MarkerKind::SpdxIdentifier,
@@ -794,7 +860,61 @@ mod tests {
             prop_assert_eq!(super::spdx_tag(&line), spdx);
             if line.is_ascii() {
                 let notice = ci(&["copyright", "©", "(c)"]).is_match(&line);
-                prop_assert_eq!(super::ascii_may_hold_copyright(line.as_bytes()), notice);
+                prop_assert_eq!(super::ascii_notice_token(line.as_bytes()).is_some(), notice);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+        /// However the text arrives, an identifier or notice not reported yet starts at or
+        /// after [`super::MarkerScanner::undecided_from`] (or after the text so far): text
+        /// before that offset can be released without any of such a marker.
+        #[test]
+        fn no_unreported_identifier_or_notice_starts_before_the_undecided_offset(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z ,.:-]{0,10}",
+                    "(// |# |)(SPDX|spdx)-(License|LICENSE)-Identifier: (MIT|GPL-2.0-only|Apache-2.0)",
+                    "(Copyright|COPYRIGHT|\\(c\\)|\\(C\\)|©) (2007|1999-2004) [A-Z][a-z]{1,8}( Inc\\.|)",
+                    "\n",
+                    "(İ|ß|é|日本)",
+                ],
+                0..12,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..10),
+        ) {
+            let text: String = parts.concat();
+            let covered = |k: super::MarkerKind| {
+                matches!(k, super::MarkerKind::SpdxIdentifier | super::MarkerKind::Copyright)
+            };
+            let all: Vec<(super::MarkerKind, u64)> = super::scan(&text)
+                .into_iter()
+                .filter(|m| covered(m.kind))
+                .map(|m| (m.kind, m.start))
+                .collect();
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .map(|c| c.min(text.len()))
+                .filter(|&c| text.is_char_boundary(c))
+                .collect();
+            cuts.push(text.len());
+            cuts.sort_unstable();
+            let mut s = super::MarkerScanner::new();
+            let mut reported = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                s.push(&text[at..c]);
+                at = c;
+                reported.extend(s.take().into_iter().map(|m| (m.kind, m.start)));
+                let released = s.undecided_from().unwrap_or(c as u64).min(c as u64);
+                for m in all.iter().filter(|m| !reported.contains(m)) {
+                    prop_assert!(
+                        released <= m.1,
+                        "{m:?} unreported, but text up to {released} released ({:?})",
+                        &text[..c]
+                    );
+                }
             }
         }
     }

@@ -285,6 +285,9 @@ pub struct Pipeline {
     license_pending: Vec<Vec<Finding>>,
     /// Whether the policy could block a license text (else its runs are not held back).
     hold_license: bool,
+    /// Whether text that may become a license marker is held until the marker is decided:
+    /// strict holdback and a policy that could block or redact one.
+    hold_markers: bool,
     /// Each stream's redactions so far, in its original text's offsets (see [`Redactions`]):
     /// held events are rebuilt from the original text with all of them applied, and events
     /// that repeat a stream's whole text (which may arrive after the run was redacted) get
@@ -317,6 +320,8 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(api: Api, setup: ScanSetup) -> Self {
         let hold_license = setup.policy.may_block_kind("license-text");
+        let hold_markers =
+            setup.hold == Hold::Strict && setup.policy.may_withhold_kind("license-marker");
         let min_block = [
             setup.policy.min_block_units("prose"),
             setup.policy.min_block_units("code"),
@@ -332,6 +337,7 @@ impl Pipeline {
             markers: Vec::new(),
             license_pending: Vec::new(),
             hold_license,
+            hold_markers,
             redactions: Vec::new(),
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -801,10 +807,29 @@ impl Pipeline {
         }
     }
 
+    /// Each stream's offset before which its text is decided: what its scanner no longer
+    /// holds (see [`Scanner::stable_offset`]) and, when markers are held, before the
+    /// earliest marker that could still be found ([`MarkerScanner::undecided_from`]).
+    fn stable_offsets(&mut self) -> smallvec::SmallVec<[u64; 4]> {
+        let hold_markers = self.hold_markers;
+        self.streams
+            .iter()
+            .zip(&mut self.markers)
+            .map(|((_, sc), m)| {
+                let at = sc.stable_offset();
+                match hold_markers.then(|| m.undecided_from()).flatten() {
+                    Some(m) => at.min(m),
+                    None => at,
+                }
+            })
+            .collect()
+    }
+
     /// Ends the response: releases what lies before `at` on `stream` (cutting the event that
     /// straddles it), drops everything after, and appends the provider's own ending.
     fn block(&mut self, stream: usize, at: u64, cite: &Citation) {
         let api = self.api;
+        let stable = self.stable_offsets();
         while let Some(h) = self.queue.front() {
             // An event that repeats texts goes with what is dropped: it would repeat the
             // blocked run, or text not decided yet.
@@ -813,7 +838,7 @@ impl Pipeline {
                     if sp.stream == stream {
                         sp.end <= at
                     } else {
-                        sp.end <= self.streams[sp.stream].1.stable_offset()
+                        sp.end <= stable[sp.stream]
                     }
                 });
             if !ok {
@@ -870,15 +895,13 @@ impl Pipeline {
         if self.state != State::Relaying {
             return;
         }
+        let stable = self.stable_offsets();
         while let Some(h) = self.queue.front() {
             let ok = self.setup.hold == Hold::None
-                || (h
-                    .spans
-                    .iter()
-                    .all(|sp| sp.end <= self.streams[sp.stream].1.stable_offset())
+                || (h.spans.iter().all(|sp| sp.end <= stable[sp.stream])
                     && h.repeats
                         .iter()
-                        .all(|&s| self.streams[s].1.stable_offset() >= self.texts[s].len() as u64));
+                        .all(|&s| stable[s] >= self.texts[s].len() as u64));
             if !ok {
                 break;
             }
