@@ -426,11 +426,11 @@ fn released_text(policy: Policy, text: &str, piece: usize) -> (String, String) {
     (during, openai_text(&events(&out)))
 }
 
-/// An SPDX identifier or a copyright notice is recognised when its line ends. When the policy
-/// could block or redact markers, strict holdback holds the unfinished line from the tag or
-/// notice (or from an end that could begin one: "SPDX-Lic", "Copyr", "(") until it is decided,
-/// so nothing of the marker is released first, at any event size. When the policy only logs
-/// or annotates them, the line flows as it arrives.
+/// License markers are recognised when their line ends. When the policy could block or redact
+/// markers, strict holdback holds the unfinished line from an SPDX tag, a notice, a license
+/// name or header phrase, or whatever its end could begin ("SPDX-Lic", "Copyr", "the GNU
+/// General") until the marker is decided, so nothing of it is released first, at any event
+/// size. When the policy only logs or annotates them, the line flows as it arrives.
 #[test]
 fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it() {
     let rule = |action: &str| {
@@ -457,6 +457,19 @@ fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it
         assert_eq!(
             got, "Notes.\n",
             "piece {piece}: only the text before the notice"
+        );
+        // A header phrase, and one split over two lines.
+        let header = format!("// This file is licensed under the Apache License, {more}\n");
+        let (_, got) = released_text(rule("block"), &header, piece);
+        assert_eq!(
+            got, "// This file is ",
+            "piece {piece}: only the text before the phrase"
+        );
+        let split = format!("It is under the GNU General\nPublic License, {more}\n");
+        let (_, got) = released_text(rule("block"), &split, piece);
+        assert_eq!(
+            got, "It is under the ",
+            "piece {piece}: only the text before the phrase"
         );
         let (_, got) = released_text(rule("redact"), &notice, piece);
         for part in ["Copyright", "(C)", "2007", "Free Software", "Inc."] {

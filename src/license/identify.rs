@@ -158,7 +158,7 @@ static VARIETAL_MAP: LazyLock<rustc_hash::FxHashMap<&'static str, &'static str>>
 
 /// `w` lower-cased and its varietal spelling folded, written into `scratch`; returns the
 /// folded word (in `scratch`, or the static spelling it folds to).
-fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
+pub(crate) fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
     scratch.clear();
     if w.is_ascii() {
         scratch.push_str(w);

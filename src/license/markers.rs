@@ -276,6 +276,21 @@ static FIRST_TWO: LazyLock<rustc_hash::FxHashSet<(&'static str, &'static str)>> 
             .collect()
     });
 
+/// Every phrase's words ("gnu general public license"), and every proper beginning of one
+/// in whole words ("gnu", "gnu general", "gnu general public"): what
+/// [`MarkerScanner::undecided_from`] asks of the words of a line not finished yet.
+static PHRASE_WORDS: LazyLock<rustc_hash::FxHashSet<&'static str>> =
+    LazyLock::new(|| PHRASES.iter().map(|p| &*p.words).collect());
+static PHRASE_BEGINNINGS: LazyLock<rustc_hash::FxHashSet<&'static str>> = LazyLock::new(|| {
+    PHRASES
+        .iter()
+        .flat_map(|p| {
+            let w: &'static str = &p.words;
+            w.match_indices(' ').map(move |(i, _)| &w[..i])
+        })
+        .collect()
+});
+
 /// [`FIRST_WORDS`]' lengths and first and last bytes, asked first (most words start no
 /// phrase).
 static FIRST_WORDS_PREFILTER: LazyLock<super::identify::WordEnds> = LazyLock::new(|| {
@@ -583,6 +598,15 @@ pub struct MarkerScanner {
     /// identifier tag or a notice token, and where the first one starts (offsets in `line`).
     line_searched: usize,
     line_token: Option<usize>,
+    /// Phrases in the current line, for [`MarkerScanner::undecided_from`] (phrases are
+    /// searched for when a line ends): how far its complete words have been read; the words
+    /// read so far that begin a phrase, each with the phrase's words so far; where the first
+    /// complete phrase in it starts; and, once asked, where the earliest phrase begun in the
+    /// lines before it and not finished there starts.
+    line_lexed: usize,
+    line_begun: Vec<(u64, String)>,
+    line_phrase: Option<u64>,
+    line_seed: Option<Option<u64>>,
 }
 
 impl MarkerScanner {
@@ -619,23 +643,93 @@ impl MarkerScanner {
         std::mem::take(&mut self.found)
     }
 
-    /// Where the earliest marker not reported yet could start, if one could: a phrase that
-    /// waits for the words that may carry its version, or an `SPDX-License-Identifier` or a
-    /// copyright notice in the line not finished yet (both are recognised when their line
-    /// ends) — from its tag or first notice token, or from where the line's end could begin
-    /// one ("SPDX-Lic", "Copyr", "(c"). A proxy that holds text from here on releases nothing
-    /// of such a marker before it is decided.
-    ///
-    /// Not covered: license names and header phrases in the unfinished line, which are
-    /// searched for when it ends (holding every line that has a word some phrase starts with
-    /// — "the", "this", "open" — would hold most prose until its paragraph ends).
+    /// Where the earliest marker not reported yet could start, if one could. Markers are
+    /// recognised when their line ends (phrases also wait for the words that may carry their
+    /// version), so this is the earliest of: a phrase waiting for those words; in the line not
+    /// finished yet, an `SPDX-License-Identifier` tag or copyright notice token, or an end
+    /// that could begin one ("SPDX-Lic", "Copyr", "(c"); a license name or header phrase in
+    /// it, or the start of one that its words so far begin ("the GNU General"), or one begun
+    /// in the lines before that the line may go on with; and the word still being formed at
+    /// its end. A proxy that holds text from here on releases nothing of a marker before it
+    /// is decided.
     pub fn undecided_from(&mut self) -> Option<u64> {
-        let phrase = self.pending.iter().map(|p| self.words[p.1].0).min();
-        let line = self.line_hold().map(|i| self.line_start + i as u64);
-        match (phrase, line) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let waiting = self.pending.iter().map(|p| self.words[p.1].0).min();
+        let token = self.line_hold().map(|i| self.line_start + i as u64);
+        let phrase = self.line_phrase_hold();
+        [waiting, token, phrase].into_iter().flatten().min()
+    }
+
+    /// The phrase part of [`MarkerScanner::undecided_from`]. The line's words are read as
+    /// the scanner reads them at its end (runs of letters and digits, folded), but from the
+    /// line's first character: a comment prefix (`REM`, `dnl`) or list numbering the scanner
+    /// drops only adds words here, so a phrase is never missed, only a few more words held.
+    /// A phrase begun in the lines before is held until this line ends, not followed into it:
+    /// the scanner skips a copyright line, and a prefix or numbering can still be dropped, so
+    /// which of this line's words continue it is not known before the line ends.
+    fn line_phrase_hold(&mut self) -> Option<u64> {
+        if self.line_seed.is_none() {
+            let n = self.words.len();
+            let mut seq = String::new();
+            let mut seed = None;
+            for i in (n.saturating_sub(*LONGEST)..n).rev() {
+                if !seq.is_empty() {
+                    seq.insert(0, ' ');
+                }
+                seq.insert_str(0, self.word(i));
+                if PHRASE_BEGINNINGS.contains(seq.as_str()) {
+                    seed = Some(self.words[i].0);
+                }
+            }
+            self.line_seed = Some(seed);
         }
+        let line = self.line.as_str();
+        let mut scratch = String::new();
+        let mut at = self.line_lexed;
+        let mut forming = None;
+        while at < line.len() {
+            let rest = &line[at..];
+            let Some(s) = rest.find(char::is_alphanumeric) else {
+                at = line.len();
+                break;
+            };
+            let e = rest[s..]
+                .find(|c: char| !c.is_alphanumeric())
+                .map(|e| s + e);
+            let Some(e) = e else {
+                // The word at the end may go on: read when it is complete.
+                forming = Some(self.line_start + (at + s) as u64);
+                at += s;
+                break;
+            };
+            let (ws, we) = (at + s, at + e);
+            at = we;
+            let w = super::identify::fold_into(&line[ws..we], &mut scratch);
+            let start = self.line_start + ws as u64;
+            let mut complete = None;
+            self.line_begun.retain_mut(|(from, seq)| {
+                seq.push(' ');
+                seq.push_str(w);
+                if PHRASE_WORDS.contains(seq.as_str()) {
+                    complete = complete.min(Some(*from)).or(Some(*from));
+                }
+                PHRASE_BEGINNINGS.contains(seq.as_str())
+            });
+            if PHRASE_WORDS.contains(w) {
+                complete = complete.min(Some(start)).or(Some(start));
+            }
+            if PHRASE_BEGINNINGS.contains(w) {
+                self.line_begun.push((start, w.to_string()));
+            }
+            if let Some(c) = complete {
+                self.line_phrase = Some(self.line_phrase.map_or(c, |p| p.min(c)));
+            }
+        }
+        self.line_lexed = at;
+        let begun = self.line_begun.iter().map(|b| b.0).min();
+        [self.line_seed.flatten(), self.line_phrase, begun, forming]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// [`MarkerScanner::undecided_from`] in the current line: an offset in `line`. Searched
@@ -669,6 +763,10 @@ impl MarkerScanner {
         let start = self.line_start;
         self.line_searched = 0;
         self.line_token = None;
+        self.line_lexed = 0;
+        self.line_begun.clear();
+        self.line_phrase = None;
+        self.line_seed = None;
         if let Some(i) = spdx_tag(line) {
             let mut m = Marker::new(
                 MarkerKind::SpdxIdentifier,
@@ -867,30 +965,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
-        /// However the text arrives, an identifier or notice not reported yet starts at or
-        /// after [`super::MarkerScanner::undecided_from`] (or after the text so far): text
-        /// before that offset can be released without any of such a marker.
+        /// However the text arrives, a marker not reported yet starts at or after
+        /// [`super::MarkerScanner::undecided_from`] (or after the text so far): text before
+        /// that offset can be released without any of a marker.
         #[test]
-        fn no_unreported_identifier_or_notice_starts_before_the_undecided_offset(
+        fn no_unreported_marker_starts_before_the_undecided_offset(
             parts in proptest::collection::vec(
                 prop_oneof![
                     "[a-zA-Z ,.:-]{0,10}",
+                    "(the|this|open|public|software|license|version|or|and|under) ",
                     "(// |# |)(SPDX|spdx)-(License|LICENSE)-Identifier: (MIT|GPL-2.0-only|Apache-2.0)",
                     "(Copyright|COPYRIGHT|\\(c\\)|\\(C\\)|©) (2007|1999-2004) [A-Z][a-z]{1,8}( Inc\\.|)",
-                    "\n",
+                    "(GNU|gnu) (General|Lesser General|Affero General) (Public|public)( |\n)(License|Licence)",
+                    "(Licensed|licensed) under the (Apache|MIT) License(, Version 2\\.0|)",
+                    "(the MIT license|GPLv2|LGPL 2\\.1|BSD 3-Clause|Mozilla Public License 2\\.0)",
+                    "(either version 3|or \\(at your option\\) any later version)",
+                    "\n(// |dnl |REM |1\\. |\\(a\\) |)",
+                    "\nCopyright 2020 Someone\n",
                     "(İ|ß|é|日本)",
                 ],
-                0..12,
+                0..14,
             ),
-            cuts in proptest::collection::vec(0usize..400, 0..10),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
         ) {
             let text: String = parts.concat();
-            let covered = |k: super::MarkerKind| {
-                matches!(k, super::MarkerKind::SpdxIdentifier | super::MarkerKind::Copyright)
-            };
             let all: Vec<(super::MarkerKind, u64)> = super::scan(&text)
                 .into_iter()
-                .filter(|m| covered(m.kind))
                 .map(|m| (m.kind, m.start))
                 .collect();
             let mut cuts: Vec<usize> = cuts
