@@ -10,6 +10,12 @@
 //! serving N concurrent streams does: every stream's state and every probe is then cold in
 //! the caches, which a one-stream-at-a-time loop hides.
 //!
+//! `--lag DIR [--lag-unwrap]` measures instead how long strict holdback keeps text back: the
+//! text files under DIR (sorted, up to `--lag-mib`; with `--lag-unwrap` each paragraph on one
+//! line, as a model writes) stream as one stream per file, a word an event, under
+//! the built-in policy and under one that redacts license markers (whose text is held until its
+//! line ends, docs/proxy.md); for each event, how many events later it was released.
+//!
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
 
@@ -46,8 +52,67 @@ struct Args {
     /// Streams open at once, their events pushed round-robin (1: one stream after another).
     #[arg(long, default_value_t = 1)]
     interleave: usize,
+    /// Measure release lag over the text files under this directory (see the module docs).
+    #[arg(long)]
+    lag: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    lag_mib: usize,
+    /// Join each paragraph's lines into one line first, as a model writes prose (a line
+    /// that is held until it ends is then a whole paragraph).
+    #[arg(long)]
+    lag_unwrap: bool,
     #[arg(long)]
     bench: bool,
+}
+
+/// Chat chunks carrying `text` a word (with the whitespace before the next) at a time.
+fn text_events(text: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        while !text.is_char_boundary(i) {
+            i += 1;
+        }
+        let piece = serde_json::to_string(&text[start..i]).unwrap();
+        out.push(
+            format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{piece}}},\"finish_reason\":null}}]}}\n\n"
+            )
+            .into_bytes(),
+        );
+        start = i;
+    }
+    out
+}
+
+/// Release lag (in events) of every event of every stream, under `setup`.
+fn lags(streams: &[Vec<Vec<u8>>], setup: &ScanSetup) -> Vec<usize> {
+    let mut lags = Vec::new();
+    for evs in streams {
+        let mut p = Pipeline::new(Api::ChatCompletions, setup.clone());
+        let mut released = 0u64;
+        for (i, e) in evs.iter().enumerate() {
+            p.push(e);
+            // Events go out in order: this push released events `released..events_out`.
+            for j in released..p.events_out {
+                lags.push(i - j as usize);
+            }
+            released = p.events_out;
+        }
+        p.finish();
+        for j in released..p.events_out {
+            lags.push(evs.len() - j as usize);
+        }
+    }
+    lags
 }
 
 const WORDS: &[&str] = &[
@@ -92,6 +157,14 @@ fn main() {
     )];
     for i in &a.indexes {
         indexes.push(Arc::new(Index::open(i).unwrap()));
+    }
+    if let Some(dir) = &a.lag {
+        return lag_report(
+            dir,
+            if a.bench { a.lag_mib << 20 } else { 64 << 10 },
+            a.lag_unwrap,
+            indexes,
+        );
     }
     let evs = events(a.events, a.unique);
     let setup = ScanSetup {
@@ -167,4 +240,97 @@ fn main() {
         a.interleave,
         f / b
     );
+}
+
+/// `--lag`: release lag under the built-in policy and under one that redacts license markers.
+fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<Arc<Index>>) {
+    let mut files: Vec<PathBuf> = walk(dir);
+    files.sort();
+    let mut streams = Vec::new();
+    let (mut bytes, mut n_events) = (0usize, 0usize);
+    for f in files {
+        let Ok(mut text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        if unwrap {
+            text = text
+                .split("\n\n")
+                .map(|p| p.split('\n').collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join("\n\n");
+        }
+        if bytes >= budget {
+            break;
+        }
+        bytes += text.len();
+        let evs = text_events(&text);
+        n_events += evs.len();
+        streams.push(evs);
+    }
+    let dir_policy = tempfile::tempdir().unwrap();
+    let path = dir_policy.path().join("markers.toml");
+    std::fs::write(
+        &path,
+        "version = 1\n[[rules]]\nname = \"markers\"\naction = \"redact\"\nwhen = { kind = [\"license-marker\"] }\n",
+    )
+    .unwrap();
+    println!(
+        "{} streams (files{}), {:.1} MB, {n_events} events of a word each, hold=strict, {} indexes",
+        streams.len(),
+        if unwrap {
+            ", paragraphs on one line"
+        } else {
+            ""
+        },
+        bytes as f64 / 1e6,
+        indexes.len()
+    );
+    for (name, policy) in [
+        ("built-in policy", Policy::builtin()),
+        ("markers redacted", Policy::load(&path).unwrap()),
+    ] {
+        let setup = ScanSetup {
+            indexes: indexes.clone(),
+            exempt: Arc::default(),
+            policy: Arc::new(policy),
+            scope: Scope::default(),
+            hold: Hold::Strict,
+            max_event_bytes: 1 << 20,
+            max_holdback_bytes: usize::MAX,
+            max_response_bytes: usize::MAX,
+        };
+        let mut l = lags(&streams, &setup);
+        l.sort_unstable();
+        let q = |p: f64| {
+            l.get(((l.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        let mean = l.iter().sum::<usize>() as f64 / l.len().max(1) as f64;
+        println!(
+            "{name}: {} events released; lag in events: mean {mean:.2}, p50 {}, p90 {}, p99 {}, p99.9 {}, max {}",
+            l.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            l.last().copied().unwrap_or(0)
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
