@@ -1328,3 +1328,58 @@ async fn http2_with_prior_knowledge_and_http1_are_told_apart_even_from_a_partial
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_no_request_head_in_time_is_disconnected() {
+    // `timeouts.client_header_ms`: nothing at all, the start of a head and no more, the start
+    // of the HTTP/2 preface and no more, and a kept-alive connection left idle after its
+    // response are all closed once the limit has passed; a request sent in time is served.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = start(Reply::json(200, &json!({"ok": true}))).await;
+    let p = proxy(&mock, |c| {
+        c.timeouts.client_header = Duration::from_millis(300);
+    })
+    .await;
+    let closes = |mut s: tokio::net::TcpStream| async move {
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        (ended.is_ok(), t.elapsed())
+    };
+    let head = "POST /v1/models HTTP/1.1\r\nHost: x\r\n";
+    for first in ["", head, "PRI * HT"] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(first.as_bytes()).await.unwrap();
+        let (closed, after) = closes(s).await;
+        assert!(closed, "{first:?}: the connection is still open after 5 s");
+        assert!(
+            after >= Duration::from_millis(200),
+            "{first:?}: closed after {after:?}, before the limit"
+        );
+    }
+    // In time: answered; then idle on the kept-alive connection past the limit: closed.
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (closed, _) = closes(s).await;
+    assert!(
+        closed,
+        "an idle kept-alive connection is still open after 5 s"
+    );
+}

@@ -65,7 +65,8 @@ impl Default for Config {
     }
 }
 
-/// How long Verbatim waits on the upstream before giving up on a request.
+/// How long Verbatim waits on the upstream before giving up on a request, and on a client
+/// for its request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect (and TLS handshake start).
@@ -76,6 +77,10 @@ pub struct Timeouts {
     /// Silence allowed between two pieces of a scanned response body (and the whole of a
     /// non-streamed scanned body).
     pub idle: std::time::Duration,
+    /// From a client connection's start, or the end of its last response, to the end of its
+    /// next request head (HTTP/1.1; for the first bytes only, HTTP/2): a client that connects
+    /// and sends nothing, or a head slowly, does not hold a connection for ever.
+    pub client_header: std::time::Duration,
 }
 
 impl Default for Timeouts {
@@ -84,6 +89,7 @@ impl Default for Timeouts {
             connect: std::time::Duration::from_secs(10),
             first_byte: std::time::Duration::from_secs(600),
             idle: std::time::Duration::from_secs(300),
+            client_header: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -178,11 +184,16 @@ impl Config {
             c.audit_log = Some(base.join(a.value));
         }
         if let Some(tt) = r.opt_std_table(t, "", "timeouts") {
-            r.unknown_keys(tt, "timeouts", &["connect_ms", "first_byte_ms", "idle_ms"]);
+            r.unknown_keys(
+                tt,
+                "timeouts",
+                &["connect_ms", "first_byte_ms", "idle_ms", "client_header_ms"],
+            );
             for (key, slot) in [
                 ("connect_ms", &mut c.timeouts.connect),
                 ("first_byte_ms", &mut c.timeouts.first_byte),
                 ("idle_ms", &mut c.timeouts.idle),
+                ("client_header_ms", &mut c.timeouts.client_header),
             ] {
                 if let Some(v) = r.opt_u64(tt, "timeouts", key) {
                     if v.value == 0 {

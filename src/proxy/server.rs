@@ -372,6 +372,7 @@ impl Worker {
                                 continue;
                             }
                         };
+                        let header = shared.cfg.timeouts.client_header;
                         let shared = Arc::clone(&shared);
                         let client = client.clone();
                         // Boxed: hyper keeps the allocation of a service future for as long as
@@ -388,7 +389,7 @@ impl Worker {
                         });
                         tokio::spawn(async move {
                             let _live = live;
-                            if let Err(e) = serve_client(stream, service, watcher).await {
+                            if let Err(e) = serve_client(stream, service, watcher, header).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -415,22 +416,34 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// 16 KiB — 8 KiB more for every open connection (heaptrack of 1,000 idle streams,
 /// docs/benchmarks.md, "Memory per idle stream"). Here the bytes are only peeked at, so hyper
 /// reads them itself into its 8 KiB buffer.
+///
+/// `header` (`timeouts.client_header_ms`) bounds the wait for the first bytes, and for HTTP/1.1
+/// every request head, from the connection's start or the end of the last response (hyper's
+/// header read timeout, which needs its timer set): past it the connection is closed.
 async fn serve_client<S>(
     stream: tokio::net::TcpStream,
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
+    header: std::time::Duration,
 ) -> Result<(), hyper::Error>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>> + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    if speaks_h2(&stream).await {
+    let Ok(h2) = tokio::time::timeout(header, speaks_h2(&stream)).await else {
+        tracing::debug!("client sent nothing in time; connection closed");
+        return Ok(());
+    };
+    if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
             .serve_connection(TokioIo::new(stream), service);
         watcher.watch(conn).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header)
             .serve_connection(TokioIo::new(stream), service);
         watcher.watch(conn).await
     }
