@@ -1282,37 +1282,38 @@ async fn http2_with_prior_knowledge_and_http1_are_told_apart_even_from_a_partial
         };
         let what = format!("h2 {h2}, slow first segment {slow}");
         let statuses = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut out = Vec::new();
-            if h2 {
-                let (mut send, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            // Either sender: `Ok` speaks HTTP/1.1, `Err` HTTP/2.
+            let mut send = if h2 {
+                let (send, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
                     .unwrap();
                 tokio::spawn(conn);
-                for (path, b) in [
-                    ("/v1/chat/completions", Some(body.as_str())),
-                    ("/v1/models", None),
-                ] {
-                    let r = send.send_request(req(path, b)).await.unwrap();
-                    assert_eq!(r.version(), http::Version::HTTP_2, "{what}");
-                    out.push((
-                        r.status(),
-                        r.into_body().collect().await.unwrap().to_bytes(),
-                    ));
-                }
+                Err(send)
             } else {
-                let (mut send, conn) = http1::handshake(io).await.unwrap();
+                let (send, conn) = http1::handshake(io).await.unwrap();
                 tokio::spawn(conn);
-                for (path, b) in [
-                    ("/v1/chat/completions", Some(body.as_str())),
-                    ("/v1/models", None),
-                ] {
-                    let r = send.send_request(req(path, b)).await.unwrap();
-                    assert_eq!(r.version(), http::Version::HTTP_11, "{what}");
-                    out.push((
-                        r.status(),
-                        r.into_body().collect().await.unwrap().to_bytes(),
-                    ));
+                Ok(send)
+            };
+            let mut out = Vec::new();
+            for (path, b) in [
+                ("/v1/chat/completions", Some(body.as_str())),
+                ("/v1/models", None),
+            ] {
+                let r = match &mut send {
+                    Ok(h1) => h1.send_request(req(path, b)).await,
+                    Err(h2) => h2.send_request(req(path, b)).await,
                 }
+                .unwrap();
+                let version = if h2 {
+                    http::Version::HTTP_2
+                } else {
+                    http::Version::HTTP_11
+                };
+                assert_eq!(r.version(), version, "{what}");
+                out.push((
+                    r.status(),
+                    r.into_body().collect().await.unwrap().to_bytes(),
+                ));
             }
             out
         })
