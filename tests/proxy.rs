@@ -1384,3 +1384,33 @@ async fn a_client_that_sends_no_request_head_in_time_is_disconnected() {
         "an idle kept-alive connection is still open after 5 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_connection_that_sent_nothing() {
+    // A connection that has sent no byte yet (a preconnect, a health check's TCP probe) has
+    // no request to finish: shutdown closes it rather than waiting `client_header_ms` (30 s).
+    let mock = start(Reply::json(200, &json!({"ok": true}))).await;
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_openai: format!("http://{}", mock.addr).parse().unwrap(),
+        ..Config::default()
+    };
+    let server = Server::bind(cfg, Vec::new()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Served: the connection has reached a worker and waits for its first bytes.
+    let (status, _, _) = post(addr, "/v1/models", &json!({})).await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown still waiting after 5 s for a connection that sent nothing")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}

@@ -47,6 +47,9 @@ struct Shared {
     loaded: ArcSwap<Loaded>,
     audit: AuditSink,
     metrics: Metrics,
+    /// Becomes true when the server starts shutting down: a connection that has not sent its
+    /// first bytes yet is closed then instead of being waited for.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A bound, not yet running proxy.
@@ -206,6 +209,7 @@ impl Server {
             loaded: ArcSwap::from_pointee(loaded),
             audit,
             metrics,
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         let n = std::thread::available_parallelism().map_or(1, usize::from);
         let workers = (0..n)
@@ -293,6 +297,7 @@ impl Server {
                 () = &mut shutdown => break,
             }
         }
+        self.shared.stopping.send_replace(true);
         graceful.shutdown().await;
         for w in workers {
             drop(w.tx);
@@ -373,6 +378,7 @@ impl Worker {
                             }
                         };
                         let header = shared.cfg.timeouts.client_header;
+                        let stopping = shared.stopping.subscribe();
                         let shared = Arc::clone(&shared);
                         let client = client.clone();
                         // Boxed: hyper keeps the allocation of a service future for as long as
@@ -389,7 +395,9 @@ impl Worker {
                         });
                         tokio::spawn(async move {
                             let _live = live;
-                            if let Err(e) = serve_client(stream, service, watcher, header).await {
+                            if let Err(e) =
+                                serve_client(stream, service, watcher, header, stopping).await
+                            {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -419,21 +427,30 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// `header` (`timeouts.client_header_ms`) bounds the wait for the first bytes, and for HTTP/1.1
 /// every request head, from the connection's start or the end of the last response (hyper's
-/// header read timeout, which needs its timer set): past it the connection is closed.
+/// header read timeout, which needs its timer set): past it the connection is closed. So does
+/// the server shutting down (`stopping`) while the first bytes are awaited: until they come
+/// there is no hyper connection for the graceful shutdown to end.
 async fn serve_client<S>(
     stream: tokio::net::TcpStream,
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
     header: std::time::Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>> + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let Ok(h2) = tokio::time::timeout(header, speaks_h2(&stream)).await else {
-        tracing::debug!("client sent nothing in time; connection closed");
-        return Ok(());
+    let h2 = tokio::select! {
+        sniffed = tokio::time::timeout(header, speaks_h2(&stream)) => match sniffed {
+            Ok(h2) => h2,
+            Err(_) => {
+                tracing::debug!("client sent nothing in time; connection closed");
+                return Ok(());
+            }
+        },
+        _ = stopping.wait_for(|s| *s) => return Ok(()),
     };
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
