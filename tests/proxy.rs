@@ -1299,9 +1299,17 @@ async fn http2_with_prior_knowledge_and_http1_are_told_apart_even_from_a_partial
                 ("/v1/chat/completions", Some(body.as_str())),
                 ("/v1/models", None),
             ] {
+                // `ready` first: an HTTP/1.1 connection takes the next request only once it has
+                // gone back to idle after the last response, which can lag its body's end.
                 let r = match &mut send {
-                    Ok(h1) => h1.send_request(req(path, b)).await,
-                    Err(h2) => h2.send_request(req(path, b)).await,
+                    Ok(h1) => {
+                        h1.ready().await.unwrap();
+                        h1.send_request(req(path, b)).await
+                    }
+                    Err(h2) => {
+                        h2.ready().await.unwrap();
+                        h2.send_request(req(path, b)).await
+                    }
                 }
                 .unwrap();
                 let version = if h2 {
