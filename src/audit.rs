@@ -462,38 +462,68 @@ impl Writer {
         }
     }
 
-    /// Writes what is pending (rotating first if it would pass the size bound); `sync` also
-    /// makes it durable. Whether everything pending is now written (and synced if asked).
+    /// Writes what is pending, in as few writes as the size bound allows: whole records that
+    /// fit in the current file, then a rotation, and so on, so a file passes `rotate_bytes`
+    /// only when one record alone is larger (a batch of several responses' records, queued
+    /// while the writer was busy, used to go into one file whole). `sync` also makes it
+    /// durable. Whether everything pending is now written (and synced if asked).
     fn write(&mut self, sync: bool) -> bool {
         if self.pending.is_empty() {
             return !self.counters.failing.load(Ordering::Relaxed);
         }
-        if let Some(max) = self.opts.rotate_bytes
-            && self.len > 0
-            && self.len + self.pending.len() as u64 > max
-        {
-            self.rotate();
+        let mut r = Ok(());
+        while !self.pending.is_empty() {
+            let mut take = self.pending.len();
+            if let Some(max) = self.opts.rotate_bytes
+                && self.len + take as u64 > max
+            {
+                let room = max.saturating_sub(self.len) as usize;
+                // The whole records that fit in the room left.
+                let fits = self.pending[..room.min(self.pending.len())]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map(|i| i + 1);
+                match fits {
+                    Some(n) => take = n,
+                    None if self.len > 0 => {
+                        self.rotate();
+                        continue;
+                    }
+                    // An empty file and a first record larger than the bound: it goes alone.
+                    None => {
+                        take = self
+                            .pending
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(self.pending.len(), |i| i + 1);
+                    }
+                }
+            }
+            r = self.file.write_all(&self.pending[..take]);
+            if r.is_err() {
+                break;
+            }
+            let records = self.pending[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.len += take as u64;
+            self.counters.written.fetch_add(records, Ordering::Relaxed);
+            self.pending.drain(..take);
+            self.pending_records = self.pending_records.saturating_sub(records);
         }
-        let r = self
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if r.is_ok() && sync {
+            r = self.file.sync_data();
+        }
         match r {
             Ok(()) => {
-                self.len += self.pending.len() as u64;
-                self.counters
-                    .written
-                    .fetch_add(self.pending_records, Ordering::Relaxed);
-                self.pending.clear();
-                self.pending_records = 0;
                 if self.counters.failing.swap(false, Ordering::Relaxed) {
                     tracing::warn!(path = %self.path.display(), "audit log writable again");
                 }
                 true
             }
             Err(e) => {
-                // Cut back whatever part of the batch reached the file: the whole batch is
-                // tried again, and a reader never meets a torn line.
+                // Cut back whatever part of the failed write reached the file: what is still
+                // pending is tried again, and a reader never meets a torn line. (After a failed
+                // sync the records stay written; a later sync makes them durable, and the
+                // waiters are told now that they are not confirmed.)
                 let _ = self.file.set_len(self.len);
                 let n = self.counters.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if !self.counters.failing.swap(true, Ordering::Relaxed) || n.is_multiple_of(100) {
@@ -636,5 +666,64 @@ mod tests {
         let newest = std::fs::read_to_string(name("")).unwrap();
         assert!(newest.contains("\"r9\""), "{newest}");
         assert!(counters.rotations.load(Ordering::Relaxed) >= 3);
+    }
+
+    /// Records queued together (a busy writer takes a burst at once) are still split between
+    /// files at record boundaries: no file passes the bound, and every record is kept, in
+    /// order. A record larger than the bound goes alone into a file of its own.
+    #[test]
+    fn a_batch_larger_than_the_bound_is_split_between_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let counters = Arc::new(Counters::default());
+        let mut w = Writer {
+            file: open_repaired(&path).unwrap(),
+            len: 0,
+            path: path.clone(),
+            opts: AuditOptions {
+                rotate_bytes: Some(400),
+                keep: 100,
+                ..AuditOptions::default()
+            },
+            counters: Arc::clone(&counters),
+            pending: Vec::new(),
+            pending_records: 0,
+        };
+        let one = end("r0").line().unwrap().len();
+        assert!(one < 400 && 2 * one > 200, "records of {one} bytes");
+        let big = format!("r-{}", "x".repeat(600));
+        let mut ids: Vec<String> = (0..7).map(|i| format!("r{i}")).collect();
+        ids.insert(3, big);
+        for id in &ids {
+            w.add(&end(id));
+        }
+        assert!(w.write(false));
+        assert_eq!(counters.written.load(Ordering::Relaxed), ids.len() as u64);
+        let mut files = vec![path.clone()];
+        for i in 1.. {
+            let f = dir.path().join(format!("a.jsonl.{i}"));
+            if !f.exists() {
+                break;
+            }
+            files.push(f);
+        }
+        let mut got = Vec::new();
+        for f in files.iter().rev() {
+            let text = std::fs::read_to_string(f).unwrap();
+            let big_one = text.contains("xxxx");
+            assert!(
+                text.len() <= 400 || (big_one && text.lines().count() == 1),
+                "{} has {} bytes",
+                f.display(),
+                text.len()
+            );
+            got.extend(text.lines().map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["request_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }));
+        }
+        assert_eq!(got, ids, "every record, in order");
     }
 }

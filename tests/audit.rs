@@ -121,7 +121,7 @@ async fn rotation_starts_new_files_between_records_and_keeps_the_newest() {
     assert!(files.len() >= 4, "expected several files: {files:?}");
     for f in &files {
         let size = std::fs::metadata(f).unwrap().len();
-        // A file passes the bound only when one batch alone is larger (never here).
+        // A file passes the bound only when one record alone is larger (never here).
         assert!(size <= 4096, "{} has {size} bytes", f.display());
         assert!(size > 0);
     }
