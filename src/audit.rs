@@ -639,24 +639,29 @@ mod tests {
         assert_eq!(ids, ["one", "two", "three"], "in order, none lost");
     }
 
+    /// A writer on a new file at `path` that rotates past `bytes`, keeping `keep` files.
+    fn rotating_writer(path: &Path, bytes: u64, keep: u32, counters: &Arc<Counters>) -> Writer {
+        Writer {
+            file: open_repaired(path).unwrap(),
+            len: 0,
+            path: path.to_path_buf(),
+            opts: AuditOptions {
+                rotate_bytes: Some(bytes),
+                keep,
+                ..AuditOptions::default()
+            },
+            counters: Arc::clone(counters),
+            pending: Vec::new(),
+            pending_records: 0,
+        }
+    }
+
     #[test]
     fn rotation_shifts_files_and_drops_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let counters = Arc::new(Counters::default());
-        let mut w = Writer {
-            file: open_repaired(&path).unwrap(),
-            len: 0,
-            path: path.clone(),
-            opts: AuditOptions {
-                rotate_bytes: Some(300),
-                keep: 2,
-                ..AuditOptions::default()
-            },
-            counters: Arc::clone(&counters),
-            pending: Vec::new(),
-            pending_records: 0,
-        };
+        let mut w = rotating_writer(&path, 300, 2, &counters);
         for i in 0..10 {
             w.add(&end(&format!("r{i}")));
             assert!(w.write(false));
@@ -676,19 +681,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let counters = Arc::new(Counters::default());
-        let mut w = Writer {
-            file: open_repaired(&path).unwrap(),
-            len: 0,
-            path: path.clone(),
-            opts: AuditOptions {
-                rotate_bytes: Some(400),
-                keep: 100,
-                ..AuditOptions::default()
-            },
-            counters: Arc::clone(&counters),
-            pending: Vec::new(),
-            pending_records: 0,
-        };
+        let mut w = rotating_writer(&path, 400, 100, &counters);
         let one = end("r0").line().unwrap().len();
         assert!(one < 400 && 2 * one > 200, "records of {one} bytes");
         let big = format!("r-{}", "x".repeat(600));
