@@ -451,18 +451,8 @@ impl Pipeline {
             }
             self.decide();
             if self.state == State::Relaying {
-                while let Some(mut h) = self.queue.pop_front() {
-                    // What it repeats is the delivered text as it stands now, complete.
-                    if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
-                        h.changed |= scrub_repeats(
-                            self.api,
-                            v,
-                            &self.streams,
-                            &self.texts,
-                            &self.redactions,
-                        );
-                    }
-                    self.emit(&h);
+                while let Some(h) = self.queue.pop_front() {
+                    self.release_one(h);
                 }
                 if let Some(rest) = rest {
                     self.out.push(rest);
@@ -574,7 +564,6 @@ impl Pipeline {
             }
         }
         if let (true, Some(v)) = (held.spans.is_empty(), &mut held.json) {
-            held.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
             let streams = &self.streams;
             api::for_each_repeated_text(api, v, &mut |k, _| {
                 if let Some(s) = streams.iter().position(|(key, _)| *key == k)
@@ -583,6 +572,11 @@ impl Pipeline {
                     held.repeats.push(s);
                 }
             });
+            // An event that repeats streams is brought up to date when it is released; any
+            // other may still carry text an earlier redaction took out.
+            if held.repeats.is_empty() {
+                held.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
+            }
         }
         self.hold(held);
         // Streams that end with this event: the text it carried is complete.
@@ -806,7 +800,7 @@ impl Pipeline {
                 h.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
             }
         }
-        if !rs.placed_any(&placed) {
+        if !placed.contains(&true) {
             // Already released (hold = none): say so in the log; nothing can be taken back.
             tracing::warn!(doc = %cite.doc, "a run to redact was already released (hold = none)");
         }
@@ -910,15 +904,19 @@ impl Pipeline {
             if !ok {
                 break;
             }
-            if let Some(mut h) = self.queue.pop_front() {
-                // What it repeats is the delivered text as it stands now, complete.
-                if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
-                    h.changed |=
-                        scrub_repeats(self.api, v, &self.streams, &self.texts, &self.redactions);
-                }
-                self.emit(&h);
+            if let Some(h) = self.queue.pop_front() {
+                self.release_one(h);
             }
         }
+    }
+
+    /// Sends a held event whose text is decided. What it repeats is the delivered text as it
+    /// stands now, complete.
+    fn release_one(&mut self, mut h: Held) {
+        if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
+            h.changed |= scrub_repeats(self.api, v, &self.streams, &self.texts, &self.redactions);
+        }
+        self.emit(&h);
     }
 }
 
@@ -988,11 +986,6 @@ impl Redactions {
         self.0
             .get(i)
             .is_some_and(|&(s, _, _)| (start..end).contains(&s))
-    }
-
-    /// Whether any redaction overlapping held text was given its placeholder.
-    fn placed_any(&self, placed: &[bool]) -> bool {
-        placed.iter().any(|&p| p)
     }
 
     /// `text[from..to]` with every redaction cut out; a redaction's placeholder is written
