@@ -668,24 +668,20 @@ impl MarkerScanner {
     /// which of this line's words continue it is not known before the line ends.
     fn line_phrase_hold(&mut self) -> Option<u64> {
         if self.line_seed.is_none() {
+            // The earliest of the last words that the words after it so far only begin a
+            // phrase from.
             let n = self.words.len();
-            let mut seq = String::new();
-            let mut seed = None;
-            for i in (n.saturating_sub(*LONGEST)..n).rev() {
-                if !seq.is_empty() {
-                    seq.insert(0, ' ');
-                }
-                seq.insert_str(0, self.word(i));
-                if PHRASE_BEGINNINGS.contains(seq.as_str()) {
-                    seed = Some(self.words[i].0);
-                }
-            }
+            let seed = (n.saturating_sub(*LONGEST)..n)
+                .find(|&i| PHRASE_BEGINNINGS.contains(self.words_text(i, n).trim()))
+                .map(|i| self.words[i].0);
             self.line_seed = Some(seed);
         }
         let line = self.line.as_str();
         let mut scratch = String::new();
         let mut at = self.line_lexed;
         let mut forming = None;
+        let phrase = &mut self.line_phrase;
+        let mut complete_from = |from: u64| *phrase = Some(phrase.map_or(from, |p| p.min(from)));
         while at < line.len() {
             let rest = &line[at..];
             let Some(s) = rest.find(char::is_alphanumeric) else {
@@ -705,23 +701,19 @@ impl MarkerScanner {
             at = we;
             let w = super::identify::fold_into(&line[ws..we], &mut scratch);
             let start = self.line_start + ws as u64;
-            let mut complete = None;
             self.line_begun.retain_mut(|(from, seq)| {
                 seq.push(' ');
                 seq.push_str(w);
                 if PHRASE_WORDS.contains(seq.as_str()) {
-                    complete = complete.min(Some(*from)).or(Some(*from));
+                    complete_from(*from);
                 }
                 PHRASE_BEGINNINGS.contains(seq.as_str())
             });
             if PHRASE_WORDS.contains(w) {
-                complete = complete.min(Some(start)).or(Some(start));
+                complete_from(start);
             }
             if PHRASE_BEGINNINGS.contains(w) {
                 self.line_begun.push((start, w.to_string()));
-            }
-            if let Some(c) = complete {
-                self.line_phrase = Some(self.line_phrase.map_or(c, |p| p.min(c)));
             }
         }
         self.line_lexed = at;
