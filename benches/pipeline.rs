@@ -75,19 +75,11 @@ fn text_events(text: &str) -> Vec<Vec<u8>> {
         while i < b.len() && !b[i].is_ascii_whitespace() {
             i += 1;
         }
+        // Past ASCII whitespace: `i` is on a character boundary.
         while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
         }
-        while !text.is_char_boundary(i) {
-            i += 1;
-        }
-        let piece = serde_json::to_string(&text[start..i]).unwrap();
-        out.push(
-            format!(
-                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{piece}}},\"finish_reason\":null}}]}}\n\n"
-            )
-            .into_bytes(),
-        );
+        out.push(chunk(&text[start..i]));
         start = i;
     }
     out
@@ -121,19 +113,27 @@ const WORDS: &[&str] = &[
     "waited", "by", "ditches", "for", "frogs",
 ];
 
+/// One OpenAI chat chunk event whose delta is `content`.
+fn chunk(content: &str) -> Vec<u8> {
+    let content = serde_json::to_string(content).unwrap();
+    format!(
+        "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]}}\n\n"
+    )
+    .into_bytes()
+}
+
 fn events(n: usize, unique: bool) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            format!(
-                "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}{} \"}},\"finish_reason\":null}}]}}\n\n",
-                if unique {
-                    format!("T{:016x}T ", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-                } else {
-                    String::new()
-                },
+            let token = if unique {
+                format!("T{:016x}T ", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            } else {
+                String::new()
+            };
+            chunk(&format!(
+                "{token}{} ",
                 WORDS[(i * 7 + i / 25) % WORDS.len()]
-            )
-            .into_bytes()
+            ))
         })
         .collect()
 }
@@ -267,11 +267,9 @@ fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<A
         n_events += evs.len();
         streams.push(evs);
     }
-    let dir_policy = tempfile::tempdir().unwrap();
-    let path = dir_policy.path().join("markers.toml");
-    std::fs::write(
-        &path,
-        "version = 1\n[[rules]]\nname = \"markers\"\naction = \"redact\"\nwhen = { kind = [\"license-marker\"] }\n",
+    let markers = Policy::parse(
+        std::path::Path::new("markers.toml"),
+        "version = 1\n[[rules]]\nname = \"markers\"\naction = \"redact\"\nwhen = { kind = [\"license-marker\"] }\n".into(),
     )
     .unwrap();
     println!(
@@ -287,7 +285,7 @@ fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<A
     );
     for (name, policy) in [
         ("built-in policy", Policy::builtin()),
-        ("markers redacted", Policy::load(&path).unwrap()),
+        ("markers redacted", markers),
     ] {
         let setup = ScanSetup {
             indexes: indexes.clone(),
