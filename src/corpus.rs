@@ -536,11 +536,11 @@ impl Corpus {
         match self.kind {
             CorpusKind::Prose => match TextKind::from_path(Path::new(rel)) {
                 TextKind::Markdown => TextKind::Markdown,
-                TextKind::Prose | TextKind::Code(_) => TextKind::Prose,
+                TextKind::Prose | TextKind::Code(_) | TextKind::ToolArgs => TextKind::Prose,
             },
             CorpusKind::Code => match TextKind::from_path(Path::new(rel)) {
                 TextKind::Code(l) => TextKind::Code(l),
-                TextKind::Markdown | TextKind::Prose => {
+                TextKind::Markdown | TextKind::Prose | TextKind::ToolArgs => {
                     TextKind::Code(crate::normalize::Lang::C_LIKE)
                 }
             },

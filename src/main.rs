@@ -222,6 +222,9 @@ enum KindArg {
     Prose,
     /// Code (language from --lang or the extension).
     Code,
+    /// A tool call's arguments (JSON): each string value read as the text it holds, code in
+    /// the language a sibling file name or `language` value names.
+    ToolArgs,
 }
 
 #[derive(Args)]
@@ -447,6 +450,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     let kind_of = |path: Option<&Path>| match a.kind {
         KindArg::Markdown => TextKind::Markdown,
         KindArg::Prose => TextKind::Prose,
+        KindArg::ToolArgs => TextKind::ToolArgs,
         KindArg::Code => {
             TextKind::Code(lang.unwrap_or_else(|| match path.map(TextKind::from_path) {
                 Some(TextKind::Code(l)) => l,
@@ -632,6 +636,8 @@ fn scan_input(
     findings.sort_by_key(|(f, _)| (f.output_start, f.output_end, f.index, f.doc));
     let markers = if no_markers {
         Vec::new()
+    } else if kind == TextKind::ToolArgs {
+        verbatim::license::markers::scan_json(&text)
     } else {
         verbatim::license::markers::scan(&text)
     };

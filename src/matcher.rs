@@ -1250,6 +1250,18 @@ pub fn exemptions<'a>(
     texts: impl IntoIterator<Item = &'a str>,
     indexes: &[Arc<Index>],
 ) -> FxHashSet<u64> {
+    exemptions_as(texts, indexes, &[TextKind::Markdown])
+}
+
+/// [`exemptions`] of the texts read as each of `kinds` ([`TextKind::ToolArgs`] only for a
+/// text that is a JSON object). A request that offers tools needs more than Markdown: the
+/// output's tool-call arguments are read as code ([`TextKind::ToolArgs`]), and the file an
+/// agent read (a tool result) reaches the request as plain text, which Markdown reads as prose.
+pub fn exemptions_as<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    indexes: &[Arc<Index>],
+    kinds: &[TextKind],
+) -> FxHashSet<u64> {
     let mut ks: Vec<(Channel, usize)> = indexes
         .iter()
         .flat_map(|ix| {
@@ -1269,8 +1281,14 @@ pub fn exemptions<'a>(
     renamed_ks.sort_unstable();
     renamed_ks.dedup();
     let mut keys = FxHashSet::default();
-    for text in texts {
-        let units = crate::normalize::normalize(text, TextKind::Markdown);
+    let readings = texts.into_iter().flat_map(|text| {
+        kinds
+            .iter()
+            .filter(move |&&k| k != TextKind::ToolArgs || text.trim_start().starts_with('{'))
+            .map(move |&k| (text, k))
+    });
+    for (text, kind) in readings {
+        let units = crate::normalize::normalize(text, kind);
         if !renamed_ks.is_empty() {
             let prev = prev_distances(&units);
             for &k in &renamed_ks {

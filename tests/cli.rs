@@ -88,6 +88,63 @@ fn scan_reports_findings_as_json_lines_and_exits_1() {
     );
 }
 
+/// `--kind tool-args`: a tool call's arguments (JSON) saved from a log; the file inside the
+/// `content` string is read as Rust (the `path` before it names the language) and the finding
+/// cites the JSON's bytes. Read as Markdown, the escaped code matches nothing.
+#[test]
+fn scan_of_tool_call_arguments_reads_the_code_inside_the_json() {
+    let code = ANSWER
+        .split_once("```rust\n")
+        .and_then(|(_, r)| r.split_once("```"))
+        .unwrap()
+        .0;
+    let args = format!(
+        r#"{{"path": "src/ledger.rs", "content": {}}}"#,
+        serde_json::to_string(code).unwrap()
+    );
+    let out = run(
+        &[
+            "scan",
+            "--index",
+            FIXTURE,
+            "--no-license-index",
+            "--kind",
+            "tool-args",
+            "-",
+        ],
+        Some(&args),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["doc"], "fixtures/gpl-code/src/ledger.rs");
+    assert_eq!(lines[0]["channel"], "code");
+    let (s, e) = (
+        lines[0]["output_start"].as_u64().unwrap() as usize,
+        lines[0]["output_end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        args[s..e].starts_with("pub fn total_owed") && args[s..e].ends_with("totals\\n}"),
+        "{}",
+        &args[s..e]
+    );
+    let markdown = run(
+        &["scan", "--index", FIXTURE, "--no-license-index", "-"],
+        Some(&args),
+    );
+    assert_eq!(
+        markdown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&markdown.stdout)
+    );
+}
+
 #[test]
 fn scan_of_stdin_with_text_format_and_clean_input() {
     let out = run(

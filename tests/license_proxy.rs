@@ -338,9 +338,9 @@ fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
 }
 
 /// An Anthropic `tool_use` block's input is a JSON object: redacting text found in it (here a
-/// copyright notice and an SPDX identifier in a file the model writes) must replace the
-/// object, as it replaces a string elsewhere. It was left as it was (found by the `responses`
-/// fuzz target from its first seed).
+/// copyright notice and an SPDX identifier in a file the model writes) must replace what it
+/// covers inside the object's strings and leave the object valid (it was left as it was,
+/// found by the `responses` fuzz target from its first seed; then blanked whole).
 #[test]
 fn redacting_a_tool_use_input_in_a_whole_response_replaces_it() {
     let file = "// SPDX-License-Identifier: GPL-3.0-or-later\n// Copyright (C) 2024 The Ledger Tools Authors\n\nfn main() {}\n";
@@ -362,11 +362,148 @@ fn redacting_a_tool_use_input_in_a_whole_response_replaces_it() {
     );
     let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
     let all = out.to_string();
-    assert!(!all.contains("Ledger Tools Authors"), "{all}");
-    assert!(!all.contains("SPDX-License-Identifier"), "{all}");
-    assert_eq!(out["content"][1]["input"], serde_json::json!({}), "{all}");
+    let input = &out["content"][1]["input"];
+    // (The citations name the holder and the license: the input must not.)
+    assert!(!input.to_string().contains("Ledger Tools Authors"), "{all}");
+    assert!(
+        !input.to_string().contains("SPDX-License-Identifier"),
+        "{all}"
+    );
+    assert_eq!(input["path"], "src/main.rs", "{all}");
+    let content = input["content"].as_str().unwrap();
+    assert!(
+        content.contains("[verbatim: redacted") && content.ends_with("fn main() {}\n"),
+        "{all}"
+    );
     assert_eq!(out["content"][1]["name"], "write_file");
     assert_eq!(out["content"][0]["text"], "I will write the file.");
+}
+
+/// The tool-call arguments a pipeline released, joined, from its output: Chat Completions'
+/// `function.arguments` deltas or Anthropic's `partial_json` ones.
+fn released_arguments(api: Api, out: &[u8]) -> String {
+    events(out)
+        .iter()
+        .filter_map(|(_, v)| match api {
+            Api::Messages => v.pointer("/delta/partial_json"),
+            _ => v.pointer("/choices/0/delta/tool_calls/0/function/arguments"),
+        })
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// An agent writing a corpus file through a tool call: the arguments are JSON, the file's lines
+/// escaped inside one string. Read as the JSON they are, the file's code was prose glued to
+/// `\n` escapes and never matched the code index. Now each string value is read as the text it
+/// holds (code in the language of the sibling `path`): the copy is an exact finding of the code
+/// channel, and redacting it (and the license notice inside it) cuts string contents only —
+/// the arguments stay valid JSON, the path intact, the placeholder inside the content — at
+/// every event size, streamed (Chat Completions, Anthropic) and whole.
+#[test]
+fn a_file_written_through_a_tool_call_is_matched_as_code_and_redacted_inside_its_json() {
+    let (copied, notice) = overlapping_answer();
+    let code = copied
+        .split_once("```rust\n")
+        .and_then(|(_, r)| r.rsplit_once("```"))
+        .unwrap()
+        .0;
+    // In the order a model writes them: the file's name, then its content (a value is read in
+    // the language named before it).
+    let args = format!(
+        r#"{{"path": "src/ledger.rs", "content": {}, "mode": 420}}"#,
+        serde_json::to_string(code).unwrap()
+    );
+    // An edit whose two strings hold the two halves: one run spans both (and the JSON between
+    // them), and only string contents may be cut.
+    let (a, b) = code.split_at(code.find("pub fn total_owed").unwrap());
+    let edit = format!(
+        r#"{{"path": "src/ledger.rs", "mode": 420, "old_string": {}, "content": {}}}"#,
+        serde_json::to_string(a).unwrap(),
+        serde_json::to_string(b).unwrap()
+    );
+    let index = Arc::new(Index::open("tests/fixtures/index-v2").unwrap());
+    let check = |what: &str, args_out: &str, decisions: &[verbatim::proxy::pipeline::Decision]| {
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d.kind == "exact" && d.citation.channel == "code"),
+            "{what}: {decisions:?}"
+        );
+        let v: Value = serde_json::from_str(args_out)
+            .unwrap_or_else(|e| panic!("{what}: arguments are not JSON ({e}): {args_out}"));
+        assert_eq!(v["path"], "src/ledger.rs", "{what}");
+        assert_eq!(v["mode"], 420, "{what}");
+        let content = format!(
+            "{}{}",
+            v["old_string"].as_str().unwrap_or(""),
+            v["content"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: {args_out}"))
+        );
+        assert!(content.contains("[verbatim: redacted"), "{what}: {content}");
+        for gone in [
+            "shillings",
+            "bearing",
+            "Column::Owed",
+            notice,
+            "Ünïcödé Ltd",
+        ] {
+            assert!(
+                !content.contains(gone),
+                "{what}: {gone:?} released: {content}"
+            );
+        }
+    };
+    for piece in [1, 2, 5, 16, 200] {
+        for (api, args) in [
+            (Api::ChatCompletions, &args),
+            (Api::Messages, &args),
+            (Api::ChatCompletions, &edit),
+        ] {
+            let upstream = match api {
+                Api::Messages => anthropic_blocks("Plan.", "Writing it.", args, piece),
+                _ => openai_two_choices("Writing it.", args, piece),
+            };
+            let mut s = setup(redact_everything());
+            s.indexes = vec![Arc::clone(&index)];
+            let mut p = Pipeline::new(api, s);
+            let mut out = Vec::new();
+            for chunk in upstream.chunks(11) {
+                for f in p.push(chunk) {
+                    out.extend_from_slice(&f);
+                }
+            }
+            for f in p.finish() {
+                out.extend_from_slice(&f);
+            }
+            let decisions = p.take_decisions();
+            check(
+                &format!("{api:?}, piece {piece}"),
+                &released_arguments(api, &out),
+                &decisions,
+            );
+            let all = String::from_utf8_lossy(&out);
+            assert!(!all.contains("shillings"), "{api:?}, piece {piece}: {all}");
+        }
+    }
+    // The same arguments in a whole response.
+    let v = serde_json::json!({
+        "id": "c", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "write_file", "arguments": args}}]}}],
+    });
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::clone(&index)];
+    let body = serde_json::to_vec(&v).unwrap();
+    let (changed, decisions) =
+        verbatim::proxy::pipeline::scan_response(Api::ChatCompletions, &body, &s);
+    let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+    let args_out = out
+        .pointer("/choices/0/message/tool_calls/0/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap();
+    check("whole response", args_out, &decisions);
 }
 
 /// Choices are edited where they stand in the array: a response that repeats a choice index
@@ -491,4 +628,45 @@ fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it
             "piece {piece}: the built-in policy only logs markers, so nothing waits: {during:?}"
         );
     }
+}
+
+/// An agent that read a file (the tool result reaches the request as plain text) and writes it
+/// back through a tool call: the run is the caller's own text. A request that offers tools has
+/// its texts read as code too ([`verbatim::normalize::TOOL_REQUEST_KINDS`]), so the run in
+/// the arguments is caller-supplied; read as Markdown only, the file was prose and the run in
+/// the arguments was not recognised as the caller's.
+#[test]
+fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let code = file.split_once("/// A column").unwrap().1;
+    let args = format!(
+        r#"{{"file_path": "src/ledger.rs", "content": {}}}"#,
+        serde_json::to_string(code).unwrap()
+    );
+    let index = Arc::new(Index::open("tests/fixtures/index-v2").unwrap());
+    let kinds_of = |kinds: &[verbatim::normalize::TextKind]| -> Vec<String> {
+        let mut s = setup(Policy::builtin());
+        s.indexes = vec![Arc::clone(&index)];
+        s.exempt = Arc::new(verbatim::matcher::exemptions_as(
+            [file.as_str()],
+            &s.indexes,
+            kinds,
+        ));
+        let mut p = Pipeline::new(Api::ChatCompletions, s);
+        p.push(&openai_two_choices("Done.", &args, 9));
+        p.finish();
+        p.take_decisions()
+            .into_iter()
+            .filter(|d| d.kind != "license-marker")
+            .map(|d| d.kind)
+            .collect()
+    };
+    assert_eq!(
+        kinds_of(&verbatim::normalize::TOOL_REQUEST_KINDS),
+        ["caller-supplied"]
+    );
+    assert_eq!(
+        kinds_of(&[verbatim::normalize::TextKind::Markdown]),
+        ["exact"]
+    );
 }

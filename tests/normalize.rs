@@ -426,3 +426,197 @@ mod ascii_segmentation {
         }
     }
 }
+
+/// Tool-call arguments: each string value is normalised as the text it holds, at the JSON
+/// text's offsets.
+mod tool_args {
+    use proptest::prelude::*;
+    use verbatim::normalize::{Lang, Normalizer, TextKind, Unit, normalize};
+
+    /// `s` as a JSON string literal, as an encoder may write it: every non-ASCII character as
+    /// `\uXXXX` (surrogate pairs beyond the BMP) when `ascii`, `/` as `\/` when `slash`.
+    fn escape(s: &str, ascii: bool, slash: bool) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '/' if slash => out.push_str("\\/"),
+                c if (c as u32) < 0x20 || (ascii && !c.is_ascii()) => {
+                    let mut b = [0u16; 2];
+                    for u in c.encode_utf16(&mut b) {
+                        out.push_str(&format!("\\u{:04x}", u));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn units(json: &str, cuts: &[usize]) -> (Vec<Unit>, Vec<u64>) {
+        let b = json.as_bytes();
+        let mut n = Normalizer::new(TextKind::ToolArgs);
+        let mut out = Vec::new();
+        let mut pendings = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().filter(|&&c| c < b.len()).chain([&b.len()]) {
+            if c < from {
+                continue;
+            }
+            n.push_bytes(&b[from..c], &mut out);
+            from = c;
+            pendings.push((out.len(), n.pending_start()));
+        }
+        n.finish(&mut out);
+        // Every unit emitted after a pending start was reported starts at or after it.
+        for (emitted, p) in &pendings {
+            for u in &out[*emitted..] {
+                assert!(
+                    u.start >= *p,
+                    "unit at {} before pending start {p}",
+                    u.start
+                );
+            }
+        }
+        (out, pendings.iter().map(|p| p.1).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+        /// A file written through a tool (`{"path": "x.py", "content": "…"}`) has the units
+        /// of the file, whatever the encoder escaped and however the JSON is cut; each unit's
+        /// JSON bytes are whole escapes that decode to the file's bytes of that unit; and the
+        /// normaliser's pending start never passes a unit still to come.
+        #[test]
+        fn a_file_in_tool_arguments_has_the_files_units(
+            content in "([a-z_]{1,6}|[0-9]|[ \t\n]|[\"'#/*(){}=,.\\\\]|é|日|😀| // c\n| # h\n){0,40}",
+            ext in prop_oneof![Just("py"), Just("rs"), Just("js"), Just("md")],
+            ascii in any::<bool>(),
+            slash in any::<bool>(),
+            path_key in prop_oneof![Just("path"), Just("file_path"), Just("filename")],
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            let path = format!("src/a b/x.{ext}");
+            let json = format!(
+                "{{\"{path_key}\": {}, \"content\": {}}}",
+                escape(&path, ascii, slash),
+                escape(&content, ascii, slash)
+            );
+            let kind = TextKind::from_path(std::path::Path::new(&path));
+            let want = normalize(&content, kind);
+            let body = json.rfind(":").unwrap();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (got, _) = units(&json, &cuts);
+            let got: Vec<Unit> = got.into_iter().filter(|u| u.start as usize > body).collect();
+            prop_assert_eq!(
+                got.iter().map(|u| (u.hash, u.class, u.channel)).collect::<Vec<_>>(),
+                want.iter().map(|u| (u.hash, u.class, u.channel)).collect::<Vec<_>>(),
+                "{}", json
+            );
+            for (g, w) in got.iter().zip(&want) {
+                let slice = &json[g.start as usize..g.end as usize];
+                let decoded: String = serde_json::from_str(&format!("\"{slice}\"")).unwrap();
+                prop_assert_eq!(&decoded, &content[w.start as usize..w.end as usize]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_kind_of_a_value_comes_from_a_sibling_or_its_key() {
+        let code = |units: &[Unit]| -> Vec<u64> {
+            units
+                .iter()
+                .filter(|u| u.channel == verbatim::normalize::Channel::Code)
+                .map(|u| u.hash)
+                .collect()
+        };
+        let py = "def f(a, b='x y'):\n    # note\n    return a\n";
+        let want = code(&normalize(
+            py,
+            TextKind::Code(Lang::from_name("py").unwrap()),
+        ));
+        let quoted = serde_json::to_string(py).unwrap();
+        // A language named by a sibling value, before the code or in an enclosing object.
+        for json in [
+            format!(r#"{{"language": "python", "code": {quoted}}}"#),
+            format!(r#"{{"file": "m.py", "edits": [{{"old": "", "new": {quoted}}}]}}"#),
+        ] {
+            assert_eq!(code(&normalize(&json, TextKind::ToolArgs)), want, "{json}");
+        }
+        // A `code` key alone: C-like conventions (the `#` comment and '' string differ).
+        let c_like = code(&normalize(
+            &format!(r#"{{"code": {quoted}}}"#),
+            TextKind::ToolArgs,
+        ));
+        assert_eq!(c_like, code(&normalize(py, TextKind::Code(Lang::C_LIKE))));
+        assert_ne!(c_like, want);
+        // Anything else is Markdown: prose, and fenced code in its fence's language.
+        let md = "Some words here.\n\n```python\nx = 1  # one\n```\n";
+        let json = serde_json::json!({"answer": md, "n": [1, {"k": null}]}).to_string();
+        assert_eq!(
+            normalize(&json, TextKind::ToolArgs)
+                .iter()
+                .map(|u| u.hash)
+                .collect::<Vec<_>>(),
+            normalize(md, TextKind::Markdown)
+                .iter()
+                .map(|u| u.hash)
+                .collect::<Vec<_>>()
+        );
+        // Keys are not text; a file name after the content does not change it.
+        let json = format!(r#"{{"content": {quoted}, "path": "m.py"}}"#);
+        assert_eq!(
+            code(&normalize(&json, TextKind::ToolArgs)),
+            Vec::<u64>::new(),
+            "read as Markdown: no fence, no code"
+        );
+    }
+
+    /// Arguments that do not begin like JSON (a custom tool's free-form input) are read as
+    /// Markdown, as they are, however they are cut — leading whitespace included.
+    #[test]
+    fn free_form_arguments_are_read_as_markdown() {
+        for text in [
+            "  \n Apply this:\n```rust\nfn main() { let x = 1; }\n```\nand words after it.",
+            "*** Begin Patch\n+fn f() {}\n",
+        ] {
+            let want = normalize(text, TextKind::Markdown);
+            assert!(!want.is_empty());
+            let every: Vec<usize> = (1..text.len()).collect();
+            assert_eq!(units(text, &[]).0, want, "{text:?}");
+            assert_eq!(units(text, &every).0, want, "{text:?}");
+        }
+        assert!(normalize(" \n ", TextKind::ToolArgs).is_empty());
+    }
+
+    #[test]
+    fn invalid_escapes_and_broken_json_never_fail() {
+        for json in [
+            r#"{"a": "x\q y \ud800 z \udc00 \u12g4 \"#,
+            r#"{"a": "\ud83d\ude00 \ud83d\u0041 \ud83dx"}"#,
+            "\"unterminated \\u00",
+            "}}]] \"a\" : \"b\" ,, {\"c\"",
+            "{\"é\": \"\\\u{e9}\"}",
+        ] {
+            let b = json.as_bytes();
+            let whole = units(json, &[]).0;
+            let every: Vec<usize> = (1..b.len()).collect();
+            assert_eq!(units(json, &every).0, whole, "{json}");
+            for u in &whole {
+                assert!(
+                    u.start < u.end && u.end as usize <= json.len(),
+                    "{json}: {u:?}"
+                );
+                assert!(
+                    json.is_char_boundary(u.start as usize)
+                        && json.is_char_boundary(u.end as usize)
+                );
+            }
+        }
+    }
+}

@@ -49,3 +49,21 @@ pub fn windows(span: &str) -> Vec<&str> {
     }
     out
 }
+
+/// `text` with every redaction placeholder (`[verbatim: redacted …]`) replaced by a control
+/// character, so a window of a redacted span cannot be formed by a placeholder's end and the
+/// text that follows it.
+pub fn without_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(a) = rest.find("[verbatim: redacted") {
+        out.push_str(&rest[..a]);
+        out.push('\u{1}');
+        rest = match rest[a..].find(']') {
+            Some(b) => &rest[a + b + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}

@@ -2,17 +2,18 @@
 //! a JSON response, scanned against the committed fixture index and acted on by the built-in
 //! policy or by one that redacts everything (so overlapping redactions, blocks and annotations
 //! are all reached); any bytes as a request body, read for the caller-supplied texts. Never a
-//! panic; a rewritten response is JSON and keeps none of the text a redaction covered.
+//! panic; a rewritten response is JSON and keeps none of the text a redaction covered; tool-call
+//! arguments that were JSON still are (a redaction cuts string contents only).
 #![no_main]
 #[path = "common.rs"]
 mod common;
 use std::sync::Arc;
 
-use common::{index, redact_all, windows};
+use common::{index, redact_all, windows, without_placeholders};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use verbatim::policy::Policy;
-use verbatim::proxy::api::{self, Api};
+use verbatim::proxy::api::{self, Api, Part};
 use verbatim::proxy::pipeline::{Action, Hold, ScanSetup, scan_response};
 
 fuzz_target!(|data: &[u8]| {
@@ -58,27 +59,64 @@ fuzz_target!(|data: &[u8]| {
             else {
                 continue;
             };
-            let Some(span) = piece
+            if piece
                 .text
                 .get(c.output_start as usize..c.output_end as usize)
-            else {
+                .is_none()
+            {
                 panic!("a redaction's span is not on the text's character boundaries");
-            };
-            let (head, tail) = (
-                &piece.text[..c.output_start as usize],
-                &piece.text[c.output_end as usize..],
+            }
+            let now = without_placeholders(
+                after
+                    .iter()
+                    .find(|p| p.key == piece.key)
+                    .map_or("", |p| &p.text),
             );
-            let now = after
-                .iter()
-                .find(|p| p.key == piece.key)
-                .map_or("", |p| &p.text);
-            for w in windows(span) {
-                if !head.contains(w) && !tail.contains(w) {
-                    assert!(
-                        !now.contains(w),
-                        "redacted text released: {w:?} of {span:?} in {now:?}"
-                    );
+            // In tool-call arguments only string contents are cut (the JSON between them
+            // stays): those are what must be gone.
+            let cut: Vec<(usize, usize)> = if piece.key.part == Part::ToolArgs {
+                verbatim::normalize::string_contents_within(
+                    &piece.text,
+                    c.output_start,
+                    c.output_end,
+                )
+                .into_iter()
+                .map(|(a, b)| (a as usize, b as usize))
+                .collect()
+            } else {
+                vec![(c.output_start as usize, c.output_end as usize)]
+            };
+            for (a, b) in cut {
+                let (head, span, tail) = (&piece.text[..a], &piece.text[a..b], &piece.text[b..]);
+                for w in windows(span) {
+                    if !head.contains(w) && !tail.contains(w) {
+                        assert!(
+                            !now.contains(w),
+                            "redacted text released: {w:?} of {span:?} in {now:?}"
+                        );
+                    }
                 }
+            }
+        }
+    }
+    if let (Some(b), Ok(input)) = (&changed, serde_json::from_slice::<Value>(body)) {
+        let out: Value = serde_json::from_slice(b).expect("a rewritten response is JSON");
+        let after = api::response_pieces(api, &out);
+        for piece in api::response_pieces(api, &input) {
+            if piece.key.part != Part::ToolArgs
+                || serde_json::from_str::<Value>(&piece.text).is_err()
+            {
+                continue;
+            }
+            if let Some(now) = after.iter().find(|p| p.key == piece.key)
+                && !now.text.is_empty()
+            {
+                assert!(
+                    serde_json::from_str::<Value>(&now.text).is_ok(),
+                    "tool-call arguments are no longer JSON: {:?} became {:?}",
+                    piece.text,
+                    now.text
+                );
             }
         }
     }

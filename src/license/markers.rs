@@ -17,6 +17,8 @@ use std::sync::LazyLock;
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde::Serialize;
 
+use crate::normalize::JsonProjection;
+
 /// What kind of marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -607,6 +609,9 @@ pub struct MarkerScanner {
     line_begun: Vec<(u64, String)>,
     line_phrase: Option<u64>,
     line_seed: Option<Option<u64>>,
+    /// Tool-call arguments: the text pushed is JSON, read through its projection (its strings
+    /// decoded in place, so their lines are lines; see [`JsonProjection`]).
+    json: Option<Box<(JsonProjection, String)>>,
 }
 
 impl MarkerScanner {
@@ -614,7 +619,28 @@ impl MarkerScanner {
         MarkerScanner::default()
     }
 
+    /// A scanner of tool-call arguments: JSON whose string values are read as the text they
+    /// hold, at the JSON text's offsets.
+    pub fn for_json() -> MarkerScanner {
+        MarkerScanner {
+            json: Some(Box::default()),
+            ..MarkerScanner::default()
+        }
+    }
+
     pub fn push(&mut self, text: &str) {
+        if let Some(mut j) = self.json.take() {
+            let (projection, out) = &mut *j;
+            out.clear();
+            projection.push(text, out);
+            self.push_text(out);
+            self.json = Some(j);
+        } else {
+            self.push_text(text);
+        }
+    }
+
+    fn push_text(&mut self, text: &str) {
         let mut rest = text;
         while let Some(i) = memchr::memchr(b'\n', rest.as_bytes()) {
             if self.line.is_empty() {
@@ -632,6 +658,12 @@ impl MarkerScanner {
 
     /// The text is complete: the last line and every pending phrase are decided.
     pub fn finish(&mut self) {
+        if let Some(mut j) = self.json.take() {
+            let (projection, out) = &mut *j;
+            out.clear();
+            projection.finish(out);
+            self.push_text(out);
+        }
         if !self.line.is_empty() {
             self.end_line();
         }
@@ -656,7 +688,9 @@ impl MarkerScanner {
         let waiting = self.pending.iter().map(|p| self.words[p.1].0).min();
         let token = self.line_hold().map(|i| self.line_start + i as u64);
         let phrase = self.line_phrase_hold();
-        [waiting, token, phrase].into_iter().flatten().min()
+        // JSON bytes not projected yet (an escape still being read) are undecided too.
+        let unread = self.json.as_ref().and_then(|j| j.0.unwritten_from());
+        [waiting, token, phrase, unread].into_iter().flatten().min()
     }
 
     /// The phrase part of [`MarkerScanner::undecided_from`]. The line's words are read as
@@ -914,6 +948,15 @@ impl MarkerScanner {
 /// Every marker in a whole text.
 pub fn scan(text: &str) -> Vec<Marker> {
     let mut s = MarkerScanner::new();
+    s.push(text);
+    s.finish();
+    s.take()
+}
+
+/// Every marker in the strings of a JSON text (a tool call's arguments), at the JSON text's
+/// offsets.
+pub fn scan_json(text: &str) -> Vec<Marker> {
+    let mut s = MarkerScanner::for_json();
     s.push(text);
     s.finish();
     s.take()

@@ -38,7 +38,7 @@ impl Lang {
         backtick_strings: false,
         renames: true,
     };
-    const SCRIPT: Lang = Lang {
+    pub const SCRIPT: Lang = Lang {
         c_comments: false,
         hash_comments: true,
         dash_comments: false,
@@ -156,6 +156,10 @@ pub enum TextKind {
     Prose,
     /// Code in one language, no fences.
     Code(Lang),
+    /// A tool call's arguments: JSON whose string values are each read as the text they hold
+    /// (code in the language a sibling file name or `language` value names, else Markdown).
+    /// For scanning output; documents are never indexed as this.
+    ToolArgs,
 }
 
 impl TextKind {
@@ -165,6 +169,7 @@ impl TextKind {
             TextKind::Markdown => "markdown",
             TextKind::Prose => "prose",
             TextKind::Code(_) => "code",
+            TextKind::ToolArgs => "tool-args",
         }
     }
 

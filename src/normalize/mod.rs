@@ -11,15 +11,28 @@
 //! is the index and the matcher.
 
 mod code;
+mod json;
 mod lang;
 mod prose;
 
+pub use json::{JsonProjection, escape_contents, is_json_arguments, string_contents_within};
 pub use lang::{Lang, TextKind};
 
 pub use prose::normalize_word;
 
 use code::CodeLexer;
 use prose::ProseTokenizer;
+
+/// How the texts of a request that offers tools are read for the caller-supplied exemption
+/// ([`crate::matcher::exemptions_as`]): as Markdown, as code of the two commonest lexical
+/// families (a tool result holding a file is plain text), and, when one is a JSON object (the
+/// arguments of an earlier tool call), as tool-call arguments.
+pub const TOOL_REQUEST_KINDS: [TextKind; 4] = [
+    TextKind::Markdown,
+    TextKind::Code(Lang::C_LIKE),
+    TextKind::Code(Lang::SCRIPT),
+    TextKind::ToolArgs,
+];
 
 /// Which normalisation produced a unit. Prose and code hash apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,14 +145,14 @@ pub struct Normalizer {
     prefix_start: u64,
     prose: ProseTokenizer,
     code: CodeLexer,
+    /// Tool-call arguments only: the JSON reader that feeds its strings to a normaliser of
+    /// their own.
+    args: Option<Box<json::ArgsNormalizer>>,
 }
 
 impl Normalizer {
     pub fn new(kind: TextKind) -> Self {
-        let (mode, lang) = match kind {
-            TextKind::Markdown | TextKind::Prose => (Mode::Prose, Lang::C_LIKE),
-            TextKind::Code(lang) => (Mode::Code { fence: None }, lang),
-        };
+        let (mode, lang) = Normalizer::start_mode(kind);
         Normalizer {
             kind,
             mode,
@@ -150,7 +163,30 @@ impl Normalizer {
             prefix_start: 0,
             prose: ProseTokenizer::default(),
             code: CodeLexer::new(lang),
+            args: (kind == TextKind::ToolArgs).then(|| Box::new(json::ArgsNormalizer::new())),
         }
+    }
+
+    fn start_mode(kind: TextKind) -> (Mode, Lang) {
+        match kind {
+            TextKind::Markdown | TextKind::Prose | TextKind::ToolArgs => {
+                (Mode::Prose, Lang::C_LIKE)
+            }
+            TextKind::Code(lang) => (Mode::Code { fence: None }, lang),
+        }
+    }
+
+    /// Starts a new text of `kind` where the last one ended (which must have been finished):
+    /// offsets go on from there. Not for tool-call arguments.
+    fn restart(&mut self, kind: TextKind) {
+        debug_assert!(kind != TextKind::ToolArgs && self.args.is_none());
+        let (mode, lang) = Normalizer::start_mode(kind);
+        self.kind = kind;
+        self.mode = mode;
+        self.at_line_start = true;
+        self.prefix.clear();
+        self.prefix_start = self.offset;
+        self.code.reset(lang);
     }
 
     /// Bytes received so far.
@@ -161,6 +197,9 @@ impl Normalizer {
     /// The earliest byte offset that may still become part of a unit not yet emitted. Every
     /// byte before it is final: it either belongs to an emitted unit or to none.
     pub fn pending_start(&self) -> u64 {
+        if let Some(a) = &self.args {
+            return a.pending_start();
+        }
         let mut p = self.offset;
         if self.at_line_start && !self.prefix.is_empty() {
             p = p.min(self.prefix_start);
@@ -233,6 +272,12 @@ impl Normalizer {
         match self.kind {
             TextKind::Code(_) => return self.code.push(s, base, out),
             TextKind::Prose => return self.prose.push(s, base, out),
+            TextKind::ToolArgs => {
+                if let Some(a) = &mut self.args {
+                    a.push(s, out);
+                }
+                return;
+            }
             TextKind::Markdown => {}
         }
         let mut i = 0;
@@ -395,6 +440,9 @@ impl Normalizer {
             let n = self.carry.len();
             self.carry.clear();
             self.push_str_inner(&"   "[..n.min(3)], out);
+        }
+        if let Some(a) = &mut self.args {
+            return a.finish(out);
         }
         if self.at_line_start && !self.prefix.is_empty() {
             let prefix = std::mem::take(&mut self.prefix);

@@ -570,6 +570,13 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Whether a request offers the model tools (so its answer may carry tool calls).
+pub fn offers_tools(body: &Value) -> bool {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+}
+
 /// Whether a request asked for a streamed response.
 pub fn wants_stream(body: &Value) -> bool {
     body.get("stream").and_then(Value::as_bool).unwrap_or(false)

@@ -494,7 +494,7 @@ impl Pipeline {
         if let Some(i) = self.streams.iter().position(|(k, _)| *k == key) {
             return i;
         }
-        let mut s = Scanner::new(&self.setup.indexes, TextKind::Markdown);
+        let mut s = Scanner::new(&self.setup.indexes, text_kind(key.part));
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         s.set_hold_license_runs(self.hold_license);
         // One slot at a time: most responses have one stream or two, and a scanner and a
@@ -504,7 +504,10 @@ impl Pipeline {
         self.markers.reserve_exact(1);
         self.streams.push((key, s));
         self.texts.push(String::new());
-        self.markers.push(MarkerScanner::new());
+        self.markers.push(match key.part {
+            Part::ToolArgs => MarkerScanner::for_json(),
+            _ => MarkerScanner::new(),
+        });
         self.license_pending.push(Vec::new());
         self.streams.len() - 1
     }
@@ -762,7 +765,11 @@ impl Pipeline {
         }
         let text = &self.texts[stream];
         let whole_before = self.redactions[stream].apply(text, 0, text.len(), &mut |_| true);
-        self.redactions[stream].add(text, start, end, cite.placeholder());
+        for (start, end, placeholder) in
+            redaction_pieces(self.streams[stream].0.part, text, start, end, cite)
+        {
+            self.redactions[stream].add(text, start, end, placeholder);
+        }
         let rs = &self.redactions[stream];
         let mut placed = vec![false; rs.len()];
         for h in &mut self.queue {
@@ -918,6 +925,37 @@ impl Pipeline {
         }
         self.emit(&h);
     }
+}
+
+/// How a stream's text is read: tool-call arguments as the JSON they are (their string values
+/// each as the text it holds), everything else as Markdown.
+fn text_kind(part: Part) -> TextKind {
+    match part {
+        Part::ToolArgs => TextKind::ToolArgs,
+        _ => TextKind::Markdown,
+    }
+}
+
+/// What redacting `[start, end)` of a stream's text cuts, each range with its placeholder. In
+/// tool-call arguments a run may span several JSON strings (and what lies between them) and a
+/// marker may start inside an escape: only string contents are cut, each piece widened to
+/// whole escapes and given the placeholder written as JSON string contents, so the arguments
+/// stay valid JSON. Free-form arguments (not JSON) are cut as text.
+fn redaction_pieces(
+    part: Part,
+    text: &str,
+    start: u64,
+    end: u64,
+    cite: &Citation,
+) -> Vec<(u64, u64, String)> {
+    if part != Part::ToolArgs || !crate::normalize::is_json_arguments(text) {
+        return vec![(start, end, cite.placeholder())];
+    }
+    let placeholder = crate::normalize::escape_contents(&cite.placeholder());
+    crate::normalize::string_contents_within(text, start, end)
+        .into_iter()
+        .map(|(s, e)| (s, e, placeholder.clone()))
+        .collect()
 }
 
 /// One stream's redactions: disjoint ranges of its original text, in order, each with the
@@ -1171,7 +1209,8 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
     let mut block: Option<Citation> = None;
     let mut edits: Vec<(StreamKey, String)> = Vec::new();
     for piece in api::response_pieces(api, &v) {
-        let mut s = Scanner::new(&setup.indexes, TextKind::Markdown);
+        let tool = piece.key.part == Part::ToolArgs;
+        let mut s = Scanner::new(&setup.indexes, text_kind(piece.key.part));
         s.set_exemptions(Arc::clone(&setup.exempt));
         s.push_str(&piece.text);
         s.finish();
@@ -1182,8 +1221,13 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                 .iter()
                 .filter_map(|(f, id)| judge(setup, piece.key.a, f, &piece.text, id.as_ref()))
                 .collect();
-        judged.extend(
+        let markers = if tool {
+            crate::license::markers::scan_json(&piece.text)
+        } else {
             crate::license::markers::scan(&piece.text)
+        };
+        judged.extend(
+            markers
                 .into_iter()
                 .map(|m| judge_marker(setup, piece.key.a, m)),
         );
@@ -1215,12 +1259,15 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                     }
                 }
                 Action::Redact => {
-                    redactions.add(
+                    for (start, end, placeholder) in redaction_pieces(
+                        piece.key.part,
                         &piece.text,
                         cite.output_start,
                         cite.output_end,
-                        cite.placeholder(),
-                    );
+                        &cite,
+                    ) {
+                        redactions.add(&piece.text, start, end, placeholder);
+                    }
                     cites.push(cite);
                 }
                 Action::Annotate => cites.push(cite),
@@ -1231,11 +1278,12 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let text = redactions.apply(&piece.text, 0, cut.unwrap_or(piece.text.len()), &mut |_| {
             true
         });
-        if changed && piece.key.part != Part::ToolArgs {
-            edits.push((piece.key, text));
-        } else if changed {
-            // Tool input cannot be cut without breaking its JSON: blank it.
+        if changed && tool && cut.is_some() {
+            // Tool input cannot be cut short without breaking its JSON: blank it. (Redacted
+            // tool input stays valid JSON: see `redaction_pieces`.)
             edits.push((piece.key, String::new()));
+        } else if changed {
+            edits.push((piece.key, text));
         }
     }
     if edits.is_empty() && cites.is_empty() && block.is_none() {

@@ -27,7 +27,7 @@ use super::metrics::Metrics;
 use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
-use crate::matcher::exemptions;
+use crate::matcher::exemptions_as;
 use crate::policy::Policy;
 use arc_swap::ArcSwap;
 
@@ -725,9 +725,14 @@ async fn forward(
                 info.streamed = api::wants_stream(v);
             }
             let exempt = match &json {
-                Some(v) => exemptions(
+                Some(v) => exemptions_as(
                     api::request_texts(api, v).iter().map(String::as_str),
                     &loaded.indexes,
+                    if api::offers_tools(v) {
+                        &crate::normalize::TOOL_REQUEST_KINDS
+                    } else {
+                        &[crate::normalize::TextKind::Markdown]
+                    },
                 ),
                 None => Default::default(),
             };

@@ -1,0 +1,802 @@
+//! Tool-call arguments: JSON whose string values hold what the model wrote — a file's code, a
+//! document, a command. Scanned as the JSON text they are, a copied file is a run of escaped
+//! lines (`fn main() {\n    println!(\"hi\");\n}`): prose words glued to `n` escapes, never a
+//! code unit, so an agent that writes a GPL file through a tool was not matched against code.
+//!
+//! [`JsonStrings`] reads JSON as it streams and yields the decoded contents of its strings,
+//! each piece with the byte range of the JSON text it came from. [`ArgsNormalizer`] feeds each
+//! string value to a normaliser of its own kind (code in the language a sibling file name or
+//! `language` value names, else Markdown) over the decoded text, and maps the units back to the
+//! JSON text's offsets, an escape as a whole — so a finding cites, and a redaction cuts, whole
+//! escapes inside one string. [`JsonProjection`] writes the decoded text over the JSON text at
+//! the same offsets, for readers that need lines (the license-marker scanner).
+//!
+//! Arguments that do not begin (after whitespace) like JSON — `{`, `[` or `"` — are free-form
+//! text (a custom tool's input) and are read as Markdown, as they are.
+//!
+//! Hand-written: serde_json and the streaming JSON crates parse complete values or events of
+//! whole strings; none yields a string's contents as they arrive with their source offsets.
+//! The reader is lenient: it never fails, whatever the model wrote (a stray quote only toggles
+//! string state; an invalid escape decodes as U+FFFD).
+
+use std::collections::VecDeque;
+
+use super::{Lang, Normalizer, TextKind, Unit};
+
+/// Deeper containers are read, but their keys and hints are not tracked.
+const MAX_DEPTH: usize = 64;
+
+/// What [`JsonStrings::push`] reports, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Piece<'a> {
+    /// An object (`obj`) or array begins.
+    Enter { obj: bool },
+    /// The innermost container ends.
+    Leave,
+    /// A string begins at its opening quote `at`: an object key or a value.
+    Open { at: u64, key: bool },
+    /// Decoded contents of the open string, from `[start, end)` of the JSON text: unescaped
+    /// text as it is, or one escape (`escape`: then `text` is its one character).
+    Text {
+        text: &'a str,
+        start: u64,
+        end: u64,
+        escape: bool,
+    },
+    /// The open string ends at its closing quote `at`.
+    Close { at: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Outside,
+    InString,
+    /// After a backslash at `start`.
+    Escape {
+        start: u64,
+    },
+    /// `\u` at `start`, `n` hex digits read so far; `high` the surrogate before it, when
+    /// this is the second half of a pair (`start` is then the first half's).
+    Unicode {
+        start: u64,
+        n: u8,
+        value: u32,
+        high: Option<u32>,
+    },
+    /// A high surrogate `\uD8xx` ended; `seen` characters of the `\u` of its pair so far.
+    Low {
+        start: u64,
+        high: u32,
+        seen: u8,
+    },
+}
+
+/// Streaming reader of the strings in a JSON text (see the module documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct JsonStrings {
+    state: State,
+    /// Offset of the next byte.
+    offset: u64,
+    /// Open containers: (is an object, a key is expected next).
+    frames: Vec<(bool, bool)>,
+    /// Containers open beyond [`MAX_DEPTH`].
+    untracked: usize,
+}
+
+impl Default for JsonStrings {
+    fn default() -> Self {
+        JsonStrings {
+            state: State::Outside,
+            offset: 0,
+            frames: Vec::new(),
+            untracked: 0,
+        }
+    }
+}
+
+fn hex(c: u8) -> Option<u32> {
+    (c as char).to_digit(16)
+}
+
+impl JsonStrings {
+    /// The offset before which every byte has been reported: the start of an escape still
+    /// being read, else everything pushed.
+    pub(crate) fn decided(&self) -> u64 {
+        match self.state {
+            State::Escape { start } | State::Unicode { start, .. } | State::Low { start, .. } => {
+                start
+            }
+            State::Outside | State::InString => self.offset,
+        }
+    }
+
+    pub(crate) fn in_string(&self) -> bool {
+        self.state != State::Outside
+    }
+
+    pub(crate) fn push(&mut self, text: &str, f: &mut impl FnMut(Piece<'_>)) {
+        let b = text.as_bytes();
+        let base = self.offset;
+        let mut i = 0;
+        let mut buf = [0u8; 4];
+        while i < b.len() {
+            let at = base + i as u64;
+            match self.state {
+                State::Outside => {
+                    match b[i] {
+                        b'"' => {
+                            let key = self.frames.last().is_some_and(|&(o, k)| o && k)
+                                && self.untracked == 0;
+                            self.state = State::InString;
+                            f(Piece::Open { at, key });
+                        }
+                        c @ (b'{' | b'[') => {
+                            if self.frames.len() < MAX_DEPTH && self.untracked == 0 {
+                                self.frames.push((c == b'{', c == b'{'));
+                                f(Piece::Enter { obj: c == b'{' });
+                            } else {
+                                self.untracked += 1;
+                            }
+                        }
+                        b'}' | b']' => {
+                            if self.untracked > 0 {
+                                self.untracked -= 1;
+                            } else if self.frames.pop().is_some() {
+                                f(Piece::Leave);
+                            }
+                        }
+                        b':' => self.expect_key(false),
+                        b',' => {
+                            if let Some(&(true, _)) = self.frames.last() {
+                                self.expect_key(true);
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                State::InString => {
+                    let n = memchr::memchr2(b'"', b'\\', &b[i..]).unwrap_or(b.len() - i);
+                    if n > 0 {
+                        f(Piece::Text {
+                            text: &text[i..i + n],
+                            start: at,
+                            end: at + n as u64,
+                            escape: false,
+                        });
+                        i += n;
+                        continue;
+                    }
+                    if b[i] == b'"' {
+                        self.state = State::Outside;
+                        if self.untracked == 0 {
+                            self.expect_key(false);
+                        }
+                        f(Piece::Close { at });
+                    } else {
+                        self.state = State::Escape { start: at };
+                    }
+                    i += 1;
+                }
+                State::Escape { start } => {
+                    let c = b[i];
+                    if c == b'u' {
+                        self.state = State::Unicode {
+                            start,
+                            n: 0,
+                            value: 0,
+                            high: None,
+                        };
+                        i += 1;
+                        continue;
+                    }
+                    let decoded = match c {
+                        b'n' => '\n',
+                        b't' => '\t',
+                        b'r' => '\r',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'"' | b'\\' | b'/' => c as char,
+                        _ => '\u{FFFD}',
+                    };
+                    if !c.is_ascii() {
+                        // Not an escape: the backslash alone is invalid; the character is
+                        // read again as string text.
+                        self.state = State::InString;
+                        self.text(decoded, start, at, f, &mut buf);
+                        continue;
+                    }
+                    self.state = State::InString;
+                    self.text(decoded, start, at + 1, f, &mut buf);
+                    i += 1;
+                }
+                State::Unicode {
+                    start,
+                    n,
+                    value,
+                    high,
+                } => {
+                    let Some(d) = hex(b[i]) else {
+                        // Not four hex digits: what was read is one invalid escape.
+                        self.state = State::InString;
+                        self.text('\u{FFFD}', start, at, f, &mut buf);
+                        continue;
+                    };
+                    let value = value << 4 | d;
+                    i += 1;
+                    if n < 3 {
+                        self.state = State::Unicode {
+                            start,
+                            n: n + 1,
+                            value,
+                            high,
+                        };
+                        continue;
+                    }
+                    let end = base + i as u64;
+                    match (high, value) {
+                        (None, 0xD800..=0xDBFF) => {
+                            self.state = State::Low {
+                                start,
+                                high: value,
+                                seen: 0,
+                            };
+                        }
+                        (Some(h), 0xDC00..=0xDFFF) => {
+                            let c = 0x10000 + ((h - 0xD800) << 10) + (value - 0xDC00);
+                            self.state = State::InString;
+                            let c = char::from_u32(c).unwrap_or('\u{FFFD}');
+                            self.text(c, start, end, f, &mut buf);
+                        }
+                        (Some(_), _) => {
+                            self.state = State::InString;
+                            self.text('\u{FFFD}', start, end, f, &mut buf);
+                        }
+                        (None, v) => {
+                            self.state = State::InString;
+                            let c = char::from_u32(v).unwrap_or('\u{FFFD}');
+                            self.text(c, start, end, f, &mut buf);
+                        }
+                    }
+                }
+                State::Low { start, high, seen } => {
+                    let want = if seen == 0 { b'\\' } else { b'u' };
+                    if b[i] != want {
+                        // A lone high surrogate: invalid, and what follows is read again.
+                        self.state = State::InString;
+                        let end = at - u64::from(seen);
+                        self.text('\u{FFFD}', start, end, f, &mut buf);
+                        if seen == 1 {
+                            self.state = State::Escape { start: end };
+                        }
+                        continue;
+                    }
+                    i += 1;
+                    self.state = if seen == 0 {
+                        State::Low {
+                            start,
+                            high,
+                            seen: 1,
+                        }
+                    } else {
+                        State::Unicode {
+                            start,
+                            n: 0,
+                            value: 0,
+                            high: Some(high),
+                        }
+                    };
+                }
+            }
+        }
+        self.offset = base + b.len() as u64;
+    }
+
+    /// The text ended: a string or escape still open ends with it.
+    pub(crate) fn finish(&mut self, f: &mut impl FnMut(Piece<'_>)) {
+        let mut buf = [0u8; 4];
+        match self.state {
+            State::Escape { start } | State::Unicode { start, .. } | State::Low { start, .. } => {
+                self.state = State::InString;
+                self.text('\u{FFFD}', start, self.offset, f, &mut buf);
+            }
+            State::Outside | State::InString => {}
+        }
+        if self.state == State::InString {
+            self.state = State::Outside;
+            f(Piece::Close { at: self.offset });
+        }
+    }
+
+    fn expect_key(&mut self, k: bool) {
+        if let Some(top) = self.frames.last_mut() {
+            top.1 = top.0 && k;
+        }
+    }
+
+    fn text(
+        &self,
+        c: char,
+        start: u64,
+        end: u64,
+        f: &mut impl FnMut(Piece<'_>),
+        buf: &mut [u8; 4],
+    ) {
+        f(Piece::Text {
+            text: c.encode_utf8(buf),
+            start,
+            end,
+            escape: true,
+        });
+    }
+}
+
+/// Whether arguments beginning with `c` (their first character that is not whitespace) are
+/// JSON; if not, they are free-form text.
+fn begins_json(c: char) -> bool {
+    matches!(c, '{' | '[' | '"')
+}
+
+/// Whether `text` reads as JSON arguments (see [`begins_json`]); an empty or all-whitespace
+/// text does not.
+pub fn is_json_arguments(text: &str) -> bool {
+    text.trim_start().chars().next().is_some_and(begins_json)
+}
+
+/// What arguments turned out to be, once their first character that is not whitespace came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// Only whitespace so far (kept, to be read as whichever it turns out to be).
+    Undecided(String),
+    Json,
+    /// Free-form: read as it is.
+    Raw,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape::Undecided(String::new())
+    }
+}
+
+/// A piece of decoded text and where it came from: `dec` is its offset in the decoded text,
+/// `orig` in the JSON text; an escape (`esc` > 0: its length in the JSON text) maps as a whole.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    dec: u64,
+    orig: u64,
+    esc: u8,
+}
+
+/// Per open container: the kind its string values are read as, once a sibling value said
+/// (a file name, a language), and the last key read.
+#[derive(Debug, Clone, Default)]
+struct Frame {
+    hint: Option<TextKind>,
+    key: String,
+}
+
+/// The longest key or hint value that is read (longer ones are neither).
+const MAX_NOTE: usize = 256;
+
+/// Normaliser of tool-call arguments (see the module documentation): each string value is
+/// normalised as its own text, of the kind a sibling says; units carry offsets of the JSON.
+pub(crate) struct ArgsNormalizer {
+    shape: Shape,
+    json: JsonStrings,
+    /// Normalises the decoded text of the current value (its offsets count decoded bytes).
+    inner: Box<Normalizer>,
+    /// The open string is a value (fed to `inner`), not a key.
+    in_value: bool,
+    /// Decoded → JSON offsets, from the segment holding `inner`'s pending start on.
+    map: VecDeque<Seg>,
+    frames: Vec<Frame>,
+    /// The open string's text while it may be a key or a hint (at most [`MAX_NOTE`] bytes).
+    note: Option<String>,
+    scratch: Vec<Unit>,
+}
+
+/// Keys whose values are code even when no sibling names a file or a language (code
+/// interpreters, `run_code`-style tools). Their language is unknown: C-like conventions.
+const CODE_KEYS: &[&str] = &[
+    "code",
+    "source",
+    "source_code",
+    "sourcecode",
+    "script",
+    "program",
+    "snippet",
+];
+
+/// Keys whose values name a language.
+const LANGUAGE_KEYS: &[&str] = &["language", "lang", "programming_language"];
+
+impl ArgsNormalizer {
+    pub(crate) fn new() -> Self {
+        ArgsNormalizer {
+            shape: Shape::default(),
+            json: JsonStrings::default(),
+            inner: Box::new(Normalizer::new(TextKind::Markdown)),
+            in_value: false,
+            map: VecDeque::new(),
+            frames: Vec::new(),
+            note: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, text: &str, out: &mut Vec<Unit>) {
+        if let Shape::Undecided(lead) = &mut self.shape {
+            let Some(c) = text.trim_start().chars().next() else {
+                lead.push_str(text);
+                return;
+            };
+            let lead = std::mem::take(lead);
+            if begins_json(c) {
+                self.shape = Shape::Json;
+                self.push_json(&lead, out);
+            } else {
+                // Free-form: `inner` reads it all, from offset 0 (so no map: offsets are the
+                // text's own).
+                self.shape = Shape::Raw;
+                self.inner.restart(TextKind::Markdown);
+                self.inner.push_str(&lead, out);
+            }
+        }
+        match self.shape {
+            Shape::Raw => self.inner.push_str(text, out),
+            _ => self.push_json(text, out),
+        }
+    }
+
+    fn push_json(&mut self, text: &str, out: &mut Vec<Unit>) {
+        let mut json = std::mem::take(&mut self.json);
+        json.push(text, &mut |p| self.piece(p, out));
+        self.json = json;
+        self.prune();
+    }
+
+    pub(crate) fn finish(&mut self, out: &mut Vec<Unit>) {
+        match self.shape {
+            Shape::Raw => return self.inner.finish(out),
+            Shape::Undecided(_) => return,
+            Shape::Json => {}
+        }
+        let mut json = std::mem::take(&mut self.json);
+        json.finish(&mut |p| self.piece(p, out));
+        self.json = json;
+        self.map.clear();
+    }
+
+    /// See [`Normalizer::pending_start`].
+    pub(crate) fn pending_start(&self) -> u64 {
+        match self.shape {
+            Shape::Raw => return self.inner.pending_start(),
+            Shape::Undecided(_) => return 0,
+            Shape::Json => {}
+        }
+        let decided = self.json.decided();
+        if !self.in_value || !self.json.in_string() {
+            return decided;
+        }
+        let p = self.inner.pending_start();
+        if p < self.inner.offset() {
+            self.map_start(p).min(decided)
+        } else {
+            decided
+        }
+    }
+
+    fn piece(&mut self, p: Piece<'_>, out: &mut Vec<Unit>) {
+        match p {
+            Piece::Enter { obj } => {
+                let parent = self.frames.last();
+                let frame = Frame {
+                    hint: parent.and_then(|f| f.hint),
+                    // An array's values are read as its key's.
+                    key: match (obj, parent) {
+                        (false, Some(f)) => f.key.clone(),
+                        _ => String::new(),
+                    },
+                };
+                self.frames.push(frame);
+            }
+            Piece::Leave => {
+                self.frames.pop();
+            }
+            Piece::Open { key, .. } => {
+                self.in_value = !key;
+                self.note = Some(String::new());
+                if !key {
+                    let kind = self.value_kind();
+                    self.inner.restart(kind);
+                }
+            }
+            Piece::Text {
+                text,
+                start,
+                end,
+                escape,
+            } => {
+                if let Some(n) = &mut self.note {
+                    if n.len() + text.len() > MAX_NOTE || text.contains('\n') {
+                        self.note = None;
+                    } else {
+                        n.push_str(text);
+                    }
+                }
+                if !self.in_value {
+                    return;
+                }
+                let dec = self.inner.offset();
+                let contiguous = self
+                    .map
+                    .back()
+                    .is_some_and(|s| !escape && s.esc == 0 && s.orig + (dec - s.dec) == start);
+                if !contiguous {
+                    let esc = if escape { (end - start) as u8 } else { 0 };
+                    self.map.push_back(Seg {
+                        dec,
+                        orig: start,
+                        esc,
+                    });
+                }
+                self.inner.push_str(text, &mut self.scratch);
+                self.emit(out);
+            }
+            Piece::Close { .. } => {
+                let note = self.note.take();
+                if self.in_value {
+                    self.inner.finish(&mut self.scratch);
+                    self.emit(out);
+                    self.in_value = false;
+                    if let Some(n) = note {
+                        self.note_value(&n);
+                    }
+                } else if let (Some(n), Some(f)) = (note, self.frames.last_mut()) {
+                    f.key = n;
+                }
+            }
+        }
+    }
+
+    /// The kind the value about to begin is read as.
+    fn value_kind(&self) -> TextKind {
+        let Some(f) = self.frames.last() else {
+            return TextKind::Markdown;
+        };
+        if let Some(k) = f.hint {
+            return k;
+        }
+        let key = f.key.to_ascii_lowercase();
+        if CODE_KEYS.contains(&key.as_str()) {
+            TextKind::Code(Lang::C_LIKE)
+        } else {
+            TextKind::Markdown
+        }
+    }
+
+    /// A value that names a file (`src/main.rs`) or a language sets how the values after it
+    /// in its container (and inside them) are read.
+    fn note_value(&mut self, value: &str) {
+        let Some(f) = self.frames.last_mut() else {
+            return;
+        };
+        let v = value.trim();
+        let key = f.key.to_ascii_lowercase();
+        let hint = if LANGUAGE_KEYS.contains(&key.as_str()) {
+            match v.to_ascii_lowercase().as_str() {
+                "markdown" | "md" => Some(TextKind::Markdown),
+                l => Lang::from_name(l).map(TextKind::Code),
+            }
+        } else if v
+            .rsplit(['/', '\\'])
+            .next()
+            .is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+        {
+            // A file name: its last component has no space (a sentence ending in "3.c" is
+            // not one).
+            match TextKind::from_path(std::path::Path::new(v)) {
+                // A name without a known extension (`v1.2`, `notes.txt`) says nothing.
+                TextKind::Prose => None,
+                k => Some(k),
+            }
+        } else {
+            None
+        };
+        if hint.is_some() {
+            f.hint = hint;
+        }
+    }
+
+    /// Moves the units `inner` produced to `out`, in the JSON text's offsets.
+    fn emit(&mut self, out: &mut Vec<Unit>) {
+        for mut u in self.scratch.drain(..) {
+            u.start = map_start(&self.map, u.start);
+            u.end = map_end(&self.map, u.end);
+            out.push(u);
+        }
+    }
+
+    fn map_start(&self, dec: u64) -> u64 {
+        map_start(&self.map, dec)
+    }
+
+    /// Drops the segments no unit still to come can start in.
+    fn prune(&mut self) {
+        let keep_from = if self.in_value && self.json.in_string() {
+            self.inner.pending_start()
+        } else {
+            self.inner.offset()
+        };
+        while self.map.len() > 1 && self.map[1].dec <= keep_from {
+            self.map.pop_front();
+        }
+    }
+}
+
+/// Where the decoded offset `dec` (a character's start) lies in the JSON text.
+fn map_start(map: &VecDeque<Seg>, dec: u64) -> u64 {
+    let i = map.partition_point(|s| s.dec <= dec);
+    match i.checked_sub(1).map(|i| map[i]) {
+        Some(s) if s.esc > 0 => s.orig,
+        Some(s) => s.orig + (dec - s.dec),
+        None => dec,
+    }
+}
+
+/// Where the decoded end offset `dec` (exclusive, after a character) lies in the JSON text.
+fn map_end(map: &VecDeque<Seg>, dec: u64) -> u64 {
+    let i = map.partition_point(|s| s.dec < dec);
+    match i.checked_sub(1).map(|i| map[i]) {
+        Some(s) if s.esc > 0 => s.orig + u64::from(s.esc),
+        Some(s) => s.orig + (dec - s.dec),
+        None => dec,
+    }
+}
+
+/// The decoded text of a JSON text written over it at the same offsets, as it streams: string
+/// contents as they are, an escape as its character preceded by spaces to the escape's length,
+/// each string's opening quote a newline (so the lines of one value never run into another's),
+/// everything else a space. What a line-oriented reader of a tool call's arguments reads.
+#[derive(Debug, Clone, Default)]
+pub struct JsonProjection {
+    /// Whitespace before the first other character is written as it is, whatever the shape.
+    shape: Shape,
+    json: JsonStrings,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl JsonProjection {
+    pub fn new() -> Self {
+        JsonProjection::default()
+    }
+
+    /// Where the bytes pushed but not written yet start (an escape still being read is
+    /// written when it is complete), if there are any.
+    pub fn unwritten_from(&self) -> Option<u64> {
+        (self.shape == Shape::Json && self.written < self.json.offset).then_some(self.written)
+    }
+
+    /// Appends the projection of `text`, the next piece of the JSON text, to `out`.
+    pub fn push(&mut self, text: &str, out: &mut String) {
+        if let Shape::Undecided(lead) = &mut self.shape {
+            let Some(c) = text.trim_start().chars().next() else {
+                out.push_str(text);
+                lead.push_str(text);
+                self.written += text.len() as u64;
+                return;
+            };
+            let lead = std::mem::take(lead);
+            if begins_json(c) {
+                self.shape = Shape::Json;
+                // Whitespace: nothing to write (it is written already).
+                self.json.push(&lead, &mut |_| {});
+            } else {
+                self.shape = Shape::Raw;
+            }
+        }
+        if self.shape == Shape::Raw {
+            out.push_str(text);
+            self.written += text.len() as u64;
+            return;
+        }
+        let mut json = std::mem::take(&mut self.json);
+        json.push(text, &mut |p| self.piece(p, out));
+        let to = json.decided();
+        self.json = json;
+        self.pad(to, out);
+    }
+
+    /// The text ended: an escape still open is written as spaces.
+    pub fn finish(&mut self, out: &mut String) {
+        if self.shape != Shape::Json {
+            return;
+        }
+        let mut json = std::mem::take(&mut self.json);
+        json.finish(&mut |p| self.piece(p, out));
+        let to = json.decided();
+        self.json = json;
+        self.pad(to, out);
+    }
+
+    fn pad(&mut self, to: u64, out: &mut String) {
+        if to > self.written {
+            out.extend(std::iter::repeat_n(' ', (to - self.written) as usize));
+            self.written = to;
+        }
+    }
+
+    fn piece(&mut self, p: Piece<'_>, out: &mut String) {
+        match p {
+            Piece::Open { at, .. } => {
+                self.pad(at, out);
+                out.push('\n');
+                self.written = at + 1;
+            }
+            Piece::Text {
+                text, start, end, ..
+            } => {
+                if text.len() as u64 > end - start {
+                    // An invalid escape shorter than U+FFFD: spaces.
+                    self.pad(end, out);
+                } else {
+                    self.pad(end - text.len() as u64, out);
+                    out.push_str(text);
+                    self.written = end;
+                }
+            }
+            Piece::Close { .. } | Piece::Enter { .. } | Piece::Leave => {}
+        }
+    }
+}
+
+/// The parts of `[start, end)` of a JSON text that lie in the contents of string values (not
+/// keys), each widened to whole escapes: where a cut leaves valid JSON of the same shape.
+/// Free-form arguments ([`is_json_arguments`] false) are cut as they are: `[start, end)`.
+pub fn string_contents_within(text: &str, start: u64, end: u64) -> Vec<(u64, u64)> {
+    if !is_json_arguments(text) {
+        return vec![(start, end)];
+    }
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut json = JsonStrings::default();
+    // Whether the last range is in the string still open (a piece right after it extends it),
+    // and whether that string is a value.
+    let mut open = false;
+    let mut value = false;
+    let mut f = |p: Piece<'_>| match p {
+        Piece::Text {
+            start: a,
+            end: b,
+            escape,
+            ..
+        } if value && a < end && b > start => {
+            let (a, b) = if escape {
+                (a, b)
+            } else {
+                (a.max(start), b.min(end))
+            };
+            match ranges.last_mut() {
+                Some(r) if open && r.1 == a => r.1 = b,
+                _ => ranges.push((a, b)),
+            }
+            open = true;
+        }
+        Piece::Open { key, .. } => (open, value) = (false, !key),
+        Piece::Close { .. } => open = false,
+        _ => {}
+    };
+    json.push(text, &mut f);
+    json.finish(&mut f);
+    ranges
+}
+
+/// `s` written as the contents of a JSON string (escaped, without the quotes).
+pub fn escape_contents(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted
+        .get(1..quoted.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_string()
+}
