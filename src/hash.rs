@@ -113,6 +113,11 @@ impl RecentNames {
         }
     }
 
+    /// Forgets every name seen: the next units have no previous occurrence.
+    pub fn reset(&mut self) {
+        self.last.clear();
+    }
+
     /// [`PrevDistance::next`], or `u32::MAX` where that is `window` or more.
     #[inline]
     pub fn next(&mut self, u: &Unit) -> u32 {

@@ -1079,7 +1079,11 @@ impl Scanner {
         self.fresh = fresh;
     }
 
-    /// Ends the stream: open runs are closed and reported.
+    /// Ends the stream: open runs are closed and reported. Text pushed after it (an upstream
+    /// that goes on after a stream's closing event) is matched afresh: no k-gram, run or name
+    /// distance reaches back across the end, so text reported final here — and released by a
+    /// proxy as such — is never found again as the start of a later run (found by the
+    /// `pipeline` fuzz target).
     pub fn finish(&mut self) {
         let mut fresh = std::mem::take(&mut self.fresh);
         self.norm.finish(&mut fresh);
@@ -1087,6 +1091,13 @@ impl Scanner {
         self.fresh = fresh;
         for (i, m) in self.matchers.iter_mut().enumerate() {
             m.finish(i, &mut self.findings);
+            m.roll_channel = None;
+            m.rroll.reset();
+            (m.rrun, m.since_abstract) = (0, usize::MAX);
+        }
+        self.hist.clear();
+        if let Some(d) = &mut self.idents {
+            d.reset();
         }
     }
 

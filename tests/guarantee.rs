@@ -369,3 +369,34 @@ fn runs_the_caller_supplied_are_marked() {
     let plain = scan(&f.index, TextKind::Markdown, &text);
     assert!(!plain[0].caller_supplied);
 }
+
+/// A stream that goes on after it was finished (an upstream that sends deltas after a
+/// stream's closing event): what follows is matched afresh. Before, the k-gram roll and the
+/// history ran on across the end, so a run found after it extended back into text the proxy
+/// had released as final.
+#[test]
+fn text_pushed_after_finish_is_matched_afresh() {
+    let index = Arc::new(Index::open("tests/fixtures/index-v2").unwrap());
+    let code = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let text = format!("Here:\n\n```rust\n{code}```\n");
+    let cut = text.find("pub fn parse_line").unwrap();
+    let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
+    s.push_str(&text[..cut]);
+    s.finish();
+    let first = s.take_findings();
+    s.push_str(&text[cut..]);
+    s.finish();
+    let second = s.take_findings();
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "{first:?} {second:?}"
+    );
+    assert!(
+        first.iter().all(|f| f.output_end <= cut as u64),
+        "{first:?}"
+    );
+    assert!(
+        second.iter().all(|f| f.output_start >= cut as u64),
+        "a run found after the end reaches back across it: {second:?}"
+    );
+}

@@ -302,10 +302,39 @@ fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
         .unwrap()
         .replace("Here is the ledger code:", "Here is THE ledger code:")
         .into_bytes();
+    // A closing event that comes before any delta of its stream, behind held text of another
+    // stream: it was set to the stream's text when a redaction came while the copied code was
+    // still held, and released with it (found by the `pipeline` fuzz target).
+    let whole = String::from_utf8(responses_stream(&text, 3)).unwrap();
+    let evs: Vec<&str> = whole.split_inclusive("\n\n").collect();
+    let done = evs
+        .iter()
+        .position(|e| e.starts_with("event: response.output_text.done"))
+        .unwrap();
+    let first_delta = evs
+        .iter()
+        .position(|e| e.starts_with("event: response.output_text.delta"))
+        .unwrap();
+    let other = "event: response.output_text.delta\ndata: {\"type\": \"response.output_text.delta\", \"output_index\": 1, \"content_index\": 0, \"delta\": \"Some words of another item first\"}\n\n";
+    // The other item ends (releasing what waits behind it) once the notice's line is in, the
+    // copied code still held.
+    let line_end = text[..text.find(notice).unwrap() + notice.len()]
+        .chars()
+        .count()
+        + 1;
+    let other_done = first_delta + line_end / 3 + 1;
+    let end_other = "event: response.output_item.done\ndata: {\"type\": \"response.output_item.done\", \"output_index\": 1, \"item\": {}}\n\n";
+    let mut early: Vec<&str> = evs[..first_delta].to_vec();
+    early.extend([other, evs[done]]);
+    early.extend(&evs[first_delta..other_done]);
+    early.push(end_other);
+    early.extend(&evs[other_done..]);
+    let early = early.concat().into_bytes();
     for (api, upstream) in [
         (Api::ChatCompletions, openai_stream(&text, 3)),
         (Api::Responses, responses_stream(&text, 3)),
         (Api::Responses, differing),
+        (Api::Responses, early),
     ] {
         let mut s = setup(redact_everything());
         s.indexes = vec![Arc::clone(&index)];
@@ -331,7 +360,14 @@ fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
         assert_only_placeholders_between_fences(&got);
         // Every event, the closing ones included, is free of the copied text.
         let all = String::from_utf8_lossy(&out);
-        for copied in ["shillings", "bearing", "Ok(out)", notice, "Ünïcödé Ltd"] {
+        for copied in [
+            "shillings",
+            "bearing",
+            "Ok(out)",
+            "enum Column",
+            notice,
+            "Ünïcödé Ltd",
+        ] {
             assert!(!all.contains(copied), "{api:?}: {copied:?} released: {all}");
         }
     }

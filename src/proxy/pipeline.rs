@@ -804,7 +804,16 @@ impl Pipeline {
                 if !whole_before.is_empty() {
                     h.changed |= replace_strings(v, &whole_before, &whole);
                 }
-                h.changed |= scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
+                if h.repeats.is_empty() {
+                    // Its repeated fields were set when it came (to what was delivered then:
+                    // nothing, for a stream no delta had begun); set to a stream's text now,
+                    // they would carry text not decided yet, released with the event (found by
+                    // the `pipeline` fuzz target). Only what a redaction took out is taken.
+                    h.changed |= scrub_redacted(v, &self.texts, &self.redactions);
+                } else {
+                    h.changed |=
+                        scrub_repeats(api, v, &self.streams, &self.texts, &self.redactions);
+                }
             }
         }
         if !placed.contains(&true) {
@@ -1087,6 +1096,12 @@ fn scrub_repeats(
             changed = true;
         }
     });
+    changed | scrub_redacted(v, texts, redactions)
+}
+
+/// [`Redactions::scrub`] for every stream: whatever in `v` repeats text a redaction took out.
+fn scrub_redacted(v: &mut Value, texts: &[String], redactions: &[Redactions]) -> bool {
+    let mut changed = false;
     for (r, text) in redactions.iter().zip(texts) {
         if !r.is_empty() {
             changed |= r.scrub(v, text);
