@@ -706,3 +706,131 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
         ["exact"]
     );
 }
+
+/// Responses output items that carry model text besides messages and function calls: a
+/// reasoning summary, the code a hosted code interpreter runs (Python) and a custom tool's
+/// free-form input. Each is scanned as its own stream — the code as Python, the input as
+/// Markdown — and redacted in its deltas and in every event that repeats it (their `.done`
+/// events, `output_item.done`, `response.completed`). They were relayed unscanned.
+#[test]
+fn responses_summaries_interpreter_code_and_custom_tool_input_are_scanned() {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    // A function without `#` or `'`: the same units read as Python as read as Rust.
+    let code = file
+        .split_once("pub fn total_owed")
+        .map(|(_, r)| format!("pub fn total_owed{}", r.split_once("\n}\n").unwrap().0))
+        .unwrap();
+    assert!(!code.contains('#') && !code.contains('\''));
+    let input = format!("*** Begin Patch\n```rust\n{code}\n}}\n```\n");
+    let summary = "I will total what is owed, then write the patch.";
+    let mut out = String::new();
+    let mut n = 0;
+    let mut ev = |v: Value| {
+        let mut v = v;
+        v["sequence_number"] = serde_json::json!(n);
+        n += 1;
+        out.push_str(&format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap()
+        ));
+    };
+    let pieces = |s: &str| -> Vec<String> {
+        s.chars()
+            .collect::<Vec<_>>()
+            .chunks(5)
+            .map(|c| c.iter().collect())
+            .collect()
+    };
+    ev(serde_json::json!({"type": "response.created", "response": {"id": "r", "output": []}}));
+    for p in pieces(summary) {
+        ev(
+            serde_json::json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": p}),
+        );
+    }
+    ev(
+        serde_json::json!({"type": "response.reasoning_summary_text.done", "output_index": 0, "summary_index": 0, "text": summary}),
+    );
+    for p in pieces(&code) {
+        ev(
+            serde_json::json!({"type": "response.code_interpreter_call_code.delta", "output_index": 1, "delta": p}),
+        );
+    }
+    ev(
+        serde_json::json!({"type": "response.code_interpreter_call_code.done", "output_index": 1, "code": code}),
+    );
+    for p in pieces(&input) {
+        ev(
+            serde_json::json!({"type": "response.custom_tool_call_input.delta", "output_index": 2, "delta": p}),
+        );
+    }
+    ev(
+        serde_json::json!({"type": "response.custom_tool_call_input.done", "output_index": 2, "input": input}),
+    );
+    let items = serde_json::json!([
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": summary}]},
+        {"type": "code_interpreter_call", "code": code},
+        {"type": "custom_tool_call", "name": "apply_patch", "input": input},
+    ]);
+    for (i, it) in items.as_array().unwrap().iter().enumerate() {
+        ev(serde_json::json!({"type": "response.output_item.done", "output_index": i, "item": it}));
+    }
+    ev(serde_json::json!({"type": "response.completed", "response": {"id": "r", "output": items}}));
+
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v2").unwrap())];
+    let mut p = Pipeline::new(Api::Responses, s);
+    let mut released = Vec::new();
+    for chunk in out.as_bytes().chunks(13) {
+        for f in p.push(chunk) {
+            released.extend_from_slice(&f);
+        }
+    }
+    for f in p.finish() {
+        released.extend_from_slice(&f);
+    }
+    let streams: Vec<String> = p
+        .take_decisions()
+        .into_iter()
+        .filter(|d| d.kind == "exact" && d.citation.channel == "code")
+        .map(|d| d.stream)
+        .collect();
+    assert!(
+        streams.contains(&"1:0:Code".to_string()) && streams.contains(&"2:0:ToolArgs".to_string()),
+        "{streams:?}"
+    );
+    let all = String::from_utf8_lossy(&released);
+    assert!(!all.contains("shillings"), "{all}");
+    assert!(all.contains(summary), "the summary is relayed: {all}");
+    let evs = events(&released);
+    let text_of = |ty: &str, field: &str| -> String {
+        evs.iter()
+            .filter(|(_, v)| v["type"] == ty)
+            .filter_map(|(_, v)| v[field].as_str())
+            .collect()
+    };
+    for (delta, done, field) in [
+        (
+            "response.code_interpreter_call_code.delta",
+            "response.code_interpreter_call_code.done",
+            "code",
+        ),
+        (
+            "response.custom_tool_call_input.delta",
+            "response.custom_tool_call_input.done",
+            "input",
+        ),
+    ] {
+        let got = text_of(delta, "delta");
+        assert!(got.contains("[verbatim: redacted"), "{got}");
+        assert_eq!(
+            text_of(done, field),
+            got,
+            "{done} repeats what the deltas delivered"
+        );
+    }
+    assert!(
+        text_of("response.custom_tool_call_input.delta", "delta")
+            .starts_with("*** Begin Patch\n```rust\n"),
+        "the text around the run is kept"
+    );
+}

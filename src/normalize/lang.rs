@@ -38,6 +38,7 @@ impl Lang {
         backtick_strings: false,
         renames: true,
     };
+    /// `#` comments, `'…'` strings: Python, shell, Ruby, Perl, R, Julia …
     pub const SCRIPT: Lang = Lang {
         c_comments: false,
         hash_comments: true,

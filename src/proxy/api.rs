@@ -59,9 +59,13 @@ impl Api {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
     Text,
-    /// Tool-call arguments / tool-use input JSON.
+    /// Tool-call arguments / tool-use input JSON (or a custom tool's free-form input).
     ToolArgs,
     Thinking,
+    /// A reasoning summary (Responses), kept apart from the reasoning text of the same item.
+    Summary,
+    /// Code a hosted code interpreter runs (Responses' `code_interpreter_call`): Python.
+    Code,
 }
 
 /// Identifies one text stream within a response.
@@ -150,8 +154,18 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                 key(u(v, "output_index"), u(v, "content_index"), Part::Text),
                 v.get("delta").and_then(Value::as_str),
             ),
-            Some("response.function_call_arguments.delta") => push(
+            Some(
+                "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta",
+            ) => push(
                 key(u(v, "output_index"), 0, Part::ToolArgs),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.code_interpreter_call_code.delta") => push(
+                key(u(v, "output_index"), 0, Part::Code),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.reasoning_summary_text.delta") => push(
+                key(u(v, "output_index"), u(v, "summary_index"), Part::Summary),
                 v.get("delta").and_then(Value::as_str),
             ),
             Some("response.reasoning_text.delta") => push(
@@ -208,9 +222,16 @@ pub fn stream_ends(api: Api, v: Option<&Value>, done: bool) -> StreamEnds {
             return StreamEnds::AllBefore;
         }
         (Api::Messages, Some("content_block_stop")) => vec![u(v, "index")],
-        (Api::Responses, Some("response.output_text.done" | "response.output_item.done")) => {
-            vec![u(v, "output_index")]
-        }
+        (
+            Api::Responses,
+            Some(
+                "response.output_text.done"
+                | "response.output_item.done"
+                | "response.function_call_arguments.done"
+                | "response.custom_tool_call_input.done"
+                | "response.code_interpreter_call_code.done",
+            ),
+        ) => vec![u(v, "output_index")],
         (Api::ChatCompletions | Api::Completions, _) => v
             .get("choices")
             .and_then(Value::as_array)
@@ -247,6 +268,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
             match k.part {
                 Part::Text => d.get_mut("content"),
                 Part::Thinking => d.get_mut("reasoning_content"),
+                Part::Summary | Part::Code => None,
                 Part::ToolArgs => d
                     .get_mut("tool_calls")?
                     .as_array_mut()?
@@ -269,6 +291,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Text => d.get_mut("text"),
                 Part::ToolArgs => d.get_mut("partial_json"),
                 Part::Thinking => d.get_mut("thinking"),
+                Part::Summary | Part::Code => None,
             }
         }
     }
@@ -299,6 +322,23 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
     fn item(oi: u64, it: &mut Value, f: &mut dyn FnMut(StreamKey, &mut Value)) {
         if let Some(a) = it.get_mut("arguments") {
             f(key(oi, 0, Part::ToolArgs), a);
+        }
+        if let Some(a) = it.get_mut("input").filter(|a| a.is_string()) {
+            f(key(oi, 0, Part::ToolArgs), a);
+        }
+        if let Some(c) = it.get_mut("code").filter(|c| c.is_string()) {
+            f(key(oi, 0, Part::Code), c);
+        }
+        for (j, p) in it
+            .get_mut("summary")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(t) = p.get_mut("text") {
+                f(key(oi, j as u64, Part::Summary), t);
+            }
         }
         for (j, c) in it
             .get_mut("content")
@@ -333,6 +373,28 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         "response.function_call_arguments.done" => {
             if let Some(a) = v.get_mut("arguments") {
                 f(key(oi, 0, Part::ToolArgs), a);
+            }
+        }
+        "response.custom_tool_call_input.done" => {
+            if let Some(a) = v.get_mut("input") {
+                f(key(oi, 0, Part::ToolArgs), a);
+            }
+        }
+        "response.code_interpreter_call_code.done" => {
+            if let Some(c) = v.get_mut("code") {
+                f(key(oi, 0, Part::Code), c);
+            }
+        }
+        "response.reasoning_summary_text.done" => {
+            let si = u(v, "summary_index");
+            if let Some(t) = v.get_mut("text") {
+                f(key(oi, si, Part::Summary), t);
+            }
+        }
+        "response.reasoning_summary_part.done" => {
+            let si = u(v, "summary_index");
+            if let Some(t) = v.get_mut("part").and_then(|p| p.get_mut("text")) {
+                f(key(oi, si, Part::Summary), t);
             }
         }
         "response.content_part.done" => {
@@ -439,6 +501,23 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 if let Some(args) = item.get("arguments").and_then(Value::as_str) {
                     f(key(oi as u64, 0, Part::ToolArgs), args);
                 }
+                if let Some(input) = item.get("input").and_then(Value::as_str) {
+                    f(key(oi as u64, 0, Part::ToolArgs), input);
+                }
+                if let Some(code) = item.get("code").and_then(Value::as_str) {
+                    f(key(oi as u64, 0, Part::Code), code);
+                }
+                for (j, p) in item
+                    .get("summary")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        f(key(oi as u64, j as u64, Part::Summary), t);
+                    }
+                }
                 for (ci, c) in item
                     .get("content")
                     .and_then(Value::as_array)
@@ -510,7 +589,14 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(Value::as_array_mut)
             .and_then(|o| o.get_mut(k.a as usize))
             .and_then(|item| match k.part {
-                Part::ToolArgs => item.get_mut("arguments"),
+                Part::ToolArgs if item.get("arguments").is_some() => item.get_mut("arguments"),
+                Part::ToolArgs => item.get_mut("input"),
+                Part::Code => item.get_mut("code"),
+                Part::Summary => item
+                    .get_mut("summary")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|c| c.get_mut(k.b as usize))
+                    .and_then(|c| c.get_mut("text")),
                 _ => item
                     .get_mut("content")
                     .and_then(Value::as_array_mut)
@@ -535,6 +621,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     }
                     None
                 }
+                Part::Summary | Part::Code => None,
             }),
     };
     if let Some(s) = slot {

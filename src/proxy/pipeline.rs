@@ -937,11 +937,13 @@ impl Pipeline {
 }
 
 /// How a stream's text is read: tool-call arguments as the JSON they are (their string values
-/// each as the text it holds), everything else as Markdown.
+/// each as the text it holds), a code interpreter's code as Python, everything else as
+/// Markdown.
 fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
-        _ => TextKind::Markdown,
+        Part::Code => TextKind::Code(crate::normalize::Lang::SCRIPT),
+        Part::Text | Part::Thinking | Part::Summary => TextKind::Markdown,
     }
 }
 
