@@ -834,3 +834,38 @@ fn responses_summaries_interpreter_code_and_custom_tool_input_are_scanned() {
         "the text around the run is kept"
     );
 }
+
+/// A license written through a tool call (`{"path": "LICENSE", "content": …}`, read as
+/// Markdown: the name has no code extension) is one license-text finding named by its
+/// license; identification reads the region in the JSON text, escapes and all, and still
+/// names it.
+#[test]
+fn a_license_written_through_a_tool_call_is_identified() {
+    let mit = texts::text_of("MIT")
+        .unwrap()
+        .text
+        .replace("<year>", "2024")
+        .replace("<copyright holders>", "Example Ltd");
+    let args = format!(
+        r#"{{"path": "LICENSE", "content": {}}}"#,
+        serde_json::to_string(&mit).unwrap()
+    );
+    let v = serde_json::json!({
+        "id": "c", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "write_file", "arguments": args}}]}}],
+    });
+    let body = serde_json::to_vec(&v).unwrap();
+    let (_, decisions) = verbatim::proxy::pipeline::scan_response(
+        Api::ChatCompletions,
+        &body,
+        &setup(Policy::builtin()),
+    );
+    let licenses: Vec<(&str, &str)> = decisions
+        .iter()
+        .filter(|d| d.kind == "license-text")
+        .map(|d| (d.citation.license.as_str(), d.stream.as_str()))
+        .collect();
+    assert_eq!(licenses, [("MIT", "0:0:ToolArgs")], "{decisions:?}");
+}

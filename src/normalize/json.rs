@@ -337,8 +337,8 @@ fn begins_json(c: char) -> bool {
     matches!(c, '{' | '[' | '"')
 }
 
-/// Whether `text` reads as JSON arguments (see [`begins_json`]); an empty or all-whitespace
-/// text does not.
+/// Whether `text` reads as JSON arguments: its first character that is not whitespace is
+/// `{`, `[` or `"` (else they are free-form text); an empty or all-whitespace text does not.
 pub fn is_json_arguments(text: &str) -> bool {
     text.trim_start().chars().next().is_some_and(begins_json)
 }
