@@ -51,6 +51,43 @@ struct Args {
 struct Doc {
     kind: TextKind,
     text: Vec<u8>,
+    path: String,
+}
+
+/// The code documents of `docs`, each also as the arguments of a tool call that writes it
+/// (`{"path": …, "content": …}`, as a coding agent's write tool gets them): the same text
+/// plain and as JSON, to price reading tool-call arguments as the code they hold.
+fn as_tool_calls(docs: &[Doc]) -> (Vec<Doc>, Vec<Doc>) {
+    let code: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| matches!(d.kind, TextKind::Code(_)))
+        .collect();
+    let plain = code
+        .iter()
+        .map(|d| Doc {
+            kind: d.kind,
+            text: d.text.clone(),
+            path: d.path.clone(),
+        })
+        .collect();
+    let wrapped = code
+        .iter()
+        .map(|d| {
+            let text = String::from_utf8_lossy(&d.text);
+            // The file name first, as models write it (a stream is read in that order).
+            let args = format!(
+                r#"{{"path": {}, "content": {}}}"#,
+                serde_json::to_string(&d.path).unwrap_or_default(),
+                serde_json::to_string(&text).unwrap_or_default()
+            );
+            Doc {
+                kind: TextKind::ToolArgs,
+                text: args.into_bytes(),
+                path: d.path.clone(),
+            }
+        })
+        .collect();
+    (plain, wrapped)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -87,7 +124,8 @@ fn read_tree(root: &Path, want: u64) -> Vec<Doc> {
             continue;
         }
         got += text.len() as u64;
-        docs.push(Doc { kind, text });
+        let path = e.path().to_string_lossy().into_owned();
+        docs.push(Doc { kind, text, path });
     }
     docs
 }
@@ -156,7 +194,11 @@ fn main() {
             _ => TextKind::Prose,
         };
         got += text.len() as u64;
-        pos.push(Doc { kind, text });
+        pos.push(Doc {
+            kind,
+            text,
+            path: d.path.clone(),
+        });
         let _ = i;
     }
     let neg = read_tree(&unrelated_root, want);
@@ -217,6 +259,36 @@ fn main() {
         throughput(&prose, reps, markers)
     };
 
+    // Tool-call arguments: the code documents, plain and wrapped as a write tool's JSON
+    // arguments, scanned in the same run; the same units, so the same findings.
+    let tool = |docs: &[Doc]| {
+        let (plain, wrapped) = as_tool_calls(docs);
+        let plain_mb = plain.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
+        let json_mb = wrapped.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
+        let norm_plain = throughput(&plain, reps, norm);
+        let norm_json = throughput(&wrapped, reps, norm);
+        let scan_plain = throughput(&plain, reps, scan);
+        let f_plain = findings.replace(0) / reps;
+        let scan_json = throughput(&wrapped, reps, scan);
+        let f_json = findings.replace(0) / reps;
+        let markers_json = throughput(&wrapped, reps, |d: &Doc| {
+            let text = String::from_utf8_lossy(&d.text);
+            std::hint::black_box(verbatim::license::markers::scan_json(&text));
+        });
+        // Rates of the code each carries (the JSON is longer by its escapes).
+        let per_code = plain_mb / json_mb;
+        serde_json::json!({
+            "docs": plain.len(), "code_mb": plain_mb, "json_mb": json_mb,
+            "normalise_code_mb_s": norm_plain, "normalise_json_code_mb_s": norm_json * per_code,
+            "scan_code_mb_s": scan_plain, "scan_json_code_mb_s": scan_json * per_code,
+            "scan_json_over_code": scan_json * per_code / scan_plain,
+            "findings_code": f_plain, "findings_json": f_json,
+            "license_markers_json_code_mb_s": markers_json * per_code,
+        })
+    };
+    let tool_copied = tool(&pos);
+    let tool_unrelated = tool(&neg);
+
     // Latency of each 32-byte chunk pushed into a scanner, over interleaved copied and
     // unrelated text (a stream of ~4 MiB at most).
     let timer_ns = {
@@ -268,6 +340,8 @@ fn main() {
         "reps": reps,
         "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings, "license_markers_mb_s": markers_pos},
         "prose": {"mb": prose.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6, "normalise_mb_s": norm_prose, "scan_mb_s": scan_prose, "scan_over_normalise": scan_prose / norm_prose, "findings": prose_findings, "license_markers_mb_s": markers_prose},
+        "tool_args_copied": tool_copied,
+        "tool_args_unrelated": tool_unrelated,
         "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings, "license_markers_mb_s": markers_neg},
         "chunk32_latency_ns": {
             "chunks": lat.len(),

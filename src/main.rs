@@ -622,8 +622,18 @@ fn scan_input(
         if skip_binary && buf[..head].contains(&0) {
             return Ok(None);
         }
-        scanner.push_bytes(&buf[..n]);
+        if kind != TextKind::ToolArgs {
+            scanner.push_bytes(&buf[..n]);
+        }
         kept.extend_from_slice(&buf[..n]);
+    }
+    if kind == TextKind::ToolArgs {
+        // Read whole first: a file name anywhere in the arguments names the language.
+        let text = verbatim::normalize::text_at_same_offsets(&kept);
+        if let Some(h) = verbatim::normalize::tool_args_hint(&text) {
+            scanner.set_tool_args_hint(h);
+        }
+        scanner.push_bytes(&kept);
     }
     scanner.finish();
     let bytes = &kept;

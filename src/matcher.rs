@@ -1183,6 +1183,11 @@ impl Scanner {
         p
     }
 
+    /// See [`Normalizer::set_tool_args_hint`].
+    pub fn set_tool_args_hint(&mut self, kind: TextKind) {
+        self.norm.set_tool_args_hint(kind);
+    }
+
     /// Treats runs seeded by these k-gram keys as text the caller supplied.
     pub fn set_exemptions(&mut self, exempt: Arc<FxHashSet<u64>>) {
         self.exempt = exempt;

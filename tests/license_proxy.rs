@@ -540,6 +540,25 @@ fn a_file_written_through_a_tool_call_is_matched_as_code_and_redacted_inside_its
         .and_then(Value::as_str)
         .unwrap();
     check("whole response", args_out, &decisions);
+
+    // An Anthropic `tool_use` input is an object, read here re-serialised with sorted keys:
+    // `content` before `path`. Whole, the arguments are searched for a file name first.
+    let v = serde_json::json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "write_file",
+            "input": {"path": "src/ledger.rs", "content": code, "mode": 420}}],
+        "stop_reason": "tool_use",
+    });
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::clone(&index)];
+    let body = serde_json::to_vec(&v).unwrap();
+    let (changed, decisions) = verbatim::proxy::pipeline::scan_response(Api::Messages, &body, &s);
+    let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+    check(
+        "whole Anthropic response",
+        &out["content"][0]["input"].to_string(),
+        &decisions,
+    );
 }
 
 /// Choices are edited where they stand in the array: a response that repeats a choice index

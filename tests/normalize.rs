@@ -568,12 +568,26 @@ mod tool_args {
                 .map(|u| u.hash)
                 .collect::<Vec<_>>()
         );
-        // Keys are not text; a file name after the content does not change it.
+        // Keys are not text; a file name after the content does not change it as it streams…
         let json = format!(r#"{{"content": {quoted}, "path": "m.py"}}"#);
         assert_eq!(
             code(&normalize(&json, TextKind::ToolArgs)),
             Vec::<u64>::new(),
             "read as Markdown: no fence, no code"
+        );
+        // …but whole arguments can be searched for it first.
+        let hint = verbatim::normalize::tool_args_hint(&json);
+        assert_eq!(hint, Some(TextKind::Code(Lang::from_name("py").unwrap())));
+        let mut n = Normalizer::new(TextKind::ToolArgs);
+        n.set_tool_args_hint(hint.unwrap());
+        let mut out = Vec::new();
+        n.push_str(&json, &mut out);
+        n.finish(&mut out);
+        // (The file name itself, read as Python too, adds its own units after the content's.)
+        assert_eq!(code(&out)[..want.len()], want[..]);
+        assert_eq!(
+            verbatim::normalize::tool_args_hint(r#"{"a": "some words", "b": [1]}"#),
+            None
         );
     }
 

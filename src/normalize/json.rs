@@ -393,6 +393,9 @@ pub(crate) struct ArgsNormalizer {
     frames: Vec<Frame>,
     /// The open string's text while it may be a key or a hint (at most [`MAX_NOTE`] bytes).
     note: Option<String>,
+    /// The kind of values no sibling or key names, when known before reading (see
+    /// [`tool_args_hint`]).
+    default_hint: Option<TextKind>,
     scratch: Vec<Unit>,
 }
 
@@ -421,8 +424,14 @@ impl ArgsNormalizer {
             map: VecDeque::new(),
             frames: Vec::new(),
             note: None,
+            default_hint: None,
             scratch: Vec::new(),
         }
+    }
+
+    /// Reads values no sibling or key names as `kind` (see [`tool_args_hint`]).
+    pub(crate) fn set_default_hint(&mut self, kind: TextKind) {
+        self.default_hint = Some(kind);
     }
 
     pub(crate) fn push(&mut self, text: &str, out: &mut Vec<Unit>) {
@@ -563,9 +572,9 @@ impl ArgsNormalizer {
     /// The kind the value about to begin is read as.
     fn value_kind(&self) -> TextKind {
         let Some(f) = self.frames.last() else {
-            return TextKind::Markdown;
+            return self.default_hint.unwrap_or(TextKind::Markdown);
         };
-        if let Some(k) = f.hint {
+        if let Some(k) = f.hint.or(self.default_hint) {
             return k;
         }
         let key = f.key.to_ascii_lowercase();
@@ -582,30 +591,8 @@ impl ArgsNormalizer {
         let Some(f) = self.frames.last_mut() else {
             return;
         };
-        let v = value.trim();
-        let key = f.key.to_ascii_lowercase();
-        let hint = if LANGUAGE_KEYS.contains(&key.as_str()) {
-            match v.to_ascii_lowercase().as_str() {
-                "markdown" | "md" => Some(TextKind::Markdown),
-                l => Lang::from_name(l).map(TextKind::Code),
-            }
-        } else if v
-            .rsplit(['/', '\\'])
-            .next()
-            .is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace))
-        {
-            // A file name: its last component has no space (a sentence ending in "3.c" is
-            // not one).
-            match TextKind::from_path(std::path::Path::new(v)) {
-                // A name without a known extension (`v1.2`, `notes.txt`) says nothing.
-                TextKind::Prose => None,
-                k => Some(k),
-            }
-        } else {
-            None
-        };
-        if hint.is_some() {
-            f.hint = hint;
+        if let Some(h) = hint_of(&f.key, value) {
+            f.hint = Some(h);
         }
     }
 
@@ -633,6 +620,72 @@ impl ArgsNormalizer {
             self.map.pop_front();
         }
     }
+}
+
+/// The kind a string value under `key` says the values beside it are: a file name with a
+/// known extension (`src/main.rs`), or a language under a `language`-like key.
+fn hint_of(key: &str, value: &str) -> Option<TextKind> {
+    let v = value.trim();
+    let key = key.to_ascii_lowercase();
+    if LANGUAGE_KEYS.contains(&key.as_str()) {
+        return match v.to_ascii_lowercase().as_str() {
+            "markdown" | "md" => Some(TextKind::Markdown),
+            l => Lang::from_name(l).map(TextKind::Code),
+        };
+    }
+    // A file name: its last component has no space (a sentence ending in "3.c" is not one).
+    let name = v.rsplit(['/', '\\']).next()?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    match TextKind::from_path(std::path::Path::new(v)) {
+        // A name without a known extension (`v1.2`, `notes.txt`) says nothing.
+        TextKind::Prose => None,
+        k => Some(k),
+    }
+}
+
+/// The first kind a value of whole tool-call arguments names (a file name, a language; see
+/// [`TextKind::ToolArgs`]), wherever it stands: for arguments that are complete before they are read (a whole
+/// response; arguments re-serialised with sorted keys put `content` before `path`). A stream
+/// cannot wait for it.
+pub fn tool_args_hint(text: &str) -> Option<TextKind> {
+    if !is_json_arguments(text) {
+        return None;
+    }
+    let mut json = JsonStrings::default();
+    let mut keys: Vec<String> = Vec::new();
+    let (mut note, mut is_key): (Option<String>, bool) = (None, false);
+    let mut found = None;
+    let mut f = |p: Piece<'_>| match p {
+        _ if found.is_some() => {}
+        Piece::Enter { .. } => keys.push(String::new()),
+        Piece::Leave => {
+            keys.pop();
+        }
+        Piece::Open { key, .. } => (note, is_key) = (Some(String::new()), key),
+        Piece::Text { text, .. } => {
+            if let Some(n) = &mut note {
+                if n.len() + text.len() > MAX_NOTE || text.contains('\n') {
+                    note = None;
+                } else {
+                    n.push_str(text);
+                }
+            }
+        }
+        Piece::Close { .. } => {
+            if let Some(n) = note.take() {
+                match (is_key, keys.last_mut()) {
+                    (true, Some(k)) => *k = n,
+                    (true, None) => {}
+                    (false, k) => found = hint_of(k.map_or("", |k| k.as_str()), &n),
+                }
+            }
+        }
+    };
+    json.push(text, &mut f);
+    json.finish(&mut f);
+    found
 }
 
 /// Where the decoded offset `dec` (a character's start) lies in the JSON text.

@@ -15,7 +15,9 @@ mod json;
 mod lang;
 mod prose;
 
-pub use json::{JsonProjection, escape_contents, is_json_arguments, string_contents_within};
+pub use json::{
+    JsonProjection, escape_contents, is_json_arguments, string_contents_within, tool_args_hint,
+};
 pub use lang::{Lang, TextKind};
 
 pub use prose::normalize_word;
@@ -187,6 +189,14 @@ impl Normalizer {
         self.prefix.clear();
         self.prefix_start = self.offset;
         self.code.reset(lang);
+    }
+
+    /// Tool-call arguments only: values that no sibling or key names are read as `kind` (a
+    /// hint found in the whole arguments beforehand, [`tool_args_hint`]).
+    pub fn set_tool_args_hint(&mut self, kind: TextKind) {
+        if let Some(a) = &mut self.args {
+            a.set_default_hint(kind);
+        }
     }
 
     /// Bytes received so far.

@@ -1229,6 +1229,14 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let tool = piece.key.part == Part::ToolArgs;
         let mut s = Scanner::new(&setup.indexes, text_kind(piece.key.part));
         s.set_exemptions(Arc::clone(&setup.exempt));
+        // Whole arguments: a file name anywhere in them names the language (serialised with
+        // sorted keys, as a `tool_use` input is here, `content` comes before `path`).
+        if let Some(h) = tool
+            .then(|| crate::normalize::tool_args_hint(&piece.text))
+            .flatten()
+        {
+            s.set_tool_args_hint(h);
+        }
         s.push_str(&piece.text);
         s.finish();
         // Index findings and license markers, judged, acted on from the end backwards so
