@@ -271,6 +271,7 @@ fn main() {
         let f_plain = findings.replace(0) / reps;
         let scan_json = throughput(&wrapped, reps, scan);
         let f_json = findings.replace(0) / reps;
+        let markers_plain = throughput(&plain, reps, markers);
         let markers_json = throughput(&wrapped, reps, |d: &Doc| {
             let text = String::from_utf8_lossy(&d.text);
             std::hint::black_box(verbatim::license::markers::scan_json(&text));
@@ -283,6 +284,7 @@ fn main() {
             "scan_code_mb_s": scan_plain, "scan_json_code_mb_s": scan_json * per_code,
             "scan_json_over_code": scan_json * per_code / scan_plain,
             "findings_code": f_plain, "findings_json": f_json,
+            "license_markers_code_mb_s": markers_plain,
             "license_markers_json_code_mb_s": markers_json * per_code,
         })
     };

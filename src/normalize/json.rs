@@ -390,6 +390,8 @@ pub(crate) struct ArgsNormalizer {
     in_value: bool,
     /// Decoded → JSON offsets, from the segment holding `inner`'s pending start on.
     map: VecDeque<Seg>,
+    /// The open value's text decoded and not yet fed to `inner` (see [`ArgsNormalizer::flush`]).
+    decoded: String,
     frames: Vec<Frame>,
     /// The open string's text while it may be a key or a hint (at most [`MAX_NOTE`] bytes).
     note: Option<String>,
@@ -422,6 +424,7 @@ impl ArgsNormalizer {
             inner: Box::new(Normalizer::new(TextKind::Markdown)),
             in_value: false,
             map: VecDeque::new(),
+            decoded: String::new(),
             frames: Vec::new(),
             note: None,
             default_hint: None,
@@ -462,7 +465,18 @@ impl ArgsNormalizer {
         let mut json = std::mem::take(&mut self.json);
         json.push(text, &mut |p| self.piece(p, out));
         self.json = json;
+        self.flush(out);
         self.prune();
+    }
+
+    /// Feeds the value's text decoded since the last flush to `inner`, in one piece (an
+    /// escape every line would otherwise make two pushes a line).
+    fn flush(&mut self, out: &mut Vec<Unit>) {
+        if !self.decoded.is_empty() {
+            self.inner.push_str(&self.decoded, &mut self.scratch);
+            self.decoded.clear();
+            self.emit(out);
+        }
     }
 
     pub(crate) fn finish(&mut self, out: &mut Vec<Unit>) {
@@ -537,7 +551,7 @@ impl ArgsNormalizer {
                 if !self.in_value {
                     return;
                 }
-                let dec = self.inner.offset();
+                let dec = self.inner.offset() + self.decoded.len() as u64;
                 let contiguous = self
                     .map
                     .back()
@@ -550,12 +564,12 @@ impl ArgsNormalizer {
                         esc,
                     });
                 }
-                self.inner.push_str(text, &mut self.scratch);
-                self.emit(out);
+                self.decoded.push_str(text);
             }
             Piece::Close { .. } => {
                 let note = self.note.take();
                 if self.in_value {
+                    self.flush(out);
                     self.inner.finish(&mut self.scratch);
                     self.emit(out);
                     self.in_value = false;
@@ -596,11 +610,37 @@ impl ArgsNormalizer {
         }
     }
 
-    /// Moves the units `inner` produced to `out`, in the JSON text's offsets.
+    /// Moves the units `inner` produced to `out`, in the JSON text's offsets. Units come in
+    /// order, so the segments are walked once (a search per unit over the thousands of
+    /// segments a 64 KiB push of code leaves costs more than the normalising: measured).
     fn emit(&mut self, out: &mut Vec<Unit>) {
+        let map = &self.map;
+        let mut i = 0;
         for mut u in self.scratch.drain(..) {
-            u.start = map_start(&self.map, u.start);
-            u.end = map_end(&self.map, u.end);
+            if i >= map.len() || map[i].dec > u.start {
+                i = map.partition_point(|s| s.dec <= u.start).saturating_sub(1);
+            }
+            while i + 1 < map.len() && map[i + 1].dec <= u.start {
+                i += 1;
+            }
+            let mut j = i;
+            while j + 1 < map.len() && map[j + 1].dec < u.end {
+                j += 1;
+            }
+            // An escape maps as a whole: a unit starting at one starts at its backslash, one
+            // ending at one ends after it.
+            if let (Some(a), Some(b)) = (map.get(i), map.get(j)) {
+                u.start = if a.esc > 0 {
+                    a.orig
+                } else {
+                    a.orig + (u.start - a.dec)
+                };
+                u.end = if b.esc > 0 {
+                    b.orig + u64::from(b.esc)
+                } else {
+                    b.orig + (u.end - b.dec)
+                };
+            }
             out.push(u);
         }
     }
@@ -693,16 +733,6 @@ fn map_start(map: &VecDeque<Seg>, dec: u64) -> u64 {
     let i = map.partition_point(|s| s.dec <= dec);
     match i.checked_sub(1).map(|i| map[i]) {
         Some(s) if s.esc > 0 => s.orig,
-        Some(s) => s.orig + (dec - s.dec),
-        None => dec,
-    }
-}
-
-/// Where the decoded end offset `dec` (exclusive, after a character) lies in the JSON text.
-fn map_end(map: &VecDeque<Seg>, dec: u64) -> u64 {
-    let i = map.partition_point(|s| s.dec < dec);
-    match i.checked_sub(1).map(|i| map[i]) {
-        Some(s) if s.esc > 0 => s.orig + u64::from(s.esc),
         Some(s) => s.orig + (dec - s.dec),
         None => dec,
     }
