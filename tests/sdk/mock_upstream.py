@@ -1,9 +1,12 @@
 """A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions and
 Anthropic messages, streamed or not, with a text chosen by a marker in the last user message:
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
-shorter passage of chapter-02.md, annotated), anything else (unrelated text)."""
+shorter passage of chapter-02.md, annotated), TOOL (a tool call whose arguments write
+corpora/fixtures/gpl-code/src/ledger.rs, the GPL fixture file, in the order a model writes them:
+path first), anything else (unrelated text)."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +19,17 @@ SHORT = ("Tobias Renwick had rowed the crossing to Carrow Point since he was fou
          "he had never")
 UNRELATED = ("The weather in the valley was mild all week, and the farmers planted their barley early because "
              "the soil had dried out sooner than anyone expected this spring.")
+
+
+LEDGER = open(os.path.join(os.path.dirname(__file__), "../../corpora/fixtures/gpl-code/src/ledger.rs"),
+              encoding="utf-8").read()
+TOOL_ARGS = '{"path": "src/ledger.rs", "content": ' + json.dumps(LEDGER) + '}'
+
+
+def wants_tool(body):
+    msgs = body.get("messages") or []
+    last = msgs[-1]["content"] if msgs else ""
+    return isinstance(last, str) and "TOOL" in last
 
 
 def answer_for(body):
@@ -68,6 +82,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def chat(self, body, text):
         base = {"id": "chatcmpl-mock", "created": 1700000000, "model": body.get("model", "mock-model")}
+        if wants_tool(body):
+            return self.chat_tool(body, base)
         if not body.get("stream"):
             self.send(200, "application/json", json.dumps({**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
@@ -84,8 +100,50 @@ class Handler(BaseHTTPRequestHandler):
         out.append("data: [DONE]\n\n")
         self.send(200, "text/event-stream", "".join(out))
 
+    def chat_tool(self, body, base):
+        call = {"id": "call_mock", "type": "function", "function": {"name": "write_file", "arguments": TOOL_ARGS}}
+        if not body.get("stream"):
+            self.send(200, "application/json", json.dumps({**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]},
+                 "logprobs": None, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}))
+            return
+        out = []
+        def chunk(delta, finish=None):
+            out.append("data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + "\n\n")
+        chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_mock", "type": "function", "function": {"name": "write_file", "arguments": ""}}]})
+        for p in pieces(TOOL_ARGS, 11):
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
+        chunk({}, "tool_calls")
+        out.append("data: [DONE]\n\n")
+        self.send(200, "text/event-stream", "".join(out))
+
+    def messages_tool(self, body, model):
+        if not body.get("stream"):
+            self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "tool_use", "id": "toolu_mock", "name": "write_file", "input": json.loads(TOOL_ARGS)}],
+                "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 30}}))
+            return
+        out = []
+        def ev(name, data):
+            out.append(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        ev("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "tool_use", "id": "toolu_mock", "name": "write_file", "input": {}}})
+        for p in pieces(TOOL_ARGS, 11):
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}})
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}})
+        ev("message_stop", {"type": "message_stop"})
+        self.send(200, "text/event-stream", "".join(out))
+
     def messages(self, body, text):
         model = body.get("model", "mock-model")
+        if wants_tool(body):
+            return self.messages_tool(body, model)
         if not body.get("stream"):
             self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,

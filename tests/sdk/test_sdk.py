@@ -2,6 +2,7 @@
 their base URL, against a mock provider. The SDKs must raise nothing on our outputs and expose
 the finish/stop reason and the annotation."""
 
+import json
 import os
 
 import anthropic
@@ -124,3 +125,76 @@ def test_anthropic_non_streaming(proxy):
     assert r.content[0].text == mock.INTRO
     r = c.messages.create(model="mock-model", max_tokens=100, messages=[{"role": "user", "content": "PLAIN"}])
     assert r.stop_reason == "end_turn" and r.content[0].text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
+# Tool calls. A coding agent's write tool gets a GPL file (the fixture's ledger.rs) as JSON
+# arguments. Under the built-in policy the copy is blocked; under a policy that redacts code,
+# the SDKs' own accumulation of the streamed arguments (and of the whole responses) must give
+# JSON with the path intact and the copied code replaced by a placeholder.
+
+TOOLS_OA = [{"type": "function", "function": {"name": "write_file", "parameters": {
+    "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}}}]
+TOOLS_AN = [{"name": "write_file", "input_schema": {
+    "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}}]
+
+
+@pytest.fixture(scope="module")
+def redacting_proxy(tmp_path_factory):
+    policy = tmp_path_factory.mktemp("policy") / "redact-code.toml"
+    policy.write_text('version = 1\nname = "redact-code"\n[defaults]\naction = "annotate"\n'
+                      '[[rules]]\nname = "redact-code"\naction = "redact"\n'
+                      'when = { kind = ["exact", "renamed", "near"], source = ["code"] }\n')
+    upstream = mock.start()
+    url = f"http://127.0.0.1:{upstream.server_address[1]}"
+    try:
+        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v2"), "--policy", str(policy),
+                                       "--upstream-openai", url, "--upstream-anthropic", url])
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield addr
+    p.terminate()
+    p.wait(timeout=10)
+    upstream.shutdown()
+
+
+def assert_redacted(args):
+    assert args["path"] == "src/ledger.rs"
+    assert "[verbatim: redacted" in args["content"]
+    for copied in ("shillings", "Column::Owed", "total_owed"):
+        assert copied not in args["content"], args["content"]
+
+
+def test_openai_tool_call_copy_is_blocked_by_the_builtin_policy(proxy):
+    chunks = list(oa(proxy).chat.completions.create(
+        model="mock-model", stream=True, tools=TOOLS_OA, messages=[{"role": "user", "content": "TOOL"}]))
+    args = "".join(tc.function.arguments or "" for c in chunks if c.choices
+                   for tc in (c.choices[0].delta.tool_calls or []))
+    assert "shillings" not in args
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+def test_openai_tool_call_arguments_stay_json_when_redacted(redacting_proxy):
+    with oa(redacting_proxy).chat.completions.stream(
+            model="mock-model", tools=TOOLS_OA, messages=[{"role": "user", "content": "TOOL"}]) as s:
+        for _ in s:
+            pass
+        final = s.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert_redacted(json.loads(final.choices[0].message.tool_calls[0].function.arguments))
+    r = oa(redacting_proxy).chat.completions.create(
+        model="mock-model", tools=TOOLS_OA, messages=[{"role": "user", "content": "TOOL"}])
+    assert_redacted(json.loads(r.choices[0].message.tool_calls[0].function.arguments))
+
+
+def test_anthropic_tool_use_input_stays_json_when_redacted(redacting_proxy):
+    # The SDK parses the streamed `partial_json` as it arrives and builds the input from it.
+    with an(redacting_proxy).messages.stream(model="mock-model", max_tokens=100, tools=TOOLS_AN,
+                                             messages=[{"role": "user", "content": "TOOL"}]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].type == "tool_use"
+    assert_redacted(final.content[0].input)
+    r = an(redacting_proxy).messages.create(model="mock-model", max_tokens=100, tools=TOOLS_AN,
+                                            messages=[{"role": "user", "content": "TOOL"}])
+    assert_redacted(r.content[0].input)
+
