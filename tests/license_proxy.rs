@@ -888,3 +888,31 @@ fn a_license_written_through_a_tool_call_is_identified() {
         .collect();
     assert_eq!(licenses, [("MIT", "0:0:ToolArgs")], "{decisions:?}");
 }
+
+/// A block in a whole response cuts a custom tool's free-form input as text (what precedes the
+/// run is kept); JSON arguments, which a cut would break, are emptied instead.
+#[test]
+fn a_block_cuts_free_form_tool_input_and_empties_json_arguments() {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let code = file.split_once("/// A column").unwrap().1;
+    let input = format!("*** Begin Patch\n```rust\n{code}```\n");
+    let args = format!(
+        r#"{{"path": "src/ledger.rs", "content": {}}}"#,
+        serde_json::to_string(code).unwrap()
+    );
+    let v = serde_json::json!({"id": "r", "object": "response", "output": [
+        {"type": "custom_tool_call", "name": "apply_patch", "input": input},
+        {"type": "function_call", "name": "write_file", "arguments": args},
+    ]});
+    let mut s = setup(policy("version = 1\n[defaults]\naction = \"block\"\n"));
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v2").unwrap())];
+    let body = serde_json::to_vec(&v).unwrap();
+    let (changed, _) = verbatim::proxy::pipeline::scan_response(Api::Responses, &body, &s);
+    let out: Value = serde_json::from_slice(&changed.expect("blocked")).unwrap();
+    let cut = out["output"][0]["input"].as_str().unwrap();
+    assert!(
+        cut.starts_with("*** Begin Patch\n```rust\n") && !cut.contains("shillings"),
+        "{cut:?}"
+    );
+    assert_eq!(out["output"][1]["arguments"], "");
+}

@@ -1303,9 +1303,9 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let text = redactions.apply(&piece.text, 0, cut.unwrap_or(piece.text.len()), &mut |_| {
             true
         });
-        if changed && tool && cut.is_some() {
-            // Tool input cannot be cut short without breaking its JSON: blank it. (Redacted
-            // tool input stays valid JSON: see `redaction_pieces`.)
+        if changed && tool && cut.is_some() && crate::normalize::is_json_arguments(&piece.text) {
+            // JSON arguments cannot be cut short without breaking them: blank them. (Redacted
+            // ones stay valid JSON: see `redaction_pieces`; free-form input is cut as text.)
             edits.push((piece.key, String::new()));
         } else if changed {
             edits.push((piece.key, text));
