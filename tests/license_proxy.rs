@@ -490,11 +490,18 @@ fn a_file_written_through_a_tool_call_is_matched_as_code_and_redacted_inside_its
             );
         }
     };
+    // The content before the file name: its first lines that are not comments (`#[derive`,
+    // `pub enum`) say it is C-like code.
+    let content_first = format!(
+        r#"{{"content": {}, "path": "src/ledger.rs", "mode": 420}}"#,
+        serde_json::to_string(code).unwrap()
+    );
     for piece in [1, 2, 5, 16, 200] {
         for (api, args) in [
             (Api::ChatCompletions, &args),
             (Api::Messages, &args),
             (Api::ChatCompletions, &edit),
+            (Api::Messages, &content_first),
         ] {
             let upstream = match api {
                 Api::Messages => anthropic_blocks("Plan.", "Writing it.", args, piece),

@@ -548,13 +548,32 @@ mod tool_args {
         ] {
             assert_eq!(code(&normalize(&json, TextKind::ToolArgs)), want, "{json}");
         }
-        // A `code` key alone: C-like conventions (the `#` comment and '' string differ).
-        let c_like = code(&normalize(
-            &format!(r#"{{"code": {quoted}}}"#),
-            TextKind::ToolArgs,
-        ));
-        assert_eq!(c_like, code(&normalize(py, TextKind::Code(Lang::C_LIKE))));
-        assert_ne!(c_like, want);
+        // No name: the value's first lines say what it is (here `def `: Python), whatever the
+        // key, and however the JSON is cut.
+        for json in [
+            format!(r#"{{"code": {quoted}}}"#),
+            format!(r#"{{"content": {quoted}, "path": "m.py"}}"#),
+        ] {
+            assert_eq!(code(&normalize(&json, TextKind::ToolArgs)), want, "{json}");
+            let every: Vec<usize> = (1..json.len()).collect();
+            assert_eq!(units(&json, &every).0, units(&json, &[]).0, "{json}");
+        }
+        let rust = "use std::fmt;\n\npub fn f(x: &str) -> usize { x.len() } // c\n";
+        let json = format!(
+            r#"{{"content": {}, "path": "x.rs"}}"#,
+            serde_json::to_string(rust).unwrap()
+        );
+        assert_eq!(
+            code(&normalize(&json, TextKind::ToolArgs)),
+            code(&normalize(rust, TextKind::Code(Lang::C_LIKE)))
+        );
+        // A `code` key whose lines say nothing: C-like conventions.
+        let plain = "x = compute(a, b) # half\ny = 'q r'\n";
+        let json = format!(r#"{{"code": {}}}"#, serde_json::to_string(plain).unwrap());
+        assert_eq!(
+            code(&normalize(&json, TextKind::ToolArgs)),
+            code(&normalize(plain, TextKind::Code(Lang::C_LIKE)))
+        );
         // Anything else is Markdown: prose, and fenced code in its fence's language.
         let md = "Some words here.\n\n```python\nx = 1  # one\n```\n";
         let json = serde_json::json!({"answer": md, "n": [1, {"k": null}]}).to_string();
@@ -568,8 +587,11 @@ mod tool_args {
                 .map(|u| u.hash)
                 .collect::<Vec<_>>()
         );
-        // Keys are not text; a file name after the content does not change it as it streams…
-        let json = format!(r#"{{"content": {quoted}, "path": "m.py"}}"#);
+        // A file name after content whose lines say nothing does not change it as it streams…
+        let json = format!(
+            r#"{{"content": {}, "path": "m.py"}}"#,
+            serde_json::to_string(plain).unwrap()
+        );
         assert_eq!(
             code(&normalize(&json, TextKind::ToolArgs)),
             Vec::<u64>::new(),
@@ -584,7 +606,11 @@ mod tool_args {
         n.push_str(&json, &mut out);
         n.finish(&mut out);
         // (The file name itself, read as Python too, adds its own units after the content's.)
-        assert_eq!(code(&out)[..want.len()], want[..]);
+        let plain_py = code(&normalize(
+            plain,
+            TextKind::Code(Lang::from_name("py").unwrap()),
+        ));
+        assert_eq!(code(&out)[..plain_py.len()], plain_py[..]);
         assert_eq!(
             verbatim::normalize::tool_args_hint(r#"{"a": "some words", "b": [1]}"#),
             None

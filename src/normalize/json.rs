@@ -392,6 +392,8 @@ pub(crate) struct ArgsNormalizer {
     map: VecDeque<Seg>,
     /// The open value's text decoded and not yet fed to `inner` (see [`ArgsNormalizer::flush`]).
     decoded: String,
+    /// The open value's kind is not decided yet: what it is if its first lines do not say.
+    sniff: Option<TextKind>,
     frames: Vec<Frame>,
     /// The open string's text while it may be a key or a hint (at most [`MAX_NOTE`] bytes).
     note: Option<String>,
@@ -425,6 +427,7 @@ impl ArgsNormalizer {
             in_value: false,
             map: VecDeque::new(),
             decoded: String::new(),
+            sniff: None,
             frames: Vec::new(),
             note: None,
             default_hint: None,
@@ -465,13 +468,25 @@ impl ArgsNormalizer {
         let mut json = std::mem::take(&mut self.json);
         json.push(text, &mut |p| self.piece(p, out));
         self.json = json;
-        self.flush(out);
+        self.flush(out, false);
         self.prune();
     }
 
     /// Feeds the value's text decoded since the last flush to `inner`, in one piece (an
-    /// escape every line would otherwise make two pushes a line).
-    fn flush(&mut self, out: &mut Vec<Unit>) {
+    /// escape every line would otherwise make two pushes a line). A value whose kind no
+    /// sibling or key named waits until its first lines are in (or it ends, `closing`), which
+    /// decide it.
+    fn flush(&mut self, out: &mut Vec<Unit>, closing: bool) {
+        if let Some(fallback) = self.sniff {
+            let window = match sniff_window(&self.decoded) {
+                Some(w) => w,
+                None if closing => &self.decoded,
+                None => return,
+            };
+            let kind = sniff(window).unwrap_or(fallback);
+            self.inner.restart(kind);
+            self.sniff = None;
+        }
         if !self.decoded.is_empty() {
             self.inner.push_str(&self.decoded, &mut self.scratch);
             self.decoded.clear();
@@ -502,12 +517,16 @@ impl ArgsNormalizer {
         if !self.in_value || !self.json.in_string() {
             return decided;
         }
-        let p = self.inner.pending_start();
-        if p < self.inner.offset() {
-            self.map_start(p).min(decided)
-        } else {
-            decided
+        let mut p = decided;
+        let ip = self.inner.pending_start();
+        if ip < self.inner.offset() {
+            p = p.min(self.map_start(ip));
         }
+        if !self.decoded.is_empty() {
+            // Text waiting for its value's kind to be decided.
+            p = p.min(self.map_start(self.inner.offset()));
+        }
+        p
     }
 
     fn piece(&mut self, p: Piece<'_>, out: &mut Vec<Unit>) {
@@ -531,8 +550,14 @@ impl ArgsNormalizer {
                 self.in_value = !key;
                 self.note = Some(String::new());
                 if !key {
-                    let kind = self.value_kind();
-                    self.inner.restart(kind);
+                    match self.value_kind() {
+                        (kind, true) => {
+                            self.inner.restart(kind);
+                            self.sniff = None;
+                        }
+                        // No name for it: its first lines decide (see `sniff_window`).
+                        (fallback, false) => self.sniff = Some(fallback),
+                    }
                 }
             }
             Piece::Text {
@@ -569,7 +594,7 @@ impl ArgsNormalizer {
             Piece::Close { .. } => {
                 let note = self.note.take();
                 if self.in_value {
-                    self.flush(out);
+                    self.flush(out, true);
                     self.inner.finish(&mut self.scratch);
                     self.emit(out);
                     self.in_value = false;
@@ -583,19 +608,22 @@ impl ArgsNormalizer {
         }
     }
 
-    /// The kind the value about to begin is read as.
-    fn value_kind(&self) -> TextKind {
-        let Some(f) = self.frames.last() else {
-            return self.default_hint.unwrap_or(TextKind::Markdown);
-        };
-        if let Some(k) = f.hint.or(self.default_hint) {
-            return k;
+    /// The kind the value about to begin is read as, and whether a sibling or the whole
+    /// arguments named it (if not, it is what its first lines say, else this).
+    fn value_kind(&self) -> (TextKind, bool) {
+        let named = self
+            .frames
+            .last()
+            .and_then(|f| f.hint)
+            .or(self.default_hint);
+        if let Some(k) = named {
+            return (k, true);
         }
-        let key = f.key.to_ascii_lowercase();
-        if CODE_KEYS.contains(&key.as_str()) {
-            TextKind::Code(Lang::C_LIKE)
+        let key = self.frames.last().map(|f| f.key.to_ascii_lowercase());
+        if key.is_some_and(|k| CODE_KEYS.contains(&k.as_str())) {
+            (TextKind::Code(Lang::C_LIKE), false)
         } else {
-            TextKind::Markdown
+            (TextKind::Markdown, false)
         }
     }
 
@@ -659,6 +687,122 @@ impl ArgsNormalizer {
         while self.map.len() > 1 && self.map[1].dec <= keep_from {
             self.map.pop_front();
         }
+    }
+}
+
+/// The most of a value its kind is told from.
+const SNIFF_BYTES: usize = 1024;
+
+/// How much of a value its kind is told from: up to the end of its third line that is neither
+/// blank nor a comment (a file's license header says nothing of its language), at most
+/// [`SNIFF_BYTES`] (`None` until that much has come). A fixed prefix, so the decision does not
+/// depend on where the text was cut.
+fn sniff_window(text: &str) -> Option<&str> {
+    let mut lines = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') || at + line.len() > SNIFF_BYTES {
+            break;
+        }
+        at += line.len();
+        let t = line.trim();
+        let comment = ["//", "/*", "*", "--", ";", "\"\"\"", "\'\'\'"]
+            .iter()
+            .any(|c| t.starts_with(c))
+            || (t.starts_with('#')
+                && !["#!", "#[", "#include", "#define", "#import"]
+                    .iter()
+                    .any(|c| t.starts_with(c)));
+        if !t.is_empty() && !comment {
+            lines += 1;
+            if lines == 3 {
+                return Some(&text[..at]);
+            }
+        }
+    }
+    if text.len() < SNIFF_BYTES {
+        return None;
+    }
+    let mut end = SNIFF_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&text[..end])
+}
+
+/// The code a value's first lines show, when no file name or language names it: a `#!` line,
+/// or lines that begin as only one family's do (`def `, `fn `, `func `, `#include` …). `None`
+/// when nothing says (prose, or too little to tell). Python and shell read as
+/// [`Lang::SCRIPT`], Rust, C, C++, Java and C# as [`Lang::C_LIKE`], Go and JavaScript as theirs.
+fn sniff(text: &str) -> Option<TextKind> {
+    let code = |name: &str| Lang::from_name(name).map(TextKind::Code);
+    // Scores: script (Python, shell), C-like, Go, JavaScript.
+    let mut score = [0u32; 4];
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(bang) = t.strip_prefix("#!") {
+            return if bang.contains("node") {
+                code("js")
+            } else {
+                Some(TextKind::Code(Lang::SCRIPT))
+            };
+        }
+        let starts = |ps: &[&str]| ps.iter().any(|p| t.starts_with(p));
+        let end = t.trim_end();
+        if starts(&["def ", "async def ", "elif ", "print(", "if __name__"])
+            || (starts(&["class "]) && end.ends_with(':'))
+            || (starts(&["from "]) && t.contains(" import "))
+            || (starts(&["import "]) && !end.ends_with(';') && !t.contains(" from "))
+        {
+            score[0] += 1;
+        }
+        if starts(&[
+            "fn ",
+            "pub ",
+            "impl ",
+            "mod ",
+            "#[",
+            "#![",
+            "let mut ",
+            "struct ",
+            "enum ",
+            "#include",
+            "#define",
+            "int main",
+            "using namespace",
+            "namespace ",
+            "public class ",
+        ]) || (starts(&["use ", "import "]) && end.ends_with(';') && !t.contains(" from "))
+        {
+            score[1] += 1;
+        }
+        if starts(&["package ", "func "]) {
+            score[2] += 1;
+        }
+        if starts(&[
+            "const ",
+            "function ",
+            "export ",
+            "module.exports",
+            "require(",
+        ]) || (starts(&["let "]) && !starts(&["let mut "]))
+            || (starts(&["import "]) && (t.contains(" from ") || t.starts_with("import {")))
+        {
+            score[3] += 1;
+        }
+    }
+    let (best, &n) = score
+        .iter()
+        .enumerate()
+        .max_by_key(|&(i, n)| (*n, usize::MAX - i))?;
+    if n == 0 {
+        return None;
+    }
+    match best {
+        0 => Some(TextKind::Code(Lang::SCRIPT)),
+        1 => Some(TextKind::Code(Lang::C_LIKE)),
+        2 => code("go"),
+        _ => code("js"),
     }
 }
 
