@@ -291,6 +291,68 @@ fn main() {
     let tool_copied = tool(&pos);
     let tool_unrelated = tool(&neg);
 
+    // The caller-supplied exemption of a 1 MB request (its texts' k-gram keys, computed before
+    // the request is forwarded): read as Markdown, and as a request that offers tools reads it
+    // (Markdown, C-like and script code; JSON texts as tool arguments). Half prose, half code,
+    // in 10 KB texts (messages).
+    let texts_of = |docs: &[Doc], want: usize| -> Vec<String> {
+        let mut got = 0;
+        let mut out = Vec::new();
+        for d in docs {
+            for c in String::from_utf8_lossy(&d.text).as_bytes().chunks(10_000) {
+                if got >= want {
+                    return out;
+                }
+                got += c.len();
+                out.push(String::from_utf8_lossy(c).into_owned());
+            }
+        }
+        out
+    };
+    let mut request = texts_of(&prose, 500_000);
+    let tool_results = texts_of(&neg, 500_000);
+    request.extend(tool_results.iter().cloned());
+    let exempt_ms = |request: &[String], kinds: &[TextKind]| {
+        let mut v: Vec<f64> = (0..reps.max(3))
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(verbatim::matcher::exemptions_as(
+                    request.iter().map(String::as_str),
+                    std::slice::from_ref(&index),
+                    kinds,
+                ));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median(&mut v)
+    };
+    let exempt_markdown = exempt_ms(&request, &[TextKind::Markdown]);
+    // Every text also read as code, and only the half that are tool
+    // results (what the proxy does).
+    let all_kinds = [
+        TextKind::Markdown,
+        TextKind::Code(verbatim::normalize::Lang::C_LIKE),
+        TextKind::Code(verbatim::normalize::Lang::SCRIPT),
+    ];
+    let exempt_all_code = exempt_ms(&request, &all_kinds);
+    let exempt_tool_results = exempt_markdown + {
+        let mut v: Vec<f64> = (0..reps.max(3))
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(verbatim::matcher::exemptions_read(
+                    tool_results.iter().flat_map(|t| {
+                        verbatim::normalize::tool_text_kinds(t)
+                            .into_iter()
+                            .map(move |k| (t.as_str(), k))
+                    }),
+                    std::slice::from_ref(&index),
+                ));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median(&mut v)
+    };
+
     // Latency of each 32-byte chunk pushed into a scanner, over interleaved copied and
     // unrelated text (a stream of ~4 MiB at most).
     let timer_ns = {
@@ -342,6 +404,12 @@ fn main() {
         "reps": reps,
         "copied": {"normalise_mb_s": norm_pos, "scan_mb_s": scan_pos, "scan_over_normalise": scan_pos / norm_pos, "findings": pos_findings, "license_markers_mb_s": markers_pos},
         "prose": {"mb": prose.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6, "normalise_mb_s": norm_prose, "scan_mb_s": scan_prose, "scan_over_normalise": scan_prose / norm_prose, "findings": prose_findings, "license_markers_mb_s": markers_prose},
+        "exemption_1mb_request_ms": {
+            "bytes": request.iter().map(String::len).sum::<usize>(),
+            "markdown": exempt_markdown,
+            "every_text_also_as_code": exempt_all_code,
+            "tool_results_also_as_code": exempt_tool_results,
+        },
         "tool_args_copied": tool_copied,
         "tool_args_unrelated": tool_unrelated,
         "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings, "license_markers_mb_s": markers_neg},

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::hash::{RecentNames, RollingKgram, RollingRenamed, prev_distances, renamed_key, stored};
+use crate::hash::{RecentNames, RollingKgram, RollingRenamed, prev_distances, stored};
 use crate::index::{ChannelParams, Index, Params};
 use crate::normalize::{Channel, Normalizer, TextKind, Unit, UnitClass};
 
@@ -1270,13 +1270,30 @@ pub fn exemptions<'a>(
 }
 
 /// [`exemptions`] of the texts read as each of `kinds` ([`TextKind::ToolArgs`] only for a
-/// text that is a JSON object). A request that offers tools needs more than Markdown: the
-/// output's tool-call arguments are read as code ([`TextKind::ToolArgs`]), and the file an
-/// agent read (a tool result) reaches the request as plain text, which Markdown reads as prose.
+/// text that is a JSON object).
 pub fn exemptions_as<'a>(
     texts: impl IntoIterator<Item = &'a str>,
     indexes: &[Arc<Index>],
     kinds: &[TextKind],
+) -> FxHashSet<u64> {
+    exemptions_read(
+        texts.into_iter().flat_map(|text| {
+            kinds
+                .iter()
+                .filter(move |&&k| k != TextKind::ToolArgs || text.trim_start().starts_with('{'))
+                .map(move |&k| (text, k))
+        }),
+        indexes,
+    )
+}
+
+/// [`exemptions`] of texts each read as the kind beside it. A request that offers tools needs
+/// more than Markdown for its tool results: the output's tool-call arguments are read as code
+/// ([`TextKind::ToolArgs`]), and the file an agent read reaches the request as plain text,
+/// which Markdown reads as prose ([`crate::normalize::tool_text_kinds`]).
+pub fn exemptions_read<'a>(
+    readings: impl IntoIterator<Item = (&'a str, TextKind)>,
+    indexes: &[Arc<Index>],
 ) -> FxHashSet<u64> {
     let mut ks: Vec<(Channel, usize)> = indexes
         .iter()
@@ -1297,21 +1314,22 @@ pub fn exemptions_as<'a>(
     renamed_ks.sort_unstable();
     renamed_ks.dedup();
     let mut keys = FxHashSet::default();
-    let readings = texts.into_iter().flat_map(|text| {
-        kinds
-            .iter()
-            .filter(move |&&k| k != TextKind::ToolArgs || text.trim_start().starts_with('{'))
-            .map(move |&k| (text, k))
-    });
     for (text, kind) in readings {
         let units = crate::normalize::normalize(text, kind);
         if !renamed_ks.is_empty() {
             let prev = prev_distances(&units);
             for &k in &renamed_ks {
-                for (q, w) in units.windows(k).enumerate() {
-                    if w.iter().all(|u| u.channel == Channel::Code) {
-                        let it = w.iter().zip(&prev[q..]).map(|(u, &d)| (u.hash, u.class, d));
-                        keys.insert(renamed_key(it));
+                // Rolled, as the matcher rolls them (the same keys as `renamed_key` of each
+                // window: `hash::tests::rolling_renamed_key_equals_direct_key`), in O(1) a
+                // unit; hashing each window afresh made a request's code cost k times more.
+                let mut roll = RollingRenamed::new(k);
+                for (u, &d) in units.iter().zip(&prev) {
+                    if u.channel != Channel::Code {
+                        roll.reset();
+                        continue;
+                    }
+                    if let Some(key) = roll.push(u.hash, u.class, d) {
+                        keys.insert(key);
                     }
                 }
             }

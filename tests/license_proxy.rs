@@ -694,7 +694,7 @@ fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it
 
 /// An agent that read a file (the tool result reaches the request as plain text) and writes it
 /// back through a tool call: the run is the caller's own text. A request that offers tools has
-/// its texts read as code too ([`verbatim::normalize::TOOL_REQUEST_KINDS`]), so the run in
+/// its tool results read as code too ([`verbatim::normalize::tool_text_kinds`]), so the run in
 /// the arguments is caller-supplied; read as Markdown only, the file was prose and the run in
 /// the arguments was not recognised as the caller's.
 #[test]
@@ -709,10 +709,9 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
     let kinds_of = |kinds: &[verbatim::normalize::TextKind]| -> Vec<String> {
         let mut s = setup(Policy::builtin());
         s.indexes = vec![Arc::clone(&index)];
-        s.exempt = Arc::new(verbatim::matcher::exemptions_as(
-            [file.as_str()],
+        s.exempt = Arc::new(verbatim::matcher::exemptions_read(
+            kinds.iter().map(|&k| (file.as_str(), k)),
             &s.indexes,
-            kinds,
         ));
         let mut p = Pipeline::new(Api::ChatCompletions, s);
         p.push(&openai_two_choices("Done.", &args, 9));
@@ -724,7 +723,7 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
             .collect()
     };
     assert_eq!(
-        kinds_of(&verbatim::normalize::TOOL_REQUEST_KINDS),
+        kinds_of(&verbatim::normalize::tool_text_kinds(&file)),
         ["caller-supplied"]
     );
     assert_eq!(

@@ -1422,3 +1422,50 @@ async fn shutdown_does_not_wait_for_a_connection_that_sent_nothing() {
     assert!(t.elapsed() < Duration::from_secs(5));
     drop(silent);
 }
+
+/// An agent that read a GPL file (it came back as a tool result) and writes it back through a
+/// tool call: the run is the caller's own text, logged, not blocked — the request offers
+/// tools, so its tool results are read as code for the exemption too. The same answer to a
+/// request without that tool result is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_agent_read_written_back_through_a_tool_is_not_blocked() {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let args = format!(
+        r#"{{"path": "src/ledger.rs", "content": {}}}"#,
+        serde_json::to_string(&file).unwrap()
+    );
+    let mock = start(Reply::sse(&openai_two_choices("Done.", &args, 9), 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let tools = json!([{"type": "function", "function": {"name": "write_file", "parameters": {}}}]);
+    let read = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "r", "type": "function",
+        "function": {"name": "read_file", "arguments": "{\"path\": \"src/ledger.rs\"}"}}]});
+    let with_result = json!({"model": "m", "stream": true, "tools": tools, "messages": [
+        {"role": "user", "content": "Rename the ledger module's main enum, please."}, read,
+        {"role": "tool", "tool_call_id": "r", "content": file}]});
+    let without = json!({"model": "m", "stream": true, "tools": tools, "messages": [
+        {"role": "user", "content": "Write me a ledger module, please."}]});
+    let arguments = |body: &[u8]| -> (String, Vec<Value>) {
+        let evs = events(body);
+        let args = evs
+            .iter()
+            .filter_map(|(_, v)| {
+                v.pointer("/choices/0/delta/tool_calls/0/function/arguments")
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        let finishes = evs
+            .iter()
+            .filter_map(|(_, v)| v.pointer("/choices/0/finish_reason").cloned())
+            .filter(|f| !f.is_null())
+            .collect();
+        (args, finishes)
+    };
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &with_result).await;
+    let (got, finishes) = arguments(&body);
+    assert_eq!(got, args);
+    assert!(finishes.contains(&json!("tool_calls")), "{finishes:?}");
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &without).await;
+    let (got, finishes) = arguments(&body);
+    assert!(!got.contains("shillings"), "{got}");
+    assert!(finishes.contains(&json!("content_filter")), "{finishes:?}");
+}

@@ -122,6 +122,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         let _ = api::request_texts(api, &v);
+        for t in api::request_tool_texts(api, &v) {
+            let _ = verbatim::normalize::tool_text_kinds(&t);
+        }
         let _ = api::wants_stream(&v);
     }
 });

@@ -806,6 +806,22 @@ fn sniff(text: &str) -> Option<TextKind> {
     }
 }
 
+/// How a request's tool result or earlier tool call's arguments are read for the caller-supplied
+/// exemption, besides as Markdown as every text is (see
+/// [`crate::matcher::exemptions_read`]): JSON as tool-call arguments; other text as the code
+/// its first lines show, or, when they show nothing, as code of both common lexical families
+/// (C-like and script) — a file an agent read arrives as plain text, which Markdown reads as
+/// prose, and the agent writing it back must not be taken for the model reciting it.
+pub fn tool_text_kinds(text: &str) -> Vec<TextKind> {
+    if is_json_arguments(text) {
+        return vec![TextKind::ToolArgs];
+    }
+    match sniff(sniff_window(text).unwrap_or(text)) {
+        Some(k) => vec![k],
+        None => vec![TextKind::Code(Lang::C_LIKE), TextKind::Code(Lang::SCRIPT)],
+    }
+}
+
 /// The kind a string value under `key` says the values beside it are: a file name with a
 /// known extension (`src/main.rs`), or a language under a `language`-like key.
 fn hint_of(key: &str, value: &str) -> Option<TextKind> {

@@ -17,6 +17,7 @@ mod prose;
 
 pub use json::{
     JsonProjection, escape_contents, is_json_arguments, string_contents_within, tool_args_hint,
+    tool_text_kinds,
 };
 pub use lang::{Lang, TextKind};
 
@@ -24,17 +25,6 @@ pub use prose::normalize_word;
 
 use code::CodeLexer;
 use prose::ProseTokenizer;
-
-/// How the texts of a request that offers tools are read for the caller-supplied exemption
-/// ([`crate::matcher::exemptions_as`]): as Markdown, as code of the two commonest lexical
-/// families (a tool result holding a file is plain text), and, when one is a JSON object (the
-/// arguments of an earlier tool call), as tool-call arguments.
-pub const TOOL_REQUEST_KINDS: [TextKind; 4] = [
-    TextKind::Markdown,
-    TextKind::Code(Lang::C_LIKE),
-    TextKind::Code(Lang::SCRIPT),
-    TextKind::ToolArgs,
-];
 
 /// Which normalisation produced a unit. Prose and code hash apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

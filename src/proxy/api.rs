@@ -647,6 +647,68 @@ pub fn request_texts(api: Api, body: &Value) -> Vec<String> {
     out
 }
 
+/// The strings of a request that tools produced or were called with: tool results (a file an
+/// agent read arrives as one, plain text) and earlier tool calls' arguments. For the
+/// caller-supplied exemption, these are also read as code (see
+/// [`crate::normalize::tool_text_kinds`]); reading every text so costs ten times as much
+/// (measured: docs/benchmarks.md).
+pub fn request_tool_texts(api: Api, body: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let items = match api {
+        Api::ChatCompletions | Api::Messages => body.get("messages"),
+        Api::Responses => body.get("input"),
+        Api::Completions => None,
+    };
+    for m in items.and_then(Value::as_array).into_iter().flatten() {
+        let ty = m.get("type").and_then(Value::as_str);
+        match api {
+            Api::ChatCompletions => {
+                if m.get("role").and_then(Value::as_str) == Some("tool") {
+                    m.get("content").inspect(|c| collect_strings(c, &mut out));
+                }
+                for tc in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    tc.pointer("/function/arguments")
+                        .inspect(|a| collect_strings(a, &mut out));
+                }
+            }
+            Api::Messages => {
+                for b in m
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    match b.get("type").and_then(Value::as_str) {
+                        Some("tool_result") => {
+                            b.get("content").inspect(|c| collect_strings(c, &mut out));
+                        }
+                        Some("tool_use" | "server_tool_use") => {
+                            b.get("input").inspect(|c| collect_strings(c, &mut out));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Api::Responses => {
+                let field = match ty {
+                    Some("function_call_output" | "custom_tool_call_output") => "output",
+                    Some("function_call") => "arguments",
+                    Some("custom_tool_call") => "input",
+                    _ => continue,
+                };
+                m.get(field).inspect(|c| collect_strings(c, &mut out));
+            }
+            Api::Completions => {}
+        }
+    }
+    out
+}
+
 fn collect_strings(v: &Value, out: &mut Vec<String>) {
     match v {
         // Short strings are roles, types and ids; no run of t units fits in them.
@@ -1130,6 +1192,41 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tool results and earlier tool calls' arguments, for each API; not the other messages.
+    #[test]
+    fn tool_texts_are_the_results_and_arguments_of_tool_calls() {
+        let file = "fn main() { println!(\"a file the agent read\"); }";
+        let args = r#"{"path": "src/main.rs", "content": "fn f() {}"}"#;
+        let chat = json!({"tools": [{"type": "function"}], "messages": [
+            {"role": "user", "content": "please edit the file for me now"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "write", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c", "content": file},
+        ]});
+        assert_eq!(
+            request_tool_texts(Api::ChatCompletions, &chat),
+            [args, file]
+        );
+        assert!(offers_tools(&chat));
+        let messages = json!({"messages": [
+            {"role": "user", "content": "please edit the file for me now"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "write",
+                "input": {"path": "src/main.rs", "content": "fn f() { body(); }"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                "content": [{"type": "text", "text": file}]}]},
+        ]});
+        let got = request_tool_texts(Api::Messages, &messages);
+        assert!(got.contains(&"fn f() { body(); }".to_string()) && got.contains(&file.to_string()));
+        assert!(!got.iter().any(|t| t.contains("please edit")), "{got:?}");
+        assert!(!offers_tools(&messages));
+        let responses = json!({"input": [
+            {"role": "user", "content": "please edit the file for me now"},
+            {"type": "function_call", "call_id": "c", "name": "write", "arguments": args},
+            {"type": "function_call_output", "call_id": "c", "output": file},
+        ]});
+        assert_eq!(request_tool_texts(Api::Responses, &responses), [args, file]);
+    }
 
     fn chunk(delta: Value, finish: Value) -> String {
         json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",

@@ -27,7 +27,7 @@ use super::metrics::Metrics;
 use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
 use crate::index::Index;
-use crate::matcher::exemptions_as;
+use crate::matcher::{exemptions, exemptions_read};
 use crate::policy::Policy;
 use arc_swap::ArcSwap;
 
@@ -725,15 +725,24 @@ async fn forward(
                 info.streamed = api::wants_stream(v);
             }
             let exempt = match &json {
-                Some(v) => exemptions_as(
-                    api::request_texts(api, v).iter().map(String::as_str),
-                    &loaded.indexes,
+                Some(v) => {
+                    let mut keys = exemptions(
+                        api::request_texts(api, v).iter().map(String::as_str),
+                        &loaded.indexes,
+                    );
                     if api::offers_tools(v) {
-                        &crate::normalize::TOOL_REQUEST_KINDS
-                    } else {
-                        &[crate::normalize::TextKind::Markdown]
-                    },
-                ),
+                        let tool_texts = api::request_tool_texts(api, v);
+                        keys.extend(exemptions_read(
+                            tool_texts.iter().flat_map(|t| {
+                                crate::normalize::tool_text_kinds(t)
+                                    .into_iter()
+                                    .map(move |k| (t.as_str(), k))
+                            }),
+                            &loaded.indexes,
+                        ));
+                    }
+                    keys
+                }
                 None => Default::default(),
             };
             // The response must arrive uncompressed to be scanned.
