@@ -28,6 +28,17 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     c.wait_with_output().unwrap()
 }
 
+/// The findings of a scan that must have found some (exit status 1), one per JSON line.
+fn findings(out: &Output) -> Vec<serde_json::Value> {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out.stdout)
+}
+
 /// Each line of a JSON Lines output, parsed.
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
@@ -44,13 +55,7 @@ fn scan_reports_findings_as_json_lines_and_exits_1() {
     let f = dir.path().join("answer.md");
     std::fs::write(&f, ANSWER).unwrap();
     let out = run(&["scan", "--index", FIXTURE, f.to_str().unwrap()], None);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&out.stdout);
+    let lines = findings(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let v = &lines[0];
     for key in [
@@ -114,13 +119,7 @@ fn scan_of_tool_call_arguments_reads_the_code_inside_the_json() {
         ],
         Some(&args),
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&out.stdout);
+    let lines = findings(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["doc"], "fixtures/gpl-code/src/ledger.rs");
     assert_eq!(lines[0]["channel"], "code");

@@ -273,6 +273,15 @@ fn pending_start_never_passes_an_unfinished_unit() {
     assert_eq!(&text[out[2].start as usize..], "gam");
 }
 
+/// The hashes of the code units among `units`.
+fn code(units: &[Unit]) -> Vec<u64> {
+    units
+        .iter()
+        .filter(|u| u.channel == verbatim::normalize::Channel::Code)
+        .map(|u| u.hash)
+        .collect()
+}
+
 /// A model copying a file whose doc comment holds a Markdown example, inside a fence of three
 /// backticks: the example's fence lines do not end the block, so the answer's code has the
 /// file's units. Outside comments, and for an unnamed language, a fence line still closes.
@@ -280,13 +289,6 @@ fn pending_start_never_passes_an_unfinished_unit() {
 fn fence_lines_inside_a_block_comment_are_comment_text() {
     let file = "/**\nAn error.\n\n```rust\nlet e = f();\n```\n*/\npub struct TryFromFloatError {\n    pub(crate) _unused: (),\n}\n";
     let answer = format!("Here it is:\n\n```rs\n{file}```\n\nThat is the struct.\n");
-    let code = |units: &[Unit]| -> Vec<u64> {
-        units
-            .iter()
-            .filter(|u| u.channel == verbatim::normalize::Channel::Code)
-            .map(|u| u.hash)
-            .collect()
-    };
     let md = normalize(&answer, TextKind::Markdown);
     assert_eq!(code(&md), code(&normalize(file, RUST)));
     let prose: Vec<&str> = md
@@ -528,13 +530,7 @@ mod tool_args {
 
     #[test]
     fn the_kind_of_a_value_comes_from_a_sibling_or_its_key() {
-        let code = |units: &[Unit]| -> Vec<u64> {
-            units
-                .iter()
-                .filter(|u| u.channel == verbatim::normalize::Channel::Code)
-                .map(|u| u.hash)
-                .collect()
-        };
+        use super::code;
         let py = "def f(a, b='x y'):\n    # note\n    return a\n";
         let want = code(&normalize(
             py,

@@ -83,70 +83,43 @@ class Handler(BaseHTTPRequestHandler):
     def chat(self, body, text):
         base = {"id": "chatcmpl-mock", "created": 1700000000, "model": body.get("model", "mock-model")}
         if wants_tool(body):
-            return self.chat_tool(body, base)
+            call = {"id": "call_mock", "type": "function", "function": {"name": "write_file", "arguments": TOOL_ARGS}}
+            message, finish = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}, "tool_calls"
+            first = {"role": "assistant", "content": None, "tool_calls": [{**call, "index": 0, "function": {"name": "write_file", "arguments": ""}}]}
+            deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces(TOOL_ARGS, 11)]
+        else:
+            message, finish = {"role": "assistant", "content": text, "refusal": None}, "stop"
+            first = {"role": "assistant", "content": ""}
+            deltas = [{"content": p} for p in pieces(text)]
         if not body.get("stream"):
             self.send(200, "application/json", json.dumps({**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}))
             return
         out = []
         def chunk(delta, finish=None):
             out.append("data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + "\n\n")
-        chunk({"role": "assistant", "content": ""})
-        for p in pieces(text):
-            chunk({"content": p})
-        chunk({}, "stop")
+        chunk(first)
+        for d in deltas:
+            chunk(d)
+        chunk({}, finish)
         out.append("data: [DONE]\n\n")
-        self.send(200, "text/event-stream", "".join(out))
-
-    def chat_tool(self, body, base):
-        call = {"id": "call_mock", "type": "function", "function": {"name": "write_file", "arguments": TOOL_ARGS}}
-        if not body.get("stream"):
-            self.send(200, "application/json", json.dumps({**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]},
-                 "logprobs": None, "finish_reason": "tool_calls"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}))
-            return
-        out = []
-        def chunk(delta, finish=None):
-            out.append("data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + "\n\n")
-        chunk({"role": "assistant", "content": None, "tool_calls": [
-            {"index": 0, "id": "call_mock", "type": "function", "function": {"name": "write_file", "arguments": ""}}]})
-        for p in pieces(TOOL_ARGS, 11):
-            chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-        chunk({}, "tool_calls")
-        out.append("data: [DONE]\n\n")
-        self.send(200, "text/event-stream", "".join(out))
-
-    def messages_tool(self, body, model):
-        if not body.get("stream"):
-            self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "tool_use", "id": "toolu_mock", "name": "write_file", "input": json.loads(TOOL_ARGS)}],
-                "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 30}}))
-            return
-        out = []
-        def ev(name, data):
-            out.append(f"event: {name}\ndata: {json.dumps(data)}\n\n")
-        ev("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}})
-        ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                   "content_block": {"type": "tool_use", "id": "toolu_mock", "name": "write_file", "input": {}}})
-        for p in pieces(TOOL_ARGS, 11):
-            ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}})
-        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}})
-        ev("message_stop", {"type": "message_stop"})
         self.send(200, "text/event-stream", "".join(out))
 
     def messages(self, body, text):
         model = body.get("model", "mock-model")
         if wants_tool(body):
-            return self.messages_tool(body, model)
+            block, stop = {"type": "tool_use", "id": "toolu_mock", "name": "write_file", "input": json.loads(TOOL_ARGS)}, "tool_use"
+            start = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(TOOL_ARGS, 11)]
+        else:
+            block, stop = {"type": "text", "text": text}, "end_turn"
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces(text)]
         if not body.get("stream"):
             self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "content": [block], "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": 10, "output_tokens": 30}}))
             return
         out = []
@@ -154,12 +127,12 @@ class Handler(BaseHTTPRequestHandler):
             out.append(f"event: {name}\ndata: {json.dumps(data)}\n\n")
         ev("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}})
-        ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start})
         ev("ping", {"type": "ping"})
-        for p in pieces(text):
-            ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+        for d in deltas:
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
         ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 30}})
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 30}})
         ev("message_stop", {"type": "message_stop"})
         self.send(200, "text/event-stream", "".join(out))
 

@@ -15,12 +15,13 @@ import verbatim_proc
 ROOT = verbatim_proc.ROOT
 
 
-@pytest.fixture(scope="module")
-def proxy():
+def serve(*extra):
+    """`verbatim serve` with the fixture index (and `extra` arguments) in front of a fresh mock
+    upstream, for a module-scoped fixture to yield from."""
     upstream = mock.start()
     url = f"http://127.0.0.1:{upstream.server_address[1]}"
     try:
-        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v2"),
+        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v2"), *extra,
                                        "--upstream-openai", url, "--upstream-anthropic", url],
                                       extra_env={"RUST_LOG": "info"})
     except RuntimeError as e:
@@ -29,6 +30,11 @@ def proxy():
     p.terminate()
     p.wait(timeout=10)
     upstream.shutdown()
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    yield from serve()
 
 
 def oa(addr):
@@ -144,17 +150,7 @@ def redacting_proxy(tmp_path_factory):
     policy.write_text('version = 1\nname = "redact-code"\n[defaults]\naction = "annotate"\n'
                       '[[rules]]\nname = "redact-code"\naction = "redact"\n'
                       'when = { kind = ["exact", "renamed", "near"], source = ["code"] }\n')
-    upstream = mock.start()
-    url = f"http://127.0.0.1:{upstream.server_address[1]}"
-    try:
-        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v2"), "--policy", str(policy),
-                                       "--upstream-openai", url, "--upstream-anthropic", url])
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    yield addr
-    p.terminate()
-    p.wait(timeout=10)
-    upstream.shutdown()
+    yield from serve("--policy", str(policy))
 
 
 def assert_redacted(args):
