@@ -313,12 +313,6 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
     if api != Api::Responses {
         return;
     }
-    fn part_of(c: &Value) -> Part {
-        match c.get("type").and_then(Value::as_str) {
-            Some("reasoning_text") => Part::Thinking,
-            _ => Part::Text,
-        }
-    }
     fn item(oi: u64, it: &mut Value, f: &mut dyn FnMut(StreamKey, &mut Value)) {
         if let Some(a) = it.get_mut("arguments") {
             f(key(oi, 0, Part::ToolArgs), a);
@@ -347,7 +341,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
             .flatten()
             .enumerate()
         {
-            let part = part_of(c);
+            let part = content_part(c);
             if let Some(t) = c.get_mut("text") {
                 f(key(oi, j as u64, part), t);
             }
@@ -399,7 +393,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         }
         "response.content_part.done" => {
             if let Some(p) = v.get_mut("part") {
-                let part = part_of(p);
+                let part = content_part(p);
                 if let Some(t) = p.get_mut("text") {
                     f(key(oi, ci, part), t);
                 }
@@ -426,6 +420,14 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
             }
         }
         _ => {}
+    }
+}
+
+/// The part a Responses content item is: reasoning text or output text.
+fn content_part(c: &Value) -> Part {
+    match c.get("type").and_then(Value::as_str) {
+        Some("reasoning_text") => Part::Thinking,
+        _ => Part::Text,
     }
 }
 
@@ -526,7 +528,8 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                     .enumerate()
                 {
                     if let Some(t) = c.get("text").and_then(Value::as_str) {
-                        f(key(oi as u64, ci as u64, Part::Text), t);
+                        // The same stream name as streamed (`reasoning_text` is thinking).
+                        f(key(oi as u64, ci as u64, content_part(c)), t);
                     }
                 }
             }
@@ -1192,6 +1195,38 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole Responses response names its streams as the streamed one does: reasoning text
+    /// is thinking, summaries and a code interpreter's code are their own parts.
+    #[test]
+    fn whole_responses_name_their_streams_as_streams_do() {
+        let v = json!({"output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}],
+             "content": [{"type": "reasoning_text", "text": "thinking it over"}]},
+            {"type": "code_interpreter_call", "code": "print(1)"},
+            {"type": "message", "content": [{"type": "output_text", "text": "done"}]},
+        ]});
+        let parts: Vec<(u64, u64, Part, String)> = response_pieces(Api::Responses, &v)
+            .into_iter()
+            .map(|p| (p.key.a, p.key.b, p.key.part, p.text))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (0, 0, Part::Summary, "plan".to_string()),
+                (0, 0, Part::Thinking, "thinking it over".to_string()),
+                (1, 0, Part::Code, "print(1)".to_string()),
+                (2, 0, Part::Text, "done".to_string()),
+            ]
+        );
+        let mut w = v.clone();
+        set_response_text(Api::Responses, &mut w, key(0, 0, Part::Thinking), "x");
+        set_response_text(Api::Responses, &mut w, key(0, 0, Part::Summary), "y");
+        set_response_text(Api::Responses, &mut w, key(1, 0, Part::Code), "z");
+        assert_eq!(w["output"][0]["content"][0]["text"], "x");
+        assert_eq!(w["output"][0]["summary"][0]["text"], "y");
+        assert_eq!(w["output"][1]["code"], "z");
+    }
 
     /// Tool results and earlier tool calls' arguments, for each API; not the other messages.
     #[test]
