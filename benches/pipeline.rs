@@ -10,6 +10,10 @@
 //! serving N concurrent streams does: every stream's state and every probe is then cold in
 //! the caches, which a one-stream-at-a-time loop hides.
 //!
+//! `--tool-args` sends the same words as a tool call's arguments instead (each stream one call,
+//! `{"path": "notes.md", "content": "…"}`, a word a delta): the per-event price of reading
+//! arguments as JSON, against `--tool-args` off in another run.
+//!
 //! `--lag DIR [--lag-unwrap]` measures instead how long strict holdback keeps text back: the
 //! text files under DIR (sorted, up to `--lag-mib`; with `--lag-unwrap` each paragraph on one
 //! line, as a model writes) stream as one stream per file, a word an event, under
@@ -52,6 +56,9 @@ struct Args {
     /// Streams open at once, their events pushed round-robin (1: one stream after another).
     #[arg(long, default_value_t = 1)]
     interleave: usize,
+    /// The words as tool-call arguments (see the module docs).
+    #[arg(long)]
+    tool_args: bool,
     /// Measure release lag over the text files under this directory (see the module docs).
     #[arg(long)]
     lag: Option<PathBuf>,
@@ -122,7 +129,18 @@ fn chunk(content: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn events(n: usize, unique: bool) -> Vec<Vec<u8>> {
+/// A chat chunk carrying a piece of a tool call's arguments.
+fn tool_chunk(args: &str) -> Vec<u8> {
+    let args = serde_json::to_string(args).unwrap();
+    format!(
+        "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":{args}}}}}]}},\"finish_reason\":null}}]}}\n\n"
+    )
+    .into_bytes()
+}
+
+/// `n` events a word each; with `tool_args`, each `per_stream` of them one tool call's
+/// arguments (the first opens the JSON, the last closes it).
+fn events(n: usize, unique: bool, tool_args: Option<usize>) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let token = if unique {
@@ -130,10 +148,21 @@ fn events(n: usize, unique: bool) -> Vec<Vec<u8>> {
             } else {
                 String::new()
             };
-            chunk(&format!(
-                "{token}{} ",
-                WORDS[(i * 7 + i / 25) % WORDS.len()]
-            ))
+            let word = format!("{token}{} ", WORDS[(i * 7 + i / 25) % WORDS.len()]);
+            match tool_args {
+                None => chunk(&word),
+                Some(per) => {
+                    let escaped = serde_json::to_string(&word).unwrap();
+                    let inner = &escaped[1..escaped.len() - 1];
+                    let open = if i % per == 0 {
+                        r#"{"path": "notes.md", "content": ""#
+                    } else {
+                        ""
+                    };
+                    let close = if i % per == per - 1 { "\"}" } else { "" };
+                    tool_chunk(&format!("{open}{inner}{close}"))
+                }
+            }
         })
         .collect()
 }
@@ -166,7 +195,9 @@ fn main() {
             indexes,
         );
     }
-    let evs = events(a.events, a.unique);
+    // Streams of 100 events, as in the load benchmark; a new pipeline per stream.
+    let per_stream = 100;
+    let evs = events(a.events, a.unique, a.tool_args.then_some(per_stream));
     let setup = ScanSetup {
         indexes,
         exempt: Arc::default(),
@@ -181,8 +212,6 @@ fn main() {
         max_holdback_bytes: 8 << 20,
         max_response_bytes: usize::MAX,
     };
-    // Streams of 100 events, as in the load benchmark; a new pipeline per stream.
-    let per_stream = 100;
     // Groups of `interleave` streams; within a group, event i of every stream, then i + 1.
     let streams: Vec<&[Vec<u8>]> = evs.chunks(per_stream).collect();
     let groups: Vec<&[&[Vec<u8>]]> = streams.chunks(a.interleave.max(1)).collect();
@@ -201,8 +230,10 @@ fn main() {
                     for ev in &out {
                         let v: serde_json::Value =
                             serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
-                        n += v["choices"][0]["delta"]["content"]
+                        let delta = &v["choices"][0]["delta"];
+                        n += delta["content"]
                             .as_str()
+                            .or(delta["tool_calls"][0]["function"]["arguments"].as_str())
                             .map_or(0, str::len);
                     }
                 }
@@ -233,8 +264,13 @@ fn main() {
     }
     let (b, f) = (median(base), median(full));
     println!(
-        "{} events, {} indexes, hold={}, {} streams at once: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
+        "{} events{}, {} indexes, hold={}, {} streams at once: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
         evs.len(),
+        if a.tool_args {
+            " (tool-call arguments)"
+        } else {
+            ""
+        },
         setup.indexes.len(),
         a.hold,
         a.interleave,
