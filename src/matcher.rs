@@ -1269,20 +1269,16 @@ pub fn exemptions<'a>(
     exemptions_as(texts, indexes, &[TextKind::Markdown])
 }
 
-/// [`exemptions`] of the texts read as each of `kinds` ([`TextKind::ToolArgs`] only for a
-/// text that is a JSON object).
+/// [`exemptions`] of the texts, each read as each of `kinds`.
 pub fn exemptions_as<'a>(
     texts: impl IntoIterator<Item = &'a str>,
     indexes: &[Arc<Index>],
     kinds: &[TextKind],
 ) -> FxHashSet<u64> {
     exemptions_read(
-        texts.into_iter().flat_map(|text| {
-            kinds
-                .iter()
-                .filter(move |&&k| k != TextKind::ToolArgs || text.trim_start().starts_with('{'))
-                .map(move |&k| (text, k))
-        }),
+        texts
+            .into_iter()
+            .flat_map(|text| kinds.iter().map(move |&k| (text, k))),
         indexes,
     )
 }

@@ -368,16 +368,65 @@ struct Seg {
     esc: u8,
 }
 
-/// Per open container: the kind its string values are read as, once a sibling value said
-/// (a file name, a language), and the last key read.
-#[derive(Debug, Clone, Default)]
-struct Frame {
-    hint: Option<TextKind>,
-    key: String,
-}
-
 /// The longest key or hint value that is read (longer ones are neither).
 const MAX_NOTE: usize = 256;
+
+/// The keys and short values of a JSON text as its pieces arrive — what a value's kind is told
+/// from: its key, and a sibling file name or language. Shared by the streaming reader and the
+/// whole-text search ([`tool_args_hint`]), so the two read them alike.
+#[derive(Debug, Default)]
+struct Notes {
+    /// Per open container, its last key (an array: the key it stands under, whose values its
+    /// values are read as).
+    keys: Vec<String>,
+    /// The open string's text while it may be a key or a hint: at most [`MAX_NOTE`] bytes, one
+    /// line.
+    note: Option<String>,
+    in_key: bool,
+}
+
+impl Notes {
+    /// Follows `p`; when a value closes, its text if it is short enough to be a hint.
+    fn follow(&mut self, p: &Piece<'_>) -> Option<String> {
+        match *p {
+            Piece::Enter { obj } => {
+                let key = match (obj, self.keys.last()) {
+                    (false, Some(k)) => k.clone(),
+                    _ => String::new(),
+                };
+                self.keys.push(key);
+            }
+            Piece::Leave => {
+                self.keys.pop();
+            }
+            Piece::Open { key, .. } => (self.note, self.in_key) = (Some(String::new()), key),
+            Piece::Text { text, .. } => {
+                if let Some(n) = &mut self.note {
+                    if n.len() + text.len() > MAX_NOTE || text.contains('\n') {
+                        self.note = None;
+                    } else {
+                        n.push_str(text);
+                    }
+                }
+            }
+            Piece::Close { .. } => {
+                let n = self.note.take()?;
+                if !self.in_key {
+                    return Some(n);
+                }
+                if let Some(k) = self.keys.last_mut() {
+                    *k = n;
+                }
+            }
+        }
+        None
+    }
+
+    /// The key the innermost container's next value stands under.
+    fn key(&self) -> &str {
+        self.keys.last().map_or("", String::as_str)
+    }
+}
 
 /// Normaliser of tool-call arguments (see the module documentation): each string value is
 /// normalised as its own text, of the kind a sibling says; units carry offsets of the JSON.
@@ -394,9 +443,10 @@ pub(crate) struct ArgsNormalizer {
     decoded: String,
     /// The open value's kind is not decided yet: what it is if its first lines do not say.
     sniff: Option<TextKind>,
-    frames: Vec<Frame>,
-    /// The open string's text while it may be a key or a hint (at most [`MAX_NOTE`] bytes).
-    note: Option<String>,
+    /// Per open container: the kind its string values are read as, once a sibling value said
+    /// (a file name, a language).
+    hints: Vec<Option<TextKind>>,
+    notes: Notes,
     /// The kind of values no sibling or key names, when known before reading (see
     /// [`tool_args_hint`]).
     default_hint: Option<TextKind>,
@@ -428,8 +478,8 @@ impl ArgsNormalizer {
             map: VecDeque::new(),
             decoded: String::new(),
             sniff: None,
-            frames: Vec::new(),
-            note: None,
+            hints: Vec::new(),
+            notes: Notes::default(),
             default_hint: None,
             scratch: Vec::new(),
         }
@@ -520,35 +570,27 @@ impl ArgsNormalizer {
         let mut p = decided;
         let ip = self.inner.pending_start();
         if ip < self.inner.offset() {
-            p = p.min(self.map_start(ip));
+            p = p.min(map_start(&self.map, ip));
         }
         if !self.decoded.is_empty() {
             // Text waiting for its value's kind to be decided.
-            p = p.min(self.map_start(self.inner.offset()));
+            p = p.min(map_start(&self.map, self.inner.offset()));
         }
         p
     }
 
     fn piece(&mut self, p: Piece<'_>, out: &mut Vec<Unit>) {
+        let closed_value = self.notes.follow(&p);
         match p {
-            Piece::Enter { obj } => {
-                let parent = self.frames.last();
-                let frame = Frame {
-                    hint: parent.and_then(|f| f.hint),
-                    // An array's values are read as its key's.
-                    key: match (obj, parent) {
-                        (false, Some(f)) => f.key.clone(),
-                        _ => String::new(),
-                    },
-                };
-                self.frames.push(frame);
+            Piece::Enter { .. } => {
+                let parent = self.hints.last().copied().flatten();
+                self.hints.push(parent);
             }
             Piece::Leave => {
-                self.frames.pop();
+                self.hints.pop();
             }
             Piece::Open { key, .. } => {
                 self.in_value = !key;
-                self.note = Some(String::new());
                 if !key {
                     match self.value_kind() {
                         (kind, true) => {
@@ -566,13 +608,6 @@ impl ArgsNormalizer {
                 end,
                 escape,
             } => {
-                if let Some(n) = &mut self.note {
-                    if n.len() + text.len() > MAX_NOTE || text.contains('\n') {
-                        self.note = None;
-                    } else {
-                        n.push_str(text);
-                    }
-                }
                 if !self.in_value {
                     return;
                 }
@@ -592,17 +627,17 @@ impl ArgsNormalizer {
                 self.decoded.push_str(text);
             }
             Piece::Close { .. } => {
-                let note = self.note.take();
                 if self.in_value {
                     self.flush(out, true);
                     self.inner.finish(&mut self.scratch);
                     self.emit(out);
                     self.in_value = false;
-                    if let Some(n) = note {
-                        self.note_value(&n);
-                    }
-                } else if let (Some(n), Some(f)) = (note, self.frames.last_mut()) {
-                    f.key = n;
+                }
+                // A value that names a file (`src/main.rs`) or a language sets how the values
+                // after it in its container (and inside them) are read.
+                let hint = closed_value.and_then(|v| hint_of(self.notes.key(), &v));
+                if let (Some(h), Some(slot)) = (hint, self.hints.last_mut()) {
+                    *slot = Some(h);
                 }
             }
         }
@@ -611,30 +646,14 @@ impl ArgsNormalizer {
     /// The kind the value about to begin is read as, and whether a sibling or the whole
     /// arguments named it (if not, it is what its first lines say, else this).
     fn value_kind(&self) -> (TextKind, bool) {
-        let named = self
-            .frames
-            .last()
-            .and_then(|f| f.hint)
-            .or(self.default_hint);
+        let named = self.hints.last().copied().flatten().or(self.default_hint);
         if let Some(k) = named {
             return (k, true);
         }
-        let key = self.frames.last().map(|f| f.key.to_ascii_lowercase());
-        if key.is_some_and(|k| CODE_KEYS.contains(&k.as_str())) {
+        if CODE_KEYS.contains(&self.notes.key().to_ascii_lowercase().as_str()) {
             (TextKind::Code(Lang::C_LIKE), false)
         } else {
             (TextKind::Markdown, false)
-        }
-    }
-
-    /// A value that names a file (`src/main.rs`) or a language sets how the values after it
-    /// in its container (and inside them) are read.
-    fn note_value(&mut self, value: &str) {
-        let Some(f) = self.frames.last_mut() else {
-            return;
-        };
-        if let Some(h) = hint_of(&f.key, value) {
-            f.hint = Some(h);
         }
     }
 
@@ -671,10 +690,6 @@ impl ArgsNormalizer {
             }
             out.push(u);
         }
-    }
-
-    fn map_start(&self, dec: u64) -> u64 {
-        map_start(&self.map, dec)
     }
 
     /// Drops the segments no unit still to come can start in.
@@ -846,41 +861,21 @@ fn hint_of(key: &str, value: &str) -> Option<TextKind> {
 }
 
 /// The first kind a value of whole tool-call arguments names (a file name, a language; see
-/// [`TextKind::ToolArgs`]), wherever it stands: for arguments that are complete before they are read (a whole
-/// response; arguments re-serialised with sorted keys put `content` before `path`). A stream
-/// cannot wait for it.
+/// [`TextKind::ToolArgs`]), wherever it stands: for arguments that are complete before they
+/// are read (a whole response; arguments re-serialised with sorted keys put `content` before
+/// `path`). A stream cannot wait for it.
 pub fn tool_args_hint(text: &str) -> Option<TextKind> {
     if !is_json_arguments(text) {
         return None;
     }
     let mut json = JsonStrings::default();
-    let mut keys: Vec<String> = Vec::new();
-    let (mut note, mut is_key): (Option<String>, bool) = (None, false);
+    let mut notes = Notes::default();
     let mut found = None;
-    let mut f = |p: Piece<'_>| match p {
-        _ if found.is_some() => {}
-        Piece::Enter { .. } => keys.push(String::new()),
-        Piece::Leave => {
-            keys.pop();
-        }
-        Piece::Open { key, .. } => (note, is_key) = (Some(String::new()), key),
-        Piece::Text { text, .. } => {
-            if let Some(n) = &mut note {
-                if n.len() + text.len() > MAX_NOTE || text.contains('\n') {
-                    note = None;
-                } else {
-                    n.push_str(text);
-                }
-            }
-        }
-        Piece::Close { .. } => {
-            if let Some(n) = note.take() {
-                match (is_key, keys.last_mut()) {
-                    (true, Some(k)) => *k = n,
-                    (true, None) => {}
-                    (false, k) => found = hint_of(k.map_or("", |k| k.as_str()), &n),
-                }
-            }
+    let mut f = |p: Piece<'_>| {
+        if found.is_none()
+            && let Some(v) = notes.follow(&p)
+        {
+            found = hint_of(notes.key(), &v);
         }
     };
     json.push(text, &mut f);
