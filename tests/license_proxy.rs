@@ -860,6 +860,162 @@ fn responses_summaries_interpreter_code_and_custom_tool_input_are_scanned() {
     );
 }
 
+/// A refusal is model text like any other: Chat Completions' `refusal` deltas and message
+/// field, Responses' `response.refusal.delta` / `.done` events and `refusal` content parts (in
+/// `content_part.done`, `output_item.done`, `response.completed` and whole responses) are
+/// scanned as their own stream and redacted wherever they appear. They were relayed unscanned.
+#[test]
+fn refusals_are_scanned_and_redacted_wherever_they_appear() {
+    let chapter = std::fs::read_to_string("corpora/fixtures/acme-books/chapter-01.md").unwrap();
+    let passage: String = chapter
+        .split_whitespace()
+        .skip(4)
+        .take(40)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(passage.contains("lighthouse"));
+    let refusal = format!("I can't share that book, but it begins: {passage} and so on.");
+    let pieces: Vec<String> = refusal
+        .chars()
+        .collect::<Vec<_>>()
+        .chunks(7)
+        .map(|c| c.iter().collect())
+        .collect();
+    let mut s = setup(redact_everything());
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v2").unwrap())];
+    let run = |api: Api, upstream: String| -> (String, Vec<String>) {
+        let mut p = Pipeline::new(api, s.clone());
+        let mut released = Vec::new();
+        for chunk in upstream.as_bytes().chunks(11) {
+            for f in p.push(chunk) {
+                released.extend_from_slice(&f);
+            }
+        }
+        for f in p.finish() {
+            released.extend_from_slice(&f);
+        }
+        let streams = p
+            .take_decisions()
+            .into_iter()
+            .filter(|d| d.kind == "exact")
+            .map(|d| d.stream)
+            .collect();
+        (String::from_utf8(released).unwrap(), streams)
+    };
+    let sse = |evs: Vec<Value>| -> String {
+        evs.iter()
+            .map(|v| match v["type"].as_str() {
+                Some(t) if v.get("choices").is_none() => format!("event: {t}\ndata: {v}\n\n"),
+                _ => format!("data: {v}\n\n"),
+            })
+            .collect()
+    };
+
+    // Chat Completions, streamed.
+    let mut evs = vec![
+        serde_json::json!({"id": "c", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": null, "refusal": ""}}]}),
+    ];
+    for p in &pieces {
+        evs.push(
+            serde_json::json!({"id": "c", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"refusal": p}}]}),
+        );
+    }
+    evs.push(
+        serde_json::json!({"id": "c", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    );
+    let (out, streams) = run(Api::ChatCompletions, sse(evs) + "data: [DONE]\n\n");
+    assert_eq!(streams, ["0:0:Refusal"]);
+    assert!(!out.contains("lighthouse"), "{out}");
+    let got: String = events(out.as_bytes())
+        .iter()
+        .filter_map(|(_, v)| {
+            v["choices"][0]["delta"]["refusal"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert!(
+        got.starts_with("I can't share that book, but it begins: ")
+            && got.contains("[verbatim: redacted")
+            && got.ends_with(" and so on."),
+        "{got}"
+    );
+
+    // Responses, streamed: the deltas and every event that repeats the refusal.
+    let part = serde_json::json!({"type": "refusal", "refusal": refusal});
+    let item =
+        serde_json::json!({"type": "message", "id": "m", "role": "assistant", "content": [part]});
+    let mut evs = vec![
+        serde_json::json!({"type": "response.created", "response": {"id": "r", "output": []}}),
+    ];
+    for p in &pieces {
+        evs.push(serde_json::json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "delta": p}));
+    }
+    evs.push(serde_json::json!({"type": "response.refusal.done", "output_index": 0, "content_index": 0, "refusal": refusal}));
+    evs.push(serde_json::json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part}));
+    evs.push(
+        serde_json::json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+    );
+    evs.push(serde_json::json!({"type": "response.completed", "response": {"id": "r", "output": [item]}}));
+    let (out, streams) = run(Api::Responses, sse(evs));
+    assert_eq!(streams, ["0:0:Refusal"]);
+    assert!(!out.contains("lighthouse"), "{out}");
+    let evs = events(out.as_bytes());
+    let deltas: String = evs
+        .iter()
+        .filter(|(_, v)| v["type"] == "response.refusal.delta")
+        .filter_map(|(_, v)| v["delta"].as_str())
+        .collect();
+    assert!(deltas.contains("[verbatim: redacted"), "{deltas}");
+    let repeated: Vec<&str> = evs
+        .iter()
+        .filter_map(|(_, v)| match v["type"].as_str() {
+            Some("response.refusal.done") => v["refusal"].as_str(),
+            Some("response.content_part.done") => v["part"]["refusal"].as_str(),
+            Some("response.output_item.done") => v["item"]["content"][0]["refusal"].as_str(),
+            Some("response.completed") => {
+                v["response"]["output"][0]["content"][0]["refusal"].as_str()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        repeated,
+        [deltas.as_str(); 4],
+        "each repeats what the deltas delivered"
+    );
+
+    // Whole responses.
+    let mut chat = openai_json("");
+    chat["choices"][0]["message"]["content"] = Value::Null;
+    chat["choices"][0]["message"]["refusal"] = serde_json::json!(refusal);
+    let whole = serde_json::json!({"id": "r", "object": "response", "output": [item]});
+    for (api, v, at) in [
+        (Api::ChatCompletions, chat, "/choices/0/message/refusal"),
+        (Api::Responses, whole, "/output/0/content/0/refusal"),
+    ] {
+        let body = serde_json::to_vec(&v).unwrap();
+        let (changed, decisions) = verbatim::proxy::pipeline::scan_response(api, &body, &s);
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d.kind == "exact" && d.stream == "0:0:Refusal"),
+            "{api:?}: {decisions:?}"
+        );
+        let v: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
+        let got = v.pointer(at).and_then(Value::as_str).unwrap();
+        assert!(
+            !got.contains("lighthouse")
+                && got.contains("[verbatim: redacted")
+                && got.ends_with(" and so on."),
+            "{api:?}: {got}"
+        );
+    }
+}
+
 /// A license written through a tool call (`{"path": "LICENSE", "content": …}`, read as
 /// Markdown: the name has no code extension) is one license-text finding named by its
 /// license; identification reads the region in the JSON text, escapes and all, and still

@@ -66,6 +66,9 @@ pub enum Part {
     Summary,
     /// Code a hosted code interpreter runs (Responses' `code_interpreter_call`): Python.
     Code,
+    /// A refusal the model wrote instead of an answer (Chat Completions' `refusal`, Responses'
+    /// `refusal` content parts): model text like any other.
+    Refusal,
 }
 
 /// Identifies one text stream within a response.
@@ -122,6 +125,10 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                     key(i, 0, Part::Thinking),
                     d.get("reasoning_content").and_then(Value::as_str),
                 );
+                push(
+                    key(i, 0, Part::Refusal),
+                    d.get("refusal").and_then(Value::as_str),
+                );
                 for tc in d
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -170,6 +177,10 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
             ),
             Some("response.reasoning_text.delta") => push(
                 key(u(v, "output_index"), u(v, "content_index"), Part::Thinking),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.refusal.delta") => push(
+                key(u(v, "output_index"), u(v, "content_index"), Part::Refusal),
                 v.get("delta").and_then(Value::as_str),
             ),
             _ => {}
@@ -226,6 +237,7 @@ pub fn stream_ends(api: Api, v: Option<&Value>, done: bool) -> StreamEnds {
             Api::Responses,
             Some(
                 "response.output_text.done"
+                | "response.refusal.done"
                 | "response.output_item.done"
                 | "response.function_call_arguments.done"
                 | "response.custom_tool_call_input.done"
@@ -268,6 +280,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
             match k.part {
                 Part::Text => d.get_mut("content"),
                 Part::Thinking => d.get_mut("reasoning_content"),
+                Part::Refusal => d.get_mut("refusal"),
                 Part::Summary | Part::Code => None,
                 Part::ToolArgs => d
                     .get_mut("tool_calls")?
@@ -291,7 +304,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Text => d.get_mut("text"),
                 Part::ToolArgs => d.get_mut("partial_json"),
                 Part::Thinking => d.get_mut("thinking"),
-                Part::Summary | Part::Code => None,
+                Part::Summary | Part::Code | Part::Refusal => None,
             }
         }
     }
@@ -342,7 +355,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
             .enumerate()
         {
             let part = content_part(c);
-            if let Some(t) = c.get_mut("text") {
+            if let Some(t) = c.get_mut(text_field(part)) {
                 f(key(oi, j as u64, part), t);
             }
         }
@@ -362,6 +375,11 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
             };
             if let Some(t) = v.get_mut("text") {
                 f(key(oi, ci, part), t);
+            }
+        }
+        "response.refusal.done" => {
+            if let Some(t) = v.get_mut("refusal") {
+                f(key(oi, ci, Part::Refusal), t);
             }
         }
         "response.function_call_arguments.done" => {
@@ -394,7 +412,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         "response.content_part.done" => {
             if let Some(p) = v.get_mut("part") {
                 let part = content_part(p);
-                if let Some(t) = p.get_mut("text") {
+                if let Some(t) = p.get_mut(text_field(part)) {
                     f(key(oi, ci, part), t);
                 }
             }
@@ -423,11 +441,20 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
     }
 }
 
-/// The part a Responses content item is: reasoning text or output text.
+/// The part a Responses content item is: reasoning text, a refusal or output text.
 fn content_part(c: &Value) -> Part {
     match c.get("type").and_then(Value::as_str) {
         Some("reasoning_text") => Part::Thinking,
+        Some("refusal") => Part::Refusal,
         _ => Part::Text,
+    }
+}
+
+/// The field of a Responses content item that holds its text: a refusal's is `refusal`.
+fn text_field(part: Part) -> &'static str {
+    match part {
+        Part::Refusal => "refusal",
+        _ => "text",
     }
 }
 
@@ -461,6 +488,9 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 let Some(m) = c.get("message") else { continue };
                 if let Some(t) = m.get("content").and_then(Value::as_str) {
                     f(key(i, 0, Part::Text), t);
+                }
+                if let Some(t) = m.get("refusal").and_then(Value::as_str) {
+                    f(key(i, 0, Part::Refusal), t);
                 }
                 for tc in m
                     .get("tool_calls")
@@ -527,9 +557,10 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                     .flatten()
                     .enumerate()
                 {
-                    if let Some(t) = c.get("text").and_then(Value::as_str) {
+                    let part = content_part(c);
+                    if let Some(t) = c.get(text_field(part)).and_then(Value::as_str) {
                         // The same stream name as streamed (`reasoning_text` is thinking).
-                        f(key(oi as u64, ci as u64, content_part(c)), t);
+                        f(key(oi as u64, ci as u64, part), t);
                     }
                 }
             }
@@ -575,6 +606,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(|c| c.get_mut("message"))
             .and_then(|m| match k.part {
                 Part::Text => m.get_mut("content"),
+                Part::Refusal => m.get_mut("refusal"),
                 _ => m
                     .get_mut("tool_calls")
                     .and_then(Value::as_array_mut)
@@ -604,7 +636,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     .get_mut("content")
                     .and_then(Value::as_array_mut)
                     .and_then(|c| c.get_mut(k.b as usize))
-                    .and_then(|c| c.get_mut("text")),
+                    .and_then(|c| c.get_mut(text_field(k.part))),
             }),
         Api::Messages => v
             .get_mut("content")
@@ -624,7 +656,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     }
                     None
                 }
-                Part::Summary | Part::Code => None,
+                Part::Summary | Part::Code | Part::Refusal => None,
             }),
     };
     if let Some(s) = slot {

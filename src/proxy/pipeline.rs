@@ -943,7 +943,7 @@ fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
         Part::Code => TextKind::Code(crate::normalize::Lang::SCRIPT),
-        Part::Text | Part::Thinking | Part::Summary => TextKind::Markdown,
+        Part::Text | Part::Thinking | Part::Summary | Part::Refusal => TextKind::Markdown,
     }
 }
 
