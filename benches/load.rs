@@ -262,6 +262,9 @@ struct Params {
     echo: bool,
     /// From this event on, the upstream goes silent for ten minutes (idle streams).
     hang: Option<usize>,
+    /// Chat only: the answer is a tool call writing a Rust file, each event a piece of the
+    /// file in the call's `arguments` (which the proxy reads as JSON, the file as code).
+    tool: bool,
 }
 
 impl Params {
@@ -273,6 +276,7 @@ impl Params {
             first_ms: 0,
             echo: false,
             hang: None,
+            tool: false,
         }
     }
 }
@@ -288,11 +292,12 @@ fn steady_chat() -> Req {
 
 fn model(p: Params) -> String {
     format!(
-        "load-e{}-p{}-t{}{}{}",
+        "load-e{}-p{}-t{}{}{}{}",
         p.events,
         p.pace_ms,
         p.first_ms,
         if p.echo { "-x" } else { "" },
+        if p.tool { "-c" } else { "" },
         p.hang.map(|h| format!("-h{h}")).unwrap_or_default()
     )
 }
@@ -307,6 +312,7 @@ fn parse_model(m: &str) -> Params {
             "t" => p.first_ms = v.parse().unwrap_or(p.first_ms),
             "x" => p.echo = true,
             "h" => p.hang = v.parse().ok(),
+            "c" => p.tool = true,
             _ => {}
         }
     }
@@ -372,6 +378,28 @@ impl MockStream {
             format!(",\"ts\":\"{side}\"")
         };
         match self.fmt {
+            Fmt::Chat if self.p.tool => {
+                // A line of a Rust file per event, inside the `content` string of the
+                // arguments `{"path": "src/valley.rs", "content": "…"}`.
+                let head = if self.i == 0 {
+                    r#"{"path": "src/valley.rs", "content": ""#
+                } else {
+                    ""
+                };
+                let line = text.trim_end().replace(' ', "_");
+                let args = format!("{head}    let {line} = {};\\n", self.i);
+                let call = if self.i == 0 {
+                    json!({"index": 0, "id": "call_load", "type": "function", "function": {"name": "write_file", "arguments": args}})
+                } else {
+                    json!({"index": 0, "function": {"arguments": args}})
+                };
+                let mut v = json!({"id": "chatcmpl-load", "object": "chat.completion.chunk", "created": 0, "model": self.model,
+                    "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}]});
+                if !side.is_empty() {
+                    v["ts"] = json!(side);
+                }
+                format!("data: {v}\n\n")
+            }
             Fmt::Chat => {
                 let role = if self.i == 0 {
                     "\"role\":\"assistant\","
@@ -393,6 +421,12 @@ impl MockStream {
     }
     fn tail(&self) -> String {
         match self.fmt {
+            Fmt::Chat if self.p.tool => format!(
+                "data: {}\n\ndata: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"{}\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\ndata: [DONE]\n\n",
+                json!({"id": "chatcmpl-load", "object": "chat.completion.chunk", "created": 0, "model": self.model,
+                    "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"}"}}]}, "finish_reason": null}]}),
+                self.model
+            ),
             Fmt::Chat => format!(
                 "data: {{\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"{}\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: [DONE]\n\n",
                 self.model
@@ -857,6 +891,12 @@ impl Req {
     fn build(&self, addr: SocketAddr) -> hyper::Request<Full<Bytes>> {
         let m = model(self.p);
         let (path, body) = match self.fmt {
+            Fmt::Chat if self.p.tool => (
+                "/v1/chat/completions",
+                json!({"model": m, "stream": true, "messages": [{"role": "user", "content": &*self.prompt}],
+                    "tools": [{"type": "function", "function": {"name": "write_file", "description": "Writes a file.",
+                        "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}}}]}),
+            ),
             Fmt::Chat => (
                 "/v1/chat/completions",
                 json!({"model": m, "stream": true, "messages": [{"role": "user", "content": &*self.prompt}]}),
@@ -1434,6 +1474,7 @@ async fn scenario_idle(c: &mut Ctx, n: usize) {
         first_ms: 0,
         echo: false,
         hang: Some(30),
+        tool: false,
     };
     let r = Req {
         fmt: Fmt::Chat,
@@ -1904,9 +1945,15 @@ fn run(mut a: RunArgs, smoke: bool) {
         if want("formats") {
             scenario_one(&mut c, Fmt::Anthropic, "One stream at a time (Anthropic Messages, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
             scenario_one(&mut c, Fmt::Responses, "One stream at a time (OpenAI Responses, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
-            for (fmt, label) in [(Fmt::Anthropic, "128 concurrent Anthropic Messages streams"), (Fmt::Responses, "128 concurrent OpenAI Responses streams")] {
+            let tool = Params { tool: true, ..Params::paced(60, 20) };
+            scenario_one(&mut c, Fmt::Chat, "One stream at a time (OpenAI chat, a tool call writing a Rust file, 60 events at 50/s)", a.streams / 2, hi.clone(), tool, &no_litellm).await;
+            for (fmt, tool, label) in [
+                (Fmt::Anthropic, false, "128 concurrent Anthropic Messages streams"),
+                (Fmt::Responses, false, "128 concurrent OpenAI Responses streams"),
+                (Fmt::Chat, true, "128 concurrent OpenAI chat streams, each a tool call writing a Rust file"),
+            ] {
                 let n = if smoke { 4 } else { 128 };
-                let r = Req { fmt, p: Params::paced(100, 20), prompt: hi.clone() };
+                let r = Req { fmt, p: Params { tool, ..Params::paced(100, 20) }, prompt: hi.clone() };
                 let mut recs = Vec::new();
                 for &j in &no_litellm {
                     recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
@@ -1920,7 +1967,7 @@ fn run(mut a: RunArgs, smoke: bool) {
             for kb in [100usize, 1000] {
                 let text = Arc::new(prompt_text(&src, kb * 1000));
                 let label = format!("Large prompt ({} KB of indexed text), the answer quoting it (caller-supplied exemption), 40 events at 50/s", text.len() / 1000);
-                let p = Params { events: 40, pace_ms: 20, first_ms: 0, echo: true, hang: None };
+                let p = Params { events: 40, pace_ms: 20, first_ms: 0, echo: true, hang: None, tool: false };
                 scenario_one(&mut c, Fmt::Chat, &label, if smoke { 5 } else { 10 }, text, p, &no_litellm).await;
                 save(&c, &a.out);
             }
@@ -1949,9 +1996,14 @@ fn run(mut a: RunArgs, smoke: bool) {
     println!("{}", save(&c, &a.out));
     if smoke {
         // The smoke pass must at least have moved every stream through both arms.
-        let one = &c.out["One stream at a time (OpenAI chat, 60 events at 50/s)"];
-        for arm in ["direct", "verbatim scan off"] {
-            assert_eq!(one[arm]["ok"], one[arm]["streams"], "{arm}: {one}");
+        for label in [
+            "One stream at a time (OpenAI chat, 60 events at 50/s)",
+            "One stream at a time (OpenAI chat, a tool call writing a Rust file, 60 events at 50/s)",
+        ] {
+            let one = &c.out[label];
+            for arm in ["direct", "verbatim scan off"] {
+                assert_eq!(one[arm]["ok"], one[arm]["streams"], "{label}, {arm}: {one}");
+            }
         }
     }
 }
