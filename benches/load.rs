@@ -109,7 +109,7 @@ struct RunArgs {
     soak_secs: u64,
     #[arg(long, default_value_t = 300)]
     soak_streams: usize,
-    /// Only these scenarios (one, ladder, nonstream, formats, prompts, idle).
+    /// Only these scenarios (one, ladder, nonstream, formats, tools, prompts, idle).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -1945,15 +1945,9 @@ fn run(mut a: RunArgs, smoke: bool) {
         if want("formats") {
             scenario_one(&mut c, Fmt::Anthropic, "One stream at a time (Anthropic Messages, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
             scenario_one(&mut c, Fmt::Responses, "One stream at a time (OpenAI Responses, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
-            let tool = Params { tool: true, ..Params::paced(60, 20) };
-            scenario_one(&mut c, Fmt::Chat, "One stream at a time (OpenAI chat, a tool call writing a Rust file, 60 events at 50/s)", a.streams / 2, hi.clone(), tool, &no_litellm).await;
-            for (fmt, tool, label) in [
-                (Fmt::Anthropic, false, "128 concurrent Anthropic Messages streams"),
-                (Fmt::Responses, false, "128 concurrent OpenAI Responses streams"),
-                (Fmt::Chat, true, "128 concurrent OpenAI chat streams, each a tool call writing a Rust file"),
-            ] {
+            for (fmt, label) in [(Fmt::Anthropic, "128 concurrent Anthropic Messages streams"), (Fmt::Responses, "128 concurrent OpenAI Responses streams")] {
                 let n = if smoke { 4 } else { 128 };
-                let r = Req { fmt, p: Params { tool, ..Params::paced(100, 20) }, prompt: hi.clone() };
+                let r = Req { fmt, p: Params::paced(100, 20), prompt: hi.clone() };
                 let mut recs = Vec::new();
                 for &j in &no_litellm {
                     recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
@@ -1961,6 +1955,18 @@ fn run(mut a: RunArgs, smoke: bool) {
                 report(&mut c, label, &no_litellm, recs);
                 save(&c, &a.out);
             }
+        }
+        if want("tools") {
+            let tool = Params { tool: true, ..Params::paced(60, 20) };
+            scenario_one(&mut c, Fmt::Chat, "One stream at a time (OpenAI chat, a tool call writing a Rust file, 60 events at 50/s)", a.streams / 2, hi.clone(), tool, &no_litellm).await;
+            let n = if smoke { 4 } else { 128 };
+            let r = Req { fmt: Fmt::Chat, p: Params { tool: true, ..Params::paced(100, 20) }, prompt: hi.clone() };
+            let mut recs = Vec::new();
+            for &j in &no_litellm {
+                recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
+            }
+            report(&mut c, "128 concurrent OpenAI chat streams, each a tool call writing a Rust file", &no_litellm, recs);
+            save(&c, &a.out);
         }
         if want("prompts") {
             let src = a.prompt_source.clone().unwrap_or_else(|| PathBuf::from("src"));

@@ -854,8 +854,9 @@ pub struct StreamMeta {
     lite_seen: [String; 5],
 }
 
-/// The commonest streamed event — a Chat Completions chunk with one choice whose delta is
-/// text (and perhaps the role), not finishing — read without building a `serde_json::Value`:
+/// The commonest streamed events — a Chat Completions chunk with one choice whose delta is
+/// text (and perhaps the role), or a piece of one tool call's arguments, not finishing — read
+/// without building a `serde_json::Value`:
 /// at thousands of events a second the tree's allocations were the largest part of scanning
 /// one (docs/benchmarks.md). Anything else, or anything unexpected in the delta, is `None` and
 /// takes the general path.
@@ -894,23 +895,67 @@ struct LiteDelta<'a> {
     #[serde(borrow, default)]
     #[allow(dead_code)] // accepted, not used
     role: Option<&'a serde_json::value::RawValue>,
+    /// Exactly one tool call (more, or none in a list, take the general path).
+    #[serde(borrow, default)]
+    tool_calls: Option<(LiteToolCall<'a>,)>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiteToolCall<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // accepted, not used
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    #[allow(dead_code)] // accepted, not used
+    kind: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    function: LiteFunction<'a>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiteFunction<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // accepted, not used
+    name: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    arguments: std::borrow::Cow<'a, str>,
 }
 
 impl<'a> LiteChunk<'a> {
-    /// `data` read as a lite chunk, if it is one with non-empty text.
+    /// `data` read as a lite chunk, if it is one with exactly one non-empty piece: text, or
+    /// arguments (an event with both, or with neither, takes the general path).
     pub fn parse(data: &'a str) -> Option<LiteChunk<'a>> {
         let c: LiteChunk<'a> = serde_json::from_str(data).ok()?;
         let ch = &c.choices.0;
-        (ch.finish_reason.is_none() && ch.delta.content.as_deref().is_some_and(|t| !t.is_empty()))
-            .then_some(c)
+        let text = ch.delta.content.as_deref().is_some_and(|t| !t.is_empty());
+        let args = ch
+            .delta
+            .tool_calls
+            .as_ref()
+            .map(|t| t.0.function.arguments.is_empty());
+        let one = match args {
+            None => text,
+            Some(empty) => !empty && ch.delta.content.is_none(),
+        };
+        (ch.finish_reason.is_none() && one).then_some(c)
     }
-    /// The text piece, as [`event_pieces`] would give it.
+    /// The piece, as [`event_pieces`] would give it.
     pub fn piece(&self) -> (StreamKey, &str) {
         let ch = &self.choices.0;
-        (
-            key(ch.index, 0, Part::Text),
-            ch.delta.content.as_deref().unwrap_or(""),
-        )
+        match &ch.delta.tool_calls {
+            Some((tc,)) => (
+                key(ch.index, tc.index, Part::ToolArgs),
+                &tc.function.arguments,
+            ),
+            None => (
+                key(ch.index, 0, Part::Text),
+                ch.delta.content.as_deref().unwrap_or(""),
+            ),
+        }
     }
 }
 
@@ -1302,8 +1347,46 @@ mod tests {
     }
 
     #[test]
-    fn lite_chunks_are_text_deltas_only_and_agree_with_the_general_path() {
+    fn lite_chunks_are_text_or_argument_deltas_only_and_agree_with_the_general_path() {
+        let call = |i: u64, args: &str| json!({"index": i, "function": {"arguments": args}});
         for (delta, finish, lite) in [
+            (
+                json!({"tool_calls": [call(2, "{\"path\": \"a.rs\"")]}),
+                Value::Null,
+                true,
+            ),
+            (
+                json!({"content": null, "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "write", "arguments": "{\"p"}}]}),
+                Value::Null,
+                true,
+            ),
+            (json!({"tool_calls": [call(0, "")]}), Value::Null, false),
+            (
+                json!({"tool_calls": [call(0, "x"), call(1, "y")]}),
+                Value::Null,
+                false,
+            ),
+            (
+                json!({"content": "a", "tool_calls": [call(0, "x")]}),
+                Value::Null,
+                false,
+            ),
+            (
+                json!({"content": "", "tool_calls": [call(0, "x")]}),
+                Value::Null,
+                false,
+            ),
+            (
+                json!({"tool_calls": [call(0, "x")]}),
+                json!("tool_calls"),
+                false,
+            ),
+            (
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "x", "extra": 1}}]}),
+                Value::Null,
+                false,
+            ),
             (json!({"content": "hello \"world\"\n"}), Value::Null, true),
             (
                 json!({"role": "assistant", "content": "hi"}),
@@ -1317,6 +1400,7 @@ mod tests {
                 Value::Null,
                 false,
             ),
+            (json!({"tool_calls": []}), Value::Null, false),
             (json!({"reasoning_content": "hmm"}), Value::Null, false),
             (json!({"content": "x", "refusal": null}), Value::Null, false),
         ] {
