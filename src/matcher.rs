@@ -492,6 +492,14 @@ struct IndexMatcher {
     /// literal): windows that are not all code or abstract nothing have no key in the index.
     rrun: usize,
     since_abstract: usize,
+    /// Per fresh unit: whether its k-gram key is one the index marks common.
+    commons: Vec<bool>,
+    /// A stretch of boilerplate being received: where it starts in the output and how many
+    /// units have come since its last common k-gram. Text the index holds in too many
+    /// documents to be evidence (a license header, a table of zeros) opens no run, but a run
+    /// the distinctive text after it opens extends left over it; strict holdback keeps it
+    /// until it cannot be reached so ([`Scanner::stable_offset`]).
+    boiler: Option<(u64, u32)>,
 }
 
 impl IndexMatcher {
@@ -598,6 +606,13 @@ impl IndexMatcher {
     /// has every index's filter lines in flight at once (one memory latency per push, not
     /// one per index: docs/benchmarks.md).
     fn filter(&mut self) {
+        let index = &self.index;
+        self.commons.clear();
+        self.commons.extend(
+            self.probes
+                .iter()
+                .map(|k| k.is_some_and(|k| index.is_common(k))),
+        );
         self.index.retain_possible(&mut self.probes, &self.pos);
         self.index.prefetch_postings(&self.probes);
         if self.renamed.is_some() {
@@ -677,16 +692,31 @@ impl IndexMatcher {
 
     /// Takes the last unit of `hist`; `probe` and `rprobe` are the keys of the k-grams it
     /// completes (exact and rename-insensitive) if the filter says the index may hold them.
+    #[allow(clippy::too_many_arguments)] // one call site, in the per-unit loop
     fn on_unit(
         &mut self,
         hist: &VecDeque<Unit>,
         probe: Option<u64>,
         rprobe: Option<u64>,
+        common: bool,
         exempt: &FxHashSet<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
+        {
+            let cp = self.params.channel(unit.channel);
+            if common {
+                let start = hist[hist.len().saturating_sub(cp.k as usize)].start;
+                let from = self.boiler.map_or(start, |(s, _)| s.min(start));
+                self.boiler = Some((from, 0));
+            } else if let Some((from, n)) = self.boiler {
+                // A run of the text after the stretch seeds within p units of its last
+                // common k-gram (the next sampled position); k + p leaves room for a
+                // k-gram that straddles both.
+                self.boiler = (n < cp.k + cp.p).then_some((from, n + 1));
+            }
+        }
 
         // Extend open runs by this unit, or close them.
         let mut i = 0;
@@ -879,6 +909,7 @@ impl IndexMatcher {
 
     fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
         self.open_docs.clear();
+        self.boiler = None;
         for c in std::mem::take(&mut self.open) {
             self.close(&c, which, out);
         }
@@ -1014,6 +1045,8 @@ impl Scanner {
                 rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
                 rrun: 0,
                 since_abstract: usize::MAX,
+                commons: Vec::new(),
+                boiler: None,
                 pos: Vec::new(),
                 rpos: Vec::new(),
                 pairs: Vec::new(),
@@ -1133,10 +1166,12 @@ impl Scanner {
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
                 let rprobe = m.rprobes.get(j).copied().flatten();
+                let common = m.commons.get(j).copied().unwrap_or(false);
                 m.on_unit(
                     &self.hist,
                     probe,
                     rprobe,
+                    common,
                     &self.exempt,
                     i,
                     &mut self.findings,
@@ -1158,7 +1193,10 @@ impl Scanner {
     /// The byte offset before which output can be released without letting any unit of a run
     /// of `t` or more units out before that run is detected: the last `t − 1` units (t of the
     /// latest unit's channel: a channel change closes every run of the other channel, so those
-    /// are decided already), any unit still being formed, and every open run are held back.
+    /// are decided already), any unit still being formed, every open run, and a stretch of
+    /// boilerplate until `k + p` units after its last common k-gram (a run seeded by the text
+    /// after it would extend left over it; at most the kept history, beyond which no run
+    /// extends) are held back.
     pub fn stable_offset(&self) -> u64 {
         let mut p = self.norm.pending_start();
         if let Some(last) = self.hist.back() {
@@ -1178,6 +1216,9 @@ impl Scanner {
             }
             for c in &m.open {
                 p = p.min(c.out_start);
+            }
+            if let (Some((from, _)), Some(oldest)) = (m.boiler, self.hist.front()) {
+                p = p.min(from.max(oldest.start));
             }
         }
         p

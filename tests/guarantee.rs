@@ -400,3 +400,96 @@ fn text_pushed_after_finish_is_matched_afresh() {
         "a run found after the end reaches back across it: {second:?}"
     );
 }
+
+/// Strict holdback and boilerplate: a copy that begins with text the index holds in too many
+/// documents to be evidence (a shared license header) opens no run until its distinctive part
+/// arrives, and that run then extends left over the header. The header must still be held
+/// when the run opens — released, it would be units of a blocked run let out before the run
+/// was detected — and once no run can reach it, released.
+#[test]
+fn strict_holdback_keeps_boilerplate_a_later_run_extends_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = vocabulary('h', 500, 5);
+    let mut r = Rng(4242);
+    let mut code = |n: usize| -> String {
+        let punct = ["(", ")", "{", "}", ";", "=", "::", ","];
+        let mut s = String::new();
+        for _ in 0..n {
+            if r.below(3) == 0 {
+                s.push_str(punct[r.below(punct.len())]);
+            } else {
+                s.push_str(
+                    &vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+                );
+            }
+            s.push_str(["", " ", "\n"][r.below(3)]);
+        }
+        s
+    };
+    let header = code(60);
+    let docs: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("c{i}.rs"), format!("{header}\n{}", code(120))))
+        .collect();
+    let m = write_corpus(dir.path(), "code", "code", "licensed", None, &docs);
+    let params = Params {
+        code: ChannelParams { k: 5, p: 3 },
+        common_threshold: 4,
+        renamed: None,
+        ..Params::default()
+    };
+    let index = build_index(dir.path(), &[m], params);
+    assert!(
+        index.manifest().stats.common_keys > 0,
+        "the header is common"
+    );
+    let outside = vocabulary('z', 300, 11);
+    let intro: String = (0..20).map(|i| format!("{} ", outside[i])).collect();
+    let outro: String = (0..40).map(|i| format!("{} ", outside[100 + i])).collect();
+
+    // Streams `text` in random pieces; at the push where a run overlapping `body` is first
+    // seen, returns (where the run starts, what had been released before that push).
+    let stream = |text: &str, body: u64, seed: u64| -> Option<(u64, u64)> {
+        let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), RUST);
+        let mut r = Rng(seed);
+        let (mut at, mut released) = (0, 0u64);
+        let b = text.as_bytes();
+        while at < b.len() {
+            let end = (at + 1 + r.below(24)).min(b.len());
+            s.push_bytes(&b[at..end]);
+            at = end;
+            let seen = s
+                .take_findings()
+                .into_iter()
+                .chain(s.open_runs().map(|o| o.as_finding()))
+                .filter(|f| f.output_end > body)
+                .map(|f| f.output_start)
+                .min();
+            if let Some(start) = seen {
+                return Some((start, released));
+            }
+            released = released.max(s.stable_offset());
+        }
+        None
+    };
+    for seed in 0..20 {
+        let text = format!("{intro}{}{outro}", docs[seed as usize % 6].1);
+        let header_at = intro.len() as u64;
+        let body = header_at + header.len() as u64 + 1;
+        let (start, released) = stream(&text, body, seed).expect("the copy is found");
+        assert!(
+            start <= header_at + 8,
+            "seed {seed}: the run covers the header ({start})"
+        );
+        assert!(
+            released <= start,
+            "seed {seed}: {} bytes of the run's header released before it was detected",
+            released - start
+        );
+    }
+    // The header alone, then unrelated text: held while a run could still reach it, then let go.
+    let text = format!("{intro}{header}\n{outro}");
+    let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), RUST);
+    s.push_str(&text);
+    assert!(s.take_findings().is_empty());
+    assert!(s.stable_offset() > (intro.len() + header.len()) as u64);
+}

@@ -145,6 +145,9 @@ pub struct Index {
     units: Mmap,
     spans: Mmap,
     common: Mmap,
+    /// The common keys in RAM, for [`Index::is_common`] (built at open from `common.bin`;
+    /// ~2.3 bytes a key: 260 KB for the 113,000 common keys of 0.9 GB of crates).
+    common_filter: Option<BinaryFuse16>,
     /// One class byte per unit, when the index has the rename-insensitive channel.
     classes: Option<Mmap>,
 }
@@ -374,7 +377,16 @@ impl Index {
         let cpath = dir.join(format::COMMON);
         let common = map(&cpath)?;
         let ch = header(&cpath, &common, format::MAGIC_COMMON)?;
-        records::<CommonKey>(&cpath, &common, HEADER_LEN, ch.count)?;
+        let common_keys: &[CommonKey] = records(&cpath, &common, HEADER_LEN, ch.count)?;
+        let common_filter = {
+            let mut keys: Vec<u64> = common_keys.iter().map(|c| c.key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            (!keys.is_empty())
+                .then(|| BinaryFuse16::try_from(&keys[..]))
+                .transpose()
+                .map_err(|e| corrupt(&cpath, format!("common keys: {e}")))?
+        };
 
         let classes = match manifest.params.renamed {
             None => None,
@@ -404,6 +416,7 @@ impl Index {
             units,
             spans,
             common,
+            common_filter,
             classes,
         })
     }
@@ -430,7 +443,10 @@ impl Index {
     /// Bytes this index keeps in anonymous memory (filter and document table, estimated);
     /// everything else is read through the page cache.
     pub fn resident_bytes(&self) -> u64 {
-        let filter = self.filter.as_ref().map_or(0, |f| f.fingerprints.len() * 2) as u64;
+        let filter = [&self.filter, &self.common_filter]
+            .iter()
+            .map(|f| f.as_ref().map_or(0, |f| f.fingerprints.len() * 2) as u64)
+            .sum::<u64>();
         let docs: u64 = self
             .docs
             .iter()
@@ -521,6 +537,16 @@ impl Index {
     #[inline]
     pub fn may_contain(&self, key: u64) -> bool {
         self.filter.as_ref().is_some_and(|f| f.contains(&key))
+    }
+
+    /// Whether `key` is one of the keys found in so many documents that the index keeps no
+    /// postings for it (boilerplate: license headers, generated code); false positives at
+    /// the filter's rate (2⁻¹⁶), no false negatives.
+    #[inline]
+    pub fn is_common(&self, key: u64) -> bool {
+        self.common_filter
+            .as_ref()
+            .is_some_and(|f| f.contains(&key))
     }
 
     /// The postings of a sampled k-gram key (empty if absent or common).
