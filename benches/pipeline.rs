@@ -19,6 +19,7 @@
 //! line, as a model writes) stream as one stream per file, a word an event, under
 //! the built-in policy and under one that redacts license markers (whose text is held until its
 //! line ends, docs/proxy.md); for each event, how many events later it was released.
+//! `--lag-fence` puts each file in a code fence tagged with its extension (source files).
 //!
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
@@ -68,6 +69,10 @@ struct Args {
     /// that is held until it ends is then a whole paragraph).
     #[arg(long)]
     lag_unwrap: bool,
+    /// Each file in a Markdown code fence tagged with its extension, so a source file is
+    /// read as code (as a model's answer quoting it would be).
+    #[arg(long)]
+    lag_fence: bool,
     #[arg(long)]
     bench: bool,
 }
@@ -192,6 +197,7 @@ fn main() {
             dir,
             if a.bench { a.lag_mib << 20 } else { 64 << 10 },
             a.lag_unwrap,
+            a.lag_fence,
             indexes,
         );
     }
@@ -279,7 +285,13 @@ fn main() {
 }
 
 /// `--lag`: release lag under the built-in policy and under one that redacts license markers.
-fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<Arc<Index>>) {
+fn lag_report(
+    dir: &std::path::Path,
+    budget: usize,
+    unwrap: bool,
+    fence: bool,
+    indexes: Vec<Arc<Index>>,
+) {
     let mut files: Vec<PathBuf> = walk(dir);
     files.sort();
     let mut streams = Vec::new();
@@ -295,6 +307,10 @@ fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<A
                 .collect::<Vec<_>>()
                 .join("\n\n");
         }
+        if fence {
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+            text = format!("```{ext}\n{text}\n```\n");
+        }
         if bytes >= budget {
             break;
         }
@@ -309,13 +325,14 @@ fn lag_report(dir: &std::path::Path, budget: usize, unwrap: bool, indexes: Vec<A
     )
     .unwrap();
     println!(
-        "{} streams (files{}), {:.1} MB, {n_events} events of a word each, hold=strict, {} indexes",
+        "{} streams (files{}{}), {:.1} MB, {n_events} events of a word each, hold=strict, {} indexes",
         streams.len(),
         if unwrap {
             ", paragraphs on one line"
         } else {
             ""
         },
+        if fence { ", each in a code fence" } else { "" },
         bytes as f64 / 1e6,
         indexes.len()
     );
