@@ -596,6 +596,7 @@ struct Outcome {
 /// Streams `c` through a scanner in random chunks, as the proxy's strict holdback would.
 fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding>) {
     let mut sc = Scanner::new(std::slice::from_ref(index), TextKind::Markdown);
+    sc.set_hold_boilerplate(true);
     let units = normalize(&c.text, TextKind::Markdown);
     let span_units: Vec<_> = units
         .iter()

@@ -492,14 +492,22 @@ struct IndexMatcher {
     /// literal): windows that are not all code or abstract nothing have no key in the index.
     rrun: usize,
     since_abstract: usize,
-    /// Per fresh unit: whether its k-gram key is one the index marks common.
-    commons: Vec<bool>,
+    /// Whether boilerplate stretches are tracked ([`Scanner::set_hold_boilerplate`]).
+    track_boiler: bool,
+    /// Per fresh unit: whether it completes a k-gram, and if so whether the index marks that
+    /// k-gram's key common (filled only when boilerplate is tracked).
+    commons: Vec<Option<bool>>,
     /// A stretch of boilerplate being received: where it starts in the output and how many
-    /// units have come since its last common k-gram. Text the index holds in too many
-    /// documents to be evidence (a license header, a table of zeros) opens no run, but a run
-    /// the distinctive text after it opens extends left over it; strict holdback keeps it
-    /// until it cannot be reached so ([`Scanner::stable_offset`]).
+    /// units have come since its last boilerplate k-gram. Text that is no evidence — in too
+    /// many documents (a license header), or too repetitive to be indexed at all (a table of
+    /// zeros, [`crate::index::build::informative`]) — opens no run, but a run the distinctive
+    /// text after it opens extends left over it; strict holdback keeps it until it cannot be
+    /// reached so ([`Scanner::stable_offset`]).
     boiler: Option<(u64, u32)>,
+    /// Trailing units each different from the up to ⌈k/4⌉ − 1 units before it: the last
+    /// ⌈k/4⌉ units are all different (so their k-gram is informative) when it reaches
+    /// ⌈k/4⌉ − 1 — a test of a few comparisons a unit instead of one over the k-gram.
+    clean: usize,
 }
 
 impl IndexMatcher {
@@ -608,11 +616,10 @@ impl IndexMatcher {
     fn filter(&mut self) {
         let index = &self.index;
         self.commons.clear();
-        self.commons.extend(
-            self.probes
-                .iter()
-                .map(|k| k.is_some_and(|k| index.is_common(k))),
-        );
+        if self.track_boiler {
+            self.commons
+                .extend(self.probes.iter().map(|k| k.map(|k| index.is_common(k))));
+        }
         self.index.retain_possible(&mut self.probes, &self.pos);
         self.index.prefetch_postings(&self.probes);
         if self.renamed.is_some() {
@@ -698,16 +705,35 @@ impl IndexMatcher {
         hist: &VecDeque<Unit>,
         probe: Option<u64>,
         rprobe: Option<u64>,
-        common: bool,
+        common: Option<bool>,
         exempt: &FxHashSet<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
-        {
+        if self.track_boiler {
             let cp = self.params.channel(unit.channel);
-            if common {
-                let start = hist[hist.len().saturating_sub(cp.k as usize)].start;
+            let k = cp.k as usize;
+            // Boilerplate: a common k-gram, or one too repetitive to be indexed (the last
+            // ⌈k/4⌉ units all different make it informative; else count over the k-gram).
+            let need = 2.max(k.div_ceil(4));
+            let h = hist.len();
+            let differs = (1..need.min(h)).all(|d| hist[h - 1 - d].hash != unit.hash);
+            self.clean = if differs { self.clean + 1 } else { 0 };
+            let boiler = match common {
+                None => false,
+                Some(true) => true,
+                Some(false) => {
+                    self.clean < need - 1
+                        && k <= h
+                        && !crate::index::build::distinct_at_least(
+                            hist.range(h - k..).map(|u| u.hash),
+                            need,
+                        )
+                }
+            };
+            if boiler {
+                let start = hist[hist.len().saturating_sub(k)].start;
                 let from = self.boiler.map_or(start, |(s, _)| s.min(start));
                 self.boiler = Some((from, 0));
             } else if let Some((from, n)) = self.boiler {
@@ -910,6 +936,7 @@ impl IndexMatcher {
     fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
         self.open_docs.clear();
         self.boiler = None;
+        self.clean = 0;
         for c in std::mem::take(&mut self.open) {
             self.close(&c, which, out);
         }
@@ -1045,8 +1072,10 @@ impl Scanner {
                 rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
                 rrun: 0,
                 since_abstract: usize::MAX,
+                track_boiler: false,
                 commons: Vec::new(),
                 boiler: None,
+                clean: 0,
                 pos: Vec::new(),
                 rpos: Vec::new(),
                 pairs: Vec::new(),
@@ -1094,6 +1123,16 @@ impl Scanner {
     /// only cited, and holding a whole license back until it ends would delay it for nothing.
     pub fn set_hold_license_runs(&mut self, hold: bool) {
         self.hold_license_runs = hold;
+    }
+
+    /// Whether [`Scanner::stable_offset`] holds back boilerplate a later run could extend over
+    /// (false by default: tracking it costs 10–20 % of a scan of code that matches nothing,
+    /// docs/benchmarks.md, and only strict holdback reads it). Set it before the first push.
+    pub fn set_hold_boilerplate(&mut self, hold: bool) {
+        for m in &mut self.matchers {
+            m.track_boiler = hold;
+            (m.boiler, m.clean) = (None, 0);
+        }
     }
 
     /// Feeds text.
@@ -1166,7 +1205,7 @@ impl Scanner {
             for (i, m) in self.matchers.iter_mut().enumerate() {
                 let probe = m.probes[j];
                 let rprobe = m.rprobes.get(j).copied().flatten();
-                let common = m.commons.get(j).copied().unwrap_or(false);
+                let common = m.commons.get(j).copied().flatten();
                 m.on_unit(
                     &self.hist,
                     probe,
@@ -1193,10 +1232,10 @@ impl Scanner {
     /// The byte offset before which output can be released without letting any unit of a run
     /// of `t` or more units out before that run is detected: the last `t − 1` units (t of the
     /// latest unit's channel: a channel change closes every run of the other channel, so those
-    /// are decided already), any unit still being formed, every open run, and a stretch of
-    /// boilerplate until `k + p` units after its last common k-gram (a run seeded by the text
-    /// after it would extend left over it; at most the kept history, beyond which no run
-    /// extends) are held back.
+    /// are decided already), any unit still being formed, every open run, and — with
+    /// [`Scanner::set_hold_boilerplate`] — a stretch of boilerplate until `k + p` units after
+    /// its last common or repetitive k-gram (a run seeded by the text after it would extend
+    /// left over it; at most the kept history, beyond which no run extends) are held back.
     pub fn stable_offset(&self) -> u64 {
         let mut p = self.norm.pending_start();
         if let Some(last) = self.hist.back() {

@@ -450,6 +450,7 @@ fn strict_holdback_keeps_boilerplate_a_later_run_extends_over() {
     // seen, returns (where the run starts, what had been released before that push).
     let stream = |text: &str, body: u64, seed: u64| -> Option<(u64, u64)> {
         let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), RUST);
+        s.set_hold_boilerplate(true);
         let mut r = Rng(seed);
         let (mut at, mut released) = (0, 0u64);
         let b = text.as_bytes();
@@ -489,7 +490,87 @@ fn strict_holdback_keeps_boilerplate_a_later_run_extends_over() {
     // The header alone, then unrelated text: held while a run could still reach it, then let go.
     let text = format!("{intro}{header}\n{outro}");
     let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), RUST);
+    s.set_hold_boilerplate(true);
     s.push_str(&text);
     assert!(s.take_findings().is_empty());
     assert!(s.stable_offset() > (intro.len() + header.len()) as u64);
+}
+
+/// The same for a copy that begins with text too repetitive to be indexed at all (a table of
+/// zeros: its k-grams have too few distinct units to be keys, common or not): held while it
+/// streams, so the run the code after it opens has released nothing of it; let go once the
+/// table is followed by text that is not the copy.
+#[test]
+fn strict_holdback_keeps_a_repetitive_start_a_later_run_extends_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = vocabulary('r', 500, 6);
+    let mut r = Rng(77);
+    let body: String = (0..60)
+        .map(|_| {
+            format!(
+                "{} ( ) ;\n",
+                vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            )
+        })
+        .collect();
+    let table = format!("{}\n", "0, ".repeat(100));
+    let doc = format!("{table}{body}");
+    let m = write_corpus(
+        dir.path(),
+        "code",
+        "code",
+        "licensed",
+        None,
+        &[("t.rs".to_string(), doc.clone())],
+    );
+    let index = build_index(
+        dir.path(),
+        &[m],
+        Params {
+            renamed: None,
+            ..Params::default()
+        },
+    );
+    let intro = "Here is the table:\n\n```rust\n";
+    for piece in [1, 5, 17] {
+        let text = format!("{intro}{doc}```\n");
+        let mut s =
+            verbatim::matcher::Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
+        s.set_hold_boilerplate(true);
+        let mut released = 0;
+        let mut seen = None;
+        for c in text.as_bytes().chunks(piece) {
+            s.push_bytes(c);
+            seen = s
+                .take_findings()
+                .into_iter()
+                .chain(s.open_runs().map(|o| o.as_finding()))
+                .map(|f| f.output_start)
+                .min();
+            if seen.is_some() {
+                break;
+            }
+            released = released.max(s.stable_offset());
+        }
+        let start = seen.expect("the copy is found");
+        assert!(
+            start <= intro.len() as u64,
+            "piece {piece}: the run covers the table"
+        );
+        assert!(
+            released <= start,
+            "piece {piece}: {} bytes of the table out before the run",
+            released - start
+        );
+    }
+    // The table, then prose: released once no run can reach it.
+    let text = format!(
+        "{intro}{table}```\n\n{}\n",
+        "and then the answer went on to other things ".repeat(8)
+    );
+    let mut s = verbatim::matcher::Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
+    s.set_hold_boilerplate(true);
+    s.push_str(&text);
+    assert!(s.take_findings().is_empty());
+    assert!(s.stable_offset() > (intro.len() + table.len()) as u64);
 }

@@ -3,6 +3,7 @@
 //! not held back when the policy cannot block them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+mod common;
 mod proxy_mock;
 
 use std::sync::{Arc, OnceLock};
@@ -1077,4 +1078,60 @@ fn a_block_cuts_free_form_tool_input_and_empties_json_arguments() {
         "{cut:?}"
     );
     assert_eq!(out["output"][1]["arguments"], "");
+}
+
+/// Through the proxy's pipeline under strict holdback: an answer quoting a file that begins
+/// with a table of zeros (too repetitive to be indexed) and goes on with distinctive code, under
+/// a policy that redacts. The table is held while it streams, since the run the code opens
+/// extends left over it, so the redaction covers it and none of it reaches the client.
+#[test]
+fn strict_holdback_redacts_a_repetitive_start_a_later_run_extends_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = common::vocabulary('t', 500, 8);
+    let mut r = common::Rng(5);
+    let body: String = (0..60)
+        .map(|_| {
+            format!(
+                "{} ( ) ;\n",
+                vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            )
+        })
+        .collect();
+    let doc = format!("{}\n{body}", "0, ".repeat(100));
+    let m = common::write_corpus(
+        dir.path(),
+        "code",
+        "code",
+        "licensed",
+        None,
+        &[("t.rs".to_string(), doc.clone())],
+    );
+    let index = common::build_index(dir.path(), &[m], verbatim::index::Params::default());
+    let answer = format!("Here is the file:\n\n```rust\n{doc}```\n");
+    for piece in [1, 4, 9] {
+        let mut s = setup(redact_everything());
+        s.indexes = vec![Arc::clone(&index)];
+        let mut p = Pipeline::new(Api::ChatCompletions, s);
+        let mut out = Vec::new();
+        for ev in String::from_utf8(openai_stream(&answer, piece))
+            .unwrap()
+            .split_inclusive("\n\n")
+        {
+            for f in p.push(ev.as_bytes()) {
+                out.extend_from_slice(&f);
+            }
+        }
+        for f in p.finish() {
+            out.extend_from_slice(&f);
+        }
+        let got = openai_text(&events(&out));
+        assert!(
+            got.starts_with("Here is the file:") && got.contains("[verbatim: redacted"),
+            "piece {piece}: {got}"
+        );
+        assert!(
+            !got.contains("0, 0"),
+            "piece {piece}: the table was released: {got}"
+        );
+    }
 }

@@ -497,6 +497,7 @@ impl Pipeline {
         let mut s = Scanner::new(&self.setup.indexes, text_kind(key.part));
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         s.set_hold_license_runs(self.hold_license);
+        s.set_hold_boilerplate(self.setup.hold == Hold::Strict);
         // One slot at a time: most responses have one stream or two, and a scanner and a
         // marker scanner are large, so the usual growth to four slots left ~3 KB of every
         // open stream unused (heaptrack, docs/benchmarks.md "Memory per idle stream").
