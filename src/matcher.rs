@@ -893,6 +893,22 @@ impl IndexMatcher {
                 self.left = pairs;
                 continue;
             };
+            // Renamings made left of the run's first equal unit are not the run's: a name
+            // there (`x` before `== MIN` where the source has `start`) must not stop the same
+            // name later from matching itself (`start` … `start`). The names are paired again
+            // over the run alone.
+            if lead > 0 && names.as_ref().is_some_and(|n| n.active) {
+                let mut fresh = Box::<Names>::default();
+                for &(o, d, _) in &pairs[lead..] {
+                    compare(
+                        &hist[o],
+                        units[d as usize],
+                        class(d as usize),
+                        Some(&mut fresh),
+                    );
+                }
+                names = Some(fresh);
+            }
             let (start, doc_start, _) = pairs[lead];
             let empty = Extent {
                 out_end: hist[start].start,

@@ -569,6 +569,39 @@ fn an_exact_run_followed_by_a_renamed_name_is_still_reported() {
     assert!(checked >= 20, "only {checked} windows checked");
 }
 
+/// An exact copy preceded in the output by another name where the source has a name `p` that
+/// occurs again inside the copy: the left extension pairs the other name with `p` as a
+/// renaming, but that unit is left of the run's first equal unit, not part of it — so the later
+/// `p` must still match itself and the copy be one exact finding. Before, the dropped pairing
+/// made the later `p` differ (a 24-unit copy of tantivy's bucket code in the quality benchmark
+/// was not found at all).
+#[test]
+fn a_renaming_left_of_an_exact_run_does_not_break_it() {
+    let f = fixture();
+    let mut checked = 0;
+    for (d, doc) in f.code.iter().enumerate() {
+        let units = normalize(doc, RUST);
+        for a in (1..units.len().saturating_sub(45)).step_by(7) {
+            let (before, w) = (&units[a - 1], &units[a..a + 40]);
+            // The name before the copy occurs again in its last 12 units, and not earlier.
+            let again = w.iter().position(|u| u.hash == before.hash);
+            if before.class != UnitClass::Ident || again.is_none_or(|i| i < 28) {
+                continue;
+            }
+            let (s, e) = (w[0].start as usize, w[39].end as usize);
+            let text = format!("zzz_other {}", &doc[s..e]);
+            let got = scan(&f.index, RUST, &text);
+            assert!(
+                got.iter()
+                    .any(|g| g.doc as usize == d && g.kind == MatchKind::Exact && g.units >= 40),
+                "doc {d} at unit {a}: {got:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} windows checked");
+}
+
 /// Code of one shape in `n` documents, each with its own names, between code of its own, at
 /// offsets that cover every residue modulo the renamed channel's p = 6 equally: each of its
 /// keys is sampled in `n / 6` documents. With 42, that is 7 — fewer than the 8 that make a
