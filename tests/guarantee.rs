@@ -503,29 +503,10 @@ fn strict_holdback_keeps_boilerplate_a_later_run_extends_over() {
 #[test]
 fn strict_holdback_keeps_a_repetitive_start_a_later_run_extends_over() {
     let dir = tempfile::tempdir().unwrap();
-    let vocab = vocabulary('r', 500, 6);
-    let mut r = Rng(77);
-    let body: String = (0..60)
-        .map(|_| {
-            format!(
-                "{} ( ) ;\n",
-                vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-            )
-        })
-        .collect();
-    let table = format!("{}\n", "0, ".repeat(100));
-    let doc = format!("{table}{body}");
-    let m = write_corpus(
+    let (table, doc) = common::table_then_code('r', 6);
+    let index = common::one_code_doc_index(
         dir.path(),
-        "code",
-        "code",
-        "licensed",
-        None,
-        &[("t.rs".to_string(), doc.clone())],
-    );
-    let index = build_index(
-        dir.path(),
-        &[m],
+        &doc,
         Params {
             renamed: None,
             ..Params::default()

@@ -1087,26 +1087,8 @@ fn a_block_cuts_free_form_tool_input_and_empties_json_arguments() {
 #[test]
 fn strict_holdback_redacts_a_repetitive_start_a_later_run_extends_over() {
     let dir = tempfile::tempdir().unwrap();
-    let vocab = common::vocabulary('t', 500, 8);
-    let mut r = common::Rng(5);
-    let body: String = (0..60)
-        .map(|_| {
-            format!(
-                "{} ( ) ;\n",
-                vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-            )
-        })
-        .collect();
-    let doc = format!("{}\n{body}", "0, ".repeat(100));
-    let m = common::write_corpus(
-        dir.path(),
-        "code",
-        "code",
-        "licensed",
-        None,
-        &[("t.rs".to_string(), doc.clone())],
-    );
-    let index = common::build_index(dir.path(), &[m], verbatim::index::Params::default());
+    let (_, doc) = common::table_then_code('t', 8);
+    let index = common::one_code_doc_index(dir.path(), &doc, verbatim::index::Params::default());
     let answer = format!("Here is the file:\n\n```rust\n{doc}```\n");
     for piece in [1, 4, 9] {
         let mut s = setup(redact_everything());

@@ -99,3 +99,34 @@ pub fn vocabulary(tag: char, n: usize, seed: u64) -> Vec<String> {
         })
         .collect()
 }
+
+/// A code document that begins with a table of zeros (k-grams too repetitive to index) and goes
+/// on with 60 lines of distinctive calls; returns (the table, the whole document).
+pub fn table_then_code(tag: char, seed: u64) -> (String, String) {
+    let vocab = vocabulary(tag, 500, seed);
+    let mut r = Rng(seed ^ 0x7ab1e);
+    let body: String = (0..60)
+        .map(|_| {
+            format!(
+                "{} ( ) ;\n",
+                vocab[r.below(vocab.len())].replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            )
+        })
+        .collect();
+    let table = format!("{}\n", "0, ".repeat(100));
+    let doc = format!("{table}{body}");
+    (table, doc)
+}
+
+/// An index at `dir/idx` of one code corpus holding `doc` as `t.rs`.
+pub fn one_code_doc_index(dir: &Path, doc: &str, params: Params) -> Arc<Index> {
+    let m = write_corpus(
+        dir,
+        "code",
+        "code",
+        "licensed",
+        None,
+        &[("t.rs".to_string(), doc.to_string())],
+    );
+    build_index(dir, &[m], params)
+}
