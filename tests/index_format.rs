@@ -13,12 +13,18 @@ use verbatim::index::{Index, IndexOpenError, Params};
 use verbatim::matcher::{FindingReport, Scanner};
 use verbatim::normalize::{TextKind, normalize};
 
-const FIXTURE: &str = "tests/fixtures/index-v2";
+const FIXTURE: &str = "tests/fixtures/index-v3";
 /// The same corpora built with the rename-insensitive channel (optional since format 1:
 /// `params.renamed` in the manifest and `classes.bin`; indexes without it still open).
-const FIXTURE_RENAMED: &str = "tests/fixtures/index-v2-renamed";
-/// An index of format 1, as the previous release built it: refused, with a clear message.
-const FIXTURE_V1: &str = "tests/fixtures/index-v1";
+const FIXTURE_RENAMED: &str = "tests/fixtures/index-v3-renamed";
+/// Indexes of the earlier formats, as earlier releases built them: refused, with a clear
+/// message (format 2 lexed `'"'` as a quote opening a string to the end of the line).
+const FIXTURES_OLD: [(&str, u32); 4] = [
+    ("tests/fixtures/index-v1", 1),
+    ("tests/fixtures/index-v1-renamed", 1),
+    ("tests/fixtures/index-v2", 2),
+    ("tests/fixtures/index-v2-renamed", 2),
+];
 
 /// A sentence copied from `corpora/fixtures/acme-books/chapter-02.md`, reflowed and capitalised.
 const COPIED: &str = "Sure. \"YOU'LL WANT TO WRITE THAT DOWN,\" he told Marguerite, when she asked him about the \
@@ -178,42 +184,43 @@ fn another_format_version_fails_with_a_clear_message() {
     let m = p.join("manifest.json");
     let text = std::fs::read_to_string(&m)
         .unwrap()
-        .replace("\"format_version\": 2", "\"format_version\": 999");
+        .replace("\"format_version\": 3", "\"format_version\": 999");
     std::fs::write(&m, text).unwrap();
     let e = Index::open(&p).unwrap_err();
     assert!(matches!(
         e,
         IndexOpenError::FormatVersion {
             found: 999,
-            expected: 2,
+            expected: 3,
             ..
         }
     ));
     assert!(
         e.to_string()
-            .contains("has format version 999, this verbatim reads version 2: rebuild it"),
+            .contains("has format version 999, this verbatim reads version 3: rebuild it"),
         "{e}"
     );
 }
 
 #[test]
 fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
-    for dir in [FIXTURE_V1, "tests/fixtures/index-v1-renamed"] {
+    for (dir, version) in FIXTURES_OLD {
         let e = Index::open(dir).unwrap_err();
         assert!(
             matches!(
                 e,
                 IndexOpenError::FormatVersion {
-                    found: 1,
-                    expected: 2,
+                    found,
+                    expected: 3,
                     ..
-                }
+                } if found == version
             ),
             "{dir}: {e}"
         );
         assert!(
-            e.to_string()
-                .contains("has format version 1, this verbatim reads version 2: rebuild it"),
+            e.to_string().contains(&format!(
+                "has format version {version}, this verbatim reads version 3: rebuild it"
+            )),
             "{e}"
         );
     }

@@ -213,6 +213,39 @@ fn code_is_insensitive_to_whitespace_indentation_and_comments() {
     assert_ne!(hashes("s = \"a b\"", RUST), hashes("s = \"a  b\"", RUST));
 }
 
+/// Char literals are one unit where `'` quotes no strings, so a `"` inside one opens no string:
+/// before index format 3, `'"'` made the rest of the line one string unit, trailing spaces and
+/// all, so re-indenting such a line changed it (a whitespace case of the quality benchmark was
+/// missed so). A `'` that closes nothing — a Rust lifetime, a `'\u{…}'` escape — is punctuation
+/// as before.
+#[test]
+fn char_literals_are_units_and_a_quote_inside_one_opens_no_string() {
+    let line = "let c = none_of('\"').parse_next(input)?;\nif c == '\\\\' { f('a') }\n";
+    let spaced =
+        "\t\tlet c = none_of('\"').parse_next( input )?;   \n\t\tif c == '\\\\' {  f( 'a' ) }  \n";
+    assert_eq!(hashes(spaced, RUST), hashes(line, RUST));
+    let units = normalize(line, RUST);
+    let texts: Vec<&str> = units
+        .iter()
+        .map(|u| &line[u.start as usize..u.end as usize])
+        .collect();
+    assert!(
+        texts.contains(&"'\"'") && texts.contains(&"'\\\\'") && texts.contains(&"'a'"),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"parse_next"), "{texts:?}");
+    // Lifetimes and unknown escapes: a quote unit, then the rest lexed as before.
+    let l = "fn f<'a>(x: &'static str, y: &'a T) -> char { '\\u{41}' }";
+    let t: Vec<&str> = normalize(l, RUST)
+        .iter()
+        .map(|u| &l[u.start as usize..u.end as usize])
+        .collect();
+    assert_eq!(&t[2..5], ["<", "'", "a"], "{t:?}");
+    assert!(t.contains(&"static") && t.contains(&"41"), "{t:?}");
+    // Where `'` quotes strings (Python), nothing changes.
+    assert_eq!(hashes("x = 'a' + \"'\"", py()).len(), 5);
+}
+
 #[test]
 fn units_map_back_to_their_bytes() {
     let text = "Héllo, **wörld**!\n```py\nx = 'q' # c\n```\nBye";

@@ -11,7 +11,7 @@ use crate::normalize::Channel;
 /// 1: the first. 2: the normaliser keeps a Markdown document's fenced code open across fence
 /// lines inside a block comment of a named language (`/** … ```rust … ``` … */`), which
 /// changes the units of such documents.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const DOCS: &str = "docs.jsonl";

@@ -18,6 +18,14 @@ enum State {
         quote: char,
         escaped: bool,
     },
+    /// A char literal being read where `'` does not quote strings: `'x'`, `'\x'` (`stage` 0
+    /// after the quote, 1 after a backslash, 2 before the closing quote). Anything else (a
+    /// Rust lifetime `'a`, `'\u{…}'`) is read as before: the `'` a unit of its own, the rest
+    /// lexed again after it. Without it, the `"` in `'"'` or `'\"'` opened a string that took
+    /// the rest of the line, trailing whitespace included, as one unit.
+    Char {
+        stage: u8,
+    },
     /// Saw `/` where `//` or `/*` may follow.
     Slash,
     /// Saw `-` where `--` may follow.
@@ -55,9 +63,12 @@ impl CodeLexer {
 
     pub(crate) fn pending_start(&self) -> Option<u64> {
         match self.state {
-            State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
-                Some(self.tok_start)
-            }
+            State::Ident
+            | State::Number
+            | State::Str { .. }
+            | State::Char { .. }
+            | State::Slash
+            | State::Dash => Some(self.tok_start),
             // Comments never become units; nothing in them is pending.
             State::Idle | State::LineComment | State::BlockComment { .. } => None,
         }
@@ -137,7 +148,7 @@ impl CodeLexer {
             _ if !self.lang.renames => UnitClass::Other,
             State::Ident if !is_keyword(hash, &self.tok) => UnitClass::Ident,
             State::Number => UnitClass::Number,
-            State::Str { .. } => UnitClass::Str,
+            State::Str { .. } | State::Char { .. } => UnitClass::Str,
             _ => UnitClass::Other,
         };
         out.push(Unit {
@@ -199,6 +210,28 @@ impl CodeLexer {
                     }
                 }
             }
+            State::Char { stage } => match (stage, c) {
+                (_, '\n') | (0, '\'') => {
+                    self.abandon_char(out);
+                    self.push_char(c, at, out);
+                }
+                (0, '\\') => {
+                    self.tok.push(c);
+                    self.state = State::Char { stage: 1 };
+                }
+                (0 | 1, _) => {
+                    self.tok.push(c);
+                    self.state = State::Char { stage: 2 };
+                }
+                (_, '\'') => {
+                    self.tok.push(c);
+                    self.emit(at + len, out);
+                }
+                _ => {
+                    self.abandon_char(out);
+                    self.push_char(c, at, out);
+                }
+            },
             State::Slash => match c {
                 '/' => {
                     self.tok.clear();
@@ -237,6 +270,20 @@ impl CodeLexer {
         }
     }
 
+    /// A `'` that did not open a char literal: the quote is a unit of its own, as it is where
+    /// no char literal is tried, and the characters read after it are lexed again.
+    fn abandon_char(&mut self, out: &mut Vec<Unit>) {
+        let rest = self.tok.split_off(1);
+        let start = self.tok_start;
+        self.state = State::Idle;
+        self.emit(start + 1, out);
+        let mut at = start + 1;
+        for ch in rest.chars() {
+            self.push_char(ch, at, out);
+            at += ch.len_utf8() as u64;
+        }
+    }
+
     fn idle(&mut self, c: char, at: u64, out: &mut Vec<Unit>) {
         let lang = self.lang;
         if c.is_whitespace() {
@@ -258,6 +305,8 @@ impl CodeLexer {
                     escaped: false,
                 },
             );
+        } else if c == '\'' && lang.char_literals {
+            self.start(c, at, State::Char { stage: 0 });
         } else if c == '/' && lang.c_comments {
             self.start(c, at, State::Slash);
         } else if c == '-' && lang.dash_comments {
@@ -272,6 +321,10 @@ impl CodeLexer {
 
     /// Ends the block: a token still open is complete.
     pub(crate) fn flush(&mut self, end: u64, out: &mut Vec<Unit>) {
+        if let State::Char { .. } = self.state {
+            // An unclosed `'` at the end: as if no char literal had been tried.
+            self.abandon_char(out);
+        }
         match self.state {
             State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
                 self.emit(end, out)

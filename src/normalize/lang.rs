@@ -20,6 +20,10 @@ pub struct Lang {
     /// `'...'` is a string literal (Python, JS, shell); otherwise `'` is punctuation, which keeps
     /// Rust lifetimes and C char literals from swallowing the rest of a line.
     pub single_quote_strings: bool,
+    /// Where `'` does not quote strings: `'x'` and `'\x'` are one char-literal unit (C, Rust,
+    /// Java, Go …), so the `"` in `'"'` opens no string; a `'` that does not close so (a Rust
+    /// lifetime) is punctuation as before.
+    pub char_literals: bool,
     /// `` `...` `` is a string literal (JS template strings, Go raw strings).
     pub backtick_strings: bool,
     /// Identifiers are names a copier could rename and literals values they could change (the
@@ -35,6 +39,7 @@ impl Lang {
         dash_comments: false,
         semicolon_comments: false,
         single_quote_strings: false,
+        char_literals: true,
         backtick_strings: false,
         renames: true,
     };
@@ -45,6 +50,7 @@ impl Lang {
         dash_comments: false,
         semicolon_comments: false,
         single_quote_strings: true,
+        char_literals: false,
         backtick_strings: false,
         renames: true,
     };
@@ -86,11 +92,14 @@ impl Lang {
     const LISP: Lang = Lang {
         c_comments: false,
         semicolon_comments: true,
+        // `'x` quotes a symbol; assembly's `'a'` is rare beside its `;` comments.
+        char_literals: false,
         ..Lang::C_LIKE
     };
     /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
     const PLAIN: Lang = Lang {
         c_comments: false,
+        char_literals: false,
         renames: false,
         ..Lang::C_LIKE
     };
