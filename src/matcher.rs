@@ -504,10 +504,6 @@ struct IndexMatcher {
     /// text after it opens extends left over it; strict holdback keeps it until it cannot be
     /// reached so ([`Scanner::stable_offset`]).
     boiler: Option<(u64, u32)>,
-    /// Trailing units each different from the up to ⌈k/4⌉ − 1 units before it: the last
-    /// ⌈k/4⌉ units are all different (so their k-gram is informative) when it reaches
-    /// ⌈k/4⌉ − 1 — a test of a few comparisons a unit instead of one over the k-gram.
-    clean: usize,
 }
 
 impl IndexMatcher {
@@ -697,43 +693,39 @@ impl IndexMatcher {
         }
     }
 
-    /// Takes the last unit of `hist`; `probe` and `rprobe` are the keys of the k-grams it
-    /// completes (exact and rename-insensitive) if the filter says the index may hold them.
-    #[allow(clippy::too_many_arguments)] // one call site, in the per-unit loop
+    /// Takes the last unit of `hist`, the `j`-th fresh unit of the block: `probes[j]` and
+    /// `rprobes[j]` are the keys of the k-grams it completes (exact and rename-insensitive) if
+    /// the filter says the index may hold them, `commons[j]` whether the exact one is common.
     fn on_unit(
         &mut self,
         hist: &VecDeque<Unit>,
-        probe: Option<u64>,
-        rprobe: Option<u64>,
-        common: Option<bool>,
+        j: usize,
         exempt: &FxHashSet<u64>,
         which: usize,
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
+        let probe = self.probes[j];
+        let rprobe = self.rprobes.get(j).copied().flatten();
         if self.track_boiler {
             let cp = self.params.channel(unit.channel);
             let k = cp.k as usize;
-            // Boilerplate: a common k-gram, or one too repetitive to be indexed (the last
-            // ⌈k/4⌉ units all different make it informative; else count over the k-gram).
-            let need = 2.max(k.div_ceil(4));
             let h = hist.len();
-            let differs = (1..need.min(h)).all(|d| hist[h - 1 - d].hash != unit.hash);
-            self.clean = if differs { self.clean + 1 } else { 0 };
-            let boiler = match common {
+            // Boilerplate: a common k-gram, or one too repetitive to be indexed (the index's
+            // own test, `build::informative`, over the last k units).
+            let boiler = match self.commons.get(j).copied().flatten() {
                 None => false,
                 Some(true) => true,
                 Some(false) => {
-                    self.clean < need - 1
-                        && k <= h
+                    k <= h
                         && !crate::index::build::distinct_at_least(
                             hist.range(h - k..).map(|u| u.hash),
-                            need,
+                            2.max(k.div_ceil(4)),
                         )
                 }
             };
             if boiler {
-                let start = hist[hist.len().saturating_sub(k)].start;
+                let start = hist[h.saturating_sub(k)].start;
                 let from = self.boiler.map_or(start, |(s, _)| s.min(start));
                 self.boiler = Some((from, 0));
             } else if let Some((from, n)) = self.boiler {
@@ -952,7 +944,6 @@ impl IndexMatcher {
     fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
         self.open_docs.clear();
         self.boiler = None;
-        self.clean = 0;
         for c in std::mem::take(&mut self.open) {
             self.close(&c, which, out);
         }
@@ -1091,7 +1082,6 @@ impl Scanner {
                 track_boiler: false,
                 commons: Vec::new(),
                 boiler: None,
-                clean: 0,
                 pos: Vec::new(),
                 rpos: Vec::new(),
                 pairs: Vec::new(),
@@ -1147,7 +1137,7 @@ impl Scanner {
     pub fn set_hold_boilerplate(&mut self, hold: bool) {
         for m in &mut self.matchers {
             m.track_boiler = hold;
-            (m.boiler, m.clean) = (None, 0);
+            m.boiler = None;
         }
     }
 
@@ -1219,18 +1209,7 @@ impl Scanner {
             }
             self.hist.push_back(u);
             for (i, m) in self.matchers.iter_mut().enumerate() {
-                let probe = m.probes[j];
-                let rprobe = m.rprobes.get(j).copied().flatten();
-                let common = m.commons.get(j).copied().flatten();
-                m.on_unit(
-                    &self.hist,
-                    probe,
-                    rprobe,
-                    common,
-                    &self.exempt,
-                    i,
-                    &mut self.findings,
-                );
+                m.on_unit(&self.hist, j, &self.exempt, i, &mut self.findings);
             }
         }
     }

@@ -224,7 +224,6 @@ pub fn shape_informative(window: &[crate::normalize::Unit]) -> bool {
 }
 
 /// Whether `hashes` holds at least `need` distinct values (or 16, which is always enough).
-/// Whether `hashes` holds at least `need` distinct values (at most 16 are told apart).
 pub(crate) fn distinct_at_least(hashes: impl Iterator<Item = u64>, need: usize) -> bool {
     let mut seen: [u64; 16] = [0; 16];
     let mut n = 0;

@@ -10,7 +10,8 @@ use crate::normalize::Channel;
 /// Version of the index directory layout and of everything that determines its contents.
 /// 1: the first. 2: the normaliser keeps a Markdown document's fenced code open across fence
 /// lines inside a block comment of a named language (`/** … ```rust … ``` … */`), which
-/// changes the units of such documents.
+/// changes the units of such documents. 3: the code lexer reads char literals (`'x'`, `'\x'`)
+/// as one unit where `'` quotes no strings, so the `"` in `'"'` no longer opens a string.
 pub const FORMAT_VERSION: u32 = 3;
 
 pub const MANIFEST: &str = "manifest.json";

@@ -931,17 +931,8 @@ impl<'a> LiteChunk<'a> {
     pub fn parse(data: &'a str) -> Option<LiteChunk<'a>> {
         let c: LiteChunk<'a> = serde_json::from_str(data).ok()?;
         let ch = &c.choices.0;
-        let text = ch.delta.content.as_deref().is_some_and(|t| !t.is_empty());
-        let args = ch
-            .delta
-            .tool_calls
-            .as_ref()
-            .map(|t| t.0.function.arguments.is_empty());
-        let one = match args {
-            None => text,
-            Some(empty) => !empty && ch.delta.content.is_none(),
-        };
-        (ch.finish_reason.is_none() && one).then_some(c)
+        let one = ch.delta.tool_calls.is_none() || ch.delta.content.is_none();
+        (ch.finish_reason.is_none() && one && !c.piece().1.is_empty()).then_some(c)
     }
     /// The piece, as [`event_pieces`] would give it.
     pub fn piece(&self) -> (StreamKey, &str) {
