@@ -1212,6 +1212,17 @@ async fn scenario_one(
     report(c, label, arms, recs);
 }
 
+/// 128 streams of `r` at once (4 in the smoke pass) for 4 s on each arm in turn, reported under
+/// `label`.
+async fn scenario_concurrent(c: &mut Ctx, label: &str, r: &Req, arms: &[usize], smoke: bool) {
+    let (n, secs) = if smoke { (4, 0.5) } else { (128, 4.0) };
+    let mut recs = Vec::new();
+    for &j in arms {
+        recs.push(run_users(&c.arms[j], n, r, secs).await);
+    }
+    report(c, label, arms, recs);
+}
+
 fn report(c: &mut Ctx, label: &str, arms: &[usize], mut recs: Vec<(Rec, f64, f64)>) {
     let mut rows = serde_json::Map::new();
     let sums: Vec<Value> = recs
@@ -1946,26 +1957,16 @@ fn run(mut a: RunArgs, smoke: bool) {
             scenario_one(&mut c, Fmt::Anthropic, "One stream at a time (Anthropic Messages, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
             scenario_one(&mut c, Fmt::Responses, "One stream at a time (OpenAI Responses, 60 events at 50/s)", a.streams / 2, hi.clone(), p, &no_litellm).await;
             for (fmt, label) in [(Fmt::Anthropic, "128 concurrent Anthropic Messages streams"), (Fmt::Responses, "128 concurrent OpenAI Responses streams")] {
-                let n = if smoke { 4 } else { 128 };
                 let r = Req { fmt, p: Params::paced(100, 20), prompt: hi.clone() };
-                let mut recs = Vec::new();
-                for &j in &no_litellm {
-                    recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
-                }
-                report(&mut c, label, &no_litellm, recs);
+                scenario_concurrent(&mut c, label, &r, &no_litellm, smoke).await;
                 save(&c, &a.out);
             }
         }
         if want("tools") {
             let tool = Params { tool: true, ..Params::paced(60, 20) };
             scenario_one(&mut c, Fmt::Chat, "One stream at a time (OpenAI chat, a tool call writing a Rust file, 60 events at 50/s)", a.streams / 2, hi.clone(), tool, &no_litellm).await;
-            let n = if smoke { 4 } else { 128 };
             let r = Req { fmt: Fmt::Chat, p: Params { tool: true, ..Params::paced(100, 20) }, prompt: hi.clone() };
-            let mut recs = Vec::new();
-            for &j in &no_litellm {
-                recs.push(run_users(&c.arms[j], n, &r, if smoke { 0.5 } else { 4.0 }).await);
-            }
-            report(&mut c, "128 concurrent OpenAI chat streams, each a tool call writing a Rust file", &no_litellm, recs);
+            scenario_concurrent(&mut c, "128 concurrent OpenAI chat streams, each a tool call writing a Rust file", &r, &no_litellm, smoke).await;
             save(&c, &a.out);
         }
         if want("prompts") {
