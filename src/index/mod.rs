@@ -138,7 +138,7 @@ pub struct Index {
     dir: PathBuf,
     manifest: Manifest,
     docs: Vec<DocMeta>,
-    filter: Option<BinaryFuse16>,
+    filter: Option<FuseTable>,
     postings: Mmap,
     bucket_bits: u32,
     n_postings: usize,
@@ -350,15 +350,22 @@ impl Index {
         let fbytes = map(&fpath)?;
         let fh = header(&fpath, &fbytes, format::MAGIC_FILTER)?;
         let fps: &[u16] = records(&fpath, &fbytes, HEADER_LEN, fh.count)?;
-        let filter = (fh.count > 0).then(|| BinaryFuse16 {
-            descriptor: Descriptor {
-                seed: fh.aux,
-                segment_length: fh.aux2[0] as u32,
-                segment_length_mask: fh.aux2[1] as u32,
-                segment_count_length: fh.aux2[2] as u32,
-            },
-            fingerprints: fps.to_vec().into_boxed_slice(),
-        });
+        let filter = if fh.count > 0 {
+            Some(FuseTable {
+                descriptor: Descriptor {
+                    seed: fh.aux,
+                    segment_length: fh.aux2[0] as u32,
+                    segment_length_mask: fh.aux2[1] as u32,
+                    segment_count_length: fh.aux2[2] as u32,
+                },
+                fingerprints: huge_copy(fps).map_err(|source| IndexOpenError::Io {
+                    path: fpath.clone(),
+                    source,
+                })?,
+            })
+        } else {
+            None
+        };
         if let Some(f) = &filter {
             // The filter indexes fingerprints by these values; check them so a damaged
             // descriptor cannot index out of bounds.
@@ -443,10 +450,11 @@ impl Index {
     /// Bytes this index keeps in anonymous memory (filter and document table, estimated);
     /// everything else is read through the page cache.
     pub fn resident_bytes(&self) -> u64 {
-        let filter = [&self.filter, &self.common_filter]
-            .iter()
-            .map(|f| f.as_ref().map_or(0, |f| f.fingerprints.len() * 2) as u64)
-            .sum::<u64>();
+        let filter = (self.filter.as_ref().map_or(0, |f| f.fps().len() * 2)
+            + self
+                .common_filter
+                .as_ref()
+                .map_or(0, |f| f.fingerprints.len() * 2)) as u64;
         let docs: u64 = self
             .docs
             .iter()
@@ -486,7 +494,7 @@ impl Index {
     pub fn prefetch_filter(&self, keys: &[Option<u64>], pos: &mut Vec<FilterPos>) {
         pos.clear();
         let Some(f) = &self.filter else { return };
-        let fps: &[u16] = &f.fingerprints;
+        let fps: &[u16] = f.fps();
         pos.extend(keys.iter().map(|k| {
             let Some(key) = *k else {
                 return (0, 0, 0, 0);
@@ -506,7 +514,7 @@ impl Index {
             keys.fill(None);
             return;
         };
-        let fps: &[u16] = &f.fingerprints;
+        let fps: &[u16] = f.fps();
         let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
         for (k, &(fp, a, b, c)) in keys.iter_mut().zip(pos) {
             if k.is_some() && fp ^ get(a) ^ get(b) ^ get(c) != 0 {
@@ -536,7 +544,7 @@ impl Index {
     /// Whether the filter says `key` may be present (no false negatives).
     #[inline]
     pub fn may_contain(&self, key: u64) -> bool {
-        self.filter.as_ref().is_some_and(|f| f.contains(&key))
+        self.filter.as_ref().is_some_and(|f| f.contains(key))
     }
 
     /// Whether `key` is one of the keys found in so many documents that the index keeps no
@@ -645,6 +653,47 @@ fn prefetch<T>(v: &[T], i: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (v, i);
+}
+
+/// The membership filter: a binary fuse filter (xorf's layout and hashing, see
+/// [`filter_positions`]; xorf builds it) whose fingerprints are copied at open into an
+/// anonymous map advised to use transparent huge pages. Each probe reads three random
+/// positions of a table far larger than the caches (48 MB for 0.9 GB of crates); with 4 KiB
+/// pages each read also missed the TLB and walked the page table, with 2 MiB pages the
+/// table's ~25 pages stay in the TLB. Measured: docs/benchmarks.md ("Huge pages for the
+/// filter").
+struct FuseTable {
+    descriptor: Descriptor,
+    fingerprints: memmap2::MmapMut,
+}
+
+impl FuseTable {
+    fn fps(&self) -> &[u16] {
+        // The map is page-aligned and holds exactly the fingerprints.
+        bytemuck::try_cast_slice(&self.fingerprints[..]).unwrap_or(&[])
+    }
+
+    #[inline]
+    fn contains(&self, key: u64) -> bool {
+        let (fp, a, b, c) = filter_positions(&self.descriptor, key);
+        let fps = self.fps();
+        let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
+        fp ^ get(a) ^ get(b) ^ get(c) == 0
+    }
+}
+
+/// `v` copied into an anonymous map advised to use transparent huge pages: a hint — where
+/// the kernel has none to give (THP off, memory fragmented) the pages are ordinary ones.
+/// Linux ≥ 6.7 places anonymous maps of 2 MiB or more on a 2 MiB boundary, so all of the map
+/// but its tail can be huge pages. mimalloc (built with `no_thp`) never asks for them: this
+/// map is one allocation made at open, all of it touched, so huge pages cost no memory here.
+fn huge_copy(v: &[u16]) -> std::io::Result<memmap2::MmapMut> {
+    let bytes: &[u8] = bytemuck::cast_slice(v);
+    let mut m = memmap2::MmapOptions::new().len(bytes.len()).map_anon()?;
+    #[cfg(target_os = "linux")]
+    let _ = m.advise(memmap2::Advice::HugePage);
+    m.copy_from_slice(bytes);
+    Ok(m)
 }
 
 /// A key's filter probe: its fingerprint and the three positions it is checked against.
