@@ -94,6 +94,33 @@ impl CodeLexer {
                         i += n;
                         continue;
                     }
+                    let c = b[i];
+                    if is_single(c) {
+                        // What `idle` makes of it — a unit of one character — without the
+                        // token buffer and the hashing: most units of code are these.
+                        out.push(Unit {
+                            class: UnitClass::Other,
+                            hash: single_hashes()[c as usize],
+                            start: at + i as u64,
+                            end: at + i as u64 + 1,
+                            channel: Channel::Code,
+                        });
+                        i += 1;
+                        continue;
+                    }
+                    if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
+                        // An identifier that ends in this piece, on an ASCII character (which
+                        // cannot continue it): a unit made from the slice itself.
+                        let n = b[i..]
+                            .iter()
+                            .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'));
+                        if let Some(n) = n.filter(|&n| b[i + n].is_ascii()) {
+                            let (start, end) = (at + i as u64, at + (i + n) as u64);
+                            out.push(unit(self.lang, State::Ident, &text[i..i + n], start, end));
+                            i += n;
+                            continue;
+                        }
+                    }
                 }
                 State::Ident => {
                     let n = run(|c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'))
@@ -143,21 +170,7 @@ impl CodeLexer {
     }
 
     fn emit(&mut self, end: u64, out: &mut Vec<Unit>) {
-        let hash = unit_hash(Channel::Code, self.tok.as_bytes());
-        let class = match self.state {
-            _ if !self.lang.renames => UnitClass::Other,
-            State::Ident if !is_keyword(hash, &self.tok) => UnitClass::Ident,
-            State::Number => UnitClass::Number,
-            State::Str { .. } | State::Char { .. } => UnitClass::Str,
-            _ => UnitClass::Other,
-        };
-        out.push(Unit {
-            class,
-            hash,
-            start: self.tok_start,
-            end,
-            channel: Channel::Code,
-        });
+        out.push(unit(self.lang, self.state, &self.tok, self.tok_start, end));
         self.tok.clear();
         self.state = State::Idle;
     }
@@ -334,6 +347,44 @@ impl CodeLexer {
         self.tok.clear();
         self.state = State::Idle;
     }
+}
+
+/// The unit of token `tok`, read in `state`, at `start..end`.
+#[inline]
+fn unit(lang: Lang, state: State, tok: &str, start: u64, end: u64) -> Unit {
+    let hash = unit_hash(Channel::Code, tok.as_bytes());
+    let class = match state {
+        _ if !lang.renames => UnitClass::Other,
+        State::Ident if !is_keyword(hash, tok) => UnitClass::Ident,
+        State::Number => UnitClass::Number,
+        State::Str { .. } | State::Char { .. } => UnitClass::Str,
+        _ => UnitClass::Other,
+    };
+    Unit {
+        class,
+        hash,
+        start,
+        end,
+        channel: Channel::Code,
+    }
+}
+
+/// Whether `idle` makes ASCII `c` a unit of its own in every language: punctuation that
+/// starts no identifier, string, char literal or comment (the characters that may are left to
+/// `idle`, which knows the language's conventions).
+#[inline]
+fn is_single(c: u8) -> bool {
+    c.is_ascii_punctuation()
+        && !matches!(
+            c,
+            b'_' | b'$' | b'"' | b'\'' | b'`' | b'/' | b'-' | b'#' | b';'
+        )
+}
+
+/// The unit hash of each one-byte ASCII token.
+fn single_hashes() -> &'static [u64; 128] {
+    static HASHES: std::sync::OnceLock<[u64; 128]> = std::sync::OnceLock::new();
+    HASHES.get_or_init(|| std::array::from_fn(|c| unit_hash(Channel::Code, &[c as u8])))
 }
 
 /// The ASCII characters `char::is_whitespace` is true of (`u8::is_ascii_whitespace` leaves
@@ -567,6 +618,9 @@ mod tests {
                     "[ \t\n\r\x0B\x0C]{1,3}",
                     "(//|/\\*|\\*/|\\*|/|--|-|#|;|'|\"|`|\\\\|\n)",
                     "[é日🙂\u{A0}\u{2028}.(){}]",
+                    "[(){}\\[\\],.<>=+*&|!?:%^~@]{1,3}",
+                    "[A-Za-z_$][A-Za-z0-9_$]{0,5}",
+                    "[0-9][0-9a-z_.]{0,4}",
                 ],
                 0..40,
             ),
