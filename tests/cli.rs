@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verbatim");
-const FIXTURE: &str = "tests/fixtures/index-v3";
+const FIXTURE: &str = "tests/fixtures/index-v4";
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(BIN)

@@ -13,17 +13,20 @@ use verbatim::index::{Index, IndexOpenError, Params};
 use verbatim::matcher::{FindingReport, Scanner};
 use verbatim::normalize::{TextKind, normalize};
 
-const FIXTURE: &str = "tests/fixtures/index-v3";
+const FIXTURE: &str = "tests/fixtures/index-v4";
 /// The same corpora built with the rename-insensitive channel (optional since format 1:
 /// `params.renamed` in the manifest and `classes.bin`; indexes without it still open).
-const FIXTURE_RENAMED: &str = "tests/fixtures/index-v3-renamed";
+const FIXTURE_RENAMED: &str = "tests/fixtures/index-v4-renamed";
 /// Indexes of the earlier formats, as earlier releases built them: refused, with a clear
-/// message (format 2 lexed `'"'` as a quote opening a string to the end of the line).
-const FIXTURES_OLD: [(&str, u32); 4] = [
+/// message (format 2 lexed `'"'` as a quote opening a string to the end of the line; format 3
+/// had a binary fuse filter).
+const FIXTURES_OLD: [(&str, u32); 6] = [
     ("tests/fixtures/index-v1", 1),
     ("tests/fixtures/index-v1-renamed", 1),
     ("tests/fixtures/index-v2", 2),
     ("tests/fixtures/index-v2-renamed", 2),
+    ("tests/fixtures/index-v3", 3),
+    ("tests/fixtures/index-v3-renamed", 3),
 ];
 
 /// A sentence copied from `corpora/fixtures/acme-books/chapter-02.md`, reflowed and capitalised.
@@ -184,20 +187,20 @@ fn another_format_version_fails_with_a_clear_message() {
     let m = p.join("manifest.json");
     let text = std::fs::read_to_string(&m)
         .unwrap()
-        .replace("\"format_version\": 3", "\"format_version\": 999");
+        .replace("\"format_version\": 4", "\"format_version\": 999");
     std::fs::write(&m, text).unwrap();
     let e = Index::open(&p).unwrap_err();
     assert!(matches!(
         e,
         IndexOpenError::FormatVersion {
             found: 999,
-            expected: 3,
+            expected: 4,
             ..
         }
     ));
     assert!(
         e.to_string()
-            .contains("has format version 999, this verbatim reads version 3: rebuild it"),
+            .contains("has format version 999, this verbatim reads version 4: rebuild it"),
         "{e}"
     );
 }
@@ -211,7 +214,7 @@ fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
                 e,
                 IndexOpenError::FormatVersion {
                     found,
-                    expected: 3,
+                    expected: 4,
                     ..
                 } if found == version
             ),
@@ -219,7 +222,7 @@ fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
         );
         assert!(
             e.to_string().contains(&format!(
-                "has format version {version}, this verbatim reads version 3: rebuild it"
+                "has format version {version}, this verbatim reads version 4: rebuild it"
             )),
             "{e}"
         );

@@ -1073,7 +1073,7 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
     // The fixture's GPL code with every name changed, and a fixture chapter with words changed:
     // both are blocked like verbatim copies (the built-in long-run rules cover `renamed` and
     // `near`), say which kind of copy they are, and release nothing of the renamed code.
-    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v3-renamed").unwrap());
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
     let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     let body = &src[src.find("pub fn total_owed").unwrap()..];
     let pairs = [

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Zeroable;
 use rayon::prelude::*;
-use xorf::BinaryFuse16;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::bloom;
 use super::format::{self, CommonKey, HEADER_LEN, Header, Params, Posting, Span};
 use super::{CorpusEntry, DocMeta, FileEntry, IndexStats, Manifest};
 use crate::corpus::{Corpus, SkipReason, Skipped, SourceFile, read_text};
@@ -574,21 +574,21 @@ fn write_filter(path: &Path, keys: &[u64]) -> Result<(), BuildError> {
         write_header(&mut w, &Header::new(format::MAGIC_FILTER, 0, 0, [0; 4]))
             .map_err(io_err(path))?;
     } else {
-        let f = BinaryFuse16::try_from(keys).map_err(|e| BuildError::Filter(e.to_string()))?;
-        let d = &f.descriptor;
+        let words = bloom::build(keys, bloom::SEED);
+        if words.len() as u64 > u64::from(u32::MAX) {
+            return Err(BuildError::Filter(format!(
+                "{} keys need more than 2^32 filter words",
+                keys.len()
+            )));
+        }
         let h = Header::new(
             format::MAGIC_FILTER,
-            f.fingerprints.len() as u64,
-            d.seed,
-            [
-                u64::from(d.segment_length),
-                u64::from(d.segment_length_mask),
-                u64::from(d.segment_count_length),
-                0,
-            ],
+            words.len() as u64,
+            bloom::SEED,
+            [bloom::BITS_PER_KEY, bloom::HASHES, 0, 0],
         );
         write_header(&mut w, &h).map_err(io_err(path))?;
-        w.write_all(bytemuck::cast_slice(&f.fingerprints))
+        w.write_all(bytemuck::cast_slice(&words))
             .map_err(io_err(path))?;
     }
     w.flush().map_err(io_err(path))

@@ -12,7 +12,9 @@ use crate::normalize::Channel;
 /// lines inside a block comment of a named language (`/** … ```rust … ``` … */`), which
 /// changes the units of such documents. 3: the code lexer reads char literals (`'x'`, `'\x'`)
 /// as one unit where `'` quotes no strings, so the `"` in `'"'` no longer opens a string.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: the membership filter is a Bloom filter blocked to one 64-bit word per key
+/// ([`super::bloom`]) instead of a binary fuse filter: one cache line read per probe, not three.
+pub const FORMAT_VERSION: u32 = 4;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const DOCS: &str = "docs.jsonl";

@@ -4,7 +4,7 @@
 //!
 //! Layout (see `docs/index-format.md`): a JSON manifest (format version, parameters, corpora and
 //! their digests, checksums of every file), the document store (`docs.jsonl`, loaded into RAM),
-//! the membership filter (a binary fuse filter, loaded into RAM), and three memory-mapped
+//! the membership filter (a one-word-per-key Bloom filter, [`bloom`], loaded into RAM), and three memory-mapped
 //! arrays: postings (sampled k-gram key → document, unit position), the unit store (a 32-bit
 //! hash per unit of every document, for verification and extension) and unit spans (byte range
 //! of each unit in its document, for citing the source).
@@ -13,6 +13,7 @@
 //! against the arrays; `verify` also checks every file's checksum. Every access is bounds
 //! checked, so a damaged index yields errors or no matches, never a panic.
 
+pub mod bloom;
 pub mod build;
 pub mod format;
 
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
-use xorf::{BinaryFuse16, Descriptor, Filter};
+use xorf::{BinaryFuse16, Filter};
 
 use crate::corpus::Rights;
 pub use format::{ChannelParams, FORMAT_VERSION, Params, Posting};
@@ -138,7 +139,7 @@ pub struct Index {
     dir: PathBuf,
     manifest: Manifest,
     docs: Vec<DocMeta>,
-    filter: Option<FuseTable>,
+    filter: Option<FilterTable>,
     postings: Mmap,
     bucket_bits: u32,
     n_postings: usize,
@@ -349,16 +350,22 @@ impl Index {
         let fpath = dir.join(format::FILTER);
         let fbytes = map(&fpath)?;
         let fh = header(&fpath, &fbytes, format::MAGIC_FILTER)?;
-        let fps: &[u16] = records(&fpath, &fbytes, HEADER_LEN, fh.count)?;
+        let words: &[u64] = records(&fpath, &fbytes, HEADER_LEN, fh.count)?;
+        if fh.count > u64::from(u32::MAX) || (fh.count > 0 && fh.aux2[1] != bloom::HASHES) {
+            // The word is chosen by 32 bits of the hash, and the bits a key sets are fixed.
+            return Err(corrupt(
+                &fpath,
+                format!(
+                    "filter of {} words and {} bits a key: not this format's",
+                    fh.count, fh.aux2[1]
+                ),
+            ));
+        }
         let filter = if fh.count > 0 {
-            Some(FuseTable {
-                descriptor: Descriptor {
-                    seed: fh.aux,
-                    segment_length: fh.aux2[0] as u32,
-                    segment_length_mask: fh.aux2[1] as u32,
-                    segment_count_length: fh.aux2[2] as u32,
-                },
-                fingerprints: huge_copy(fps).map_err(|source| IndexOpenError::Io {
+            Some(FilterTable {
+                seed: fh.aux,
+                n: fh.count,
+                words: huge_copy(words).map_err(|source| IndexOpenError::Io {
                     path: fpath.clone(),
                     source,
                 })?,
@@ -366,20 +373,6 @@ impl Index {
         } else {
             None
         };
-        if let Some(f) = &filter {
-            // The filter indexes fingerprints by these values; check them so a damaged
-            // descriptor cannot index out of bounds.
-            let d = &f.descriptor;
-            let ok = d.segment_length.is_power_of_two()
-                && d.segment_length_mask == d.segment_length - 1
-                && (d.segment_count_length as u64 + 2 * d.segment_length as u64) <= fh.count;
-            if !ok {
-                return Err(corrupt(
-                    &fpath,
-                    "filter descriptor does not fit its fingerprints",
-                ));
-            }
-        }
 
         let cpath = dir.join(format::COMMON);
         let common = map(&cpath)?;
@@ -450,7 +443,7 @@ impl Index {
     /// Bytes this index keeps in anonymous memory (filter and document table, estimated);
     /// everything else is read through the page cache.
     pub fn resident_bytes(&self) -> u64 {
-        let filter = (self.filter.as_ref().map_or(0, |f| f.fps().len() * 2)
+        let filter = (self.filter.as_ref().map_or(0, |f| f.words.len())
             + self
                 .common_filter
                 .as_ref()
@@ -483,26 +476,21 @@ impl Index {
     }
 
     /// [`Index::may_contain`] for many keys at once, in two halves. The filter is far larger
-    /// than the caches, so each probe is three cache misses; this half computes every key's
-    /// fingerprint and three positions into `pos` (one entry per key) and starts loading
-    /// them, and [`Index::retain_possible`] tests them after — so the misses overlap instead
-    /// of queueing, across all the keys and, for a caller with several indexes that calls
-    /// this on each before testing any, across indexes. The positions are computed as xorf
-    /// 0.13's `contains` computes them (its hashing helpers are private, so
-    /// [`filter_positions`] restates them; a test checks it agrees with `contains` on every
-    /// key, members and not).
+    /// than the caches, so each probe is a cache miss; this half computes every key's word
+    /// and bits into `pos` (one entry per key) and starts loading the word, and
+    /// [`Index::retain_possible`] tests them after — so the misses overlap instead of
+    /// queueing, across all the keys and, for a caller with several indexes that calls this
+    /// on each before testing any, across indexes.
     pub fn prefetch_filter(&self, keys: &[Option<u64>], pos: &mut Vec<FilterPos>) {
         pos.clear();
         let Some(f) = &self.filter else { return };
-        let fps: &[u16] = f.fps();
+        let words = f.words();
         pos.extend(keys.iter().map(|k| {
             let Some(key) = *k else {
-                return (0, 0, 0, 0);
+                return (0, 0);
             };
-            let p = filter_positions(&f.descriptor, key);
-            prefetch(fps, p.1 as usize);
-            prefetch(fps, p.2 as usize);
-            prefetch(fps, p.3 as usize);
+            let p = f.position(key);
+            prefetch(words, p.0);
             p
         }));
     }
@@ -514,10 +502,9 @@ impl Index {
             keys.fill(None);
             return;
         };
-        let fps: &[u16] = f.fps();
-        let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
-        for (k, &(fp, a, b, c)) in keys.iter_mut().zip(pos) {
-            if k.is_some() && fp ^ get(a) ^ get(b) ^ get(c) != 0 {
+        let words = f.words();
+        for (k, &p) in keys.iter_mut().zip(pos) {
+            if k.is_some() && !bloom::test(words, p) {
                 *k = None;
             }
         }
@@ -655,30 +642,32 @@ fn prefetch<T>(v: &[T], i: usize) {
     let _ = (v, i);
 }
 
-/// The membership filter: a binary fuse filter (xorf's layout and hashing, see
-/// [`filter_positions`]; xorf builds it) whose fingerprints are copied at open into an
-/// anonymous map advised to use transparent huge pages. Each probe reads three random
-/// positions of a table far larger than the caches (48 MB for 0.9 GB of crates); with 4 KiB
-/// pages each read also missed the TLB and walked the page table, with 2 MiB pages the
-/// table's ~25 pages stay in the TLB. Measured: docs/benchmarks.md ("Huge pages for the
-/// filter").
-struct FuseTable {
-    descriptor: Descriptor,
-    fingerprints: memmap2::MmapMut,
+/// The membership filter ([`bloom`]), its words copied at open into an anonymous map advised
+/// to use transparent huge pages. Each probe reads a random word of a table far larger than
+/// the caches (54 MB for 0.9 GB of crates); with 4 KiB pages each read also missed the TLB
+/// and walked the page table, with 2 MiB pages the table's ~27 pages stay in the TLB.
+/// Measured: docs/benchmarks.md ("Huge pages for the filter").
+struct FilterTable {
+    seed: u64,
+    /// Words in the table (at most 2³², checked at open).
+    n: u64,
+    words: memmap2::MmapMut,
 }
 
-impl FuseTable {
-    fn fps(&self) -> &[u16] {
-        // The map is page-aligned and holds exactly the fingerprints.
-        bytemuck::try_cast_slice(&self.fingerprints[..]).unwrap_or(&[])
+impl FilterTable {
+    fn words(&self) -> &[u64] {
+        // The map is page-aligned and holds exactly the words.
+        bytemuck::try_cast_slice(&self.words[..]).unwrap_or(&[])
+    }
+
+    #[inline(always)]
+    fn position(&self, key: u64) -> FilterPos {
+        bloom::position(bloom::hash(key, self.seed), self.n)
     }
 
     #[inline]
     fn contains(&self, key: u64) -> bool {
-        let (fp, a, b, c) = filter_positions(&self.descriptor, key);
-        let fps = self.fps();
-        let get = |i: u32| fps.get(i as usize).copied().unwrap_or(0);
-        fp ^ get(a) ^ get(b) ^ get(c) == 0
+        bloom::test(self.words(), self.position(key))
     }
 }
 
@@ -687,7 +676,7 @@ impl FuseTable {
 /// Linux ≥ 6.7 places anonymous maps of 2 MiB or more on a 2 MiB boundary, so all of the map
 /// but its tail can be huge pages. mimalloc (built with `no_thp`) never asks for them: this
 /// map is one allocation made at open, all of it touched, so huge pages cost no memory here.
-fn huge_copy(v: &[u16]) -> std::io::Result<memmap2::MmapMut> {
+fn huge_copy(v: &[u64]) -> std::io::Result<memmap2::MmapMut> {
     let bytes: &[u8] = bytemuck::cast_slice(v);
     let mut m = memmap2::MmapOptions::new().len(bytes.len()).map_anon()?;
     #[cfg(target_os = "linux")]
@@ -696,46 +685,5 @@ fn huge_copy(v: &[u16]) -> std::io::Result<memmap2::MmapMut> {
     Ok(m)
 }
 
-/// A key's filter probe: its fingerprint and the three positions it is checked against.
-pub type FilterPos = (u16, u32, u32, u32);
-
-/// The fingerprint and the three positions xorf's `BinaryFuse16::contains` reads for `key`:
-/// murmur3's 64-bit finaliser of `key + seed`, the fingerprint `h ^ (h >> 32)` as 16 bits, and
-/// the positions in three consecutive segments.
-#[inline(always)]
-pub fn filter_positions(d: &xorf::Descriptor, key: u64) -> FilterPos {
-    let mut h = key.wrapping_add(d.seed);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    let h0 = ((h as u128 * d.segment_count_length as u128) >> 64) as u32;
-    let h1 = h0.wrapping_add(d.segment_length) ^ ((h >> 18) as u32 & d.segment_length_mask);
-    let h2 = h0.wrapping_add(d.segment_length.wrapping_mul(2)) ^ (h as u32 & d.segment_length_mask);
-    ((h ^ (h >> 32)) as u16, h0, h1, h2)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use xorf::Filter;
-
-    /// The batched, prefetching probe must agree with xorf's own `contains` on every key —
-    /// members (no false negatives) and non-members (the same false positives).
-    #[test]
-    fn filter_positions_agree_with_xorf() {
-        let mut next = crate::hash::xorshift(0x9e37_79b9_7f4a_7c15);
-        let members: Vec<u64> = (0..50_000).map(|_| next()).collect();
-        let f = xorf::BinaryFuse16::try_from(&members[..]).unwrap();
-        let others: Vec<u64> = (0..200_000).map(|_| next()).collect();
-        for keys in [&members, &others] {
-            for &k in keys.iter() {
-                let (fp, a, b, c) = super::filter_positions(&f.descriptor, k);
-                let v = &f.fingerprints;
-                let ours = fp ^ v[a as usize] ^ v[b as usize] ^ v[c as usize] == 0;
-                assert_eq!(ours, f.contains(&k), "key {k:#x}");
-            }
-        }
-    }
-}
+/// A key's filter probe: the word it is tested against and the bits it needs there.
+pub type FilterPos = (usize, u64);
