@@ -281,6 +281,17 @@ fn damage_is_reported_with_the_file_it_is_in() {
             }),
             "docs.jsonl is corrupt: line 1",
         ),
+        (
+            "filter of another hash count",
+            Box::new(|p: &Path| {
+                // Header: magic 8, version 4, pad 4, count 8, seed 8, bits a key 8, hashes 8.
+                let path = p.join("filter.bin");
+                let mut b = std::fs::read(&path).unwrap();
+                b[40..48].copy_from_slice(&7u64.to_le_bytes());
+                std::fs::write(&path, b).unwrap();
+            }),
+            "filter.bin is corrupt: filter of",
+        ),
     ];
     for (name, damage, expect) in cases {
         let (_t, p) = fixture_copy();
