@@ -173,10 +173,17 @@ impl Family {
     }
 }
 
+/// The line-comment syntax of a file's language, as the normaliser knows it (a copier adds
+/// comments in the language's own syntax); `//` where it knows none. Before, a table of a few
+/// extensions gave `//` to every other language — comments in `.asm` and Lisp that were code
+/// to the language and to the normaliser alike.
 fn comment_prefix(ext: &str) -> &'static str {
-    match ext {
-        "py" | "sh" | "rb" | "pl" | "toml" | "yaml" | "yml" => "#",
-        "sql" | "lua" | "hs" => "--",
+    match verbatim::normalize::Lang::from_name(ext) {
+        Some(l) if l.m4_comments => "dnl",
+        Some(l) if l.dash_comments => "--",
+        Some(l) if l.c_comments => "//",
+        Some(l) if l.hash_comments => "#",
+        Some(l) if l.semicolon_comments => ";",
         _ => "//",
     }
 }

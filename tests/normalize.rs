@@ -246,6 +246,21 @@ fn char_literals_are_units_and_a_quote_inside_one_opens_no_string() {
     assert_eq!(hashes("x = 'a' + \"'\"", py()).len(), 5);
 }
 
+/// GMP's and Nettle's `.asm` files are m4 input: `dnl` and `C` discard the rest of a line, at
+/// its start or after an instruction. Before, those comment lines were lexed as code, so a copy
+/// with its comments changed or dropped differed unit for unit.
+#[test]
+fn m4_comment_words_in_assembly_are_comments() {
+    let asm = TextKind::from_path(std::path::Path::new("mpn/x86_64/add_n.asm"));
+    let commented = "dnl  AMD64 mpn_add_n -- add two limb vectors.\nC\t     cycles/limb\nC AMD K8,K9\t 1.5\n\tmov\t(up), %r8\tC load the limb\n\tadc\t%r8, (rp)\n\tdnl\n";
+    let bare = "\tmov\t(up), %r8\n\tadc\t%r8, (rp)\n";
+    assert_eq!(hashes(commented, asm), hashes(bare, asm));
+    assert_eq!(hashes(bare, asm).len(), 14);
+    // Only the words themselves: `Cx`, `dnl2` and `C` in other languages are names.
+    assert_eq!(hashes("Cx dnl2 ; comment", asm).len(), 2);
+    assert_eq!(hashes("C x", RUST).len(), 2);
+}
+
 #[test]
 fn units_map_back_to_their_bytes() {
     let text = "Héllo, **wörld**!\n```py\nx = 'q' # c\n```\nBye";

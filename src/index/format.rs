@@ -13,7 +13,8 @@ use crate::normalize::Channel;
 /// changes the units of such documents. 3: the code lexer reads char literals (`'x'`, `'\x'`)
 /// as one unit where `'` quotes no strings, so the `"` in `'"'` no longer opens a string.
 /// 4: the membership filter is a Bloom filter blocked to one 64-bit word per key
-/// ([`super::bloom`]) instead of a binary fuse filter: one cache line read per probe, not three.
+/// ([`super::bloom`]) instead of a binary fuse filter: one cache line read per probe, not three;
+/// and in `.asm` files the m4 words `dnl` and `C` start comments ([`crate::normalize::Lang`]).
 pub const FORMAT_VERSION: u32 = 4;
 
 pub const MANIFEST: &str = "manifest.json";

@@ -115,8 +115,13 @@ impl CodeLexer {
                             .iter()
                             .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'));
                         if let Some(n) = n.filter(|&n| b[i + n].is_ascii()) {
-                            let (start, end) = (at + i as u64, at + (i + n) as u64);
-                            out.push(unit(self.lang, State::Ident, &text[i..i + n], start, end));
+                            let tok = &text[i..i + n];
+                            if self.lang.m4_comments && is_m4_comment(tok) {
+                                self.state = State::LineComment;
+                            } else {
+                                let (start, end) = (at + i as u64, at + (i + n) as u64);
+                                out.push(unit(self.lang, State::Ident, tok, start, end));
+                            }
                             i += n;
                             continue;
                         }
@@ -189,6 +194,10 @@ impl CodeLexer {
             State::Ident => {
                 if is_ident_continue(c) {
                     self.tok.push(c);
+                } else if self.lang.m4_comments && is_m4_comment(&self.tok) {
+                    self.tok.clear();
+                    self.state = State::LineComment;
+                    self.push_char(c, at, out);
                 } else {
                     self.emit(at, out);
                     self.idle(c, at, out);
@@ -339,6 +348,8 @@ impl CodeLexer {
             self.abandon_char(out);
         }
         match self.state {
+            // A block ending in `dnl`: a comment with nothing after it.
+            State::Ident if self.lang.m4_comments && is_m4_comment(&self.tok) => {}
             State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
                 self.emit(end, out)
             }
@@ -367,6 +378,11 @@ fn unit(lang: Lang, state: State, tok: &str, start: u64, end: u64) -> Unit {
         end,
         channel: Channel::Code,
     }
+}
+
+/// The m4 words that discard the rest of a line ([`Lang::m4_comments`]).
+fn is_m4_comment(tok: &str) -> bool {
+    tok == "dnl" || tok == "C"
 }
 
 /// Whether `idle` makes ASCII `c` a unit of its own in every language: punctuation that
@@ -621,11 +637,13 @@ mod tests {
                     "[(){}\\[\\],.<>=+*&|!?:%^~@]{1,3}",
                     "[A-Za-z_$][A-Za-z0-9_$]{0,5}",
                     "[0-9][0-9a-z_.]{0,4}",
+                    "(dnl|C)",
                 ],
                 0..40,
             ),
             lang in prop_oneof![
                 Just("rs"), Just("py"), Just("sql"), Just("lisp"), Just("js"), Just("toml"), Just("html"),
+                Just("asm"),
             ],
             split in 0usize..200,
         ) {

@@ -17,6 +17,10 @@ pub struct Lang {
     pub dash_comments: bool,
     /// `;` line comments (Lisps, assembly, ini).
     pub semicolon_comments: bool,
+    /// The words `dnl` and `C` start a line comment: assembly run through m4, where both are
+    /// macros that discard the rest of the line (GMP's and Nettle's `.asm` files comment every
+    /// line so, at its start or after an instruction).
+    pub m4_comments: bool,
     /// `'...'` is a string literal (Python, JS, shell); otherwise `'` is punctuation, which keeps
     /// Rust lifetimes and C char literals from swallowing the rest of a line.
     pub single_quote_strings: bool,
@@ -38,6 +42,7 @@ impl Lang {
         hash_comments: false,
         dash_comments: false,
         semicolon_comments: false,
+        m4_comments: false,
         single_quote_strings: false,
         char_literals: true,
         backtick_strings: false,
@@ -49,6 +54,7 @@ impl Lang {
         hash_comments: true,
         dash_comments: false,
         semicolon_comments: false,
+        m4_comments: false,
         single_quote_strings: true,
         char_literals: false,
         backtick_strings: false,
@@ -96,6 +102,11 @@ impl Lang {
         char_literals: false,
         ..Lang::C_LIKE
     };
+    /// `.asm`: assembly with `;` comments, and m4's (GMP, Nettle).
+    const ASM: Lang = Lang {
+        m4_comments: true,
+        ..Lang::LISP
+    };
     /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
     const PLAIN: Lang = Lang {
         c_comments: false,
@@ -132,8 +143,10 @@ impl Lang {
             "lua" | "ada" | "adb" | "ads" | "vhdl" | "vhd" => Lang::LUA,
             "hs" | "haskell" | "elm" | "purs" | "idr" | "agda" => Lang::HASKELL,
             "lisp" | "lsp" | "cl" | "el" | "elisp" | "clj" | "cljs" | "cljc" | "edn"
-            | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "asm" | "s"
-            | "nasm" => Lang::LISP,
+            | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "s" | "nasm" => {
+                Lang::LISP
+            }
+            "asm" => Lang::ASM,
             "ini" => Lang::INI,
             "html" | "htm" | "xml" | "xhtml" | "svg" | "json" | "tex" | "latex" | "sty" | "cls"
             | "bib" | "erl" | "hrl" | "erlang" | "ml" | "mli" | "ocaml" | "fs" | "fsi" | "fsx"
