@@ -3,7 +3,7 @@
 //! line — where the binary fuse filter of formats 1–3 read three lines at random places of a
 //! table far larger than the caches, and testing it is a mask and a compare. A scan probes
 //! every k-gram of its input, so those reads are what a scan of text unlike the corpus waits
-//! for most: unrelated code and prose scanned 1.10–1.16× faster with it (docs/benchmarks.md,
+//! for most: unrelated code scanned 1.17× and prose 1.20× faster with it (docs/benchmarks.md,
 //! "A one-word Bloom filter").
 //!
 //! The price is the false-positive rate: about 2 in 1,000 at [`BITS_PER_KEY`] (a test

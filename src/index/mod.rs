@@ -364,7 +364,6 @@ impl Index {
         let filter = if fh.count > 0 {
             Some(FilterTable {
                 seed: fh.aux,
-                n: fh.count,
                 words: huge_copy(words).map_err(|source| IndexOpenError::Io {
                     path: fpath.clone(),
                     source,
@@ -649,8 +648,7 @@ fn prefetch<T>(v: &[T], i: usize) {
 /// Measured: docs/benchmarks.md ("Huge pages for the filter").
 struct FilterTable {
     seed: u64,
-    /// Words in the table (at most 2³², checked at open).
-    n: u64,
+    /// The table: whole `u64` words, at most 2³² of them (checked at open).
     words: memmap2::MmapMut,
 }
 
@@ -662,7 +660,7 @@ impl FilterTable {
 
     #[inline(always)]
     fn position(&self, key: u64) -> FilterPos {
-        bloom::position(bloom::hash(key, self.seed), self.n)
+        bloom::position(bloom::hash(key, self.seed), self.words.len() as u64 / 8)
     }
 
     #[inline]
