@@ -712,15 +712,15 @@ impl IndexMatcher {
             let k = cp.k as usize;
             let h = hist.len();
             // Boilerplate: a common k-gram, or one too repetitive to be indexed (the index's
-            // own test, `build::informative`, over the last k units).
+            // own test over the last k units).
             let boiler = match self.commons.get(j).copied().flatten() {
                 None => false,
                 Some(true) => true,
                 Some(false) => {
                     k <= h
-                        && !crate::index::build::distinct_at_least(
+                        && !crate::index::build::informative_hashes(
                             hist.range(h - k..).map(|u| u.hash),
-                            2.max(k.div_ceil(4)),
+                            k,
                         )
                 }
             };

@@ -224,7 +224,7 @@ pub fn shape_informative(window: &[crate::normalize::Unit]) -> bool {
 }
 
 /// Whether `hashes` holds at least `need` distinct values (or 16, which is always enough).
-pub(crate) fn distinct_at_least(hashes: impl Iterator<Item = u64>, need: usize) -> bool {
+fn distinct_at_least(hashes: impl Iterator<Item = u64>, need: usize) -> bool {
     let mut seen: [u64; 16] = [0; 16];
     let mut n = 0;
     for h in hashes {
@@ -264,10 +264,13 @@ pub fn shape_periodic(window: &[crate::normalize::Unit], prev: &[u32]) -> bool {
 /// "ha ha ha") match anything with the same padding, so they are never indexed; a run made only
 /// of them is never reported.
 pub fn informative(window: &[crate::normalize::Unit]) -> bool {
-    distinct_at_least(
-        window.iter().map(|u| u.hash),
-        2.max(window.len().div_ceil(4)),
-    )
+    informative_hashes(window.iter().map(|u| u.hash), window.len())
+}
+
+/// [`informative`] for a k-gram given as its `k` unit hashes (the scanner's history is a ring,
+/// not a slice).
+pub(crate) fn informative_hashes(hashes: impl Iterator<Item = u64>, k: usize) -> bool {
+    distinct_at_least(hashes, 2.max(k.div_ceil(4)))
 }
 
 fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
