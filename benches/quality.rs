@@ -179,7 +179,7 @@ impl Family {
 /// to the language and to the normaliser alike.
 fn comment_prefix(ext: &str) -> &'static str {
     match verbatim::normalize::Lang::from_name(ext) {
-        Some(l) if l.m4_comments => "dnl",
+        Some(l) if !l.comment_words.is_empty() => l.comment_words[0],
         Some(l) if l.dash_comments => "--",
         Some(l) if l.c_comments => "//",
         Some(l) if l.hash_comments => "#",

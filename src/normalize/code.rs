@@ -108,15 +108,13 @@ impl CodeLexer {
                         i += 1;
                         continue;
                     }
-                    if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
+                    if is_ascii_ident_start(c) {
                         // An identifier that ends in this piece, on an ASCII character (which
                         // cannot continue it): a unit made from the slice itself.
-                        let n = b[i..]
-                            .iter()
-                            .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'));
+                        let n = b[i..].iter().position(|&c| !is_ascii_ident_continue(c));
                         if let Some(n) = n.filter(|&n| b[i + n].is_ascii()) {
                             let tok = &text[i..i + n];
-                            if self.lang.m4_comments && is_m4_comment(tok) {
+                            if self.lang.comment_words.contains(&tok) {
                                 self.state = State::LineComment;
                             } else {
                                 let (start, end) = (at + i as u64, at + (i + n) as u64);
@@ -128,8 +126,7 @@ impl CodeLexer {
                     }
                 }
                 State::Ident => {
-                    let n = run(|c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$'))
-                        .unwrap_or(b.len() - i);
+                    let n = run(|c| !is_ascii_ident_continue(c)).unwrap_or(b.len() - i);
                     if n > 0 {
                         self.tok.push_str(&text[i..i + n]);
                         i += n;
@@ -194,7 +191,7 @@ impl CodeLexer {
             State::Ident => {
                 if is_ident_continue(c) {
                     self.tok.push(c);
-                } else if self.lang.m4_comments && is_m4_comment(&self.tok) {
+                } else if self.lang.comment_words.contains(&self.tok.as_str()) {
                     self.tok.clear();
                     self.state = State::LineComment;
                     self.push_char(c, at, out);
@@ -349,7 +346,7 @@ impl CodeLexer {
         }
         match self.state {
             // A block ending in `dnl`: a comment with nothing after it.
-            State::Ident if self.lang.m4_comments && is_m4_comment(&self.tok) => {}
+            State::Ident if self.lang.comment_words.contains(&self.tok.as_str()) => {}
             State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
                 self.emit(end, out)
             }
@@ -380,11 +377,6 @@ fn unit(lang: Lang, state: State, tok: &str, start: u64, end: u64) -> Unit {
     }
 }
 
-/// The m4 words that discard the rest of a line ([`Lang::m4_comments`]).
-fn is_m4_comment(tok: &str) -> bool {
-    tok == "dnl" || tok == "C"
-}
-
 /// Whether `idle` makes ASCII `c` a unit of its own in every language: punctuation that
 /// starts no identifier, string, char literal or comment (the characters that may are left to
 /// `idle`, which knows the language's conventions).
@@ -410,10 +402,22 @@ fn is_ascii_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r')
 }
 
+/// [`is_ident_start`] for an ASCII byte.
+#[inline]
+fn is_ascii_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c == b'$'
+}
+
+/// [`is_ident_continue`] for an ASCII byte.
+#[inline]
+fn is_ascii_ident_continue(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+}
+
 #[inline]
 fn is_ident_start(c: char) -> bool {
     if c.is_ascii() {
-        c.is_ascii_alphabetic() || c == '_' || c == '$'
+        is_ascii_ident_start(c as u8)
     } else {
         unicode_ident::is_xid_start(c)
     }
@@ -422,7 +426,7 @@ fn is_ident_start(c: char) -> bool {
 #[inline]
 fn is_ident_continue(c: char) -> bool {
     if c.is_ascii() {
-        c.is_ascii_alphanumeric() || c == '_' || c == '$'
+        is_ascii_ident_continue(c as u8)
     } else {
         unicode_ident::is_xid_continue(c)
     }

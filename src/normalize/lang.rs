@@ -17,10 +17,10 @@ pub struct Lang {
     pub dash_comments: bool,
     /// `;` line comments (Lisps, assembly, ini).
     pub semicolon_comments: bool,
-    /// The words `dnl` and `C` start a line comment: assembly run through m4, where both are
-    /// macros that discard the rest of the line (GMP's and Nettle's `.asm` files comment every
-    /// line so, at its start or after an instruction).
-    pub m4_comments: bool,
+    /// Words that start a line comment where they stand as a whole token: in assembly run
+    /// through m4, `dnl` and `C` are macros that discard the rest of the line (GMP's and
+    /// Nettle's `.asm` files comment every line so, at its start or after an instruction).
+    pub comment_words: &'static [&'static str],
     /// `'...'` is a string literal (Python, JS, shell); otherwise `'` is punctuation, which keeps
     /// Rust lifetimes and C char literals from swallowing the rest of a line.
     pub single_quote_strings: bool,
@@ -42,7 +42,7 @@ impl Lang {
         hash_comments: false,
         dash_comments: false,
         semicolon_comments: false,
-        m4_comments: false,
+        comment_words: &[],
         single_quote_strings: false,
         char_literals: true,
         backtick_strings: false,
@@ -54,7 +54,7 @@ impl Lang {
         hash_comments: true,
         dash_comments: false,
         semicolon_comments: false,
-        m4_comments: false,
+        comment_words: &[],
         single_quote_strings: true,
         char_literals: false,
         backtick_strings: false,
@@ -104,7 +104,7 @@ impl Lang {
     };
     /// `.asm`: assembly with `;` comments, and m4's (GMP, Nettle).
     const ASM: Lang = Lang {
-        m4_comments: true,
+        comment_words: &["dnl", "C"],
         ..Lang::LISP
     };
     /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
