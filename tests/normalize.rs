@@ -261,6 +261,42 @@ fn m4_comment_words_in_assembly_are_comments() {
     assert_eq!(hashes("C x", RUST).len(), 2);
 }
 
+/// GNU as (`.s`, `.S`): `//` and `/* */` comments (AArch64, and `.S` files, which go through the
+/// C preprocessor) and `#` comment lines (x86) are not code, while `#` inside a line is
+/// AArch64's immediate and `;` separates statements. Before, `.s` was read with `;` comments:
+/// every comment was code and a copy with its comments changed or dropped differed.
+#[test]
+fn gnu_assembler_comments_are_comments_and_immediates_are_not() {
+    let s = TextKind::from_path(std::path::Path::new("crypto/fipsmodule/armv8-mont.S"));
+    assert_eq!(s, TextKind::from_path(std::path::Path::new("x86_64/add.s")));
+    let commented = "// This file is generated. Do not edit by hand.\n#include <asm_base.h>\n\
+        \t/* save */ stp\tx29,x30,[sp,#-64]!\n  # a comment line\n\tldr\tx9,[x2],#8\t\t// bp[0]\n\
+        #if defined(X)\n\tret ; nop\n#endif\n";
+    let bare = "stp x29,x30,[sp,#-64]!\nldr x9,[x2],#8\nret ; nop\n";
+    assert_eq!(hashes(commented, s), hashes(bare, s));
+    // `stp x29 , x30 , [ sp , # - 64 ] !` 13, `ldr x9 , [ x2 ] , # 8` 9, `ret ; nop` 3.
+    assert_eq!(hashes(bare, s).len(), 25);
+    // The immediates are units: changing one changes the code.
+    assert_ne!(hashes(bare, s), hashes(&bare.replace("#8", "#16"), s));
+    // A `#` after a unit on its line is not a comment, wherever the line was cut.
+    let units = |parts: &[&str]| {
+        let mut n = verbatim::normalize::Normalizer::new(s);
+        let mut out = Vec::new();
+        for p in parts {
+            n.push_bytes(p.as_bytes(), &mut out);
+        }
+        n.finish(&mut out);
+        out.iter().map(|u| u.hash).collect::<Vec<_>>()
+    };
+    let whole = units(&["mov x0, #1\n  # gone\nret\n"]);
+    assert_eq!(
+        whole,
+        units(&["mov x0, ", "#1\n ", " ", "# gone\nr", "et\n"])
+    );
+    assert_eq!(whole, hashes("mov x0, #1\nret", s));
+    assert_eq!(whole.len(), 6);
+}
+
 #[test]
 fn units_map_back_to_their_bytes() {
     let text = "Héllo, **wörld**!\n```py\nx = 'q' # c\n```\nBye";

@@ -42,6 +42,9 @@ pub(crate) struct CodeLexer {
     state: State,
     tok: String,
     tok_start: u64,
+    /// No unit since the last newline (for [`Lang::hash_line_comments`]; a comment between
+    /// does not count as one).
+    line_start: bool,
 }
 
 impl CodeLexer {
@@ -51,6 +54,7 @@ impl CodeLexer {
             state: State::Idle,
             tok: String::new(),
             tok_start: 0,
+            line_start: true,
         }
     }
 
@@ -59,6 +63,7 @@ impl CodeLexer {
         debug_assert!(self.tok.is_empty());
         self.lang = lang;
         self.state = State::Idle;
+        self.line_start = true;
     }
 
     pub(crate) fn pending_start(&self) -> Option<u64> {
@@ -91,6 +96,9 @@ impl CodeLexer {
                 State::Idle => {
                     let n = run(|c| !is_ascii_space(c)).unwrap_or(b.len() - i);
                     if n > 0 {
+                        if self.lang.hash_line_comments && b[i..i + n].contains(&b'\n') {
+                            self.line_start = true;
+                        }
                         i += n;
                         continue;
                     }
@@ -105,6 +113,7 @@ impl CodeLexer {
                             end: at + i as u64 + 1,
                             channel: Channel::Code,
                         });
+                        self.line_start = false;
                         i += 1;
                         continue;
                     }
@@ -119,6 +128,7 @@ impl CodeLexer {
                             } else {
                                 let (start, end) = (at + i as u64, at + (i + n) as u64);
                                 out.push(unit(self.lang, State::Ident, tok, start, end));
+                                self.line_start = false;
                             }
                             i += n;
                             continue;
@@ -175,6 +185,7 @@ impl CodeLexer {
         out.push(unit(self.lang, self.state, &self.tok, self.tok_start, end));
         self.tok.clear();
         self.state = State::Idle;
+        self.line_start = false;
     }
 
     fn start(&mut self, c: char, at: u64, state: State) {
@@ -212,6 +223,7 @@ impl CodeLexer {
                 if c == '\n' {
                     // Unterminated on this line: the literal ends here.
                     self.emit(at, out);
+                    self.line_start = true;
                 } else {
                     self.tok.push(c);
                     if escaped {
@@ -277,6 +289,7 @@ impl CodeLexer {
             State::LineComment => {
                 if c == '\n' {
                     self.state = State::Idle;
+                    self.line_start = true;
                 }
             }
             State::BlockComment { star } => {
@@ -306,6 +319,7 @@ impl CodeLexer {
     fn idle(&mut self, c: char, at: u64, out: &mut Vec<Unit>) {
         let lang = self.lang;
         if c.is_whitespace() {
+            self.line_start |= c == '\n';
             return;
         }
         if is_ident_start(c) {
@@ -330,7 +344,9 @@ impl CodeLexer {
             self.start(c, at, State::Slash);
         } else if c == '-' && lang.dash_comments {
             self.start(c, at, State::Dash);
-        } else if (c == '#' && lang.hash_comments) || (c == ';' && lang.semicolon_comments) {
+        } else if (c == '#' && (lang.hash_comments || (lang.hash_line_comments && self.line_start)))
+            || (c == ';' && lang.semicolon_comments)
+        {
             self.state = State::LineComment;
         } else {
             self.start(c, at, State::Idle);
@@ -354,6 +370,7 @@ impl CodeLexer {
         }
         self.tok.clear();
         self.state = State::Idle;
+        self.line_start = true;
     }
 }
 
@@ -647,7 +664,7 @@ mod tests {
             ),
             lang in prop_oneof![
                 Just("rs"), Just("py"), Just("sql"), Just("lisp"), Just("js"), Just("toml"), Just("html"),
-                Just("asm"),
+                Just("asm"), Just("s"),
             ],
             split in 0usize..200,
         ) {
@@ -668,6 +685,9 @@ mod tests {
             prop_assert_eq!(fast.state, slow.state);
             prop_assert_eq!(fast.pending_start(), slow.pending_start());
             prop_assert_eq!(&fast.tok, &slow.tok);
+            if lang.hash_line_comments {
+                prop_assert_eq!(fast.line_start, slow.line_start);
+            }
             fast.flush(text.len() as u64, &mut a);
             slow.flush(text.len() as u64, &mut b);
             prop_assert_eq!(a, b);

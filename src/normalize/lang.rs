@@ -13,6 +13,10 @@ pub struct Lang {
     pub c_comments: bool,
     /// `#` line comments.
     pub hash_comments: bool,
+    /// `#` starts a line comment only as the first character of a line that is not blank
+    /// (GNU as: x86's comment lines and the C preprocessor's directives in `.S`; elsewhere on
+    /// a line `#` is AArch64's immediate, `#16`).
+    pub hash_line_comments: bool,
     /// `--` line comments (SQL, Lua, Haskell).
     pub dash_comments: bool,
     /// `;` line comments (Lisps, assembly, ini).
@@ -40,6 +44,7 @@ impl Lang {
     pub const C_LIKE: Lang = Lang {
         c_comments: true,
         hash_comments: false,
+        hash_line_comments: false,
         dash_comments: false,
         semicolon_comments: false,
         comment_words: &[],
@@ -52,6 +57,7 @@ impl Lang {
     pub const SCRIPT: Lang = Lang {
         c_comments: false,
         hash_comments: true,
+        hash_line_comments: false,
         dash_comments: false,
         semicolon_comments: false,
         comment_words: &[],
@@ -102,10 +108,20 @@ impl Lang {
         char_literals: false,
         ..Lang::C_LIKE
     };
-    /// `.asm`: assembly with `;` comments, and m4's (GMP, Nettle).
+    /// `.asm`: assembly with `;` comments (NASM, MASM), and m4's (GMP, Nettle).
     const ASM: Lang = Lang {
         comment_words: &["dnl", "C"],
         ..Lang::LISP
+    };
+    /// `.s` / `.S`: GNU as — `//` and `/* */` comments (AArch64, and `.S` files run through
+    /// the C preprocessor), `#` at a line's start (x86 comment lines, preprocessor directives);
+    /// `;` separates statements, it starts no comment. ARM32's `@` comments are not stripped
+    /// (`@` is part of x86 operands: `@function`, `@plt`).
+    const GAS: Lang = Lang {
+        hash_line_comments: true,
+        // `'c` is a character constant with no closing quote: `'` pairs with nothing.
+        char_literals: false,
+        ..Lang::C_LIKE
     };
     /// Markup and data formats whose comments we do not strip (`//` appears in URLs).
     const PLAIN: Lang = Lang {
@@ -143,10 +159,9 @@ impl Lang {
             "lua" | "ada" | "adb" | "ads" | "vhdl" | "vhd" => Lang::LUA,
             "hs" | "haskell" | "elm" | "purs" | "idr" | "agda" => Lang::HASKELL,
             "lisp" | "lsp" | "cl" | "el" | "elisp" | "clj" | "cljs" | "cljc" | "edn"
-            | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "s" | "nasm" => {
-                Lang::LISP
-            }
+            | "clojure" | "scm" | "ss" | "scheme" | "rkt" | "racket" | "fnl" | "nasm" => Lang::LISP,
             "asm" => Lang::ASM,
+            "s" | "gas" => Lang::GAS,
             "ini" => Lang::INI,
             "html" | "htm" | "xml" | "xhtml" | "svg" | "json" | "tex" | "latex" | "sty" | "cls"
             | "bib" | "erl" | "hrl" | "erlang" | "ml" | "mli" | "ocaml" | "fs" | "fsi" | "fsx"
