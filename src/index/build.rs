@@ -421,7 +421,7 @@ pub fn build(
     dw.flush().map_err(io_err(&dpath))?;
 
     // Merge the spilled runs into the postings file, marking common keys.
-    let merged = spill.merge_into(&tdir, opts.params.common_threshold)?;
+    let merged = spill.merge_into(&tdir, &opts.params)?;
     stats.postings = merged.postings;
     stats.distinct_keys = merged.keys.len() as u64;
     stats.common_keys = merged.common;
@@ -649,7 +649,7 @@ impl Spill {
     }
 
     /// Writes `postings.bin` and `common.bin` into `dir` and returns the distinct keys kept.
-    fn merge_into(&mut self, dir: &Path, common_threshold: u32) -> Result<Merged, BuildError> {
+    fn merge_into(&mut self, dir: &Path, params: &Params) -> Result<Merged, BuildError> {
         // Bucket directory sized for ~4 postings per bucket.
         let bits = (64 - (self.total / 4).max(1).leading_zeros()).clamp(4, 26);
         let n_buckets = 1usize << bits;
@@ -670,7 +670,10 @@ impl Spill {
             written: 0,
             keys: Vec::new(),
             common: Vec::new(),
-            threshold: common_threshold,
+            threshold: params.common_threshold,
+            renamed_threshold: params
+                .renamed_common_docs()
+                .unwrap_or(params.common_threshold),
             group: Vec::new(),
         };
 
@@ -755,6 +758,8 @@ struct MergeSink<'a> {
     keys: Vec<u64>,
     common: Vec<CommonKey>,
     threshold: u32,
+    /// [`Params::renamed_common_docs`].
+    renamed_threshold: u32,
     group: Vec<Posting>,
 }
 
@@ -778,7 +783,7 @@ impl MergeSink<'_> {
             .filter(|w| w[0].doc != w[1].doc)
             .count() as u32;
         let threshold = if first.pos & format::RENAMED_POS != 0 {
-            (self.threshold / format::RENAMED_COMMON_DIVISOR).max(2)
+            self.renamed_threshold
         } else {
             self.threshold
         };

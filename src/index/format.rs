@@ -58,7 +58,7 @@ pub const MAGIC_CLASSES: [u8; 8] = *b"VBCLASS\0";
 pub const RENAMED_POS: u32 = 1 << 31;
 
 /// A rename-insensitive key found in at least `common_threshold / RENAMED_COMMON_DIVISOR`
-/// documents (and at least 2) is common.
+/// documents (and at least 2) is common, or in fewer: [`Params::renamed_common_docs`].
 pub const RENAMED_COMMON_DIVISOR: u32 = 4;
 
 impl Header {
@@ -149,6 +149,21 @@ impl Params {
             Channel::Prose => self.prose,
             Channel::Code => self.code,
         }
+    }
+
+    /// Documents a rename-insensitive key must be sampled in to be marked common at build:
+    /// `common_threshold / RENAMED_COMMON_DIVISOR` (at least 2), and never more than the count
+    /// from which the matcher estimates the key in `common_threshold` documents (sampled
+    /// count × p) and opens no run from it (`IndexMatcher::seed`): with the defaults 6, not 8.
+    /// Keys sampled in 6 or 7 documents were kept in the filter and the postings only to be
+    /// found, looked up and dropped (docs/benchmarks.md, "Renamed keys the matcher never
+    /// uses").
+    pub fn renamed_common_docs(&self) -> Option<u32> {
+        self.renamed.map(|r| {
+            (self.common_threshold / RENAMED_COMMON_DIVISOR)
+                .max(2)
+                .min(self.common_threshold.div_ceil(r.p.max(1)))
+        })
     }
 
     /// Checks the parameters make sense; returns a message per problem.
