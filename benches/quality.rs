@@ -1177,8 +1177,9 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
     writeln!(
         md,
         "Recall over spans of ≥ 24 units (all spans in brackets); left out = spans of ≥ t units \
-         whose unchanged text is not findable either (it is in ≥ 32 documents — license headers, \
-         generated code — or made of repeated units: suppressed as boilerplate by design); leaked \
+         whose unchanged text is not findable either (boilerplate by design: its k-grams are \
+         sampled in ≥ 32 documents — license headers, generated code —, or it is shorter than 2t \
+         and ≥ 32 documents hold all of it — import blocks —, or it is made of repeated units); leaked \
          = units of the copy a strict holdback would have released before the copy was detected \
          (mean / max over detected cases); latency = median units of the copy received at \
          detection.\n"

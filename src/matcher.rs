@@ -85,6 +85,12 @@ pub struct Finding {
     pub channel: Channel,
     /// The run also occurs in text the caller supplied in the request.
     pub caller_supplied: bool,
+    /// A short run (under [`SHARED_MAX_T`] times its channel's `t`) that at least
+    /// `common_threshold` documents of the index hold whole — the documents whose runs, open
+    /// or closed moments before, cover its output span (every document holding a shared text
+    /// of `t` units gets one): boilerplate such as a standard import block, not reported
+    /// ([`qualifies`]).
+    pub widely_shared: bool,
 }
 
 impl Finding {
@@ -110,6 +116,12 @@ impl Finding {
 /// for a finding and for a run still open (`OpenRun::as_finding`), so a strict holdback blocks
 /// exactly what would be reported.
 pub fn qualifies(params: &Params, f: &Finding) -> bool {
+    // A short text that many documents share is no evidence of copying any one of them: the
+    // rule the index applies to a k-gram (a common key is dropped), applied to the whole run.
+    // License texts are the license layer's (many licenses share their disclaimers).
+    if f.widely_shared && f.kind != MatchKind::LicenseText {
+        return false;
+    }
     let cp = params.channel(f.channel);
     // A run that is not an exact copy must have been hit by a k-gram that is not boilerplate.
     let rare = |f: &Finding| f.key_docs < params.common_threshold;
@@ -225,6 +237,16 @@ const MAX_GAP: u32 = 6;
 const MAX_SKIP: u32 = 4;
 /// Runs of one document open at once (at different alignments).
 const MAX_RUNS_PER_DOC: u8 = 4;
+
+/// Runs shorter than this many times their channel's `t` may be boilerplate
+/// ([`Finding::widely_shared`]): 46 code units, 24 prose words with the default parameters —
+/// under the built-in policy's blocking lengths (50, 32).
+pub const SHARED_MAX_T: u32 = 2;
+
+/// Closed runs are kept this many units for [`IndexMatcher::widely_shared`]: a run closes at
+/// most `MAX_GAP + MAX_SKIP` units after its last aligned unit, so one closing now ends well
+/// inside the window.
+const SHARED_WINDOW: usize = 64;
 /// A gapped run is reported only if it is at least this similar to its source region.
 pub const NEAR_MIN_SIMILARITY: f64 = 0.6;
 
@@ -468,6 +490,9 @@ struct IndexMatcher {
     /// The index has the rename-insensitive channel (its parameters and class store).
     renamed: Option<ChannelParams>,
     open: Vec<Candidate>,
+    /// Runs closed in the last [`SHARED_WINDOW`] units: output range (start, end of the last
+    /// aligned unit) and document, for [`IndexMatcher::widely_shared`].
+    closed: VecDeque<(u64, u64, u32)>,
     /// Open runs per document. A document may have a few open at once, at different
     /// alignments: a passage that occurs twice in it (a refrain, a repeated warning) may seed
     /// the wrong occurrence first, and the right one must not wait for the wrong one to die —
@@ -527,6 +552,7 @@ impl IndexMatcher {
             kind: reported_kind(&self.index, c.doc, kind),
             channel: c.channel,
             caller_supplied: c.caller_supplied,
+            widely_shared: self.widely_shared(c, c.out_start, e.out_end, e.out_units),
         };
         let mut as_kind = f.clone();
         as_kind.kind = kind;
@@ -552,13 +578,57 @@ impl IndexMatcher {
             } else {
                 MatchKind::Exact
             },
+            widely_shared: self.widely_shared(c, start, end, units),
             ..f
         };
         (kind != MatchKind::Exact && qualifies(&self.params, &exact)).then_some(exact)
     }
 
-    fn close(&self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
+    fn close(&mut self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
         out.extend(self.finding(c, which));
+        self.closed
+            .push_back((c.out_start, c.anchor().out_end, c.doc));
+    }
+
+    /// Whether run `c`'s output `start..end` (`units` long) is short and at least
+    /// `common_threshold` documents hold all of it: `c`'s document and those of the runs open
+    /// now or closed in the last [`SHARED_WINDOW`] units that cover it. Every document holding
+    /// a text of at least `t` units gets a run (the index's guarantee), so these are the
+    /// documents that share the text — for a standard three-line import block, 138 in the
+    /// crates index. Counted only where enough runs exist to reach the threshold.
+    ///
+    /// Only short runs: a long text many documents hold (a file vendored into many crates) is
+    /// still a copy of licensed text, and what models reproduce most is what was duplicated
+    /// most.
+    fn widely_shared(&self, c: &Candidate, start: u64, end: u64, units: u32) -> bool {
+        let threshold = self.params.common_threshold as usize;
+        if self.license_only
+            || units >= SHARED_MAX_T * self.params.channel(c.channel).t()
+            || self.open.len() + self.closed.len() + 1 < threshold
+        {
+            return false;
+        }
+        let doc = c.doc;
+        let covering = |s: u64, e: u64| s <= start && e >= end;
+        let mut docs: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|c| covering(c.out_start, c.cur.out_end))
+            .map(|c| c.doc)
+            .chain(
+                self.closed
+                    .iter()
+                    .filter(|&&(s, e, _)| covering(s, e))
+                    .map(|&(_, _, d)| d),
+            )
+            .chain([doc])
+            .collect();
+        if docs.len() < threshold {
+            return false;
+        }
+        docs.sort_unstable();
+        docs.dedup();
+        docs.len() >= threshold
     }
 
     /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and starts loading the filter
@@ -736,6 +806,14 @@ impl IndexMatcher {
             }
         }
 
+        // Runs closed too long ago to cover a run closing from now on.
+        if let Some(&(_, e, _)) = self.closed.front() {
+            let h = hist.len();
+            let cutoff = hist[h.saturating_sub(SHARED_WINDOW)].start;
+            if e < cutoff {
+                self.closed.retain(|&(_, e, _)| e >= cutoff);
+            }
+        }
         // Extend open runs by this unit, or close them.
         let mut i = 0;
         while i < self.open.len() {
@@ -946,9 +1024,17 @@ impl IndexMatcher {
     fn finish(&mut self, which: usize, out: &mut Vec<Finding>) {
         self.open_docs.clear();
         self.boiler = None;
-        for c in std::mem::take(&mut self.open) {
-            self.close(&c, which, out);
+        // Every run ends here: each is judged with all the others (still open until now)
+        // covering it or not.
+        let open = std::mem::take(&mut self.open);
+        self.closed.extend(
+            open.iter()
+                .map(|c| (c.out_start, c.anchor().out_end, c.doc)),
+        );
+        for c in &open {
+            self.close(c, which, out);
         }
+        self.closed.clear();
     }
 }
 
@@ -1073,6 +1159,7 @@ impl Scanner {
                 params: ix.params(),
                 renamed: ix.params().renamed,
                 open: Vec::new(),
+                closed: VecDeque::new(),
                 open_docs: rustc_hash::FxHashMap::default(),
                 roll: RollingKgram::new(1),
                 roll_channel: None,
@@ -1288,6 +1375,7 @@ impl Scanner {
                 doc: c.doc,
                 doc_unit_start: c.doc_start,
                 caller_supplied: c.caller_supplied,
+                widely_shared: m.widely_shared(c, c.out_start, c.cur.out_end, c.cur.out_units),
             })
         })
     }
@@ -1312,6 +1400,9 @@ pub struct OpenRun {
     pub doc: u32,
     pub doc_unit_start: u32,
     pub caller_supplied: bool,
+    /// See [`Finding::widely_shared`]: a run that many documents share so far is not judged
+    /// while it grows; it may not stay so.
+    pub widely_shared: bool,
 }
 
 impl OpenRun {
@@ -1332,6 +1423,7 @@ impl OpenRun {
             kind: self.kind,
             channel: self.channel,
             caller_supplied: self.caller_supplied,
+            widely_shared: self.widely_shared,
         }
     }
 }

@@ -727,6 +727,8 @@ impl Pipeline {
                 // A license text the policy cannot block is not judged while it grows (judging
                 // it identifies the license over the whole run, on every event).
                 .filter(|r| hold_license || r.kind != MatchKind::LicenseText)
+                // Boilerplate so far (`qualifies` would not report it if it ended now).
+                .filter(|r| !r.widely_shared || r.kind == MatchKind::LicenseText)
                 .filter(|r| {
                     let m = match r.channel {
                         Channel::Prose => min[0],
