@@ -519,6 +519,8 @@ struct IndexMatcher {
     since_abstract: usize,
     /// Whether boilerplate stretches are tracked ([`Scanner::set_hold_boilerplate`]).
     track_boiler: bool,
+    /// Widely shared runs are reported too ([`Scanner::set_report_shared`]).
+    report_shared: bool,
     /// Per fresh unit: whether it completes a k-gram, and if so whether the index marks that
     /// k-gram's key common (filled only when boilerplate is tracked).
     commons: Vec<Option<bool>>,
@@ -556,6 +558,7 @@ impl IndexMatcher {
         };
         let mut as_kind = f.clone();
         as_kind.kind = kind;
+        as_kind.widely_shared &= !self.report_shared;
         if qualifies(&self.params, &as_kind) {
             return Some(f);
         }
@@ -581,7 +584,11 @@ impl IndexMatcher {
             widely_shared: self.widely_shared(c, start, end, units),
             ..f
         };
-        (kind != MatchKind::Exact && qualifies(&self.params, &exact)).then_some(exact)
+        let check = Finding {
+            widely_shared: exact.widely_shared && !self.report_shared,
+            ..exact.clone()
+        };
+        (kind != MatchKind::Exact && qualifies(&self.params, &check)).then_some(exact)
     }
 
     fn close(&mut self, c: &Candidate, which: usize, out: &mut Vec<Finding>) {
@@ -1169,6 +1176,7 @@ impl Scanner {
                 rrun: 0,
                 since_abstract: usize::MAX,
                 track_boiler: false,
+                report_shared: false,
                 commons: Vec::new(),
                 boiler: None,
                 pos: Vec::new(),
@@ -1227,6 +1235,15 @@ impl Scanner {
         for m in &mut self.matchers {
             m.track_boiler = hold;
             m.boiler = None;
+        }
+    }
+
+    /// Also reports the short runs many documents share ([`Finding::widely_shared`] set),
+    /// which are otherwise boilerplate and not reported: to see what is suppressed, or to tell
+    /// whether a text holds any indexed text at all (the quality benchmark's negatives).
+    pub fn set_report_shared(&mut self, on: bool) {
+        for m in &mut self.matchers {
+            m.report_shared = on;
         }
     }
 

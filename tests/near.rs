@@ -725,6 +725,14 @@ fn a_short_text_many_documents_hold_is_not_reported_a_long_one_is() {
     let (_d, many, whole) = shared_corpus(40, block);
     let got = scan(&many, RUST, &output);
     assert!(got.is_empty(), "{got:?}");
+    // Asked for, they are reported, marked.
+    let mut sc = verbatim::matcher::Scanner::new(std::slice::from_ref(&many), RUST);
+    sc.set_report_shared(true);
+    sc.push_str(&output);
+    sc.finish();
+    let shared = sc.take_findings();
+    assert_eq!(shared.len(), 40, "{shared:?}");
+    assert!(shared.iter().all(|f| f.widely_shared));
     let got = scan(&many, RUST, &format!("// a copy\n{whole}"));
     assert!(got.iter().any(|g| g.doc == 0 && g.units > 25), "{got:?}");
 
