@@ -235,6 +235,11 @@ struct ScanArgs {
     /// Leave out the built-in SPDX license index (and license markers).
     #[arg(long)]
     no_license_index: bool,
+    /// Also report the short runs that many indexed documents hold whole (a standard import
+    /// block: boilerplate, not reported otherwise), marked `"shared": true`; they count for
+    /// the exit status.
+    #[arg(long)]
+    shared: bool,
     /// `jsonl` (default when stdout is not a terminal) or `text`.
     #[arg(long)]
     format: Option<Format>,
@@ -472,7 +477,14 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
     // small writes each searched for a newline (a third of a `scan` with 200,000 findings).
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let scan = |input: &mut dyn Read, kind, skip_binary| {
-        scan_input(&indexes, kind, input, a.no_license_index, skip_binary)
+        scan_input(
+            &indexes,
+            kind,
+            input,
+            a.no_license_index,
+            a.shared,
+            skip_binary,
+        )
     };
 
     let stdin = a.inputs.iter().any(|p| p.as_os_str() == "-");
@@ -608,9 +620,11 @@ fn scan_input(
     kind: TextKind,
     input: &mut dyn Read,
     no_markers: bool,
+    shared: bool,
     skip_binary: bool,
 ) -> io::Result<Option<(Vec<u8>, Scanned)>> {
     let mut scanner = Scanner::new(indexes, kind);
+    scanner.set_report_shared(shared);
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -744,8 +758,16 @@ fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport)
         .count();
     writeln!(
         out,
-        "{name}:{line}: {} {} units copied (bytes {}..{})",
-        r.units, r.channel, r.output_start, r.output_end
+        "{name}:{line}: {} {} units copied (bytes {}..{}){}",
+        r.units,
+        r.channel,
+        r.output_start,
+        r.output_end,
+        if r.shared {
+            " — boilerplate, many indexed documents hold it"
+        } else {
+            ""
+        }
     )?;
     write!(
         out,

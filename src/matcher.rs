@@ -1580,6 +1580,10 @@ pub struct FindingReport {
     pub index_id: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub caller_supplied: bool,
+    /// Boilerplate many indexed documents hold whole ([`Finding::widely_shared`]), reported
+    /// only when asked for ([`Scanner::set_report_shared`], `scan --shared`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// A license text: the share of the license the output reproduces (0–1); `license` is then
     /// the license identified from the output itself.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1612,6 +1616,7 @@ impl FindingReport {
             rights_holder: corpus.metadata.get("rights_holder").cloned(),
             index_id: index.manifest().index_id.clone(),
             caller_supplied: f.caller_supplied,
+            shared: f.widely_shared,
             coverage: None,
         })
     }

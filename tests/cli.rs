@@ -490,3 +490,79 @@ fn scan_of_several_inputs_reports_what_it_can_and_exits_2_on_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A standard import block that 40 indexed files hold is boilerplate: `scan` reports nothing
+/// and exits 0; with `--shared` it lists one finding per file, marked, and exits 1.
+#[test]
+fn scan_leaves_out_boilerplate_many_files_hold_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let block = "use std::future::Future;\nuse std::pin::Pin;\nuse std::task::{Context, Poll};\n";
+    for i in 0..40 {
+        let own = |tag: &str| {
+            (0..3 + i % 5)
+                .map(|j| {
+                    format!(
+                        "fn {tag}_{i}_{j}(x: u{}) -> bool {{ x > {j} }}\n",
+                        8 << (j % 4)
+                    )
+                })
+                .collect::<String>()
+        };
+        std::fs::write(
+            src.join(format!("f{i}.rs")),
+            format!("{}{block}{}", own("head"), own("tail")),
+        )
+        .unwrap();
+    }
+    let manifest = dir.path().join("shared.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"shared\"\nkind = \"code\"\nrights = \"licensed\"\nlicense = \"MIT\"\npaths = [\"src\"]\n",
+    )
+    .unwrap();
+    let idx = dir.path().join("idx");
+    let out = run(
+        &[
+            "index",
+            "build",
+            "--corpus",
+            manifest.to_str().unwrap(),
+            "--out",
+            idx.to_str().unwrap(),
+            "--quiet",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer =
+        format!("fn main() {{ println!(\"hi\"); }}\n{block}fn shout(y: u64) -> u64 {{ y * 7 }}\n");
+    let args = [
+        "scan",
+        "--no-license-index",
+        "--kind",
+        "code",
+        "--lang",
+        "rust",
+        "--index",
+        idx.to_str().unwrap(),
+        "-",
+    ];
+    let out = run(&args, Some(&answer));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&[&args[..8], &["--shared", "-"]].concat(), Some(&answer));
+    let lines = findings(&out);
+    assert_eq!(lines.len(), 40, "{lines:?}");
+    assert!(lines.iter().all(|l| l["shared"] == true), "{lines:?}");
+}
