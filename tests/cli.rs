@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_verbatim");
 const FIXTURE: &str = "tests/fixtures/index-v4";
 
@@ -26,6 +28,17 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     }
     drop(c.stdin.take());
     c.wait_with_output().unwrap()
+}
+
+/// `verbatim index build --corpus CORPUS --out OUT --quiet`.
+fn index_build(corpus: &str, out: &std::path::Path) -> Output {
+    let out = out.to_str().unwrap();
+    run(
+        &[
+            "index", "build", "--corpus", corpus, "--out", out, "--quiet",
+        ],
+        None,
+    )
 }
 
 /// The findings of a scan that must have found some (exit status 1), one per JSON line.
@@ -222,18 +235,7 @@ fn build_reports_every_manifest_problem_and_exits_2() {
 fn build_info_verify_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("idx");
-    let out = run(
-        &[
-            "index",
-            "build",
-            "--corpus",
-            "corpora",
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--quiet",
-        ],
-        None,
-    );
+    let out = index_build("corpora", &out_dir);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -498,23 +500,10 @@ fn scan_leaves_out_boilerplate_many_files_hold_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let block = "use std::future::Future;\nuse std::pin::Pin;\nuse std::task::{Context, Poll};\n";
+    let block = common::IMPORT_BLOCK;
     for i in 0..40 {
-        let own = |tag: &str| {
-            (0..3 + i % 5)
-                .map(|j| {
-                    format!(
-                        "fn {tag}_{i}_{j}(x: u{}) -> bool {{ x > {j} }}\n",
-                        8 << (j % 4)
-                    )
-                })
-                .collect::<String>()
-        };
-        std::fs::write(
-            src.join(format!("f{i}.rs")),
-            format!("{}{block}{}", own("head"), own("tail")),
-        )
-        .unwrap();
+        let (head, tail) = (common::own_code(i, "head"), common::own_code(i, "tail"));
+        std::fs::write(src.join(format!("f{i}.rs")), format!("{head}{block}{tail}")).unwrap();
     }
     let manifest = dir.path().join("shared.toml");
     std::fs::write(
@@ -523,18 +512,7 @@ fn scan_leaves_out_boilerplate_many_files_hold_unless_asked() {
     )
     .unwrap();
     let idx = dir.path().join("idx");
-    let out = run(
-        &[
-            "index",
-            "build",
-            "--corpus",
-            manifest.to_str().unwrap(),
-            "--out",
-            idx.to_str().unwrap(),
-            "--quiet",
-        ],
-        None,
-    );
+    let out = index_build(manifest.to_str().unwrap(), &idx);
     assert_eq!(
         out.status.code(),
         Some(0),

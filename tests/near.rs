@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use common::{Rng, build_index, scan, scan_cuts, vocabulary, write_corpus};
+use common::{IMPORT_BLOCK, Rng, build_index, own_code, scan, scan_cuts, vocabulary, write_corpus};
 use verbatim::index::{Index, Params};
 use verbatim::matcher::{Finding, MatchKind};
 use verbatim::normalize::{Lang, TextKind, UnitClass, normalize};
@@ -688,19 +688,9 @@ fn renamed_keys_the_matcher_would_drop_are_common_in_the_index() {
 /// the first one's code before it, `shared` and the first one's code after it.
 fn shared_corpus(n: usize, shared: &str) -> (tempfile::TempDir, Arc<Index>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let own = |i: usize, tag: &str| {
-        (0..3 + i % 5)
-            .map(|j| {
-                format!(
-                    "fn {tag}_{i}_{j}(x: u{}) -> bool {{ x > {j} }}\n",
-                    8 << (j % 4)
-                )
-            })
-            .collect::<String>()
-    };
     let docs: Vec<(String, String)> = (0..n)
         .map(|i| {
-            let text = format!("{}{shared}{}", own(i, "head"), own(i, "tail"));
+            let text = format!("{}{shared}{}", own_code(i, "head"), own_code(i, "tail"));
             (format!("d{i}.rs"), text)
         })
         .collect();
@@ -718,7 +708,7 @@ fn shared_corpus(n: usize, shared: &str) -> (tempfile::TempDir, Arc<Index>, Stri
 /// holds the block.
 #[test]
 fn a_short_text_many_documents_hold_is_not_reported_a_long_one_is() {
-    let block = "use std::future::Future;\nuse std::pin::Pin;\nuse std::task::{Context, Poll};\n";
+    let block = IMPORT_BLOCK;
     let output =
         format!("fn main() {{ println!(\"hi\"); }}\n{block}fn shout(y: u64) -> u64 {{ y * 7 }}\n");
 

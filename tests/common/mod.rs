@@ -130,3 +130,20 @@ pub fn one_code_doc_index(dir: &Path, doc: &str, params: Params) -> Arc<Index> {
     );
     build_index(dir, &[m], params)
 }
+
+/// A standard three-line import block: 25 code units (t = 23), boilerplate in many crates.
+pub const IMPORT_BLOCK: &str =
+    "use std::future::Future;\nuse std::pin::Pin;\nuse std::task::{Context, Poll};\n";
+
+/// Rust functions of document `i`'s own (3 to 7 of them, names tagged `tag` and `i`), to put
+/// around a shared text.
+pub fn own_code(i: usize, tag: &str) -> String {
+    (0..3 + i % 5)
+        .map(|j| {
+            format!(
+                "fn {tag}_{i}_{j}(x: u{}) -> bool {{ x > {j} }}\n",
+                8 << (j % 4)
+            )
+        })
+        .collect()
+}
