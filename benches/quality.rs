@@ -623,7 +623,7 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
         at = end;
         findings.extend(sc.take_findings());
         if c.positive && detected_at.is_none() {
-            let open = sc.open_runs().map(|o| o.as_finding());
+            let open = sc.open_runs().map(|o| sc.open_finding(&o));
             // Where the detected run starts: units of the span before it were never part of
             // the copy the engine found (e.g. a license header in ≥ 32 documents, suppressed as
             // boilerplate), so releasing them is not a leak of the run.

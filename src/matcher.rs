@@ -113,7 +113,7 @@ impl Finding {
 /// few words that happen to fit is not a copy), in code at least `t + k/2` aligned tokens of
 /// which one piece without a gap is at least `t` long (code's short seeds and low-entropy tokens
 /// align by chance far more often; see docs/quality.md). The same rule
-/// for a finding and for a run still open (`OpenRun::as_finding`), so a strict holdback blocks
+/// for a finding and for a run still open ([`Scanner::open_finding`]), so a strict holdback blocks
 /// exactly what would be reported.
 pub fn qualifies(params: &Params, f: &Finding) -> bool {
     // A short text that many documents share is no evidence of copying any one of them: the
@@ -560,7 +560,7 @@ impl IndexMatcher {
         // reportable: most runs that end are too short to be (a seed's run in a document that
         // parts from the output a few units on).
         let shared = |start, end, units| {
-            let w = self.widely_shared(c, start, end, units);
+            let w = self.widely_shared(c.channel, c.doc, start, end, units);
             (w, w && !self.report_shared)
         };
         let mut as_kind = f.clone();
@@ -611,8 +611,8 @@ impl IndexMatcher {
             .push_back((c.out_start, c.anchor().out_end, c.doc));
     }
 
-    /// Whether run `c`'s output `start..end` (`units` long) is short and at least
-    /// `common_threshold` documents hold all of it: `c`'s document and those of the runs open
+    /// Whether a run of `doc` over output `start..end` (`units` long) is short and at least
+    /// `common_threshold` documents hold all of it: `doc` and the documents of the runs open
     /// now or closed in the last [`SHARED_WINDOW`] units that cover it. Every document holding
     /// a text of at least `t` units gets a run (the index's guarantee), so these are the
     /// documents that share the text — for a standard three-line import block, 138 in the
@@ -621,9 +621,9 @@ impl IndexMatcher {
     /// Only short runs: a long text many documents hold (a file vendored into many crates) is
     /// still a copy of licensed text, and what models reproduce most is what was duplicated
     /// most.
-    fn widely_shared(&self, c: &Candidate, start: u64, end: u64, units: u32) -> bool {
+    fn widely_shared(&self, channel: Channel, doc: u32, start: u64, end: u64, units: u32) -> bool {
         let threshold = self.params.common_threshold as usize;
-        let t = self.params.channel(c.channel).t();
+        let t = self.params.channel(channel).t();
         if self.license_only
             || !(t..SHARED_MAX_T * t).contains(&units)
             || self.open.len() + self.closed.len() + 1 < threshold
@@ -642,7 +642,7 @@ impl IndexMatcher {
                     .filter(|&&(s, e, _)| covering(s, e))
                     .map(|&(_, _, d)| d),
             )
-            .chain([c.doc]);
+            .chain([doc]);
         // Distinct documents (one may have several runs) counted in a set of 1,024 bits on the
         // stack, stopping at the threshold: two documents may share a bit, so the count errs
         // low — towards reporting. A sorted list cost copied code 11 % of its scan.
@@ -1416,9 +1416,32 @@ impl Scanner {
                 doc: c.doc,
                 doc_unit_start: c.doc_start,
                 caller_supplied: c.caller_supplied,
-                widely_shared: m.widely_shared(c, c.out_start, c.cur.out_end, c.cur.out_units),
             })
         })
+    }
+
+    /// Open run `r` as a finding, as if it ended now — [`Finding::widely_shared`] included,
+    /// which is counted here, for the runs a caller asks about (counting it for every open
+    /// run on every event would cost the proxy's per-event path for nothing).
+    pub fn open_finding(&self, r: &OpenRun) -> Finding {
+        let m = &self.matchers[r.index];
+        Finding {
+            output_start: r.output_start,
+            output_end: r.output_end,
+            index: r.index,
+            doc: r.doc,
+            doc_unit_start: r.doc_unit_start,
+            source_units: r.source_units,
+            units: r.units,
+            matched: r.matched,
+            longest: r.longest,
+            structure: r.structure,
+            key_docs: r.key_docs,
+            kind: r.kind,
+            channel: r.channel,
+            caller_supplied: r.caller_supplied,
+            widely_shared: m.widely_shared(r.channel, r.doc, r.output_start, r.output_end, r.units),
+        }
     }
 }
 
@@ -1441,32 +1464,6 @@ pub struct OpenRun {
     pub doc: u32,
     pub doc_unit_start: u32,
     pub caller_supplied: bool,
-    /// See [`Finding::widely_shared`]: a run that many documents share so far is not judged
-    /// while it grows; it may not stay so.
-    pub widely_shared: bool,
-}
-
-impl OpenRun {
-    /// The run as a finding (as if it ended now).
-    pub fn as_finding(&self) -> Finding {
-        Finding {
-            output_start: self.output_start,
-            output_end: self.output_end,
-            index: self.index,
-            doc: self.doc,
-            doc_unit_start: self.doc_unit_start,
-            source_units: self.source_units,
-            units: self.units,
-            matched: self.matched,
-            longest: self.longest,
-            structure: self.structure,
-            key_docs: self.key_docs,
-            kind: self.kind,
-            channel: self.channel,
-            caller_supplied: self.caller_supplied,
-            widely_shared: self.widely_shared,
-        }
-    }
 }
 
 /// The k-gram keys of text the caller supplied (system prompt, messages, tool results,

@@ -461,7 +461,7 @@ fn strict_holdback_keeps_boilerplate_a_later_run_extends_over() {
             let seen = s
                 .take_findings()
                 .into_iter()
-                .chain(s.open_runs().map(|o| o.as_finding()))
+                .chain(s.open_runs().map(|o| s.open_finding(&o)))
                 .filter(|f| f.output_end > body)
                 .map(|f| f.output_start)
                 .min();
@@ -525,7 +525,7 @@ fn strict_holdback_keeps_a_repetitive_start_a_later_run_extends_over() {
             seen = s
                 .take_findings()
                 .into_iter()
-                .chain(s.open_runs().map(|o| o.as_finding()))
+                .chain(s.open_runs().map(|o| s.open_finding(&o)))
                 .map(|f| f.output_start)
                 .min();
             if seen.is_some() {

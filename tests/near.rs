@@ -723,6 +723,12 @@ fn a_short_text_many_documents_hold_is_not_reported_a_long_one_is() {
     let shared = sc.take_findings();
     assert_eq!(shared.len(), 40, "{shared:?}");
     assert!(shared.iter().all(|f| f.widely_shared));
+    // While the runs are still open, as the proxy judges them (it does not judge these).
+    let mut sc = verbatim::matcher::Scanner::new(std::slice::from_ref(&many), RUST);
+    sc.push_str(&format!("fn main() {{ println!(\"hi\"); }}\n{block}"));
+    let open: Vec<Finding> = sc.open_runs().map(|r| sc.open_finding(&r)).collect();
+    assert_eq!(open.len(), 40, "{open:?}");
+    assert!(open.iter().all(|f| f.widely_shared), "{open:?}");
     let got = scan(&many, RUST, &format!("// a copy\n{whole}"));
     assert!(got.iter().any(|g| g.doc == 0 && g.units > 25), "{got:?}");
 

@@ -721,14 +721,12 @@ impl Pipeline {
             // a citation and evaluates license expressions, and this runs on every event.
             let min = &self.min_block;
             let hold_license = self.hold_license;
-            let runs: Vec<Finding> = self.streams[s]
-                .1
+            let scanner = &self.streams[s].1;
+            let runs: Vec<Finding> = scanner
                 .open_runs()
                 // A license text the policy cannot block is not judged while it grows (judging
                 // it identifies the license over the whole run, on every event).
                 .filter(|r| hold_license || r.kind != MatchKind::LicenseText)
-                // Boilerplate so far (`qualifies` would not report it if it ended now).
-                .filter(|r| !r.widely_shared || r.kind == MatchKind::LicenseText)
                 .filter(|r| {
                     let m = match r.channel {
                         Channel::Prose => min[0],
@@ -736,7 +734,9 @@ impl Pipeline {
                     };
                     m.is_some_and(|m| r.units >= m)
                 })
-                .map(|r| r.as_finding())
+                .map(|r| scanner.open_finding(&r))
+                // Boilerplate so far (`qualifies` would not report it if it ended now).
+                .filter(|f| !f.widely_shared || f.kind == MatchKind::LicenseText)
                 .collect();
             for f in runs {
                 if let Some((cite, v)) = self.judge(s, &f, None)
