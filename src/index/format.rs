@@ -156,8 +156,8 @@ impl Params {
     /// from which the matcher estimates the key in `common_threshold` documents (sampled
     /// count × p) and opens no run from it (`IndexMatcher::seed`): with the defaults 6, not 8.
     /// Keys sampled in 6 or 7 documents were kept in the filter and the postings only to be
-    /// found, looked up and dropped (docs/benchmarks.md, "Renamed keys the matcher never
-    /// uses").
+    /// found, looked up and dropped (docs/benchmarks.md, "Per-chunk latency by workload; the
+    /// copied-code tail").
     pub fn renamed_common_docs(&self) -> Option<u32> {
         self.renamed.map(|r| {
             (self.common_threshold / RENAMED_COMMON_DIVISOR)
