@@ -171,8 +171,19 @@ pub const STRUCTURE_MAX: usize = 4096;
 ///
 /// With `literals`, literals of at least [`LONG_LITERAL`] bytes count by value, not by class:
 /// a run whose literals all equal its source's (only its names changed) carries them as
-/// copied text, and a table of test vectors is not one row repeated.
-pub fn structure(index: &Index, doc: u32, start: u32, len: u32, literals: bool) -> u32 {
+/// copied text, and a table of test vectors is not one row repeated. With `idents`,
+/// identifiers count by value: a run whose names all equal its source's (only its literals
+/// changed) carries them as copied text, and a table of named constants (`pub const EPERM:
+/// i32 = 1;` …) is its names in their order, not one row — another table of that form
+/// names its rows otherwise and is still one row.
+pub fn structure(
+    index: &Index,
+    doc: u32,
+    start: u32,
+    len: u32,
+    literals: bool,
+    idents: bool,
+) -> u32 {
     let (s, e) = (
         start as usize,
         start as usize + (len as usize).min(STRUCTURE_MAX),
@@ -194,6 +205,7 @@ pub fn structure(index: &Index, doc: u32, start: u32, len: u32, literals: bool) 
             UnitClass::Number | UnitClass::Str if literals && long(s + i) => {
                 (u64::from(h), UnitClass::Other)
             }
+            UnitClass::Ident if idents => (u64::from(h), UnitClass::Other),
             _ => (u64::from(h), class),
         }
     });
@@ -453,17 +465,21 @@ impl Candidate {
                     && self.key_docs < params.common_threshold =>
             {
                 use std::sync::atomic::Ordering::Relaxed;
-                // A run's literals count by value while every one equals its source's.
+                // A run's literals count by value while every one equals its source's, its
+                // identifiers while every one does.
                 let literals = e.literals_changed == 0;
-                // The mode is part of the key (bit 31 of the value: a structure is at most
-                // STRUCTURE_MAX).
-                let key = u64::from(e.doc_end) << 32 | u64::from(literals) << 31;
+                let idents = e.renamed == e.literals_changed;
+                // The modes are part of the key (bits 31 and 30 of the value: a structure is
+                // at most STRUCTURE_MAX).
+                let key = u64::from(e.doc_end) << 32
+                    | u64::from(literals) << 31
+                    | u64::from(idents) << 30;
                 let at = self.structure_at.load(Relaxed);
-                if at != u64::MAX && at & !0x7fff_ffff == key {
-                    return (at & 0x7fff_ffff) as u32;
+                if at != u64::MAX && at & !0x3fff_ffff == key {
+                    return (at & 0x3fff_ffff) as u32;
                 }
                 let len = e.doc_end - self.doc_start;
-                let v = structure(index, self.doc, self.doc_start, len, literals);
+                let v = structure(index, self.doc, self.doc_start, len, literals, idents);
                 self.structure_at.store(key | u64::from(v), Relaxed);
                 v
             }

@@ -353,6 +353,19 @@ fn a_list_matches_any_list_of_its_form_so_only_an_exact_copy_of_one_is_reported(
         "{got:?}"
     );
 
+    // The table with every value changed and its names kept is a copy of its names in their
+    // order: a renamed finding (one of the renamed channel's; its literals changed).
+    let revalued = original.replace(" = ", " = 9");
+    let got = scan(&index, RUST, &revalued);
+    assert!(
+        got.iter()
+            .any(|g| g.kind == MatchKind::Renamed && g.doc == 1 && g.units >= 200),
+        "{got:?}"
+    );
+    // The same with its type renamed is again a list of that form and nothing more.
+    let got = scan(&index, RUST, &revalued.replace("c_uint", "c_ulong"));
+    assert!(got.is_empty(), "{got:?}");
+
     // Code that does not repeat itself keeps all of its structure (here `RollingKgram::new`
     // and the start of its methods), and a renamed copy of it is still a renamed finding in
     // this index.
