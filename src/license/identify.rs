@@ -77,6 +77,26 @@ fn is_copyright_line(rest: &str) -> bool {
     if !t.starts_with(['c', 'C', '©', '(', 'p', 'P', 'a', 'A']) {
         return false;
     }
+    // Nor does any other character lower-case to a sequence of ASCII letters these prefixes
+    // hold (`İ` gives `i` and a combining dot), so comparing ASCII case-insensitively first
+    // spares most lines the copy (`case`, `const`, `(void)`: a line of code is asked too).
+    let b = t.as_bytes();
+    let ci = |p: &str| {
+        b.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    if !t.starts_with('©')
+        && ![
+            "copyright",
+            "(c)",
+            "portions copyright",
+            "all rights reserved",
+        ]
+        .iter()
+        .any(|p| ci(p))
+    {
+        return false;
+    }
     let l = t.to_lowercase();
     let starts = ["copyright", "©", "(c)", "portions copyright"]
         .iter()
@@ -160,19 +180,27 @@ static VARIETAL_MAP: LazyLock<rustc_hash::FxHashMap<&'static str, &'static str>>
 /// folded word (in `scratch`, or the static spelling it folds to).
 pub(crate) fn fold_into<'a>(w: &str, scratch: &'a mut String) -> &'a str {
     scratch.clear();
+    fold_append(w, scratch);
+    scratch
+}
+
+/// [`fold_into`] appending to `out` (the marker scanner folds each word into its joined
+/// text, not into a scratch buffer copied from after).
+pub(crate) fn fold_append(w: &str, out: &mut String) {
+    let at = out.len();
     if w.is_ascii() {
-        scratch.push_str(w);
-        scratch.make_ascii_lowercase();
+        out.push_str(w);
+        out[at..].make_ascii_lowercase();
     } else {
         // `str::to_lowercase`, not per char: a final sigma lower-cases by its position.
-        scratch.push_str(&w.to_lowercase());
+        out.push_str(&w.to_lowercase());
     }
-    if !WordEnds::VARIETAL.may_hold(scratch) {
-        return scratch;
+    if !WordEnds::VARIETAL.may_hold(&out[at..]) {
+        return;
     }
-    match VARIETAL_MAP.get(scratch.as_str()) {
-        Some(to) => to,
-        None => scratch,
+    if let Some(to) = VARIETAL_MAP.get(&out[at..]) {
+        out.truncate(at);
+        out.push_str(to);
     }
 }
 
@@ -247,14 +275,44 @@ fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
 /// its byte range, as [`words`] (or, with `numbers`, [`words_keeping_numbers`]) lists them,
 /// without a `String` per word: `scratch` holds the word being folded. The license marker
 /// scanner runs this over every line of every answer.
+/// [`str::lines`], found with `memchr`'s vector search: the marker scanner asks this of every
+/// line of every answer, and `str::lines` searches with the standard library's
+/// word-at-a-time `memchr`.
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest.filter(|r| !r.is_empty())?;
+        Some(match memchr::memchr(b'\n', r.as_bytes()) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                r[..i].strip_suffix('\r').unwrap_or(&r[..i])
+            }
+            None => {
+                rest = None;
+                r
+            }
+        })
+    })
+}
+
 pub(crate) fn for_each_word(
     text: &str,
     numbers: bool,
     scratch: &mut String,
     mut f: impl FnMut(&str, (usize, usize)),
 ) {
+    for_each_raw_word(text, numbers, |w, span| f(fold_into(w, scratch), span));
+}
+
+/// [`for_each_word`] before folding: each word as the text has it (fold it with
+/// [`fold_into`] or [`fold_append`]).
+pub(crate) fn for_each_raw_word(
+    text: &str,
+    numbers: bool,
+    mut f: impl FnMut(&str, (usize, usize)),
+) {
     let base = text.as_ptr() as usize;
-    for line in text.lines() {
+    for line in lines(text) {
         let rest = strip_prefix(line);
         if is_copyright_line(rest) {
             continue;
@@ -264,12 +322,12 @@ pub(crate) fn for_each_word(
         // Short numbers and single letters are dropped wherever they stand: section and list
         // markers ("1.", "2.1.", "a)") move to the middle of a line when text is rewrapped,
         // where they cannot be told from the rest.
-        let mut word = |s: usize, i: usize, scratch: &mut String| {
+        let mut word = |s: usize, i: usize| {
             let w = &rest[s..i];
             let marker =
                 w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit()) || w.chars().nth(1).is_none();
             if numbers || !marker {
-                f(fold_into(w, scratch), (off + s, off + i));
+                f(w, (off + s, off + i));
             }
         };
         if rest.is_ascii() {
@@ -285,7 +343,7 @@ pub(crate) fn for_each_word(
                 while i < b.len() && b[i].is_ascii_alphanumeric() {
                     i += 1;
                 }
-                word(s, i, scratch);
+                word(s, i);
             }
             continue;
         }
@@ -297,7 +355,7 @@ pub(crate) fn for_each_word(
             match (c.is_alphanumeric(), start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
-                    word(s, i, scratch);
+                    word(s, i);
                     start = None;
                 }
                 _ => {}
@@ -502,6 +560,60 @@ impl LicenseDb {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    proptest! {
+        /// `lines` splits as `str::lines` does, `\r\n`, a lone `\r` and a missing final
+        /// newline included.
+        #[test]
+        fn lines_are_str_lines(text in "[ab\r\n©]{0,40}") {
+            let want: Vec<&str> = text.lines().collect();
+            let got: Vec<&str> = super::lines(&text).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// [`super::is_copyright_line`] as it was before its ASCII pre-check: every line that
+    /// starts with one of the letters lower-cased whole.
+    fn copyright_line_reference(rest: &str) -> bool {
+        let l = rest.trim_start().to_lowercase();
+        let starts = ["copyright", "©", "(c)", "portions copyright"]
+            .iter()
+            .any(|p| l.starts_with(p));
+        if !starts {
+            return l.starts_with("all rights reserved");
+        }
+        let year = l
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.iter().all(u8::is_ascii_digit));
+        if l.starts_with("(c)") {
+            return year || l.contains("copyright");
+        }
+        year || l.contains('©')
+            || l.contains("(c)")
+            || ["<year>", "yyyy", "<owner>", "<copyright", "[name of"]
+                .iter()
+                .any(|p| l.contains(p))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+        #[test]
+        fn copyright_lines_are_told_as_before_the_ascii_pre_check(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    "(COPYRIGHT|Copyright|copyrİght|COPYRIGHT|\\(c\\)|\\(C\\)|©|Portions copyRight|all RIGHTS reserved|ALL rİghts|yyyy|<owner>)",
+                    "[ (cCpPaAK]{0,3}",
+                    "[0-9]{1,5}",
+                    "\\PC{0,4}",
+                ],
+                0..6,
+            ),
+        ) {
+            let line: String = parts.concat();
+            prop_assert_eq!(super::is_copyright_line(&line), copyright_line_reference(&line), "{:?}", line);
+        }
+    }
 
     /// The word list as it was computed before [`super::for_each_word`]: a `String` per word,
     /// every character tested with `char::is_alphanumeric`, varietal spellings found by a

@@ -443,15 +443,27 @@ fn quote(expr: &str) -> std::borrow::Cow<'_, str> {
 /// tests 32 bytes at a time) rather than an automaton stepping every byte: every line of
 /// every answer is asked, and an aho-corasick automaton over these three patterns, which have
 /// four distinct first bytes in any case, gets no prefilter.
+///
+/// Code is full of `c` and `(`, so `copyright` is found by its `y` and `(c)` by `memmem`,
+/// which tests two of its bytes at once (`(c` side by side is rare): three vector searches
+/// that each stop rarely, instead of one that stops at every `c` and `(` of a line of C.
 fn ascii_notice_token(line: &[u8]) -> Option<usize> {
-    memchr::memchr3_iter(b'c', b'C', b'(', line).find(|&i| {
-        let r = &line[i..];
-        if r[0] == b'(' {
-            r.len() >= 3 && r[1].eq_ignore_ascii_case(&b'c') && r[2] == b')'
-        } else {
-            r.len() >= 9 && r[..9].eq_ignore_ascii_case(b"copyright")
-        }
-    })
+    static PAREN_C: LazyLock<[memchr::memmem::Finder<'static>; 2]> = LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new("(c)"),
+            memchr::memmem::Finder::new("(C)"),
+        ]
+    });
+    let word = memchr::memchr2_iter(b'y', b'Y', line).find_map(|i| {
+        let start = i.checked_sub(3)?;
+        line.get(start..start + 9)
+            .filter(|w| w.eq_ignore_ascii_case(b"copyright"))
+            .map(|_| start)
+    });
+    // A `(c)` after the word cannot come first: only the part before it is searched.
+    let before = word.map_or(line, |w| &line[..(w + 2).min(line.len())]);
+    let sign = PAREN_C.iter().filter_map(|f| f.find(before)).min();
+    [word, sign].into_iter().flatten().min()
 }
 
 /// What an identifier line or a copyright notice starts with, lower-case.
@@ -506,10 +518,20 @@ fn copyright_line(line: &str, line_start: u64) -> Option<Marker> {
 
 /// Where the first notice token (`copyright` or `(c)` in any ASCII case, or `©`) starts.
 fn marker_notice_token(line: &str) -> Option<usize> {
-    [ascii_notice_token(line.as_bytes()), line.find('©')]
-        .into_iter()
-        .flatten()
-        .min()
+    [
+        ascii_notice_token(line.as_bytes()),
+        find_copyright_sign(line.as_bytes()),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// Where the first `©` (bytes C2 A9) starts: its second byte, rare in any text, found with
+/// `memchr`'s vector search (`str::find` with a `char` goes through the standard library's
+/// word-at-a-time search, and every line of every answer is asked).
+fn find_copyright_sign(line: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(0xA9, line).find_map(|i| (i > 0 && line[i - 1] == 0xC2).then(|| i - 1))
 }
 
 /// The notice's fields from `from`, the line from its first marker on (at offset `start`).
@@ -594,8 +616,6 @@ pub struct MarkerScanner {
     /// Spans of recent `SPDX-License-Identifier` lines: the names inside them are not
     /// markers of their own.
     spdx_lines: Vec<(u64, u64)>,
-    /// The word being folded.
-    scratch: String,
     /// How much of the current line [`MarkerScanner::undecided_from`] has searched for an
     /// identifier tag or a notice token, and where the first one starts (offsets in `line`).
     line_searched: usize,
@@ -818,11 +838,13 @@ impl MarkerScanner {
             &mut self.words,
         );
         let prefilter = &*FIRST_WORDS_PREFILTER;
-        super::identify::for_each_word(line, true, &mut self.scratch, |w, (s, e)| {
-            word_at.push(joined.len());
-            joined.push_str(w);
-            joined.push(' ');
+        super::identify::for_each_raw_word(line, true, |w, (s, e)| {
+            let at = joined.len();
+            word_at.push(at);
+            super::identify::fold_append(w, joined);
+            let w = &joined[at..];
             starts.push(prefilter.may_hold(w) && FIRST_WORDS.contains(w));
+            joined.push(' ');
             words.push((start + s as u64, start + e as u64));
         });
         self.line_start = start + line.len() as u64;
@@ -858,8 +880,13 @@ impl MarkerScanner {
         // trailing space is the next word's leading one, so the word right after a match
         // cannot start one either.
         let mut next_free = from;
-        for first in from..self.words.len() {
-            if first < next_free || !self.starts[first] {
+        let mut next = from;
+        // The words that may start a phrase are few (none in most lines of code): found with
+        // `memchr` over the flags, not by testing every word of the overlap at every line.
+        while let Some(d) = memchr::memchr(1, bytemuck::cast_slice(&self.starts[next..])) {
+            let first = next + d;
+            next = first + 1;
+            if first < next_free {
                 continue;
             }
             let w = self.word(first);
@@ -991,9 +1018,16 @@ mod tests {
             };
             let spdx = ci(&["spdx-license-identifier:"]).find(&line).map(|m| m.start());
             prop_assert_eq!(super::spdx_tag(&line), spdx);
+            prop_assert_eq!(super::find_copyright_sign(line.as_bytes()), line.find('©'));
             if line.is_ascii() {
-                let notice = ci(&["copyright", "©", "(c)"]).is_match(&line);
-                prop_assert_eq!(super::ascii_notice_token(line.as_bytes()).is_some(), notice);
+                let notice = aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                    .build(["copyright", "(c)"])
+                    .expect("valid patterns")
+                    .find(&line)
+                    .map(|m| m.start());
+                prop_assert_eq!(super::ascii_notice_token(line.as_bytes()), notice);
             }
         }
     }
