@@ -3,6 +3,7 @@
 //! index. Every case has a defined outcome and none may hang (each request has a deadline).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+mod common;
 mod proxy_mock;
 
 use std::sync::Arc;
@@ -1468,4 +1469,75 @@ async fn a_file_the_agent_read_written_back_through_a_tool_is_not_blocked() {
     let (got, finishes) = arguments(&body);
     assert!(!got.contains("shillings"), "{got}");
     assert!(finishes.contains(&json!("content_filter")), "{finishes:?}");
+}
+
+/// A policy that blocks code from 24 units — under 2t, where a standard import block lies —
+/// does not block that block when 40 indexed documents hold it whole (boilerplate, not a copy
+/// of any one of them: `Finding::widely_shared`): strict holdback holds it while its runs are
+/// open and releases it, byte for byte. Code of that length one document holds is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let text = format!(
+                "{}{}{}",
+                common::own_code(i, "head"),
+                common::IMPORT_BLOCK,
+                common::own_code(i, "tail")
+            );
+            (format!("d{i}.rs"), text)
+        })
+        .collect();
+    let m = common::write_corpus(
+        dir.path(),
+        "vendored",
+        "code",
+        "licensed",
+        Some("GPL-3.0-only"),
+        &docs,
+    );
+    let index = common::build_index(dir.path(), &[m], verbatim::index::Params::default());
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[rules]]\nname = \"block-code\"\naction = \"block\"\nwhen = { source = [\"code\"], min_units = 24 }\n",
+    )
+    .unwrap();
+    let boiler = format!(
+        "Here you go:\n\n```rust\n{}fn shout(y: u64) -> u64 {{ y * 7 }}\n```\n",
+        common::IMPORT_BLOCK
+    );
+    // Document 3's own functions (~80 units), which no other document holds.
+    let own = format!(
+        "Here you go:\n\n```rust\n{}```\n",
+        common::own_code(3, "head")
+    );
+    for piece in [1, 7, 40] {
+        let mock = start(Reply::sse(&openai_stream(&boiler, piece), 64)).await;
+        let p = proxy_with(&mock, vec![Arc::clone(&index)], |c| {
+            c.policy = Some(policy.clone());
+        })
+        .await;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200);
+        let evs = events(&body);
+        assert_eq!(openai_text(&evs), boiler, "piece {piece}");
+        assert!(
+            evs.iter()
+                .all(|(_, v)| v.pointer("/choices/0/finish_reason")
+                    != Some(&json!("content_filter"))),
+            "piece {piece}: {evs:?}"
+        );
+
+        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(&own, piece), 64);
+        let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        let evs = events(&body);
+        let last = assert_blocked_as(&evs, "exact");
+        assert_eq!(
+            last.pointer("/verbatim/finding/doc"),
+            Some(&json!("vendored/d3.rs")),
+            "piece {piece}"
+        );
+    }
 }
