@@ -661,7 +661,9 @@ impl ArgsNormalizer {
     /// order, so the segments are walked once (a search per unit over the thousands of
     /// segments a 64 KiB push of code leaves costs more than the normalising: measured).
     fn emit(&mut self, out: &mut Vec<Unit>) {
-        let map = &self.map;
+        // As a slice: indexing a `VecDeque` wraps every index, and this walk indexes the
+        // segments several times per unit (rarely a copy: `prune` pops from the front).
+        let map: &[Seg] = self.map.make_contiguous();
         let mut i = 0;
         for mut u in self.scratch.drain(..) {
             if i >= map.len() || map[i].dec > u.start {
