@@ -75,8 +75,8 @@ pub struct Finding {
     pub longest: u32,
     /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
     /// much of its source region is structure not repeated within it (see [`structure`]; long
-    /// literals count by value when every literal of the run equals its source's); `units`
-    /// for every other run (it decides nothing there).
+    /// literals count by value when every literal of the run equals its source's, identifiers
+    /// when every identifier does); `units` for every other run (it decides nothing there).
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
