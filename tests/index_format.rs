@@ -412,3 +412,44 @@ fn small_spill_budget_gives_the_same_index() {
         );
     }
 }
+
+/// Every program that opens the committed fixture outside this file (tests, benches, the fuzz
+/// targets, which CI does not build, the SDK and browser tests) names the current format's:
+/// the fuzz harness still named `index-v2` two formats later, so the `pipeline` and
+/// `responses` targets failed at their first input (`scripts/fuzz.sh`).
+#[test]
+fn every_fixture_path_names_the_current_format() {
+    let want = format!("index-v{}", verbatim::index::format::FORMAT_VERSION);
+    let mut stale = Vec::new();
+    for root in ["tests", "benches", "fuzz/fuzz_targets", "scripts", "src"] {
+        for e in walkdir::WalkDir::new(root) {
+            let e = e.unwrap();
+            let p = e.path();
+            if !e.file_type().is_file()
+                || p.ends_with("index_format.rs")
+                || p.starts_with("tests/fixtures")
+            {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(p) else {
+                continue;
+            };
+            for (i, line) in text.lines().enumerate() {
+                let mut rest = line;
+                while let Some(at) = rest.find("fixtures/index-v") {
+                    let name: String = rest[at + "fixtures/".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect();
+                    let version = name.trim_end_matches("-renamed");
+                    // `index-v$v` in the script that makes the fixtures.
+                    if version != want && version != "index-v" {
+                        stale.push(format!("{}:{}: {name}", p.display(), i + 1));
+                    }
+                    rest = &rest[at + 1..];
+                }
+            }
+        }
+    }
+    assert!(stale.is_empty(), "paths to an old fixture: {stale:#?}");
+}
