@@ -251,6 +251,46 @@ async fn non_streaming_responses_are_scanned_too() {
     );
 }
 
+/// A Responses output item with both string `arguments` and `input` (no item the API
+/// documents has both) gets each scanned and rewritten in its own field: under one stream the
+/// edit of `input` was written into `arguments`, and `input` went out with the copied text
+/// (found by the `responses` fuzz target). Both orders of which field holds the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_item_with_both_arguments_and_input_is_rewritten_field_by_field() {
+    let copy = format!("{INTRO}{COPIED}{OUTRO}");
+    for (args, input) in [(UNRELATED, copy.as_str()), (copy.as_str(), UNRELATED)] {
+        let resp = json!({
+            "id": "resp_1", "object": "response", "status": "completed",
+            "output": [{"type": "custom_tool_call", "call_id": "c1", "name": "write",
+                        "arguments": args, "input": input}],
+        });
+        let mock = start(Reply::json(200, &resp)).await;
+        let p = proxy(&mock, |_| {}).await;
+        let req = json!({"model": "m", "input": "go"});
+        let (status, _, body) = post(p.addr, "/v1/responses", &req).await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let field = |f: &str| {
+            v.pointer(&format!("/output/0/{f}"))
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        };
+        let (copied, clean) = if input == UNRELATED {
+            ("arguments", "input")
+        } else {
+            ("input", "arguments")
+        };
+        assert_eq!(field(clean), UNRELATED, "{v}");
+        let cut = field(copied);
+        assert!(
+            !cut.contains("lighthouse on Carrow Point"),
+            "{copied}: {cut:?}"
+        );
+        assert!(copy.starts_with(&cut), "{copied}: {cut:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_reach_the_client_as_sent() {
     for status in [400u16, 401, 429, 500, 529] {

@@ -530,11 +530,19 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 .flatten()
                 .enumerate()
             {
-                if let Some(args) = item.get("arguments").and_then(Value::as_str) {
+                let args = item.get("arguments").and_then(Value::as_str);
+                if let Some(args) = args {
                     f(key(oi as u64, 0, Part::ToolArgs), args);
                 }
                 if let Some(input) = item.get("input").and_then(Value::as_str) {
-                    f(key(oi as u64, 0, Part::ToolArgs), input);
+                    // A stream of its own when the item also has string `arguments` (no item
+                    // the API documents has both): each is scanned and rewritten in its own
+                    // field. Under one key, the edit of `input` was written into `arguments`
+                    // and `input` went out as it came (found by the `responses` fuzz target).
+                    f(
+                        key(oi as u64, u64::from(args.is_some()), Part::ToolArgs),
+                        input,
+                    );
                 }
                 if let Some(code) = item.get("code").and_then(Value::as_str) {
                     f(key(oi as u64, 0, Part::Code), code);
@@ -624,7 +632,13 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(Value::as_array_mut)
             .and_then(|o| o.get_mut(k.a as usize))
             .and_then(|item| match k.part {
-                Part::ToolArgs if item.get("arguments").is_some() => item.get_mut("arguments"),
+                // `input` is stream 1 when string `arguments` are stream 0 (see
+                // `for_each_response_slot`), else stream 0.
+                Part::ToolArgs
+                    if k.b == 0 && item.get("arguments").is_some_and(Value::is_string) =>
+                {
+                    item.get_mut("arguments")
+                }
                 Part::ToolArgs => item.get_mut("input"),
                 Part::Code => item.get_mut("code"),
                 Part::Summary => item
