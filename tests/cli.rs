@@ -498,19 +498,15 @@ fn scan_of_several_inputs_reports_what_it_can_and_exits_2_on_an_error() {
 #[test]
 fn scan_leaves_out_boilerplate_many_files_hold_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
     let block = common::IMPORT_BLOCK;
-    for i in 0..40 {
-        let (head, tail) = (common::own_code(i, "head"), common::own_code(i, "tail"));
-        std::fs::write(src.join(format!("f{i}.rs")), format!("{head}{block}{tail}")).unwrap();
-    }
-    let manifest = dir.path().join("shared.toml");
-    std::fs::write(
-        &manifest,
-        "name = \"shared\"\nkind = \"code\"\nrights = \"licensed\"\nlicense = \"MIT\"\npaths = [\"src\"]\n",
-    )
-    .unwrap();
+    let manifest = common::write_corpus(
+        dir.path(),
+        "shared",
+        "code",
+        "licensed",
+        Some("MIT"),
+        &common::shared_docs(40, block),
+    );
     let idx = dir.path().join("idx");
     let out = index_build(manifest.to_str().unwrap(), &idx);
     assert_eq!(

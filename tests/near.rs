@@ -9,7 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use common::{IMPORT_BLOCK, Rng, build_index, own_code, scan, scan_cuts, vocabulary, write_corpus};
+use common::{
+    IMPORT_BLOCK, Rng, build_index, scan, scan_cuts, shared_corpus, vocabulary, write_corpus,
+};
 use verbatim::index::{Index, Params};
 use verbatim::matcher::{Finding, MatchKind};
 use verbatim::normalize::{Lang, TextKind, UnitClass, normalize};
@@ -695,22 +697,6 @@ fn renamed_keys_the_matcher_would_drop_are_common_in_the_index() {
     let (_d, fewer) = shape_corpus(30);
     assert!(fewer.common_keys().all(|(_, docs)| docs >= 6));
     assert!(most_open_runs(&fewer, &shape(999)) > 0);
-}
-
-/// Documents that each hold `shared` between code of their own (`n` of them), and a copy of
-/// the first one's code before it, `shared` and the first one's code after it.
-fn shared_corpus(n: usize, shared: &str) -> (tempfile::TempDir, Arc<Index>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let docs: Vec<(String, String)> = (0..n)
-        .map(|i| {
-            let text = format!("{}{shared}{}", own_code(i, "head"), own_code(i, "tail"));
-            (format!("d{i}.rs"), text)
-        })
-        .collect();
-    let whole = docs[0].1.clone();
-    let m = write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
-    let index = build_index(dir.path(), &[m], Params::default());
-    (dir, index, whole)
 }
 
 /// A short text many documents hold whole is boilerplate, not a copy of any one of them: a

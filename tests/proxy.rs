@@ -1517,27 +1517,7 @@ async fn a_file_the_agent_read_written_back_through_a_tool_is_not_blocked() {
 /// open and releases it, byte for byte. Code of that length one document holds is blocked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() {
-    let dir = tempfile::tempdir().unwrap();
-    let docs: Vec<(String, String)> = (0..40)
-        .map(|i| {
-            let text = format!(
-                "{}{}{}",
-                common::own_code(i, "head"),
-                common::IMPORT_BLOCK,
-                common::own_code(i, "tail")
-            );
-            (format!("d{i}.rs"), text)
-        })
-        .collect();
-    let m = common::write_corpus(
-        dir.path(),
-        "vendored",
-        "code",
-        "licensed",
-        Some("GPL-3.0-only"),
-        &docs,
-    );
-    let index = common::build_index(dir.path(), &[m], verbatim::index::Params::default());
+    let (dir, index, _) = common::shared_corpus(40, common::IMPORT_BLOCK);
     let policy = dir.path().join("p.toml");
     std::fs::write(
         &policy,
@@ -1576,7 +1556,7 @@ async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() 
         let last = assert_blocked_as(&evs, "exact");
         assert_eq!(
             last.pointer("/verbatim/finding/doc"),
-            Some(&json!("vendored/d3.rs")),
+            Some(&json!("code/d3.rs")),
             "piece {piece}"
         );
     }

@@ -147,3 +147,25 @@ pub fn own_code(i: usize, tag: &str) -> String {
         })
         .collect()
 }
+
+/// `n` Rust documents `d{i}.rs` that each hold `shared` between code of their own
+/// ([`own_code`]).
+pub fn shared_docs(n: usize, shared: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let text = format!("{}{shared}{}", own_code(i, "head"), own_code(i, "tail"));
+            (format!("d{i}.rs"), text)
+        })
+        .collect()
+}
+
+/// [`shared_docs`] indexed as the licensed code corpus `code` (documents `code/d{i}.rs`), with
+/// the first document's whole text.
+pub fn shared_corpus(n: usize, shared: &str) -> (tempfile::TempDir, Arc<Index>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = shared_docs(n, shared);
+    let whole = docs[0].1.clone();
+    let m = write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
+    let index = build_index(dir.path(), &[m], Params::default());
+    (dir, index, whole)
+}
