@@ -67,48 +67,34 @@ const VARIETAL: &[(&str, &str)] = &[
     ("wilful", "willful"),
 ];
 
+/// What a copyright statement starts with, lower-cased (and "all rights reserved", which
+/// [`is_copyright_line`] takes alone).
+const COPYRIGHT_STARTS: [&str; 4] = ["copyright", "©", "(c)", "portions copyright"];
+const ALL_RIGHTS: &str = "all rights reserved";
+
 /// Whether a line, after its comment prefix, is a copyright statement (ignored): it starts with
 /// "copyright", `©` or `(c)` and carries a year, a sign or a template placeholder — so a
 /// rewrapped sentence that happens to start a line with "copyright holders" is kept.
 fn is_copyright_line(rest: &str) -> bool {
-    // Every prefix below starts with one of these once lower-cased, and no other character
-    // lower-cases to one of them: most lines are rejected here without a lower-cased copy.
-    let t = rest.trim_start();
-    if !t.starts_with(['c', 'C', '©', '(', 'p', 'P', 'a', 'A']) {
-        return false;
-    }
-    // Nor does any other character lower-case to a sequence of ASCII letters these prefixes
+    // No character but ASCII letters lower-cases to a sequence of ASCII letters these prefixes
     // hold (`İ` gives `i` and a combining dot), so comparing ASCII case-insensitively first
-    // spares most lines the copy (`case`, `const`, `(void)`: a line of code is asked too).
-    let b = t.as_bytes();
-    let ci = |p: &str| {
-        b.get(..p.len())
+    // spares most lines the lower-cased copy (`case`, `const`, `(void)`: a line of code is
+    // asked too).
+    let t = rest.trim_start().as_bytes();
+    let starts = |p: &&str| {
+        t.get(..p.len())
             .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
     };
-    if !t.starts_with('©')
-        && ![
-            "copyright",
-            "(c)",
-            "portions copyright",
-            "all rights reserved",
-        ]
-        .iter()
-        .any(|p| ci(p))
-    {
-        return false;
-    }
-    is_copyright_line_lowered(t)
+    COPYRIGHT_STARTS.iter().chain([&ALL_RIGHTS]).any(starts)
+        && is_copyright_line_lowered(rest.trim_start())
 }
 
-/// [`is_copyright_line`] without its pre-checks: the line lower-cased whole (what it was before
-/// them, and what the property test compares them with).
+/// [`is_copyright_line`] without its pre-check: the line lower-cased whole (what it was before
+/// the pre-check, and what the property test compares it with).
 fn is_copyright_line_lowered(t: &str) -> bool {
     let l = t.to_lowercase();
-    let starts = ["copyright", "©", "(c)", "portions copyright"]
-        .iter()
-        .any(|p| l.starts_with(p));
-    if !starts {
-        return l.starts_with("all rights reserved");
+    if !COPYRIGHT_STARTS.iter().any(|p| l.starts_with(p)) {
+        return l.starts_with(ALL_RIGHTS);
     }
     let year = l
         .as_bytes()
@@ -279,93 +265,77 @@ fn words_with(text: &str, numbers: bool) -> Vec<(String, (usize, usize))> {
 
 /// Calls `f` with each word of `text` (folded: lower-cased, varietal spellings unified) and
 /// its byte range, as [`words`] (or, with `numbers`, [`words_keeping_numbers`]) lists them,
-/// without a `String` per word: `scratch` holds the word being folded. The license marker
-/// scanner runs this over every line of every answer.
-/// [`str::lines`], found with `memchr`'s vector search: the marker scanner asks this of every
-/// line of every answer, and `str::lines` searches with the standard library's
-/// word-at-a-time `memchr`.
-pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(text);
-    std::iter::from_fn(move || {
-        let r = rest.filter(|r| !r.is_empty())?;
-        Some(match memchr::memchr(b'\n', r.as_bytes()) {
-            Some(i) => {
-                rest = Some(&r[i + 1..]);
-                r[..i].strip_suffix('\r').unwrap_or(&r[..i])
-            }
-            None => {
-                rest = None;
-                r
-            }
-        })
-    })
-}
-
+/// without a `String` per word: `scratch` holds the word being folded.
 pub(crate) fn for_each_word(
     text: &str,
     numbers: bool,
     scratch: &mut String,
     mut f: impl FnMut(&str, (usize, usize)),
 ) {
-    for_each_raw_word(text, numbers, |w, span| f(fold_into(w, scratch), span));
+    let base = text.as_ptr() as usize;
+    for line in text.lines() {
+        let off = line.as_ptr() as usize - base;
+        for_each_word_in_line(line, numbers, |w, (s, e)| {
+            f(fold_into(w, scratch), (off + s, off + e))
+        });
+    }
 }
 
-/// [`for_each_word`] before folding: each word as the text has it (fold it with
-/// [`fold_into`] or [`fold_append`]).
-pub(crate) fn for_each_raw_word(
-    text: &str,
+/// The words of one line (no newline in it) as [`for_each_word`] finds them, before folding
+/// (fold them with [`fold_into`] or [`fold_append`]), with byte ranges in the line. The
+/// license marker scanner runs this over every line of every answer, each line as it ends.
+pub(crate) fn for_each_word_in_line(
+    line: &str,
     numbers: bool,
     mut f: impl FnMut(&str, (usize, usize)),
 ) {
-    let base = text.as_ptr() as usize;
-    for line in lines(text) {
-        let rest = strip_prefix(line);
-        if is_copyright_line(rest) {
-            continue;
+    let base = line.as_ptr() as usize;
+    let rest = strip_prefix(line);
+    if is_copyright_line(rest) {
+        return;
+    }
+    let rest = strip_numbering(rest);
+    let off = rest.as_ptr() as usize - base;
+    // Short numbers and single letters are dropped wherever they stand: section and list
+    // markers ("1.", "2.1.", "a)") move to the middle of a line when text is rewrapped, where
+    // they cannot be told from the rest.
+    let mut word = |s: usize, i: usize| {
+        let w = &rest[s..i];
+        let marker =
+            w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit()) || w.chars().nth(1).is_none();
+        if numbers || !marker {
+            f(w, (off + s, off + i));
         }
-        let rest = strip_numbering(rest);
-        let off = rest.as_ptr() as usize - base;
-        // Short numbers and single letters are dropped wherever they stand: section and list
-        // markers ("1.", "2.1.", "a)") move to the middle of a line when text is rewrapped,
-        // where they cannot be told from the rest.
-        let mut word = |s: usize, i: usize| {
-            let w = &rest[s..i];
-            let marker =
-                w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit()) || w.chars().nth(1).is_none();
-            if numbers || !marker {
-                f(w, (off + s, off + i));
+    };
+    if rest.is_ascii() {
+        // Most lines: a word is a run of ASCII letters and digits.
+        let b = rest.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if !b[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
             }
-        };
-        if rest.is_ascii() {
-            // Most lines: a word is a run of ASCII letters and digits.
-            let b = rest.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if !b[i].is_ascii_alphanumeric() {
-                    i += 1;
-                    continue;
-                }
-                let s = i;
-                while i < b.len() && b[i].is_ascii_alphanumeric() {
-                    i += 1;
-                }
+            let s = i;
+            while i < b.len() && b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            word(s, i);
+        }
+        return;
+    }
+    let mut start = None;
+    for (i, c) in rest
+        .char_indices()
+        .chain(std::iter::once((rest.len(), ' ')))
+    {
+        match (c.is_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
                 word(s, i);
+                start = None;
             }
-            continue;
-        }
-        let mut start = None;
-        for (i, c) in rest
-            .char_indices()
-            .chain(std::iter::once((rest.len(), ' ')))
-        {
-            match (c.is_alphanumeric(), start) {
-                (true, None) => start = Some(i),
-                (false, Some(s)) => {
-                    word(s, i);
-                    start = None;
-                }
-                _ => {}
-            }
+            _ => {}
         }
     }
 }
@@ -566,17 +536,6 @@ impl LicenseDb {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-
-    proptest! {
-        /// `lines` splits as `str::lines` does, `\r\n`, a lone `\r` and a missing final
-        /// newline included.
-        #[test]
-        fn lines_are_str_lines(text in "[ab\r\n©]{0,40}") {
-            let want: Vec<&str> = text.lines().collect();
-            let got: Vec<&str> = super::lines(&text).collect();
-            prop_assert_eq!(got, want);
-        }
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]

@@ -439,14 +439,11 @@ fn quote(expr: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Where the first `copyright` or `(c)` in any ASCII case starts in `line` (the ways a notice
-/// starts but `©`, which is not ASCII). Found by the bytes they start with (`memchr`, which
-/// tests 32 bytes at a time) rather than an automaton stepping every byte: every line of
-/// every answer is asked, and an aho-corasick automaton over these three patterns, which have
-/// four distinct first bytes in any case, gets no prefilter.
-///
-/// Code is full of `c` and `(`, so `copyright` is found by its `y` and `(c)` by `memmem`,
-/// which tests two of its bytes at once (`(c` side by side is rare): three vector searches
-/// that each stop rarely, instead of one that stops at every `c` and `(` of a line of C.
+/// starts but `©`, which is not ASCII). Every line of every answer is asked, so by vector
+/// searches that stop rarely rather than an automaton stepping every byte (an aho-corasick
+/// automaton over these patterns, four distinct first bytes in any case, gets no prefilter),
+/// nor a search for their first bytes (code is full of `c` and `(`): `copyright` is found by
+/// its `y` (`memchr`), `(c)` with `memmem`, which tests two of its bytes at once.
 fn ascii_notice_token(line: &[u8]) -> Option<usize> {
     static PAREN_C: LazyLock<[memchr::memmem::Finder<'static>; 2]> = LazyLock::new(|| {
         [
@@ -838,7 +835,7 @@ impl MarkerScanner {
             &mut self.words,
         );
         let prefilter = &*FIRST_WORDS_PREFILTER;
-        super::identify::for_each_raw_word(line, true, |w, (s, e)| {
+        super::identify::for_each_word_in_line(line, true, |w, (s, e)| {
             let at = joined.len();
             word_at.push(at);
             super::identify::fold_append(w, joined);
