@@ -472,6 +472,20 @@ pub fn response_pieces(api: Api, v: &Value) -> Vec<Piece> {
     out
 }
 
+/// The fields of a Responses output item that hold tool-call text, each with its stream
+/// (`StreamKey::b`): string `arguments` (a function call's) are stream 0, `input` (a custom
+/// tool call's) stream 0 alone and 1 beside them. The one mapping reading a whole response
+/// ([`for_each_response_slot`]) and rewriting it ([`set_response_text`]) both use: with
+/// both fields under one stream, a response holding both had the rewritten `input` written
+/// into `arguments` and `input` sent as it came (found by the `responses` fuzz target).
+fn responses_tool_fields(item: &Value) -> impl Iterator<Item = (u64, &'static str)> {
+    let args = item.get("arguments").is_some_and(Value::is_string);
+    [(0, "arguments")]
+        .into_iter()
+        .filter(move |_| args)
+        .chain([(u64::from(args), "input")])
+}
+
 fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str)) {
     match api {
         Api::ChatCompletions => {
@@ -530,19 +544,10 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 .flatten()
                 .enumerate()
             {
-                let args = item.get("arguments").and_then(Value::as_str);
-                if let Some(args) = args {
-                    f(key(oi as u64, 0, Part::ToolArgs), args);
-                }
-                if let Some(input) = item.get("input").and_then(Value::as_str) {
-                    // A stream of its own when the item also has string `arguments` (no item
-                    // the API documents has both): each is scanned and rewritten in its own
-                    // field. Under one key, the edit of `input` was written into `arguments`
-                    // and `input` went out as it came (found by the `responses` fuzz target).
-                    f(
-                        key(oi as u64, u64::from(args.is_some()), Part::ToolArgs),
-                        input,
-                    );
+                for (b, field) in responses_tool_fields(item) {
+                    if let Some(t) = item.get(field).and_then(Value::as_str) {
+                        f(key(oi as u64, b, Part::ToolArgs), t);
+                    }
                 }
                 if let Some(code) = item.get("code").and_then(Value::as_str) {
                     f(key(oi as u64, 0, Part::Code), code);
@@ -632,14 +637,10 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(Value::as_array_mut)
             .and_then(|o| o.get_mut(k.a as usize))
             .and_then(|item| match k.part {
-                // `input` is stream 1 when string `arguments` are stream 0 (see
-                // `for_each_response_slot`), else stream 0.
-                Part::ToolArgs
-                    if k.b == 0 && item.get("arguments").is_some_and(Value::is_string) =>
-                {
-                    item.get_mut("arguments")
+                Part::ToolArgs => {
+                    let field = responses_tool_fields(item).find(|&(b, _)| b == k.b);
+                    field.and_then(|(_, f)| item.get_mut(f))
                 }
-                Part::ToolArgs => item.get_mut("input"),
                 Part::Code => item.get_mut("code"),
                 Part::Summary => item
                     .get_mut("summary")
