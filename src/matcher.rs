@@ -73,10 +73,17 @@ pub struct Finding {
     pub matched: u32,
     /// The longest run of equal units in it (`units` for exact runs).
     pub longest: u32,
+    /// The longest stretch of it without a gap, of equal or renamed units (`units` for exact
+    /// and renamed runs).
+    pub longest_aligned: u32,
     /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
     /// much of its source region is structure not repeated within it (see [`structure`]; long
     /// literals count by value when every literal of the run equals its source's, identifiers
-    /// when every identifier does); `units` for every other run (it decides nothing there).
+    /// when every identifier does). For a gapped run with renamed units and no exact piece of
+    /// `t`, hit by a rare key: the same of the source region of its
+    /// [`longest_aligned`](Finding::longest_aligned) stretch, if that is at least
+    /// [`RENAMED_PIECE_FACTOR`] times [`renamed_min`] units. `units` for every other run (it
+    /// decides nothing there).
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
@@ -112,7 +119,9 @@ impl Finding {
 /// [`NEAR_MIN_SIMILARITY`] and, in prose, at least `2t` aligned words (a short quotation plus a
 /// few words that happen to fit is not a copy), in code at least `t + k/2` aligned tokens of
 /// which one piece without a gap is at least `t` long (code's short seeds and low-entropy tokens
-/// align by chance far more often; see docs/quality.md). The same rule
+/// align by chance far more often; see docs/quality.md) — or, for a run with renamed units, one
+/// stretch without a gap of [`RENAMED_PIECE_FACTOR`] times the units and structure a renamed
+/// run needs. The same rule
 /// for a finding and for a run still open ([`Scanner::open_finding`]), so a strict holdback blocks
 /// exactly what would be reported.
 pub fn qualifies(params: &Params, f: &Finding) -> bool {
@@ -126,9 +135,22 @@ pub fn qualifies(params: &Params, f: &Finding) -> bool {
     // A run that is not an exact copy must have been hit by a k-gram that is not boilerplate.
     let rare = |f: &Finding| f.key_docs < params.common_threshold;
     let near = |f: &Finding| {
+        // Code's piece may also be a renamed one: a renamed copy with a token changed (or
+        // whose run reached across a gap into the text around it) holds a renamed run —
+        // twice as long as a renamed finding needs: runs that cross gaps in idiomatic code
+        // (getters, builder setters) hold stretches of 39–77 renamed units in unrelated
+        // crates (docs/near-verbatim.md).
+        let renamed_piece = |f: &Finding| {
+            params.renamed.is_some_and(|r| {
+                let min = RENAMED_PIECE_FACTOR * renamed_min(params, r);
+                f.longest_aligned >= min && f.structure >= min
+            })
+        };
         let enough = match f.channel {
             Channel::Prose => f.matched >= 2 * cp.t(),
-            Channel::Code => f.matched >= cp.t() + cp.k / 2 && f.longest >= cp.t(),
+            Channel::Code => {
+                f.matched >= cp.t() + cp.k / 2 && (f.longest >= cp.t() || renamed_piece(f))
+            }
         };
         enough && f.similarity() >= NEAR_MIN_SIMILARITY && rare(f)
     };
@@ -149,6 +171,10 @@ pub fn qualifies(params: &Params, f: &Finding) -> bool {
 pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
     r.t().max(params.code.t() + params.code.k)
 }
+
+/// A gapped code run without an exact piece of `t` is reported for a stretch without a gap
+/// of this many times [`renamed_min`] units, with as much structure ([`qualifies`]).
+pub const RENAMED_PIECE_FACTOR: u32 = 2;
 
 /// Bytes a literal needs to count as copied text in [`structure`]: `"abcd"`, `10000`,
 /// `0x1234`. Shorter ones — `0`, `1`, `"a"`, enum discriminants counting up — are what
@@ -351,6 +377,10 @@ struct Extent {
     piece: u32,
     piece_start: u64,
     longest: (u64, u64, u32, u32),
+    /// Aligned units (equal or renamed) since the last gap, and the longest such stretch:
+    /// (source start, units).
+    stretch: u32,
+    longest_aligned: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -432,6 +462,11 @@ impl Candidate {
         if gap {
             c.gaps += 1;
             c.piece = 0;
+            c.stretch = 0;
+        }
+        c.stretch += matched;
+        if c.stretch > c.longest_aligned.1 {
+            c.longest_aligned = (doc_pos + 1 - c.stretch, c.stretch);
         }
         if cmp == Cmp::Equal {
             if c.piece == 0 {
@@ -458,33 +493,45 @@ impl Candidate {
     /// otherwise reportable — long enough, hit by a rare key — the only case where it decides
     /// anything.
     fn structure(&self, index: &Index, params: &Params, e: &Extent) -> u32 {
-        match params.renamed {
-            Some(r)
-                if e.kind() == MatchKind::Renamed
-                    && e.out_units >= renamed_min(params, r)
-                    && self.key_docs < params.common_threshold =>
-            {
-                use std::sync::atomic::Ordering::Relaxed;
-                // A run's literals count by value while every one equals its source's, its
-                // identifiers while every one does.
-                let literals = e.literals_changed == 0;
-                let idents = e.renamed == e.literals_changed;
-                // The modes are part of the key (bits 31 and 30 of the value: a structure is
-                // at most STRUCTURE_MAX).
-                let key = u64::from(e.doc_end) << 32
-                    | u64::from(literals) << 31
-                    | u64::from(idents) << 30;
-                let at = self.structure_at.load(Relaxed);
-                if at != u64::MAX && at & !0x3fff_ffff == key {
-                    return (at & 0x3fff_ffff) as u32;
-                }
-                let len = e.doc_end - self.doc_start;
-                let v = structure(index, self.doc, self.doc_start, len, literals, idents);
-                self.structure_at.store(key | u64::from(v), Relaxed);
-                v
+        let Some(r) = params.renamed else {
+            return e.out_units;
+        };
+        let min = renamed_min(params, r);
+        let rare = self.key_docs < params.common_threshold;
+        // The source region measured: the whole run's, or for a gapped run (see
+        // `Finding::structure`) its longest stretch without a gap.
+        let (start, len, stretch) = match e.kind() {
+            MatchKind::Renamed if e.out_units >= min && rare => {
+                (self.doc_start, e.doc_end - self.doc_start, false)
             }
-            _ => e.out_units,
+            MatchKind::Near
+                if e.renamed > 0
+                    && e.longest.3 < params.code.t()
+                    && e.longest_aligned.1 >= RENAMED_PIECE_FACTOR * min
+                    && rare =>
+            {
+                (e.longest_aligned.0, e.longest_aligned.1, true)
+            }
+            _ => return e.out_units,
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        // A run's literals count by value while every one equals its source's, its
+        // identifiers while every one does.
+        let literals = e.literals_changed == 0;
+        let idents = e.renamed == e.literals_changed;
+        // The region's end and the modes are the key (bits 31, 30 and 29 of the value: a
+        // structure is at most STRUCTURE_MAX).
+        let key = u64::from(start + len) << 32
+            | u64::from(literals) << 31
+            | u64::from(idents) << 30
+            | u64::from(stretch) << 29;
+        let at = self.structure_at.load(Relaxed);
+        if at != u64::MAX && at & !0x1fff_ffff == key {
+            return (at & 0x1fff_ffff) as u32;
         }
+        let v = structure(index, self.doc, start, len, literals, idents);
+        self.structure_at.store(key | u64::from(v), Relaxed);
+        v
     }
 
     /// The run as it ends: on its last equal unit.
@@ -565,6 +612,7 @@ impl IndexMatcher {
             units: e.out_units,
             matched: e.matched,
             longest: e.longest.3,
+            longest_aligned: e.longest_aligned.1,
             structure: c.structure(&self.index, &self.params, &e),
             key_docs: c.key_docs,
             kind: reported_kind(&self.index, c.doc, kind),
@@ -603,6 +651,7 @@ impl IndexMatcher {
             units,
             matched: units,
             longest: units,
+            longest_aligned: units,
             structure: units,
             kind: if f.kind == MatchKind::LicenseText {
                 MatchKind::LicenseText
@@ -1043,6 +1092,8 @@ impl IndexMatcher {
                 piece: 0,
                 piece_start: 0,
                 longest: (0, 0, 0, 0),
+                stretch: 0,
+                longest_aligned: (0, 0),
             };
             let mut cand = Candidate {
                 doc: p.doc,
@@ -1430,6 +1481,7 @@ impl Scanner {
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
                 longest: c.cur.longest.3,
+                longest_aligned: c.cur.longest_aligned.1,
                 channel: c.channel,
                 index: i,
                 doc: c.doc,
@@ -1454,6 +1506,7 @@ impl Scanner {
             units: r.units,
             matched: r.matched,
             longest: r.longest,
+            longest_aligned: r.longest_aligned,
             structure: r.structure,
             key_docs: r.key_docs,
             kind: r.kind,
@@ -1474,6 +1527,8 @@ pub struct OpenRun {
     pub source_units: u32,
     pub matched: u32,
     pub longest: u32,
+    /// See [`Finding::longest_aligned`].
+    pub longest_aligned: u32,
     /// See [`Finding::structure`].
     pub structure: u32,
     /// See [`Finding::key_docs`].
