@@ -377,10 +377,11 @@ struct Extent {
     piece: u32,
     piece_start: u64,
     longest: (u64, u64, u32, u32),
-    /// Aligned units (equal or renamed) since the last gap, and the longest such stretch:
-    /// (source start, units).
+    /// Aligned units (equal or renamed) since the last gap, and the longest such stretch
+    /// that a gap ended: (source start, units). Kept apart so that a unit in step costs one
+    /// addition ([`Extent::longest_aligned`] takes the larger).
     stretch: u32,
-    longest_aligned: (u32, u32),
+    longest_ended: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -414,6 +415,15 @@ struct Candidate {
 }
 
 impl Extent {
+    /// The longest stretch without a gap: (source start, units).
+    fn longest_aligned(&self) -> (u32, u32) {
+        if self.stretch > self.longest_ended.1 {
+            (self.doc_end - self.stretch, self.stretch)
+        } else {
+            self.longest_ended
+        }
+    }
+
     /// What the run so far is: gapped, renamed or exact.
     fn kind(&self) -> MatchKind {
         if self.gaps > 0 {
@@ -455,19 +465,20 @@ impl Candidate {
             self.anchor_is_cur = false;
         }
         let c = &mut self.cur;
+        if gap {
+            c.gaps += 1;
+            c.piece = 0;
+            // The stretch before the gap ends where the run's source end still is.
+            if c.stretch > c.longest_ended.1 {
+                c.longest_ended = (c.doc_end - c.stretch, c.stretch);
+            }
+            c.stretch = 0;
+        }
         c.out_end = u.end;
         c.out_units += out_units;
         c.doc_end = doc_pos + 1;
         c.matched += matched;
-        if gap {
-            c.gaps += 1;
-            c.piece = 0;
-            c.stretch = 0;
-        }
         c.stretch += matched;
-        if c.stretch > c.longest_aligned.1 {
-            c.longest_aligned = (doc_pos + 1 - c.stretch, c.stretch);
-        }
         if cmp == Cmp::Equal {
             if c.piece == 0 {
                 c.piece_start = first;
@@ -507,10 +518,11 @@ impl Candidate {
             MatchKind::Near
                 if e.renamed > 0
                     && e.longest.3 < params.code.t()
-                    && e.longest_aligned.1 >= RENAMED_PIECE_FACTOR * min
+                    && e.longest_aligned().1 >= RENAMED_PIECE_FACTOR * min
                     && rare =>
             {
-                (e.longest_aligned.0, e.longest_aligned.1, true)
+                let (start, len) = e.longest_aligned();
+                (start, len, true)
             }
             _ => return e.out_units,
         };
@@ -612,7 +624,7 @@ impl IndexMatcher {
             units: e.out_units,
             matched: e.matched,
             longest: e.longest.3,
-            longest_aligned: e.longest_aligned.1,
+            longest_aligned: e.longest_aligned().1,
             structure: c.structure(&self.index, &self.params, &e),
             key_docs: c.key_docs,
             kind: reported_kind(&self.index, c.doc, kind),
@@ -1093,7 +1105,7 @@ impl IndexMatcher {
                 piece_start: 0,
                 longest: (0, 0, 0, 0),
                 stretch: 0,
-                longest_aligned: (0, 0),
+                longest_ended: (0, 0),
             };
             let mut cand = Candidate {
                 doc: p.doc,
@@ -1481,7 +1493,7 @@ impl Scanner {
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
                 longest: c.cur.longest.3,
-                longest_aligned: c.cur.longest_aligned.1,
+                longest_aligned: c.cur.longest_aligned().1,
                 channel: c.channel,
                 index: i,
                 doc: c.doc,
