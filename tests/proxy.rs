@@ -1109,12 +1109,8 @@ fn rename_idents(text: &str, pairs: &[(&str, &str)]) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
-    // The fixture's GPL code with every name changed, and a fixture chapter with words changed:
-    // both are blocked like verbatim copies (the built-in long-run rules cover `renamed` and
-    // `near`), say which kind of copy they are, and release nothing of the renamed code.
-    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+/// The fixture's GPL ledger code from `total_owed` on, with every name changed.
+fn renamed_ledger() -> String {
     let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     let body = &src[src.find("pub fn total_owed").unwrap()..];
     let pairs = [
@@ -1133,7 +1129,16 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
         ("force", "strength"),
         ("sum", "amount"),
     ];
-    let code = rename_idents(body, &pairs);
+    rename_idents(body, &pairs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
+    // The fixture's GPL code with every name changed, and a fixture chapter with words changed:
+    // both are blocked like verbatim copies (the built-in long-run rules cover `renamed` and
+    // `near`), say which kind of copy they are, and release nothing of the renamed code.
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    let code = renamed_ledger();
     let intro = "Here is a ledger parser for you:\n\n```rust\n";
     let text = format!("{intro}{code}\n```\n");
     for piece in [1, 3, 17] {
@@ -1173,6 +1178,44 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
         .and_then(Value::as_f64)
         .unwrap();
     assert!((0.85..1.0).contains(&sim), "similarity {sim}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_copy_with_an_operator_changed_is_cited_whole() {
+    // The renamed ledger code with `+=` turned into `-=` near its start: one gapped run with
+    // renamed units and no exact piece of t, cited as a near copy when it ends. A policy that
+    // only annotates acts on finished runs alone; before, the run was dropped when it ended
+    // (judged by its exact pieces) and the copy went uncited.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\nname = \"cite-code\"\n[[rules]]\nname = \"cite-code\"\naction = \"annotate\"\nwhen = { source = [\"code\"], min_units = 50 }\n",
+    )
+    .unwrap();
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    let code = renamed_ledger();
+    let edited = code.replacen("+=", "-=", 1);
+    assert_ne!(edited, code);
+    let text = format!("Here is a ledger parser for you:\n\n```rust\n{edited}\n```\n");
+    let mock = start(Reply::sse(&openai_stream(&text, 5), 64)).await;
+    let p = proxy_with(&mock, vec![renamed_index], |c| {
+        c.policy = Some(policy.clone())
+    })
+    .await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    assert_eq!(openai_text(&evs), text, "annotate changes no text");
+    let finding = evs
+        .iter()
+        .filter_map(|(_, v)| v.pointer("/verbatim/findings"))
+        .flat_map(|f| f.as_array().unwrap())
+        .find(|f| f["doc"] == json!("fixtures/gpl-code/src/ledger.rs"))
+        .unwrap_or_else(|| panic!("the copy is not cited: {evs:?}"));
+    assert_eq!(finding["kind"], json!("near"), "{finding}");
+    assert!(finding["units"].as_u64().unwrap() >= 300, "{finding}");
+    assert!(finding["similarity"].as_f64().unwrap() > 0.95, "{finding}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
