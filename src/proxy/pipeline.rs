@@ -800,12 +800,13 @@ impl Pipeline {
         // Events that repeat the whole text (Responses `*.done`, `response.completed`) must
         // not carry the original either, nor what an earlier redaction left.
         let whole = rs.apply(text, 0, text.len(), &mut |_| true);
+        let keep = placeholders(&self.redactions);
         for h in &mut self.queue {
             // Events with text of their own were rewritten above, if at all (and only
             // those are ever read lazily, so `json` is built for every other one).
             if let (true, Some(v)) = (h.spans.is_empty(), &mut h.json) {
                 if !whole_before.is_empty() {
-                    h.changed |= replace_strings(v, &[(&whole_before, &whole)], &rs.placeholders());
+                    h.changed |= replace_strings(v, &[(&whole_before, &whole)], &keep);
                 }
                 if h.repeats.is_empty() {
                     // Its repeated fields were set when it came (to what was delivered then:
@@ -1014,22 +1015,22 @@ impl Redactions {
     /// Takes what the redactions cover out of an event that repeats text (Responses' `*.done`,
     /// `response.completed`): the stream's whole text becomes the redacted whole, then every
     /// redacted original left anywhere in it (an upstream whose closing text differs from its
-    /// deltas) becomes its placeholder, longest first.
-    fn scrub(&self, v: &mut Value, text: &str) -> bool {
+    /// deltas) becomes its placeholder, the longest where several start at one place. `keep`:
+    /// the placeholders of every stream, left as they are ([`replace_strings`]).
+    fn scrub(&self, v: &mut Value, text: &str, keep: &[&str]) -> bool {
         let whole = self.apply(text, 0, text.len(), &mut |_| true);
         let pairs: Vec<(&str, &str)> = std::iter::once((text, whole.as_str()))
             .chain(self.1.iter().map(|(o, p)| (o.as_str(), p.as_str())))
             .collect();
-        replace_strings(v, &pairs, &self.placeholders())
+        replace_strings(v, &pairs, keep)
     }
 
     /// Every placeholder the redactions wrote.
-    fn placeholders(&self) -> Vec<&str> {
+    fn placeholders(&self) -> impl Iterator<Item = &str> {
         self.0
             .iter()
             .map(|(_, _, p)| p.as_str())
             .chain(self.1.iter().map(|(_, p)| p.as_str()))
-            .collect()
     }
 
     /// Whether some redaction overlaps `[start, end)`.
@@ -1110,13 +1111,22 @@ fn scrub_repeats(
 
 /// [`Redactions::scrub`] for every stream: whatever in `v` repeats text a redaction took out.
 fn scrub_redacted(v: &mut Value, texts: &[String], redactions: &[Redactions]) -> bool {
+    let keep = placeholders(redactions);
     let mut changed = false;
     for (r, text) in redactions.iter().zip(texts) {
         if !r.is_empty() {
-            changed |= r.scrub(v, text);
+            changed |= r.scrub(v, text, &keep);
         }
     }
     changed
+}
+
+/// The placeholders of every stream's redactions: one stream's may hold another's original.
+fn placeholders(redactions: &[Redactions]) -> Vec<&str> {
+    redactions
+        .iter()
+        .flat_map(Redactions::placeholders)
+        .collect()
 }
 
 /// Replaces, in every string inside `v`, each `from` of `pairs` by its `to` in one pass
@@ -1468,7 +1478,7 @@ mod tests {
         let ph = "[cut GPL-3.0: GPL-3.0-or-later]";
         r.add(text, 4, 11, ph.into());
         let mut v = json!({"text": text, "other": ["GPL-3.0", "x"]});
-        assert!(r.scrub(&mut v, text));
+        assert!(r.scrub(&mut v, text, &[ph]));
         let once = v.clone();
         assert_eq!(
             once,
@@ -1479,7 +1489,7 @@ mod tests {
         );
         r.add(text, 21, 28, ph.into());
         let mut again = once.clone();
-        r.scrub(&mut again, text);
+        r.scrub(&mut again, text, &[ph]);
         assert_eq!(again["other"], json!([ph, "x"]));
         // The text written at the first redaction is not the whole text any more; what it
         // still holds of an original is cut, and no placeholder is touched.
@@ -1487,8 +1497,20 @@ mod tests {
         assert_eq!(t, format!("see {ph} here and {ph} there"), "{t}");
         for _ in 0..5 {
             let before = again.clone();
-            r.scrub(&mut again, text);
+            r.scrub(&mut again, text, &[ph]);
             assert_eq!(again, before, "scrubbing is not idempotent");
+        }
+
+        // One stream's placeholder may hold another stream's original: each stream's pass
+        // leaves every stream's placeholders as they are.
+        let texts = ["see GPL-3.0 x".to_string(), "MIT here".to_string()];
+        let mut rs = [Redactions::default(), Redactions::default()];
+        rs[0].add(&texts[0], 4, 11, "[cut (MIT)]".into());
+        rs[1].add(&texts[1], 0, 3, "[cut MIT]".into());
+        let mut v = json!({"a": texts[0], "b": texts[1]});
+        for _ in 0..3 {
+            scrub_redacted(&mut v, &texts, &rs);
+            assert_eq!(v, json!({"a": "see [cut (MIT)] x", "b": "[cut MIT] here"}));
         }
     }
 }
