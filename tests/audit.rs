@@ -232,12 +232,10 @@ async fn fail_closed_refuses_scanned_requests_while_the_trail_cannot_be_written(
 async fn an_operator_named_header_names_the_tenant_for_policy_and_audit() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let policy = dir.path().join("p.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = { source = [\"prose\"], min_units = 12 }\n[[exceptions]]\nname = \"payments-may-quote\"\naction = \"log\"\nwhen = { tenant = [\"team-payments\"] }\n",
-    )
-    .unwrap();
+    );
     let text = format!("{INTRO}{COPIED}{OUTRO}");
     let upstream = openai_stream(&text, 5);
     let mock = start(Reply::sse(&upstream, 64)).await;

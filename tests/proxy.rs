@@ -646,12 +646,10 @@ async fn a_policy_in_shadow_mode_records_but_does_not_act_and_exceptions_are_sco
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let tenant = verbatim::audit::sha256_hex(b"sk-test-secret")[..16].to_string();
-    let policy = dir.path().join("p.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\nname = \"shadowed\"\nshadow = true\n[[rules]]\nname = \"block-books\"\naction = \"block\"\nwhen = { source = [\"prose\"], corpus = [\"acme-books\"], min_units = 12 }\n",
-    )
-    .unwrap();
+    );
     let text = format!("{INTRO}{COPIED}{OUTRO}");
     let upstream = openai_stream(&text, 5);
     let mock = start(Reply::sse(&upstream, 64)).await;
@@ -763,12 +761,10 @@ async fn health_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_keeps_every_stream_and_a_bad_reload_keeps_the_old_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\nname = \"observe\"\n[defaults]\naction = \"log\"\n",
-    )
-    .unwrap();
+    );
     let text = format!("{INTRO}{COPIED}{OUTRO}");
     let upstream = openai_stream(&text, 4);
     let mut reply = Reply::sse(&upstream, 40);
@@ -919,12 +915,10 @@ async fn past_the_holdback_limit_the_stream_stops_and_releases_nothing_undecided
     let log = dir.path().join("audit.jsonl");
     // A policy that could block the run, but only far beyond its length: the run stays
     // undecided, so strict holdback keeps every event of it.
-    let policy = dir.path().join("p.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\n[[rules]]\nname = \"very-long-runs\"\naction = \"block\"\nwhen = { min_units = 100000 }\n",
-    )
-    .unwrap();
+    );
     let text = format!("{INTRO}{COPIED}{OUTRO}");
     let mock = start(Reply::sse(&openai_stream(&text, 4), 64)).await;
     let p = proxy(&mock, |c| {
@@ -1187,12 +1181,10 @@ async fn a_renamed_copy_with_an_operator_changed_is_cited_whole() {
     // only annotates acts on finished runs alone; before, the run was dropped when it ended
     // (judged by its exact pieces) and the copy went uncited.
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("p.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\nname = \"cite-code\"\n[[rules]]\nname = \"cite-code\"\naction = \"annotate\"\nwhen = { source = [\"code\"], min_units = 50 }\n",
-    )
-    .unwrap();
+    );
     let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
     let code = renamed_ledger();
     let edited = code.replacen("+=", "-=", 1);
@@ -1561,12 +1553,10 @@ async fn a_file_the_agent_read_written_back_through_a_tool_is_not_blocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() {
     let (dir, index, _) = common::shared_corpus(40, common::IMPORT_BLOCK);
-    let policy = dir.path().join("p.toml");
-    std::fs::write(
-        &policy,
+    let policy = write_policy(
+        dir.path(),
         "version = 1\n[[rules]]\nname = \"block-code\"\naction = \"block\"\nwhen = { source = [\"code\"], min_units = 24 }\n",
-    )
-    .unwrap();
+    );
     let boiler = format!(
         "Here you go:\n\n```rust\n{}fn shout(y: u64) -> u64 {{ y * 7 }}\n```\n",
         common::IMPORT_BLOCK

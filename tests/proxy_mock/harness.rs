@@ -66,6 +66,13 @@ pub async fn proxy_with(
     }
 }
 
+/// Writes policy `src` into `dir` and returns its path.
+pub fn write_policy(dir: &std::path::Path, src: &str) -> std::path::PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, src).unwrap();
+    path
+}
+
 pub type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> C {
