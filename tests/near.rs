@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use common::{
-    IMPORT_BLOCK, Rng, build_index, scan, scan_cuts, shared_corpus, vocabulary, write_corpus,
+    IMPORT_BLOCK, Rng, build_index, scan, scan_cuts, shared_corpus, table, vocabulary, write_corpus,
 };
 use verbatim::index::{Index, Params};
 use verbatim::matcher::{Finding, MatchKind};
@@ -372,17 +372,6 @@ fn a_renamed_copy_of_code_the_caller_supplied_is_marked_as_such() {
 }
 
 /// A table of constants of one form followed by a short function, as generated bindings are.
-fn table(prefix: &str, ty: &str, n: usize) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        s += &format!("pub const {prefix}_{i}: {ty} = {};\n", i * 3 + 1);
-    }
-    s += &format!(
-        "\n#[inline]\npub const fn {prefix}_tag(tag: {ty}) -> i32 {{\n    (tag as i32) << 24\n}}\n"
-    );
-    s
-}
-
 #[test]
 fn a_list_matches_any_list_of_its_form_so_only_an_exact_copy_of_one_is_reported() {
     let dir = tempfile::tempdir().unwrap();

@@ -1594,3 +1594,52 @@ async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() 
         );
     }
 }
+
+/// A response holding a list of the form of an indexed list — its own names, type and values:
+/// any list of one form matches any other once renamed, so `scan` reports nothing
+/// (`tests/near.rs::a_list_matches_any_list_of_its_form_…`). The proxy judged runs still open by
+/// the policy alone, without the rule every ended run is reported by, and blocked it as a renamed
+/// copy while it grew. It streams through now, byte for byte; the indexed list itself is still
+/// blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_run_is_judged_by_the_rule_a_finished_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = vec![(
+        "table.rs".to_string(),
+        common::table("VM_MEMORY", "c_uint", 40),
+    )];
+    let m = common::write_corpus(dir.path(), "code", "code", "licensed", Some("MIT"), &docs);
+    let index = common::build_index(dir.path(), &[m], verbatim::index::Params::default());
+    let other = format!(
+        "The constants:\n\n```rust\n{}```\n",
+        common::table("GDI_HANDLE", "ULONG", 30)
+    );
+    let original = format!(
+        "The constants:\n\n```rust\n{}```\n",
+        common::table("VM_MEMORY", "c_uint", 40)
+    );
+    for piece in [1, 7, 40] {
+        let mock = start(Reply::sse(&openai_stream(&other, piece), 64)).await;
+        let p = proxy_with(&mock, vec![Arc::clone(&index)], |_| {}).await;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200);
+        let evs = events(&body);
+        assert_eq!(openai_text(&evs), other, "piece {piece}");
+        assert!(
+            evs.iter()
+                .all(|(_, v)| v.pointer("/choices/0/finish_reason")
+                    != Some(&json!("content_filter"))),
+            "piece {piece}: {evs:?}"
+        );
+
+        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(&original, piece), 64);
+        let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        let evs = events(&body);
+        let last = assert_blocked_as(&evs, "exact");
+        assert_eq!(
+            last.pointer("/verbatim/finding/doc"),
+            Some(&json!("code/table.rs")),
+            "piece {piece}"
+        );
+    }
+}

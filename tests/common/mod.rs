@@ -169,3 +169,16 @@ pub fn shared_corpus(n: usize, shared: &str) -> (tempfile::TempDir, Arc<Index>, 
     let index = build_index(dir.path(), &[m], Params::default());
     (dir, index, whole)
 }
+
+/// A table of `n` constants of one form (`pub const {prefix}_{i}: {ty} = …;`) and a function
+/// after it: a list whose every row has one shape.
+pub fn table(prefix: &str, ty: &str, n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s += &format!("pub const {prefix}_{i}: {ty} = {};\n", i * 3 + 1);
+    }
+    s += &format!(
+        "\n#[inline]\npub const fn {prefix}_tag(tag: {ty}) -> i32 {{\n    (tag as i32) << 24\n}}\n"
+    );
+    s
+}
