@@ -1566,16 +1566,28 @@ async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() 
         "Here you go:\n\n```rust\n{}```\n",
         common::own_code(3, "head")
     );
+    passes_then_blocked_as_exact(&index, Some(policy), &boiler, &own, "code/d3.rs").await;
+}
+
+/// At each chunking, `passes` streams through byte for byte, not blocked, then `blocked` is
+/// blocked as an exact copy of `doc`.
+async fn passes_then_blocked_as_exact(
+    index: &Arc<Index>,
+    policy: Option<std::path::PathBuf>,
+    passes: &str,
+    blocked: &str,
+    doc: &str,
+) {
     for piece in [1, 7, 40] {
-        let mock = start(Reply::sse(&openai_stream(&boiler, piece), 64)).await;
-        let p = proxy_with(&mock, vec![Arc::clone(&index)], |c| {
-            c.policy = Some(policy.clone());
+        let mock = start(Reply::sse(&openai_stream(passes, piece), 64)).await;
+        let p = proxy_with(&mock, vec![Arc::clone(index)], |c| {
+            c.policy = policy.clone()
         })
         .await;
         let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
         assert_eq!(status, 200);
         let evs = events(&body);
-        assert_eq!(openai_text(&evs), boiler, "piece {piece}");
+        assert_eq!(openai_text(&evs), passes, "piece {piece}");
         assert!(
             evs.iter()
                 .all(|(_, v)| v.pointer("/choices/0/finish_reason")
@@ -1583,13 +1595,13 @@ async fn a_low_blocking_length_does_not_block_boilerplate_many_documents_hold() 
             "piece {piece}: {evs:?}"
         );
 
-        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(&own, piece), 64);
+        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(blocked, piece), 64);
         let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
         let evs = events(&body);
         let last = assert_blocked_as(&evs, "exact");
         assert_eq!(
             last.pointer("/verbatim/finding/doc"),
-            Some(&json!("code/d3.rs")),
+            Some(&json!(doc)),
             "piece {piece}"
         );
     }
@@ -1618,28 +1630,5 @@ async fn an_open_run_is_judged_by_the_rule_a_finished_one_is() {
         "The constants:\n\n```rust\n{}```\n",
         common::table("VM_MEMORY", "c_uint", 40)
     );
-    for piece in [1, 7, 40] {
-        let mock = start(Reply::sse(&openai_stream(&other, piece), 64)).await;
-        let p = proxy_with(&mock, vec![Arc::clone(&index)], |_| {}).await;
-        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
-        assert_eq!(status, 200);
-        let evs = events(&body);
-        assert_eq!(openai_text(&evs), other, "piece {piece}");
-        assert!(
-            evs.iter()
-                .all(|(_, v)| v.pointer("/choices/0/finish_reason")
-                    != Some(&json!("content_filter"))),
-            "piece {piece}: {evs:?}"
-        );
-
-        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(&original, piece), 64);
-        let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
-        let evs = events(&body);
-        let last = assert_blocked_as(&evs, "exact");
-        assert_eq!(
-            last.pointer("/verbatim/finding/doc"),
-            Some(&json!("code/table.rs")),
-            "piece {piece}"
-        );
-    }
+    passes_then_blocked_as_exact(&index, None, &other, &original, "code/table.rs").await;
 }
