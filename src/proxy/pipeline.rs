@@ -1188,14 +1188,15 @@ fn replace_with(v: &mut Value, pats: &[(memchr::memmem::Finder<'_>, Option<&str>
 /// text to replace occurs in `s`.
 fn replace_in(s: &str, pats: &[(memchr::memmem::Finder<'_>, Option<&str>)]) -> Option<String> {
     let b = s.as_bytes();
+    // The next match of each at or after `pos` (searched again once `pos` passes it).
+    let mut next: Vec<Option<usize>> = pats.iter().map(|(f, _)| f.find(b)).collect();
     if !pats
         .iter()
-        .any(|(f, to)| to.is_some() && f.find(b).is_some())
+        .zip(&next)
+        .any(|((_, to), m)| to.is_some() && m.is_some())
     {
         return None;
     }
-    // The next match of each at or after `pos` (searched again once `pos` passes it).
-    let mut next: Vec<Option<usize>> = pats.iter().map(|(f, _)| f.find(b)).collect();
     let (mut out, mut at, mut pos) = (String::with_capacity(s.len()), 0, 0);
     loop {
         let mut best: Option<(usize, usize, usize)> = None;
