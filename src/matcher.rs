@@ -141,10 +141,8 @@ pub fn qualifies(params: &Params, f: &Finding) -> bool {
         // (getters, builder setters) hold stretches of 39–77 renamed units in unrelated
         // crates (docs/near-verbatim.md).
         let renamed_piece = |f: &Finding| {
-            params.renamed.is_some_and(|r| {
-                let min = RENAMED_PIECE_FACTOR * renamed_min(params, r);
-                f.longest_aligned >= min && f.structure >= min
-            })
+            renamed_stretch_min(params)
+                .is_some_and(|min| f.longest_aligned >= min && f.structure >= min)
         };
         let enough = match f.channel {
             Channel::Prose => f.matched >= 2 * cp.t(),
@@ -175,6 +173,13 @@ pub fn renamed_min(params: &Params, r: ChannelParams) -> u32 {
 /// A gapped code run without an exact piece of `t` is reported for a stretch without a gap
 /// of this many times [`renamed_min`] units, with as much structure ([`qualifies`]).
 pub const RENAMED_PIECE_FACTOR: u32 = 2;
+
+/// The units (and structure) such a stretch needs; `None` without the renamed channel.
+pub fn renamed_stretch_min(params: &Params) -> Option<u32> {
+    params
+        .renamed
+        .map(|r| RENAMED_PIECE_FACTOR * renamed_min(params, r))
+}
 
 /// Bytes a literal needs to count as copied text in [`structure`]: `"abcd"`, `10000`,
 /// `0x1234`. Shorter ones — `0`, `1`, `"a"`, enum discriminants counting up — are what
@@ -518,7 +523,7 @@ impl Candidate {
             MatchKind::Near
                 if e.renamed > 0
                     && e.longest.3 < params.code.t()
-                    && e.longest_aligned().1 >= RENAMED_PIECE_FACTOR * min
+                    && renamed_stretch_min(params).is_some_and(|m| e.longest_aligned().1 >= m)
                     && rare =>
             {
                 let (start, len) = e.longest_aligned();
