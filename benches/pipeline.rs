@@ -25,8 +25,9 @@
 //! LIST (one path a line) in a code fence, streamed a word an event under the built-in policy
 //! and strict holdback; a file counts as blocked if a copy (not a license marker) was blocked,
 //! and as explained if the scanner's findings on the same text, once every run has ended,
-//! include one the built-in policy blocks (≥ 50 code or 32 prose units, a near copy ≥ 0.8
-//! similar). The unexplained blocks are listed (docs/proxy.md).
+//! include one the built-in policy blocks. The unexplained blocks are listed (docs/proxy.md).
+//! `--labels FILE` (file, `copy` or `idiom`, …) also says how many of each label are blocked;
+//! `--blocks-detail OUT` writes every finding with the facts the policy weighs, as JSON Lines.
 //!
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
@@ -83,6 +84,16 @@ struct Args {
     /// Compare the proxy's blocks with `scan`'s findings over the files this lists.
     #[arg(long)]
     blocks: Option<PathBuf>,
+    /// With `--blocks`: write each file's findings of at least `t` units as JSON Lines here
+    /// (kind, units, longest exact piece, similarity, structure, source), to study what is
+    /// blocked.
+    #[arg(long)]
+    blocks_detail: Option<PathBuf>,
+    /// With `--blocks`: files labelled `copy` or `idiom` by hand (TSV: file, label, …; `#`
+    /// comments), e.g. `benches/data/held-out-blocks-labelled.tsv`; reports how many of each
+    /// are blocked.
+    #[arg(long)]
+    labels: Option<PathBuf>,
     #[arg(long)]
     bench: bool,
 }
@@ -203,7 +214,12 @@ fn main() {
         indexes.push(Arc::new(Index::open(i).unwrap()));
     }
     if let Some(list) = &a.blocks {
-        return blocks_report(list, indexes);
+        return blocks_report(
+            list,
+            a.blocks_detail.as_deref(),
+            a.labels.as_deref(),
+            indexes,
+        );
     }
     if let Some(dir) = &a.lag {
         return lag_report(
@@ -384,9 +400,29 @@ fn lag_report(
 }
 
 /// `--blocks`: files the proxy blocks, and those of them no ended run explains.
-fn blocks_report(list: &std::path::Path, indexes: Vec<Arc<Index>>) {
+fn blocks_report(
+    list: &std::path::Path,
+    detail: Option<&std::path::Path>,
+    labels: Option<&std::path::Path>,
+    indexes: Vec<Arc<Index>>,
+) {
+    let labels: std::collections::HashMap<String, String> = labels
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut c = l.split('\t');
+            Some((c.next()?.to_string(), c.next()?.to_string()))
+        })
+        .collect();
+    // label -> (labelled files scanned, of them blocked)
+    let mut by_label = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    use std::io::Write;
+    let mut detail = detail.map(|p| std::io::BufWriter::new(std::fs::File::create(p).unwrap()));
     use verbatim::matcher::{MatchKind, Scanner};
-    use verbatim::normalize::{Channel, TextKind};
+    use verbatim::normalize::TextKind;
+    use verbatim::policy::Facts;
     use verbatim::proxy::pipeline::Action;
     let files: Vec<String> = std::fs::read_to_string(list)
         .unwrap()
@@ -423,10 +459,22 @@ fn blocks_report(list: &std::path::Path, indexes: Vec<Arc<Index>>) {
         }
         p.finish();
         decisions.extend(p.take_decisions());
-        let Some(d) = decisions
+        let d = decisions
             .iter()
-            .find(|d| d.action == Action::Block && d.citation.marker.is_none())
-        else {
+            .find(|d| d.action == Action::Block && d.citation.marker.is_none());
+        if let Some(l) = labels.get(f) {
+            let e = by_label.entry(l.clone()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(d.is_some());
+            if let Some(d) = d {
+                let c = &d.citation;
+                println!(
+                    "labelled {l}, blocked: {f} bytes {}..{} of the fenced text: {} of {} ({} units)",
+                    c.output_start, c.output_end, c.kind, c.doc, c.units
+                );
+            }
+        }
+        let Some(d) = d else {
             continue;
         };
         blocked += 1;
@@ -434,13 +482,26 @@ fn blocks_report(list: &std::path::Path, indexes: Vec<Arc<Index>>) {
         let mut sc = Scanner::new(&indexes, TextKind::Markdown);
         sc.push_str(&text);
         sc.finish();
-        let blockable = sc.take_findings().iter().any(|g| {
-            let min = match g.channel {
-                Channel::Prose => 32,
-                Channel::Code => 50,
-            };
-            g.units >= min && (g.kind != MatchKind::Near || g.similarity() >= 0.8)
-        });
+        let found = sc.take_findings();
+        if let Some(w) = detail.as_mut() {
+            for g in found.iter().filter(|g| g.kind != MatchKind::LicenseText) {
+                let Some(r) = verbatim::matcher::FindingReport::new(&indexes[g.index], g) else {
+                    continue;
+                };
+                let mut line = serde_json::to_value(r).unwrap();
+                line["file"] = f.as_str().into();
+                line["blocked_kind"] = d.kind.as_str().into();
+                line["matched"] = g.matched.into();
+                line["longest"] = g.longest.into();
+                line["longest_aligned"] = g.longest_aligned.into();
+                line["structure"] = g.structure.into();
+                line["key_docs"] = g.key_docs.into();
+                writeln!(w, "{line}").unwrap();
+            }
+        }
+        let blockable = found
+            .iter()
+            .any(|g| setup.policy.decide(&Facts::of_finding(g)).action == Action::Block);
         if blockable {
             explained += 1;
         } else {
@@ -455,6 +516,9 @@ fn blocks_report(list: &std::path::Path, indexes: Vec<Arc<Index>>) {
         "{n} files; blocked {blocked} ({kinds:?}); with a finding the policy blocks {explained}; without {}",
         blocked - explained
     );
+    for (l, (n, b)) in &by_label {
+        println!("labelled {l}: {b} of {n} blocked");
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

@@ -29,19 +29,18 @@ use verbatim::index::build::{BuildOptions, build};
 use verbatim::index::{Index, Params};
 use verbatim::matcher::{Finding, Scanner};
 use verbatim::normalize::{Channel, TextKind, UnitClass, normalize};
-use verbatim::proxy::pipeline::Rules;
+use verbatim::policy::{Facts, Policy};
+use verbatim::proxy::pipeline::{Action, Rules};
 
 /// Span lengths in units.
 const LENGTHS: &[usize] = &[8, 12, 16, 24, 50, 100, 200];
 /// Whether the built-in policy (`[rules]` defaults) blocks a finding: a run of at least
-/// `long_prose_units` / `long_code_units`, at least `long_min_similarity` similar to its source.
+/// `long_prose_units` / `long_code_units`, at least `long_min_similarity` similar to its source,
+/// code holding a piece of `long_code_exact_units` or `long_code_aligned_units`.
 fn blocks(f: &Finding) -> bool {
-    let r = Rules::default();
-    let min = match f.channel {
-        Channel::Prose => r.long_prose_units,
-        Channel::Code => r.long_code_units,
-    };
-    f.units >= min && f.similarity() >= r.long_min_similarity
+    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+    let p = POLICY.get_or_init(Policy::builtin);
+    p.decide(&Facts::of_finding(f)).action == Action::Block
 }
 
 struct Rng(u64);

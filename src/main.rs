@@ -1036,6 +1036,15 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
                         license: s("license"),
                         corpus: s("corpus"),
                         units: n("units") as u32,
+                        // `scan` output before these keys: the run counts as one piece.
+                        exact_units: r
+                            .get("exact_units")
+                            .and_then(|v| v.as_u64())
+                            .map(|v| v as u32),
+                        aligned_units: r
+                            .get("aligned_units")
+                            .and_then(|v| v.as_u64())
+                            .map(|v| v as u32),
                         chars: n("output_end").saturating_sub(n("output_start")),
                         similarity: r.get("similarity").and_then(|v| v.as_f64()).unwrap_or(1.0),
                         ..Facts::default()
@@ -1057,19 +1066,10 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
                         continue;
                     };
                     let fa = Facts {
-                        kind: if f.caller_supplied {
-                            "caller-supplied".into()
-                        } else {
-                            f.kind.as_str().into()
-                        },
-                        source: f.channel.as_str().into(),
                         rights: r.rights.into(),
                         license: r.license.clone(),
                         corpus: r.corpus.clone(),
-                        units: f.units,
-                        chars: f.output_end - f.output_start,
-                        similarity: f.similarity(),
-                        ..Facts::default()
+                        ..Facts::of_finding(&f)
                     };
                     facts.push((
                         format!(

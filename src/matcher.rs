@@ -1656,6 +1656,11 @@ pub struct FindingReport {
     pub source_start: u64,
     pub source_end: u64,
     pub units: u32,
+    /// The longest piece copied unit for unit ([`Finding::longest`]); `units` for exact runs.
+    pub exact_units: u32,
+    /// The longest stretch without a gap, renamed units counting ([`Finding::longest_aligned`]);
+    /// `units` for exact and renamed runs.
+    pub aligned_units: u32,
     pub kind: MatchKind,
     /// 2·aligned / (output units + source units): 1 for exact and renamed runs.
     pub similarity: f64,
@@ -1694,6 +1699,8 @@ impl FindingReport {
             source_start: u64::from(source_start),
             source_end: u64::from(source_end),
             units: f.units,
+            exact_units: f.longest,
+            aligned_units: f.longest_aligned,
             kind: f.kind,
             similarity: (f.similarity() * 1000.0).round() / 1000.0,
             channel: f.channel.as_str(),

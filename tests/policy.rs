@@ -347,6 +347,91 @@ fn the_config_rules_are_the_built_in_policy() {
     assert_eq!(p.decide(&near).action, Action::Block);
     near.similarity = 0.75;
     assert_eq!(p.decide(&near).action, Action::Annotate);
+    // Code is blocked on a piece copied whole: 46 units token for token, or 78 without a
+    // gap with names renamed. A near copy of 120 units whose pieces are shorter — what
+    // idioms of unrelated crates share — is annotated.
+    let mut code = facts("code", "MIT", 120);
+    code.kind = "near".into();
+    code.similarity = 0.95;
+    code.exact_units = Some(45);
+    code.aligned_units = Some(77);
+    assert_eq!(p.decide(&code).action, Action::Annotate);
+    code.exact_units = Some(46);
+    assert_eq!(p.decide(&code).action, Action::Block);
+    code.exact_units = Some(45);
+    code.aligned_units = Some(78);
+    assert_eq!(p.decide(&code).action, Action::Block);
+    let mut renamed = facts("code", "MIT", 77);
+    renamed.kind = "renamed".into();
+    renamed.exact_units = Some(9);
+    renamed.aligned_units = Some(77);
+    assert_eq!(p.decide(&renamed).action, Action::Annotate);
+    renamed.units = 78;
+    renamed.aligned_units = Some(78);
+    assert_eq!(p.decide(&renamed).action, Action::Block);
+    // Prose keeps its rule: a near copy of 40 words with no long piece is blocked.
+    near.similarity = 0.85;
+    near.exact_units = Some(12);
+    near.aligned_units = Some(12);
+    assert_eq!(p.decide(&near).action, Action::Block);
+}
+
+#[test]
+fn a_rule_can_ask_for_a_piece_copied_whole() {
+    let p = parse(
+        "pieces.toml",
+        r#"version = 1
+[[rules]]
+name = "block-long-pieces"
+action = "block"
+when = { source = ["code"], min_exact_units = 40 }
+[[rules]]
+name = "block-long-renamed-stretches"
+action = "block"
+when = { source = ["code"], min_aligned_units = 90 }
+[[tests]]
+name = "a near copy with a long exact piece"
+finding = { kind = "near", source = "code", units = 100, exact_units = 40, aligned_units = 40, similarity = 0.9 }
+expect = "block"
+rule = "block-long-pieces"
+[[tests]]
+name = "a near copy of short pieces"
+finding = { kind = "near", source = "code", units = 100, exact_units = 39, aligned_units = 89, similarity = 0.9 }
+expect = "log"
+[[tests]]
+name = "a finding that does not say is one piece"
+finding = { kind = "exact", source = "code", units = 40 }
+expect = "block"
+"#,
+    )
+    .unwrap();
+    let results = p.run_tests();
+    assert_eq!(results.len(), 3);
+    for (case, v, ok) in &results {
+        assert!(ok, "{}: got {:?} by {}", case.name, v.action, v.rule);
+    }
+    let mut f = facts("code", "MIT", 100);
+    f.kind = "near".into();
+    f.exact_units = Some(39);
+    f.aligned_units = Some(89);
+    let why = p.rules[0].when.mismatch(&f, &BTreeMap::new()).unwrap();
+    assert!(
+        why.contains("longest exact piece 39 units < min_exact_units 40"),
+        "{why}"
+    );
+    let why = p.rules[1].when.mismatch(&f, &BTreeMap::new()).unwrap();
+    assert!(why.contains("89 units < min_aligned_units 90"), "{why}");
+    let bad = parse(
+        "bad-pieces.toml",
+        "version = 1\n[[rules]]\nname = \"x\"\naction = \"block\"\nwhen = { min_exact_units = \"long\", min_aligned_units = -3 }\n",
+    )
+    .unwrap_err();
+    for want in [
+        "rules[0].when.min_exact_units",
+        "rules[0].when.min_aligned_units",
+    ] {
+        assert!(bad.contains(want), "{want} in {bad}");
+    }
 }
 
 #[test]

@@ -1210,6 +1210,74 @@ async fn a_renamed_copy_with_an_operator_changed_is_cited_whole() {
     assert!(finding["similarity"].as_f64().unwrap() > 0.95, "{finding}");
 }
 
+/// The fixture's GPL ledger code with a statement of its own after every `every`-th line: a
+/// near copy whose pieces are about `every` lines long.
+fn ledger_with_insertions(every: usize) -> String {
+    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let body = &src[src.find("pub fn total_owed").unwrap()..];
+    let mut out = String::new();
+    for (i, line) in body.lines().enumerate() {
+        out += line;
+        out += "\n";
+        if i % every == every - 1 {
+            out += "drop(0);\n";
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_policy_blocks_code_only_on_a_piece_copied_whole() {
+    // A near copy of 250+ tokens, 0.85+ similar, whose pieces are ~30 tokens (what idioms of
+    // unrelated crates share) is cited, not blocked; with pieces twice as long it is blocked.
+    let index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    for (every, blocked) in [(2, false), (9, true)] {
+        let code = ledger_with_insertions(every);
+        let text = format!("Here is a ledger parser for you:\n\n```rust\n{code}\n```\n");
+        // What the policy weighs, as `scan` reports it.
+        let mut sc = verbatim::matcher::Scanner::new(
+            std::slice::from_ref(&index),
+            verbatim::normalize::TextKind::Markdown,
+        );
+        sc.push_str(&text);
+        sc.finish();
+        let f = sc
+            .take_findings()
+            .into_iter()
+            .max_by_key(|f| f.units)
+            .unwrap();
+        assert!(f.units >= 250 && f.similarity() > 0.85, "{f:?}");
+        assert_eq!(f.longest >= 46, blocked, "every {every}: {f:?}");
+        assert!(f.longest_aligned < 78 || blocked, "every {every}: {f:?}");
+        let mock = start(Reply::sse(&openai_stream(&text, 5), 64)).await;
+        let p = proxy_with(&mock, vec![Arc::clone(&index)], |_| {}).await;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200);
+        let evs = events(&body);
+        if blocked {
+            // Blocked as soon as a piece of 50 exact tokens has streamed, before the gap.
+            assert_blocked_as(&evs, "exact");
+            assert!(openai_text(&evs).len() < text.len() / 2);
+            continue;
+        }
+        assert_eq!(
+            openai_text(&evs),
+            text,
+            "every {every}: annotated, not changed"
+        );
+        let finding = evs
+            .iter()
+            .filter_map(|(_, v)| v.pointer("/verbatim/findings"))
+            .flat_map(|f| f.as_array().unwrap())
+            .filter(|f| f["doc"] == json!("fixtures/gpl-code/src/ledger.rs"))
+            .max_by_key(|f| f["units"].as_u64())
+            .unwrap_or_else(|| panic!("the copy is not cited: {evs:?}"));
+        assert_eq!(finding["kind"], json!("near"), "{finding}");
+        assert!(finding["units"].as_u64().unwrap() >= 250, "{finding}");
+        assert_eq!(finding["action"], json!("annotate"), "{finding}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
     // Connections are served by worker threads; a shutdown must still wait for every stream

@@ -794,6 +794,11 @@ pub struct Citation {
     pub rights: String,
     pub channel: String,
     pub units: u32,
+    /// What the policy weighs besides `units` ([`crate::policy::Facts`]); not sent.
+    #[serde(skip)]
+    pub exact_units: u32,
+    #[serde(skip)]
+    pub aligned_units: u32,
     /// Byte offsets in the stream's text.
     pub output_start: u64,
     pub output_end: u64,

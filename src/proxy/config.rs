@@ -300,6 +300,8 @@ impl Config {
                 &[
                     "long_prose_units",
                     "long_code_units",
+                    "long_code_exact_units",
+                    "long_code_aligned_units",
                     "long_min_similarity",
                     "long_action",
                     "short_action",
@@ -309,8 +311,17 @@ impl Config {
             if let Some(v) = r.opt_u64(rt, "rules", "long_prose_units") {
                 c.rules.long_prose_units = v.value.min(u32::MAX as u64) as u32;
             }
-            if let Some(v) = r.opt_u64(rt, "rules", "long_code_units") {
-                c.rules.long_code_units = v.value.min(u32::MAX as u64) as u32;
+            for (key, slot) in [
+                ("long_code_units", &mut c.rules.long_code_units),
+                ("long_code_exact_units", &mut c.rules.long_code_exact_units),
+                (
+                    "long_code_aligned_units",
+                    &mut c.rules.long_code_aligned_units,
+                ),
+            ] {
+                if let Some(v) = r.opt_u64(rt, "rules", key) {
+                    *slot = v.value.min(u32::MAX as u64) as u32;
+                }
             }
             if let Some(v) = r.opt_fraction(rt, "rules", "long_min_similarity") {
                 c.rules.long_min_similarity = v.value;
@@ -396,9 +407,11 @@ mod tests {
 
     #[test]
     fn rules_are_read_and_checked() {
-        let src = "[rules]\nlong_prose_units = 40\nlong_min_similarity = 0.9\n";
+        let src = "[rules]\nlong_prose_units = 40\nlong_min_similarity = 0.9\nlong_code_exact_units = 30\nlong_code_aligned_units = 60\n";
         let c = Config::parse(Path::new("v.toml"), src.into()).unwrap();
         assert_eq!(c.rules.long_prose_units, 40);
+        assert_eq!(c.rules.long_code_exact_units, 30);
+        assert_eq!(c.rules.long_code_aligned_units, 60);
         assert_eq!(c.rules.long_min_similarity, 0.9);
         assert_problems(
             "[rules]\nlong_min_similarity = 1.5\nlong_action = \"shred\"\n",

@@ -48,6 +48,8 @@ fn facts(c: &Citation, scope: &Scope) -> Facts {
         license: c.license.clone(),
         corpus: c.corpus.clone(),
         units: c.units,
+        exact_units: Some(c.exact_units),
+        aligned_units: Some(c.aligned_units),
         chars: c.output_end.saturating_sub(c.output_start),
         similarity: c.similarity.unwrap_or(1.0),
         tenant: scope.tenant.clone(),
@@ -122,6 +124,12 @@ pub enum Hold {
 pub struct Rules {
     pub long_prose_units: u32,
     pub long_code_units: u32,
+    /// A code run gets `long_action` only if it holds a piece copied token for token of at
+    /// least this many units (twice the default index's `t`, 23) …
+    pub long_code_exact_units: u32,
+    /// … or a stretch without a gap, names renamed, of at least this many (twice the fewest a
+    /// renamed finding is reported with, `t + k` = 39): a renamed copy of that length.
+    pub long_code_aligned_units: u32,
     /// A near copy gets `long_action` only if at least this similar to its source (exact and
     /// renamed runs have similarity 1).
     pub long_min_similarity: f64,
@@ -135,6 +143,8 @@ impl Default for Rules {
         Rules {
             long_prose_units: 32,
             long_code_units: 50,
+            long_code_exact_units: 46,
+            long_code_aligned_units: 78,
             long_min_similarity: 0.8,
             long_action: Action::Block,
             short_action: Action::Annotate,
@@ -1251,6 +1261,8 @@ fn judge(
         rights: r.rights.to_string(),
         channel: r.channel.to_string(),
         units: r.units,
+        exact_units: r.exact_units,
+        aligned_units: r.aligned_units,
         output_start: f.output_start,
         output_end: f.output_end,
         source_start: r.source_start,
@@ -1292,6 +1304,8 @@ fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict)
         rights: rights.into(),
         channel: "code".into(),
         units: 0,
+        exact_units: 0,
+        aligned_units: 0,
         output_start: m.start,
         output_end: m.end,
         source_start: 0,
