@@ -47,6 +47,13 @@ fn summary(p: &Policy) -> String {
                 w.min_units,
                 w.max_units
             );
+            if w.min_exact_units.is_some() || w.min_aligned_units.is_some() {
+                s.pop();
+                s += &format!(
+                    " exact ≥ {:?} aligned ≥ {:?}\n",
+                    w.min_exact_units, w.min_aligned_units
+                );
+            }
         }
     }
     for t in &p.tests {
