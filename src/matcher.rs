@@ -79,11 +79,11 @@ pub struct Finding {
     /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
     /// much of its source region is structure not repeated within it (see [`structure`]; long
     /// literals count by value when every literal of the run equals its source's, identifiers
-    /// when every identifier does). For a gapped run with renamed units and no exact piece of
-    /// `t`, hit by a rare key: the same of the source region of its
-    /// [`longest_aligned`](Finding::longest_aligned) stretch, if that is at least
-    /// [`RENAMED_PIECE_FACTOR`] times [`renamed_min`] units. `units` for every other run (it
-    /// decides nothing there).
+    /// when every identifier does). For a gapped run with renamed units, hit by a rare key: the
+    /// same of the source region of its [`longest_aligned`](Finding::longest_aligned) stretch,
+    /// if that is at least [`RENAMED_PIECE_FACTOR`] times [`renamed_min`] units (it decides
+    /// whether a run without an exact piece of `t` is reported, and what
+    /// [`Finding::aligned_units`] says). `units` for every other run.
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
@@ -111,6 +111,16 @@ impl Finding {
             return 0.0;
         }
         (2.0 * f64::from(self.matched) / total).min(1.0)
+    }
+
+    /// The longest stretch without a gap, renamed units counting as copied — where names were
+    /// renamed, only as much as its [`structure`](Finding::structure): a run of one shape repeated
+    /// (enum arms each `X::A => write!(f, "a")`, serde's forwarding methods) renamed over
+    /// 80–160 units holds 43–52 units of structure in unrelated crates' code, a renamed copy
+    /// of code of its own about as much as its length (docs/proxy.md). What a policy's
+    /// `min_aligned_units` weighs.
+    pub fn aligned_units(&self) -> u32 {
+        self.longest_aligned.min(self.structure)
     }
 }
 
@@ -520,9 +530,10 @@ impl Candidate {
             MatchKind::Renamed if e.out_units >= min && rare => {
                 (self.doc_start, e.doc_end - self.doc_start, false)
             }
+            // Also with an exact piece of t (reported then whatever the stretch's structure):
+            // a policy weighs the stretch by its structure (`Finding::aligned_units`).
             MatchKind::Near
                 if e.renamed > 0
-                    && e.longest.3 < params.code.t()
                     && renamed_stretch_min(params).is_some_and(|m| e.longest_aligned().1 >= m)
                     && rare =>
             {
@@ -1658,8 +1669,8 @@ pub struct FindingReport {
     pub units: u32,
     /// The longest piece copied unit for unit ([`Finding::longest`]); `units` for exact runs.
     pub exact_units: u32,
-    /// The longest stretch without a gap, renamed units counting ([`Finding::longest_aligned`]);
-    /// `units` for exact and renamed runs.
+    /// The longest stretch without a gap, renamed units counting ([`Finding::aligned_units`]):
+    /// `units` for exact runs, the structure of a renamed one.
     pub aligned_units: u32,
     pub kind: MatchKind,
     /// 2·aligned / (output units + source units): 1 for exact and renamed runs.
@@ -1700,7 +1711,7 @@ impl FindingReport {
             source_end: u64::from(source_end),
             units: f.units,
             exact_units: f.longest,
-            aligned_units: f.longest_aligned,
+            aligned_units: f.aligned_units(),
             kind: f.kind,
             similarity: (f.similarity() * 1000.0).round() / 1000.0,
             channel: f.channel.as_str(),

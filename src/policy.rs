@@ -135,8 +135,9 @@ pub struct Facts {
     /// The longest piece of the run copied word for word (token for token in code); `None`:
     /// the whole run (exact runs; a policy test that does not say).
     pub exact_units: Option<u32>,
-    /// The longest stretch of the run without a gap, renamed identifiers counting as copied;
-    /// `None`: the whole run (exact and renamed runs).
+    /// The longest stretch of the run without a gap, renamed identifiers counting as copied,
+    /// of a renamed run only its shape not repeated within it ([`crate::matcher::Finding::aligned_units`]);
+    /// `None`: the whole run.
     pub aligned_units: Option<u32>,
     pub chars: u64,
     pub similarity: f64,
@@ -158,7 +159,7 @@ impl Facts {
             source: f.channel.as_str().into(),
             units: f.units,
             exact_units: Some(f.longest),
-            aligned_units: Some(f.longest_aligned),
+            aligned_units: Some(f.aligned_units()),
             chars: f.output_end - f.output_start,
             similarity: f.similarity(),
             ..Facts::default()

@@ -806,3 +806,77 @@ fn a_short_text_many_documents_hold_is_not_reported_a_long_one_is() {
     let got = scan(&vendored, RUST, &format!("fn main() {{}}\n{long}"));
     assert!(got.len() >= 32, "{} findings: {got:?}", got.len());
 }
+
+/// `impl fmt::Display for {ty}` matching on its variants, one `write!` arm each.
+fn display_match(ty: &str, variants: &[(String, String)]) -> String {
+    let mut s = format!(
+        "impl fmt::Display for {ty} {{\n    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {{\n        match *self {{\n"
+    );
+    for (v, text) in variants {
+        s += &format!("            {ty}::{v} => write!(f, \"{text}\"),\n");
+    }
+    s + "        }\n    }\n}\n"
+}
+
+/// What a policy weighs of a renamed stretch is its structure: a `Display` impl matching on an
+/// enum, copied as another enum's (other names, other strings), is a renamed run as long as the
+/// impl but one arm's shape over and over — the built-in policy annotates it (unrelated crates
+/// share such impls; docs/proxy.md). A renamed copy of code of its own is blocked.
+#[test]
+fn a_renamed_stretch_counts_only_its_structure_toward_blocking() {
+    use verbatim::policy::{Facts, Policy};
+    use verbatim::proxy::pipeline::Action;
+    let variants = |tag: &str, n: usize| -> Vec<(String, String)> {
+        vocabulary('v', n, tag.len() as u64)
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let w: String = w.chars().filter(char::is_ascii_alphanumeric).collect();
+                (format!("{tag}{w}{i}"), format!("{w} {i}"))
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doc = format!(
+        "{}{}{}",
+        common::own_code(0, "head"),
+        display_match("Isa", &variants("Arch", 24)),
+        common::own_code(0, "tail")
+    );
+    let index = common::one_code_doc_index(dir.path(), &doc, Params::default());
+    let copy = display_match("MediaDesc", &variants("Medium", 24));
+    let found = scan(&index, RUST, &copy);
+    let f = found
+        .iter()
+        .filter(|f| f.kind == MatchKind::Renamed)
+        .max_by_key(|f| f.units)
+        .unwrap_or_else(|| panic!("no renamed finding: {found:?}"));
+    assert!(f.units >= 200, "{f:?}");
+    assert!(
+        f.aligned_units() < 78 && f.aligned_units() == f.structure,
+        "{f:?}"
+    );
+    let builtin = Policy::builtin();
+    assert_eq!(
+        builtin.decide(&Facts::of_finding(f)).action,
+        Action::Annotate,
+        "{f:?}"
+    );
+
+    // Code of its own, renamed: its structure is about its length.
+    let fx = fixture();
+    let (s, e) = window(&fx.code[1], RUST, 411, 120);
+    let copy = rename(&fx.code[1][s..e], true);
+    let found = scan(&fx.index, RUST, &copy);
+    let f = found
+        .iter()
+        .filter(|f| f.kind == MatchKind::Renamed)
+        .max_by_key(|f| f.units)
+        .unwrap_or_else(|| panic!("no renamed finding: {found:?}"));
+    assert!(f.aligned_units() >= 78, "{f:?}");
+    assert_eq!(
+        builtin.decide(&Facts::of_finding(f)).action,
+        Action::Block,
+        "{f:?}"
+    );
+}
