@@ -43,6 +43,14 @@ fn blocks(f: &Finding) -> bool {
     p.decide(&Facts::of_finding(f)).action == Action::Block
 }
 
+/// SplitMix64's finaliser: distinct seeds for nearby inputs.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -879,11 +887,23 @@ fn generate(
         .and_then(|m| m.parent())
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    // Each candidate negative is drawn from a seed of its own (its kind and its number among
+    // that kind's candidates) and named by it, and the check scans with a generator of its own:
+    // when an engine change makes a candidate count as a real copy, only that candidate is
+    // replaced; every other case, positive or negative, stays byte-identical, so two engines
+    // are compared on the same cases. (Before, one replacement shifted every negative after it
+    // and the chunking of every scan.)
     let mut replaced = 0usize;
+    let mut drawn = [0u64; 5];
+    let mut check_rng = Rng(seed ^ 0x6e65_6763_6865_636b);
     let mut i = 0;
     while i < negatives {
-        let c = g.negative(format!("neg-{i}"), i % 5, &iprose);
-        let (_, found) = scan_case(&idx, &c, &mut r);
+        let kind = i % 5;
+        let j = drawn[kind];
+        drawn[kind] += 1;
+        g.r = Rng(splitmix(seed ^ ((kind as u64) << 40) ^ j));
+        let c = g.negative(format!("neg-{kind}-{j}"), kind, &iprose);
+        let (_, found) = scan_case(&idx, &c, &mut check_rng);
         // Boilerplate copies count too: a short text many indexed documents hold (a README's
         // contribution clause) is not reported, but a text holding one is no negative.
         let shared = || {
@@ -904,6 +924,7 @@ fn generate(
         i += 1;
     }
     // Distractor references for the peers: as many again, from the indexed documents.
+    g.r = Rng(splitmix(seed ^ 0x7265_6673));
     let n_src = g.refs.len();
     for _ in 0..n_src {
         let d = &indexed[g.r.below(indexed.len())];
@@ -1169,7 +1190,8 @@ fn report(out: &Path, doc: Option<&Path>, command: &str) {
         "Index: {} documents, {:.0} MB of corpus (`{}`), parameters `{}`. {} positives, {} negatives \
          ({} more drawn were replaced: a finding in them turned out to be a real copy of indexed text, \
          judged without the engine — the output and source regions share ≥ 80 % of their words in \
-         order, code without its comments); the peers compare each response with {} reference files \
+         order, code without its comments; each negative is drawn from a seed of its own, so an engine \
+         that finds another real copy changes only that case); the peers compare each response with {} reference files \
          (every source document of a positive plus as many distractors) — a far easier task than our \
          whole index.\n",
         meta["documents"],
