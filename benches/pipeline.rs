@@ -94,6 +94,11 @@ struct Args {
     /// are blocked.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Per-event cost of a long renamed run no policy blocks: an index of one document, a
+    /// `Display` impl matching on an enum of this many variants, and a renamed copy of it
+    /// (another enum, other strings) streamed a word an event (docs/benchmarks.md).
+    #[arg(long)]
+    long_renamed: Option<usize>,
     #[arg(long)]
     bench: bool,
 }
@@ -212,6 +217,9 @@ fn main() {
     )];
     for i in &a.indexes {
         indexes.push(Arc::new(Index::open(i).unwrap()));
+    }
+    if let Some(n) = a.long_renamed {
+        return long_renamed_report(n, if a.bench { a.reps.max(1) } else { 1 });
     }
     if let Some(list) = &a.blocks {
         return blocks_report(
@@ -519,6 +527,90 @@ fn blocks_report(
     for (l, (n, b)) in &by_label {
         println!("labelled {l}: {b} of {n} blocked");
     }
+}
+
+/// `impl fmt::Display for {ty}` matching on `n` variants with made-up names (`seed`).
+fn display_match(ty: &str, n: usize, seed: u64) -> String {
+    let mut x = seed;
+    let mut word = || {
+        (0..6)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (x >> 59) as u8 % 26)
+            })
+            .collect::<String>()
+    };
+    let mut s = format!(
+        "impl fmt::Display for {ty} {{\n    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {{\n        match *self {{\n"
+    );
+    for i in 0..n {
+        let (v, t) = (word(), word());
+        s += &format!("            {ty}::V{v}{i} => write!(f, \"{t}\"),\n");
+    }
+    s + "        }\n    }\n}\n"
+}
+
+/// `--long-renamed N`: see [`Args::long_renamed`].
+fn long_renamed_report(n: usize, reps: usize) {
+    use verbatim::index::build::{BuildOptions, build};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("code")).unwrap();
+    std::fs::write(
+        dir.path().join("code/t.rs"),
+        format!("fn head() -> u32 {{ 17 }}\n{}", display_match("Isa", n, 1)),
+    )
+    .unwrap();
+    let manifest = dir.path().join("code.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"code\"\nkind = \"code\"\nrights = \"licensed\"\npaths = [\"code\"]\n",
+    )
+    .unwrap();
+    let corpora = verbatim::corpus::load_manifests(&[manifest]).unwrap();
+    let out = dir.path().join("idx");
+    build(&corpora, &out, &BuildOptions::default()).unwrap();
+    let setup = ScanSetup {
+        indexes: vec![Arc::new(Index::open(&out).unwrap())],
+        exempt: Arc::default(),
+        policy: Arc::new(Policy::builtin()),
+        scope: Scope::default(),
+        hold: Hold::Strict,
+        max_event_bytes: 1 << 20,
+        max_holdback_bytes: usize::MAX,
+        max_response_bytes: usize::MAX,
+    };
+    let text = format!("```rust\n{}```\n", display_match("MediaDesc", n, 2));
+    let evs = text_events(&text);
+    let mut per_event = Vec::new();
+    let mut kinds = Vec::new();
+    for _ in 0..reps {
+        let mut p = Pipeline::new(Api::ChatCompletions, setup.clone());
+        let t = Instant::now();
+        for e in &evs {
+            p.push(e);
+        }
+        p.finish();
+        per_event.push(t.elapsed().as_secs_f64() * 1e6 / evs.len() as f64);
+        kinds = p
+            .take_decisions()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} units: {}",
+                    d.kind,
+                    d.citation.units,
+                    d.action.as_str()
+                )
+            })
+            .collect();
+    }
+    println!(
+        "{n} variants, {} events: {:.2} µs per event (median of {reps}); decisions: {kinds:?}",
+        evs.len(),
+        median(per_event)
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

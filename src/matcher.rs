@@ -225,56 +225,117 @@ pub fn structure(
     literals: bool,
     idents: bool,
 ) -> u32 {
-    let (s, e) = (
-        start as usize,
-        start as usize + (len as usize).min(STRUCTURE_MAX),
-    );
-    let (Some(units), Some(classes)) = (
-        index.doc_units(doc).get(s..e),
-        index.doc_classes(doc).get(s..e),
-    ) else {
-        return len; // no class store: nothing was matched by shape
-    };
-    let long = |pos: usize| {
-        index
-            .unit_span(doc, pos as u32)
-            .is_some_and(|(a, b)| u64::from(b - a) >= LONG_LITERAL)
-    };
-    let values = units.iter().zip(classes).enumerate().map(|(i, (&h, &c))| {
-        let class = UnitClass::from_u8(c);
-        match class {
-            UnitClass::Number | UnitClass::Str if literals && long(s + i) => {
-                (u64::from(h), UnitClass::Other)
-            }
-            UnitClass::Ident if idents => (u64::from(h), UnitClass::Other),
-            _ => (u64::from(h), class),
-        }
-    });
-    structure_of(values)
+    let mut g = Structure::new(start, literals, idents);
+    g.measure(index, doc, len).unwrap_or(len)
 }
 
 /// [`structure`] of a sequence of units given as (hash, class).
 pub fn structure_of(units: impl Iterator<Item = (u64, UnitClass)>) -> u32 {
-    let coarse: Vec<u64> = units
-        .take(STRUCTURE_MAX)
-        .map(|(h, c)| match c {
-            UnitClass::Other => h,
-            other => u64::MAX - other as u64,
-        })
-        .collect();
-    if coarse.len() < STRUCTURE_W {
-        return coarse.len() as u32;
+    let mut g = Structure::new(0, false, false);
+    for (h, c) in units.take(STRUCTURE_MAX) {
+        g.push(coarse(h, c));
     }
-    let mut seen = FxHashSet::with_capacity_and_hasher(coarse.len(), Default::default());
-    // Units inside a repeated window: the union of those windows, left to right.
-    let (mut repeated, mut covered_to) = (0, 0);
-    for (j, w) in coarse.windows(STRUCTURE_W).enumerate() {
-        if !seen.insert(crate::hash::kgram_key(w.iter().copied())) {
-            repeated += j + STRUCTURE_W - covered_to.max(j);
-            covered_to = j + STRUCTURE_W;
+    g.value(g.coarse.len())
+}
+
+/// A unit as [`structure`] compares it: its hash, or for an identifier or literal its class.
+fn coarse(h: u64, c: UnitClass) -> u64 {
+    match c {
+        UnitClass::Other => h,
+        other => u64::MAX - other as u64,
+    }
+}
+
+/// [`structure`] of a source region that grows at its end, each unit looked at once: the proxy
+/// measures a run still open on every event, and from scratch each time a run of 4,096 units
+/// (a renamed `Display` impl matching on a long enum: its structure is small, so no policy
+/// blocks it and it stays open) cost ~100 µs an event. Keeps the structure of every prefix, so
+/// a run that ends on an earlier unit than it reached is measured without starting over.
+#[derive(Debug)]
+struct Structure {
+    start: u32,
+    literals: bool,
+    idents: bool,
+    /// The region's units so far, compared as [`coarse`].
+    coarse: Vec<u64>,
+    /// Windows of [`STRUCTURE_W`] units seen.
+    seen: FxHashSet<u64>,
+    /// Units inside a repeated window, and where the last one ends.
+    repeated: usize,
+    covered_to: usize,
+    /// The structure of each prefix: `values[i]` of the first `i + 1` units.
+    values: Vec<u32>,
+}
+
+impl Structure {
+    fn new(start: u32, literals: bool, idents: bool) -> Structure {
+        Structure {
+            start,
+            literals,
+            idents,
+            coarse: Vec::new(),
+            seen: FxHashSet::default(),
+            repeated: 0,
+            covered_to: 0,
+            values: Vec::new(),
         }
     }
-    (coarse.len() - repeated) as u32
+
+    fn push(&mut self, v: u64) {
+        self.coarse.push(v);
+        let n = self.coarse.len();
+        if n >= STRUCTURE_W {
+            // Units inside a repeated window: the union of those windows, left to right.
+            let j = n - STRUCTURE_W;
+            if !self
+                .seen
+                .insert(crate::hash::kgram_key(self.coarse[j..].iter().copied()))
+            {
+                self.repeated += j + STRUCTURE_W - self.covered_to.max(j);
+                self.covered_to = j + STRUCTURE_W;
+            }
+        }
+        self.values.push((n - self.repeated) as u32);
+    }
+
+    /// The structure of the first `n` units (`n` ≤ those pushed).
+    fn value(&self, n: usize) -> u32 {
+        n.checked_sub(1).map_or(0, |i| self.values[i])
+    }
+
+    /// The structure of the first `len` units of the region in `doc` (at most
+    /// [`STRUCTURE_MAX`]), reading only units not read before; `None` without a class store.
+    fn measure(&mut self, index: &Index, doc: u32, len: u32) -> Option<u32> {
+        let want = (len as usize).min(STRUCTURE_MAX);
+        let (s, from, to) = (
+            self.start as usize,
+            self.start as usize + self.coarse.len(),
+            self.start as usize + want,
+        );
+        if to > from {
+            let (units, classes) = (
+                index.doc_units(doc).get(from..to)?,
+                index.doc_classes(doc).get(from..to)?,
+            );
+            let long = |pos: usize| {
+                index
+                    .unit_span(doc, pos as u32)
+                    .is_some_and(|(a, b)| u64::from(b - a) >= LONG_LITERAL)
+            };
+            for (i, (&h, &c)) in units.iter().zip(classes).enumerate() {
+                let class = match UnitClass::from_u8(c) {
+                    UnitClass::Number | UnitClass::Str if self.literals && long(from + i) => {
+                        UnitClass::Other
+                    }
+                    UnitClass::Ident if self.idents => UnitClass::Other,
+                    class => class,
+                };
+                self.push(coarse(u64::from(h), class));
+            }
+        }
+        debug_assert!(s + self.coarse.len() >= to);
+        Some(self.value(want))
+    }
 }
 
 /// Units of recent output kept for left extension. A run's first sampled k-gram starts within
@@ -421,12 +482,10 @@ struct Candidate {
     names: Option<Box<Names>>,
     /// See [`Finding::key_docs`].
     key_docs: u32,
-    /// The last [`structure`] measured, with the source end it was measured to: the proxy
-    /// looks at open runs more than once per event, and a run that has not grown has the
-    /// same structure.
-    /// Packed as `end << 32 | value`; `u64::MAX` when not measured (atomic only so a scanner
-    /// stays `Sync`; one thread uses it).
-    structure_at: std::sync::atomic::AtomicU64,
+    /// The [`structure`] measured so far of the region it is asked for (the run's, or its
+    /// longest stretch's): the proxy measures open runs on every event, and a run grows a few
+    /// units at a time. In a mutex only so a scanner stays `Sync`; one thread uses it.
+    structure: std::sync::Mutex<Option<Box<Structure>>>,
 }
 
 impl Extent {
@@ -526,9 +585,9 @@ impl Candidate {
         let rare = self.key_docs < params.common_threshold;
         // The source region measured: the whole run's, or for a gapped run (see
         // `Finding::structure`) its longest stretch without a gap.
-        let (start, len, stretch) = match e.kind() {
+        let (start, len) = match e.kind() {
             MatchKind::Renamed if e.out_units >= min && rare => {
-                (self.doc_start, e.doc_end - self.doc_start, false)
+                (self.doc_start, e.doc_end - self.doc_start)
             }
             // Also with an exact piece of t (reported then whatever the stretch's structure):
             // a policy weighs the stretch by its structure (`Finding::aligned_units`).
@@ -537,29 +596,21 @@ impl Candidate {
                     && renamed_stretch_min(params).is_some_and(|m| e.longest_aligned().1 >= m)
                     && rare =>
             {
-                let (start, len) = e.longest_aligned();
-                (start, len, true)
+                e.longest_aligned()
             }
             _ => return e.out_units,
         };
-        use std::sync::atomic::Ordering::Relaxed;
         // A run's literals count by value while every one equals its source's, its
         // identifiers while every one does.
         let literals = e.literals_changed == 0;
         let idents = e.renamed == e.literals_changed;
-        // The region's end and the modes are the key (bits 31, 30 and 29 of the value: a
-        // structure is at most STRUCTURE_MAX).
-        let key = u64::from(start + len) << 32
-            | u64::from(literals) << 31
-            | u64::from(idents) << 30
-            | u64::from(stretch) << 29;
-        let at = self.structure_at.load(Relaxed);
-        if at != u64::MAX && at & !0x1fff_ffff == key {
-            return (at & 0x1fff_ffff) as u32;
-        }
-        let v = structure(index, self.doc, start, len, literals, idents);
-        self.structure_at.store(key | u64::from(v), Relaxed);
-        v
+        let mut g = self.structure.lock().unwrap_or_else(|p| p.into_inner());
+        // Measured further only while the region keeps its start and modes.
+        let st = match g.as_mut() {
+            Some(st) if st.start == start && st.literals == literals && st.idents == idents => st,
+            _ => g.insert(Box::new(Structure::new(start, literals, idents))),
+        };
+        st.measure(index, self.doc, len).unwrap_or(len)
     }
 
     /// The run as it ends: on its last equal unit.
@@ -1135,7 +1186,7 @@ impl IndexMatcher {
                 caller_supplied,
                 names,
                 key_docs,
-                structure_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+                structure: std::sync::Mutex::new(None),
             };
             let mut last = (start, doc_start);
             for (n, &(o, d, c)) in pairs[lead..].iter().enumerate() {
@@ -1752,7 +1803,59 @@ mod tests {
     use crate::index::format::Posting;
     use proptest::prelude::*;
 
+    /// [`super::structure_of`] as it was written before it was measured incrementally: every
+    /// window of the whole sequence at once.
+    fn structure_reference(coarse: &[u64]) -> u32 {
+        use super::STRUCTURE_W;
+        if coarse.len() < STRUCTURE_W {
+            return coarse.len() as u32;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let (mut repeated, mut covered_to) = (0, 0);
+        for (j, w) in coarse.windows(STRUCTURE_W).enumerate() {
+            if !seen.insert(w.to_vec()) {
+                repeated += j + STRUCTURE_W - covered_to.max(j);
+                covered_to = j + STRUCTURE_W;
+            }
+        }
+        (coarse.len() - repeated) as u32
+    }
+
     proptest! {
+        /// Measured as the region grows, in pieces, the structure of every prefix is what
+        /// measuring that prefix whole gives.
+        #[test]
+        fn structure_measured_as_it_grows_is_structure_measured_whole(
+            // Stretches of one period (windows repeat, overlapping) and of noise; and pieces
+            // of the growth.
+            parts in proptest::collection::vec((1u64..16, 1usize..60, any::<bool>()), 0..8),
+            cuts in proptest::collection::vec(1usize..40, 1..20),
+        ) {
+            let mut seq = Vec::new();
+            for (i, &(period, n, noise)) in parts.iter().enumerate() {
+                let mut x = i as u64 * 7919 + period;
+                seq.extend((0..n as u64).map(|k| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    if noise { x >> 60 } else { k % period }
+                }));
+            }
+            let mut g = super::Structure::new(0, false, false);
+            let mut at = 0;
+            for c in cuts.iter().cycle() {
+                if at >= seq.len() {
+                    break;
+                }
+                let to = (at + c).min(seq.len());
+                for &v in &seq[at..to] {
+                    g.push(v);
+                }
+                at = to;
+                for n in 0..=at {
+                    prop_assert_eq!(g.value(n), structure_reference(&seq[..n]), "prefix {}", n);
+                }
+            }
+        }
+
         /// The end of a document's postings, found by galloping, is where a walk ends.
         #[test]
         fn doc_run_end_is_where_a_walk_ends(runs in proptest::collection::vec(1usize..40, 1..30)) {
