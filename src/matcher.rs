@@ -117,8 +117,9 @@ impl Finding {
     /// renamed, only as much as its [`structure`](Finding::structure): a run of one shape repeated
     /// (enum arms each `X::A => write!(f, "a")`, serde's forwarding methods) renamed over
     /// 80–160 units holds 43–52 units of structure in unrelated crates' code, a renamed copy
-    /// of code of its own about as much as its length (docs/proxy.md). What a policy's
-    /// `min_aligned_units` weighs.
+    /// of code of its own about as much as its length (docs/proxy.md). A gapped run with an
+    /// exact piece of `t` is not measured (measuring every such run cost copied code 5 % of its
+    /// scan rate): its stretch counts whole. What a policy's `min_aligned_units` weighs.
     pub fn aligned_units(&self) -> u32 {
         self.longest_aligned.min(self.structure)
     }
@@ -225,13 +226,13 @@ pub fn structure(
     literals: bool,
     idents: bool,
 ) -> u32 {
-    let mut g = Structure::new(start, literals, idents);
+    let mut g = Structure::new(start, literals, idents, false);
     g.measure(index, doc, len).unwrap_or(len)
 }
 
 /// [`structure`] of a sequence of units given as (hash, class).
 pub fn structure_of(units: impl Iterator<Item = (u64, UnitClass)>) -> u32 {
-    let mut g = Structure::new(0, false, false);
+    let mut g = Structure::new(0, false, false, false);
     for (h, c) in units.take(STRUCTURE_MAX) {
         g.push(coarse(h, c));
     }
@@ -263,12 +264,14 @@ struct Structure {
     /// Units inside a repeated window, and where the last one ends.
     repeated: usize,
     covered_to: usize,
-    /// The structure of each prefix: `values[i]` of the first `i + 1` units.
+    /// The structure of each prefix, `values[i]` of the first `i + 1` units — kept only for a
+    /// region that grows (`prefixes`): a run may end on an earlier unit than it reached.
+    prefixes: bool,
     values: Vec<u32>,
 }
 
 impl Structure {
-    fn new(start: u32, literals: bool, idents: bool) -> Structure {
+    fn new(start: u32, literals: bool, idents: bool, prefixes: bool) -> Structure {
         Structure {
             start,
             literals,
@@ -277,6 +280,7 @@ impl Structure {
             seen: FxHashSet::default(),
             repeated: 0,
             covered_to: 0,
+            prefixes,
             values: Vec::new(),
         }
     }
@@ -295,11 +299,18 @@ impl Structure {
                 self.covered_to = j + STRUCTURE_W;
             }
         }
-        self.values.push((n - self.repeated) as u32);
+        if self.prefixes {
+            self.values.push((n - self.repeated) as u32);
+        }
     }
 
-    /// The structure of the first `n` units (`n` ≤ those pushed).
+    /// The structure of the first `n` units: `n` ≤ those pushed, all of them unless kept by
+    /// prefix.
     fn value(&self, n: usize) -> u32 {
+        if !self.prefixes {
+            debug_assert_eq!(n, self.coarse.len());
+            return (self.coarse.len() - self.repeated) as u32;
+        }
         n.checked_sub(1).map_or(0, |i| self.values[i])
     }
 
@@ -322,6 +333,13 @@ impl Structure {
                     .unit_span(doc, pos as u32)
                     .is_some_and(|(a, b)| u64::from(b - a) >= LONG_LITERAL)
             };
+            // Sized for what comes (growing the set as it fills cost a run measured once 5 %
+            // more time than measuring it whole did).
+            self.coarse.reserve(to - from);
+            self.seen.reserve(to - from);
+            if self.prefixes {
+                self.values.reserve(to - from);
+            }
             for (i, (&h, &c)) in units.iter().zip(classes).enumerate() {
                 let class = match UnitClass::from_u8(c) {
                     UnitClass::Number | UnitClass::Str if self.literals && long(from + i) => {
@@ -576,8 +594,10 @@ impl Candidate {
 
     /// [`Finding::structure`] of the run up to `e`: computed only for a renamed run that is
     /// otherwise reportable — long enough, hit by a rare key — the only case where it decides
-    /// anything.
-    fn structure(&self, index: &Index, params: &Params, e: &Extent) -> u32 {
+    /// anything. `growing`: the run is still open and will be asked again as it grows — its
+    /// measure is kept and extended; a run measured once (as it closes, in `scan`) is measured
+    /// whole without keeping anything (keeping cost copied code 5 % of its scan rate).
+    fn structure(&self, index: &Index, params: &Params, e: &Extent, growing: bool) -> u32 {
         let Some(r) = params.renamed else {
             return e.out_units;
         };
@@ -589,10 +609,9 @@ impl Candidate {
             MatchKind::Renamed if e.out_units >= min && rare => {
                 (self.doc_start, e.doc_end - self.doc_start)
             }
-            // Also with an exact piece of t (reported then whatever the stretch's structure):
-            // a policy weighs the stretch by its structure (`Finding::aligned_units`).
             MatchKind::Near
                 if e.renamed > 0
+                    && e.longest.3 < params.code.t()
                     && renamed_stretch_min(params).is_some_and(|m| e.longest_aligned().1 >= m)
                     && rare =>
             {
@@ -608,7 +627,8 @@ impl Candidate {
         // Measured further only while the region keeps its start and modes.
         let st = match g.as_mut() {
             Some(st) if st.start == start && st.literals == literals && st.idents == idents => st,
-            _ => g.insert(Box::new(Structure::new(start, literals, idents))),
+            _ if !growing => return structure(index, self.doc, start, len, literals, idents),
+            _ => g.insert(Box::new(Structure::new(start, literals, idents, true))),
         };
         st.measure(index, self.doc, len).unwrap_or(len)
     }
@@ -692,7 +712,7 @@ impl IndexMatcher {
             matched: e.matched,
             longest: e.longest.3,
             longest_aligned: e.longest_aligned().1,
-            structure: c.structure(&self.index, &self.params, &e),
+            structure: c.structure(&self.index, &self.params, &e, false),
             key_docs: c.key_docs,
             kind: reported_kind(&self.index, c.doc, kind),
             channel: c.channel,
@@ -1555,7 +1575,7 @@ impl Scanner {
                 output_end: c.cur.out_end,
                 kind: reported_kind(&m.index, c.doc, c.cur.kind()),
                 units: c.cur.out_units,
-                structure: c.structure(&m.index, &m.params, &c.cur),
+                structure: c.structure(&m.index, &m.params, &c.cur, true),
                 key_docs: c.key_docs,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
@@ -1839,7 +1859,7 @@ mod tests {
                     if noise { x >> 60 } else { k % period }
                 }));
             }
-            let mut g = super::Structure::new(0, false, false);
+            let mut g = super::Structure::new(0, false, false, true);
             let mut at = 0;
             for c in cuts.iter().cycle() {
                 if at >= seq.len() {
