@@ -123,6 +123,21 @@ fn text_events(text: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// Strict holdback under `policy`, without the holdback and response limits (a bench looks
+/// at what is decided, not at what a limit stops).
+fn strict(indexes: Vec<Arc<Index>>, policy: Policy) -> ScanSetup {
+    ScanSetup {
+        indexes,
+        exempt: Arc::default(),
+        policy: Arc::new(policy),
+        scope: Scope::default(),
+        hold: Hold::Strict,
+        max_event_bytes: 1 << 20,
+        max_holdback_bytes: usize::MAX,
+        max_response_bytes: usize::MAX,
+    }
+}
+
 /// Release lag (in events) of every event of every stream, under `setup`.
 fn lags(streams: &[Vec<Vec<u8>>], setup: &ScanSetup) -> Vec<usize> {
     let mut lags = Vec::new();
@@ -377,16 +392,7 @@ fn lag_report(
         ("built-in policy", Policy::builtin()),
         ("markers redacted", markers),
     ] {
-        let setup = ScanSetup {
-            indexes: indexes.clone(),
-            exempt: Arc::default(),
-            policy: Arc::new(policy),
-            scope: Scope::default(),
-            hold: Hold::Strict,
-            max_event_bytes: 1 << 20,
-            max_holdback_bytes: usize::MAX,
-            max_response_bytes: usize::MAX,
-        };
+        let setup = strict(indexes.clone(), policy);
         let mut l = lags(&streams, &setup);
         l.sort_unstable();
         let q = |p: f64| {
@@ -437,16 +443,7 @@ fn blocks_report(
         .lines()
         .map(str::to_string)
         .collect();
-    let setup = ScanSetup {
-        indexes: indexes.clone(),
-        exempt: Arc::default(),
-        policy: Arc::new(Policy::builtin()),
-        scope: Scope::default(),
-        hold: Hold::Strict,
-        max_event_bytes: 1 << 20,
-        max_holdback_bytes: usize::MAX,
-        max_response_bytes: usize::MAX,
-    };
+    let setup = strict(indexes.clone(), Policy::builtin());
     let (mut n, mut blocked, mut explained) = (0, 0, 0);
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for f in &files {
@@ -571,16 +568,10 @@ fn long_renamed_report(n: usize, reps: usize) {
     let corpora = verbatim::corpus::load_manifests(&[manifest]).unwrap();
     let out = dir.path().join("idx");
     build(&corpora, &out, &BuildOptions::default()).unwrap();
-    let setup = ScanSetup {
-        indexes: vec![Arc::new(Index::open(&out).unwrap())],
-        exempt: Arc::default(),
-        policy: Arc::new(Policy::builtin()),
-        scope: Scope::default(),
-        hold: Hold::Strict,
-        max_event_bytes: 1 << 20,
-        max_holdback_bytes: usize::MAX,
-        max_response_bytes: usize::MAX,
-    };
+    let setup = strict(
+        vec![Arc::new(Index::open(&out).unwrap())],
+        Policy::builtin(),
+    );
     let text = format!("```rust\n{}```\n", display_match("MediaDesc", n, 2));
     let evs = text_events(&text);
     let mut per_event = Vec::new();

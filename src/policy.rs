@@ -758,18 +758,14 @@ fn parse_when(r: &mut TomlReader, t: &Table, prefix: &str) -> When {
         }
         w.model = b.build().ok().map(|set| Globs { text, set });
     }
-    w.min_units = r
-        .opt_u64(t, prefix, "min_units")
-        .map(|v| v.value.min(u32::MAX as u64) as u32);
-    w.max_units = r
-        .opt_u64(t, prefix, "max_units")
-        .map(|v| v.value.min(u32::MAX as u64) as u32);
-    w.min_exact_units = r
-        .opt_u64(t, prefix, "min_exact_units")
-        .map(|v| v.value.min(u32::MAX as u64) as u32);
-    w.min_aligned_units = r
-        .opt_u64(t, prefix, "min_aligned_units")
-        .map(|v| v.value.min(u32::MAX as u64) as u32);
+    let mut units = |key: &str| {
+        r.opt_u64(t, prefix, key)
+            .map(|v| v.value.min(u32::MAX as u64) as u32)
+    };
+    w.min_units = units("min_units");
+    w.max_units = units("max_units");
+    w.min_exact_units = units("min_exact_units");
+    w.min_aligned_units = units("min_aligned_units");
     w.min_chars = r.opt_u64(t, prefix, "min_chars").map(|v| v.value);
     w.min_similarity = r.opt_fraction(t, prefix, "min_similarity").map(|v| v.value);
     w
