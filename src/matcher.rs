@@ -79,11 +79,11 @@ pub struct Finding {
     /// For a renamed run that is otherwise reportable (long enough, hit by a rare key): how
     /// much of its source region is structure not repeated within it (see [`structure`]; long
     /// literals count by value when every literal of the run equals its source's, identifiers
-    /// when every identifier does). For a gapped run with renamed units, hit by a rare key: the
-    /// same of the source region of its [`longest_aligned`](Finding::longest_aligned) stretch,
-    /// if that is at least [`RENAMED_PIECE_FACTOR`] times [`renamed_min`] units (it decides
-    /// whether a run without an exact piece of `t` is reported, and what
-    /// [`Finding::aligned_units`] says). `units` for every other run.
+    /// when every identifier does). For a gapped run with renamed units and no exact piece of
+    /// `t`, hit by a rare key: the same of the source region of its
+    /// [`longest_aligned`](Finding::longest_aligned) stretch, if that is at least
+    /// [`RENAMED_PIECE_FACTOR`] times [`renamed_min`] units. `units` for every other run. What
+    /// [`Finding::aligned_units`] weighs.
     pub structure: u32,
     /// In how many indexed documents the rarest k-gram that hit the run occurs (estimated from
     /// the documents it was sampled in, times the sampling period).
