@@ -1095,8 +1095,15 @@ fn cmd_policy(c: PolicyCommand) -> Result<ExitCode> {
                         ""
                     }
                 );
+                // What the piece conditions weigh, when the finding is not one piece.
+                let pieces = match (f.exact_units, f.aligned_units) {
+                    (Some(e), Some(a)) if e < f.units || a < f.units => {
+                        format!(" (longest exact piece {e}, longest stretch without a gap {a})")
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "  facts: kind {}, source {}, rights {}, license {} ({}), corpus {}, {} units",
+                    "  facts: kind {}, source {}, rights {}, license {} ({}), corpus {}, {} units{pieces}",
                     f.kind,
                     f.source,
                     f.rights,

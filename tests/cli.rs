@@ -540,3 +540,50 @@ fn scan_leaves_out_boilerplate_many_files_hold_unless_asked() {
     assert_eq!(lines.len(), 40, "{lines:?}");
     assert!(lines.iter().all(|l| l["shared"] == true), "{lines:?}");
 }
+
+#[test]
+fn policy_explain_shows_the_pieces_a_rule_weighs() {
+    // A near copy of GPL code as `scan` prints it: 120 tokens, 0.93 similar, but no piece of it
+    // copied whole longer than 30 tokens (what idioms of unrelated code share). The example
+    // policy blocks copyleft code only on a piece of 46 tokens (or 78 renamed): annotated, and
+    // `explain` says which piece fell short. The same finding with a 50-token piece is blocked.
+    let dir = tempfile::tempdir().unwrap();
+    let line = |exact: u32| {
+        format!(
+            "{{\"output_start\":0,\"output_end\":600,\"corpus\":\"gpl-code\",\"doc\":\"src/ledger.rs\",\"units\":120,\"exact_units\":{exact},\"aligned_units\":45,\"kind\":\"near\",\"similarity\":0.93,\"channel\":\"code\",\"license\":\"GPL-3.0-or-later\",\"rights\":\"licensed\"}}\n"
+        )
+    };
+    let findings = dir.path().join("findings.jsonl");
+    std::fs::write(&findings, format!("{}{}", line(30), line(50))).unwrap();
+    let out = run(
+        &[
+            "policy",
+            "explain",
+            "proxy-config/policies/annotate-permissive-block-copyleft.toml",
+            "--findings",
+            findings.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let cases: Vec<&str> = text.split("gpl-code:src/ledger.rs").skip(1).collect();
+    assert_eq!(cases.len(), 2, "{text}");
+    assert!(cases[0].contains("annotate by `default`"), "{}", cases[0]);
+    assert!(
+        cases[0].contains("120 units (longest exact piece 30, longest stretch without a gap 45)"),
+        "{}",
+        cases[0]
+    );
+    assert!(
+        cases[0].contains("longest exact piece 30 units < min_exact_units 46"),
+        "{}",
+        cases[0]
+    );
+    assert!(
+        cases[0].contains("longest stretch without a gap 45 units < min_aligned_units 78"),
+        "{}",
+        cases[0]
+    );
+    assert!(cases[1].contains("block by `block-copyleft-code`"), "{}", cases[1]);
+}
