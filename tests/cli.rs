@@ -566,7 +566,11 @@ fn policy_explain_shows_the_pieces_a_rule_weighs() {
         None,
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cases: Vec<&str> = text.split("gpl-code:src/ledger.rs").skip(1).collect();
     assert_eq!(cases.len(), 2, "{text}");
     assert!(cases[0].contains("annotate by `default`"), "{}", cases[0]);
@@ -585,5 +589,9 @@ fn policy_explain_shows_the_pieces_a_rule_weighs() {
         "{}",
         cases[0]
     );
-    assert!(cases[1].contains("block by `block-copyleft-code`"), "{}", cases[1]);
+    assert!(
+        cases[1].contains("block by `block-copyleft-code`"),
+        "{}",
+        cases[1]
+    );
 }
