@@ -593,8 +593,8 @@ impl Candidate {
     }
 
     /// [`Finding::structure`] of the run up to `e`: computed only for a renamed run that is
-    /// otherwise reportable — long enough, hit by a rare key — the only case where it decides
-    /// anything. `growing`: the run is still open and will be asked again as it grows — its
+    /// otherwise reportable — long enough, hit by a rare key — or a gapped one's renamed
+    /// stretch (see there), the cases where it decides anything. `growing`: the run is still open and will be asked again as it grows — its
     /// measure is kept and extended; a run measured once (as it closes, in `scan`) is measured
     /// whole without keeping anything (keeping cost copied code 5 % of its scan rate).
     fn structure(&self, index: &Index, params: &Params, e: &Extent, growing: bool) -> u32 {
@@ -1570,12 +1570,12 @@ impl Scanner {
     /// The runs still open (still growing): where they start in the output, how long they are.
     pub fn open_runs(&self) -> impl Iterator<Item = OpenRun> + '_ {
         self.matchers.iter().enumerate().flat_map(|(i, m)| {
-            m.open.iter().map(move |c| OpenRun {
+            m.open.iter().enumerate().map(move |(slot, c)| OpenRun {
                 output_start: c.out_start,
                 output_end: c.cur.out_end,
                 kind: reported_kind(&m.index, c.doc, c.cur.kind()),
                 units: c.cur.out_units,
-                structure: c.structure(&m.index, &m.params, &c.cur, true),
+                slot,
                 key_docs: c.key_docs,
                 source_units: c.cur.doc_end - c.doc_start,
                 matched: c.cur.matched,
@@ -1590,11 +1590,17 @@ impl Scanner {
         })
     }
 
-    /// Open run `r` as a finding, as if it ended now — [`Finding::widely_shared`] included,
-    /// which is counted here, for the runs a caller asks about (counting it for every open
-    /// run on every event would cost the proxy's per-event path for nothing).
+    /// Open run `r` as a finding, as if it ended now — [`Finding::widely_shared`] and
+    /// [`Finding::structure`] included, which are measured here, for the runs a caller asks
+    /// about (measuring them for every open run on every event would cost the proxy's
+    /// per-event path for nothing). `r` is from [`Scanner::open_runs`] since the last push.
     pub fn open_finding(&self, r: &OpenRun) -> Finding {
         let m = &self.matchers[r.index];
+        let structure = m
+            .open
+            .get(r.slot)
+            .filter(|c| c.doc == r.doc && c.out_start == r.output_start)
+            .map_or(r.units, |c| c.structure(&m.index, &m.params, &c.cur, true));
         Finding {
             output_start: r.output_start,
             output_end: r.output_end,
@@ -1606,7 +1612,7 @@ impl Scanner {
             matched: r.matched,
             longest: r.longest,
             longest_aligned: r.longest_aligned,
-            structure: r.structure,
+            structure,
             key_docs: r.key_docs,
             kind: r.kind,
             channel: r.channel,
@@ -1628,8 +1634,9 @@ pub struct OpenRun {
     pub longest: u32,
     /// See [`Finding::longest_aligned`].
     pub longest_aligned: u32,
-    /// See [`Finding::structure`].
-    pub structure: u32,
+    /// Its place among its index's open runs, where [`Scanner::open_finding`] measures its
+    /// [`Finding::structure`].
+    pub slot: usize,
     /// See [`Finding::key_docs`].
     pub key_docs: u32,
     pub channel: Channel,
