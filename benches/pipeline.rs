@@ -27,7 +27,7 @@
 //! and as explained if the scanner's findings on the same text, once every run has ended,
 //! include one the built-in policy blocks. The unexplained blocks are listed (docs/proxy.md).
 //! `--labels FILE` (file, `copy` or `idiom`, …) also says how many of each label are blocked;
-//! `--blocks-detail OUT` writes every finding with the facts the policy weighs, as JSON Lines.
+//! `--blocks-detail OUT` writes each blocked file's findings with the facts the policy weighs.
 //!
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
@@ -84,9 +84,9 @@ struct Args {
     /// Compare the proxy's blocks with `scan`'s findings over the files this lists.
     #[arg(long)]
     blocks: Option<PathBuf>,
-    /// With `--blocks`: write each file's findings of at least `t` units as JSON Lines here
-    /// (kind, units, longest exact piece, similarity, structure, source), to study what is
-    /// blocked.
+    /// With `--blocks`: write the findings of each blocked file as JSON Lines here (`scan`'s
+    /// keys, and the run's matched units, longest stretch, structure and key rarity), to study
+    /// what is blocked.
     #[arg(long)]
     blocks_detail: Option<PathBuf>,
     /// With `--blocks`: files labelled `copy` or `idiom` by hand (TSV: file, label, …; `#`
@@ -420,6 +420,11 @@ fn blocks_report(
     labels: Option<&std::path::Path>,
     indexes: Vec<Arc<Index>>,
 ) {
+    use std::io::Write;
+    use verbatim::matcher::{MatchKind, Scanner};
+    use verbatim::normalize::TextKind;
+    use verbatim::policy::Facts;
+    use verbatim::proxy::pipeline::Action;
     let labels: std::collections::HashMap<String, String> = labels
         .map(|p| std::fs::read_to_string(p).unwrap())
         .unwrap_or_default()
@@ -432,12 +437,7 @@ fn blocks_report(
         .collect();
     // label -> (labelled files scanned, of them blocked)
     let mut by_label = std::collections::BTreeMap::<String, (usize, usize)>::new();
-    use std::io::Write;
     let mut detail = detail.map(|p| std::io::BufWriter::new(std::fs::File::create(p).unwrap()));
-    use verbatim::matcher::{MatchKind, Scanner};
-    use verbatim::normalize::TextKind;
-    use verbatim::policy::Facts;
-    use verbatim::proxy::pipeline::Action;
     let files: Vec<String> = std::fs::read_to_string(list)
         .unwrap()
         .lines()
@@ -497,7 +497,6 @@ fn blocks_report(
                 line["file"] = f.as_str().into();
                 line["blocked_kind"] = d.kind.as_str().into();
                 line["matched"] = g.matched.into();
-                line["longest"] = g.longest.into();
                 line["longest_aligned"] = g.longest_aligned.into();
                 line["structure"] = g.structure.into();
                 line["key_docs"] = g.key_docs.into();

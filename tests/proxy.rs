@@ -1103,10 +1103,15 @@ fn rename_idents(text: &str, pairs: &[(&str, &str)]) -> String {
     out
 }
 
+/// The fixture's GPL ledger code from its first function on.
+fn ledger_functions() -> String {
+    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    src[src.find("pub fn total_owed").unwrap()..].to_string()
+}
+
 /// The fixture's GPL ledger code from `total_owed` on, with every name changed.
 fn renamed_ledger() -> String {
-    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
-    let body = &src[src.find("pub fn total_owed").unwrap()..];
+    let body = &ledger_functions();
     let pairs = [
         ("total_owed", "sum_debts"),
         ("columns", "cells"),
@@ -1199,24 +1204,27 @@ async fn a_renamed_copy_with_an_operator_changed_is_cited_whole() {
     assert_eq!(status, 200);
     let evs = events(&body);
     assert_eq!(openai_text(&evs), text, "annotate changes no text");
-    let finding = evs
-        .iter()
-        .filter_map(|(_, v)| v.pointer("/verbatim/findings"))
-        .flat_map(|f| f.as_array().unwrap())
-        .find(|f| f["doc"] == json!("fixtures/gpl-code/src/ledger.rs"))
-        .unwrap_or_else(|| panic!("the copy is not cited: {evs:?}"));
+    let finding = ledger_citation(&evs);
     assert_eq!(finding["kind"], json!("near"), "{finding}");
     assert!(finding["units"].as_u64().unwrap() >= 300, "{finding}");
     assert!(finding["similarity"].as_f64().unwrap() > 0.95, "{finding}");
 }
 
+/// The longest citation of the fixture's GPL ledger code among a response's annotations.
+fn ledger_citation(evs: &[(Option<String>, Value)]) -> &Value {
+    evs.iter()
+        .filter_map(|(_, v)| v.pointer("/verbatim/findings"))
+        .flat_map(|f| f.as_array().unwrap())
+        .filter(|f| f["doc"] == json!("fixtures/gpl-code/src/ledger.rs"))
+        .max_by_key(|f| f["units"].as_u64())
+        .unwrap_or_else(|| panic!("the copy is not cited: {evs:?}"))
+}
+
 /// The fixture's GPL ledger code with a statement of its own after every `every`-th line: a
 /// near copy whose pieces are about `every` lines long.
 fn ledger_with_insertions(every: usize) -> String {
-    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
-    let body = &src[src.find("pub fn total_owed").unwrap()..];
     let mut out = String::new();
-    for (i, line) in body.lines().enumerate() {
+    for (i, line) in ledger_functions().lines().enumerate() {
         out += line;
         out += "\n";
         if i % every == every - 1 {
@@ -1265,13 +1273,7 @@ async fn built_in_policy_blocks_code_only_on_a_piece_copied_whole() {
             text,
             "every {every}: annotated, not changed"
         );
-        let finding = evs
-            .iter()
-            .filter_map(|(_, v)| v.pointer("/verbatim/findings"))
-            .flat_map(|f| f.as_array().unwrap())
-            .filter(|f| f["doc"] == json!("fixtures/gpl-code/src/ledger.rs"))
-            .max_by_key(|f| f["units"].as_u64())
-            .unwrap_or_else(|| panic!("the copy is not cited: {evs:?}"));
+        let finding = ledger_citation(&evs);
         assert_eq!(finding["kind"], json!("near"), "{finding}");
         assert!(finding["units"].as_u64().unwrap() >= 250, "{finding}");
         assert_eq!(finding["action"], json!("annotate"), "{finding}");
