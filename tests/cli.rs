@@ -573,22 +573,14 @@ fn policy_explain_shows_the_pieces_a_rule_weighs() {
     );
     let cases: Vec<&str> = text.split("gpl-code:src/ledger.rs").skip(1).collect();
     assert_eq!(cases.len(), 2, "{text}");
-    assert!(cases[0].contains("annotate by `default`"), "{}", cases[0]);
-    assert!(
-        cases[0].contains("120 units (longest exact piece 30, longest stretch without a gap 45)"),
-        "{}",
-        cases[0]
-    );
-    assert!(
-        cases[0].contains("longest exact piece 30 units < min_exact_units 46"),
-        "{}",
-        cases[0]
-    );
-    assert!(
-        cases[0].contains("longest stretch without a gap 45 units < min_aligned_units 78"),
-        "{}",
-        cases[0]
-    );
+    for want in [
+        "annotate by `default`",
+        "120 units (longest exact piece 30, longest stretch without a gap 45)",
+        "longest exact piece 30 units < min_exact_units 46",
+        "longest stretch without a gap 45 units < min_aligned_units 78",
+    ] {
+        assert!(cases[0].contains(want), "{want} in {}", cases[0]);
+    }
     assert!(
         cases[1].contains("block by `block-copyleft-code`"),
         "{}",
