@@ -124,6 +124,11 @@ struct ServeArgs {
     /// Anthropic upstream base URL [default: https://api.anthropic.com].
     #[arg(long)]
     upstream_anthropic: Option<String>,
+    /// HTTP/2 to the upstream: `negotiate` (the default: where TLS chooses it), `never`
+    /// (HTTP/1.1, a connection per concurrent request) or `prior-knowledge` (always, h2c too);
+    /// see `upstream.http2_max_streams` in proxy-config/verbatim.toml.
+    #[arg(long, value_parser = ["never", "negotiate", "prior-knowledge"])]
+    upstream_http2: Option<String>,
     /// Index directory to scan against (repeatable; replaces the config's list).
     #[arg(long = "index")]
     indexes: Vec<PathBuf>,
@@ -805,7 +810,7 @@ fn write_text(out: &mut impl Write, name: &str, input: &[u8], r: &FindingReport)
 }
 
 fn cmd_serve(a: ServeArgs) -> Result<()> {
-    use verbatim::proxy::config::{Config, parse_upstream};
+    use verbatim::proxy::config::{Config, UpstreamHttp2, parse_upstream};
     use verbatim::proxy::pipeline::Hold;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -830,6 +835,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         cfg.upstream_anthropic = parse_upstream(u)
             .map_err(anyhow::Error::msg)
             .context("--upstream-anthropic")?;
+    }
+    if let Some(h) = a.upstream_http2.as_deref().and_then(UpstreamHttp2::parse) {
+        cfg.upstream_http2 = h;
     }
     if !a.indexes.is_empty() {
         cfg.indexes = a.indexes.clone();
@@ -882,6 +890,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             openai = %cfg.upstream_openai,
             anthropic = %cfg.upstream_anthropic,
+            upstream_http2 = ?cfg.upstream_http2,
             indexes = cfg.indexes.len(),
             hold = ?cfg.hold,
             admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),

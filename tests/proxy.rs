@@ -15,7 +15,7 @@ use proxy_mock::harness::*;
 use proxy_mock::*;
 use serde_json::{Value, json};
 use verbatim::index::Index;
-use verbatim::proxy::config::Config;
+use verbatim::proxy::config::{Config, UpstreamHttp2};
 use verbatim::proxy::pipeline::{Action, Hold};
 use verbatim::proxy::server::Server;
 
@@ -1316,6 +1316,132 @@ async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still listening after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_upstream_gets_http2_only_with_prior_knowledge() {
+    // `upstream.http2`: HTTP/2 where TLS chooses it (the default) or always; a plain-http
+    // upstream has no TLS to choose it by.
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let upstream = openai_stream(&text, 16);
+    for (mode, want) in [
+        (UpstreamHttp2::Never, http::Version::HTTP_11),
+        (UpstreamHttp2::Negotiate, http::Version::HTTP_11),
+        (UpstreamHttp2::PriorKnowledge, http::Version::HTTP_2),
+    ] {
+        let mock = start(Reply::sse(&upstream, 40)).await;
+        let p = proxy(&mock, |c| c.upstream_http2 = mode).await;
+        expect_whole(chat_streams(p.addr, 3), &upstream).await;
+        let seen = mock.seen.lock().unwrap().versions.clone();
+        assert_eq!(seen, vec![want; 3], "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_is_offered_http2_only_when_the_config_asks() {
+    // What the proxy offers a TLS upstream by ALPN, read from its ClientHello (the handshake
+    // then fails: the listener is no TLS server, and the request gets an error).
+    for (mode, want) in [
+        // No ALPN at all: without it a TLS server speaks HTTP/1.1.
+        (UpstreamHttp2::Never, vec![]),
+        (UpstreamHttp2::Negotiate, vec!["h2", "http/1.1"]),
+        (UpstreamHttp2::PriorKnowledge, vec!["h2"]),
+    ] {
+        let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: http::Uri = format!("https://{}", tls.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mock = start(Reply::sse(b"", 1)).await;
+        let p = proxy(&mock, |c| {
+            c.upstream_http2 = mode;
+            c.upstream_openai = url;
+        })
+        .await;
+        let addr = p.addr;
+        let answer =
+            tokio::spawn(
+                async move { post(addr, "/v1/chat/completions", &chat_req(true, "go")).await },
+            );
+        let hello = tokio::time::timeout(Duration::from_secs(10), async {
+            let (mut sock, _) = tls.accept().await.unwrap();
+            let mut buf = Vec::new();
+            // The first TLS record: a 5-byte header, then its length.
+            while buf.len() < 5 || buf.len() < 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
+            {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::io::AsyncReadExt::read(&mut sock, &mut chunk)
+                    .await
+                    .unwrap();
+                assert!(n > 0, "the connection closed before a whole ClientHello");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf
+        })
+        .await
+        .expect("no TLS connection from the proxy");
+        assert_eq!(alpn_offered(&hello), want, "{mode:?}");
+        let (status, _, _) = answer.await.unwrap();
+        assert!(status >= 500, "{mode:?}: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_past_the_per_connection_limit_go_on_a_new_connection() {
+    // An HTTP/2 upstream caps the streams a connection carries (here 2); hyper's client would
+    // queue a third request until a stream ended — for a model's answer, seconds to minutes.
+    // With `upstream.http2_max_streams` at the cap, 6 streams at once run at once, on 3
+    // connections (the proxy's two workers each open their own).
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let upstream = openai_stream(&text, 16);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.delay = Duration::from_millis(25);
+    let mock = start_capped(reply, Some(2)).await;
+    let p = proxy(&mock, |c| {
+        c.upstream_http2 = UpstreamHttp2::PriorKnowledge;
+        c.upstream_http2_max_streams = 2;
+    })
+    .await;
+    expect_whole(chat_streams(p.addr, 6), &upstream).await;
+    let at_once = mock.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
+    let conns = mock.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        at_once, 6,
+        "streams queued behind the cap ({conns} connections)"
+    );
+    assert!((3..=4).contains(&conns), "{conns} connections");
+}
+
+/// The protocols of the ALPN extension of a TLS record holding a ClientHello (none without the
+/// extension).
+fn alpn_offered(record: &[u8]) -> Vec<String> {
+    let u16_at = |b: &[u8], i: usize| usize::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    assert_eq!(record[0], 22, "not a handshake record");
+    let h = &record[5..];
+    assert_eq!(h[0], 1, "not a ClientHello");
+    // Handshake header (4), version (2), random (32), then the session id, cipher suites and
+    // compression methods, each with its length.
+    let mut i = 4 + 2 + 32;
+    i += 1 + usize::from(h[i]);
+    i += 2 + u16_at(h, i);
+    i += 1 + usize::from(h[i]);
+    let end = i + 2 + u16_at(h, i);
+    i += 2;
+    while i < end {
+        let (kind, len) = (u16_at(h, i), u16_at(h, i + 2));
+        let data = &h[i + 4..i + 4 + len];
+        if kind == 16 {
+            let mut out = Vec::new();
+            let mut j = 2;
+            while j < data.len() {
+                let n = usize::from(data[j]);
+                out.push(String::from_utf8_lossy(&data[j + 1..j + 1 + n]).into_owned());
+                j += 1 + n;
+            }
+            return out;
+        }
+        i += 4 + len;
+    }
+    Vec::new()
 }
 
 type Answer = (u16, http::HeaderMap, Bytes);

@@ -14,6 +14,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub upstream_openai: http::Uri,
     pub upstream_anthropic: http::Uri,
+    /// Which HTTP version the upstream connections speak (`upstream.http2`).
+    pub upstream_http2: UpstreamHttp2,
+    /// Requests in flight on one HTTP/2 upstream connection before another is opened
+    /// (`upstream.http2_max_streams`; see [`UpstreamHttp2`]).
+    pub upstream_http2_max_streams: usize,
     pub indexes: Vec<PathBuf>,
     pub hold: Hold,
     pub rules: Rules,
@@ -47,6 +52,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream_openai: http::Uri::from_static("https://api.openai.com"),
             upstream_anthropic: http::Uri::from_static("https://api.anthropic.com"),
+            upstream_http2: UpstreamHttp2::Negotiate,
+            upstream_http2_max_streams: 100,
             indexes: Vec::new(),
             hold: Hold::Strict,
             rules: Rules::default(),
@@ -91,6 +98,37 @@ impl Default for Timeouts {
             idle: std::time::Duration::from_secs(300),
             client_header: std::time::Duration::from_secs(30),
         }
+    }
+}
+
+/// Whether Verbatim speaks HTTP/2 to the upstream.
+///
+/// Over HTTP/2 the requests to one upstream share a connection, and the upstream caps the
+/// streams a connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`; RFC 9113 asks
+/// for at least 100). hyper's client opens no second connection when the cap is reached
+/// (hyperium/hyper#2197, #3623) but queues the request until a stream ends — and a model's
+/// streamed answer lasts seconds to minutes. So Verbatim opens another connection once one
+/// carries `upstream.http2_max_streams` requests (100 by default); an upstream with a lower cap
+/// needs that lowered. An idle stream costs about half the memory over HTTP/2, and relaying
+/// costs less CPU (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttp2 {
+    /// HTTP/1.1 only (TLS offers no ALPN protocol, so the upstream speaks HTTP/1.1).
+    Never,
+    /// HTTP/2 where a TLS upstream chooses it by ALPN; HTTP/1.1 otherwise (the default).
+    Negotiate,
+    /// HTTP/2 always, also without TLS (h2c with prior knowledge).
+    PriorKnowledge,
+}
+
+impl UpstreamHttp2 {
+    pub fn parse(s: &str) -> Option<UpstreamHttp2> {
+        Some(match s {
+            "never" => UpstreamHttp2::Never,
+            "negotiate" => UpstreamHttp2::Negotiate,
+            "prior-knowledge" => UpstreamHttp2::PriorKnowledge,
+            _ => return None,
+        })
     }
 }
 
@@ -280,7 +318,31 @@ impl Config {
             }
         }
         if let Some(u) = r.opt_std_table(t, "", "upstream") {
-            r.unknown_keys(u, "upstream", &["openai", "anthropic"]);
+            r.unknown_keys(
+                u,
+                "upstream",
+                &["openai", "anthropic", "http2", "http2_max_streams"],
+            );
+            if let Some(v) = r.opt_u64(u, "upstream", "http2_max_streams") {
+                if v.value == 0 {
+                    r.problem(v.span, "upstream.http2_max_streams", "must be at least 1");
+                } else {
+                    c.upstream_http2_max_streams = v.value as usize;
+                }
+            }
+            if let Some(v) = r.opt_str(u, "upstream", "http2") {
+                match UpstreamHttp2::parse(&v.value) {
+                    Some(h) => c.upstream_http2 = h,
+                    None => r.problem(
+                        v.span,
+                        "upstream.http2",
+                        format!(
+                            "`{}` is not one of `never`, `negotiate`, `prior-knowledge`",
+                            v.value
+                        ),
+                    ),
+                }
+            }
             for (key, slot) in [
                 ("openai", &mut c.upstream_openai),
                 ("anthropic", &mut c.upstream_anthropic),
@@ -402,7 +464,36 @@ mod tests {
         assert_eq!(c.max_holdback_bytes, d.max_holdback_bytes);
         assert_eq!(c.timeouts, d.timeouts);
         assert_eq!(c.rules, d.rules);
+        assert_eq!(c.upstream_http2, d.upstream_http2);
+        assert_eq!(c.upstream_http2_max_streams, d.upstream_http2_max_streams);
         assert!(c.audit_log.is_none() && c.tenant_header.is_none());
+    }
+
+    #[test]
+    fn the_upstream_http_version_is_read_and_checked() {
+        assert_eq!(Config::default().upstream_http2, UpstreamHttp2::Negotiate);
+        for (v, want) in [
+            ("never", UpstreamHttp2::Never),
+            ("negotiate", UpstreamHttp2::Negotiate),
+            ("prior-knowledge", UpstreamHttp2::PriorKnowledge),
+        ] {
+            let src = format!("[upstream]\nhttp2 = \"{v}\"\nhttp2_max_streams = 7\n");
+            let c = Config::parse(Path::new("v.toml"), src).unwrap();
+            assert_eq!(c.upstream_http2, want);
+            assert_eq!(c.upstream_http2_max_streams, 7);
+        }
+        assert_problems(
+            "[upstream]\nopenai = \"ftp://x\"\nhttp2 = \"sometimes\"\nhttp2_max_streams = 0\n",
+            &[
+                "v.toml:2",
+                "upstream.openai",
+                "v.toml:3",
+                "upstream.http2",
+                "v.toml:4",
+                "upstream.http2_max_streams",
+                "`sometimes` is not one of `never`, `negotiate`, `prior-knowledge`",
+            ],
+        );
     }
 
     #[test]

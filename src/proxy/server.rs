@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::api::{self, Api};
-use super::config::Config;
+use super::config::{Config, UpstreamHttp2};
 use super::metrics::Metrics;
 use super::pipeline::{Decision, Pipeline, ScanSetup, Scope, scan_response};
 use crate::audit::{self, AuditSink, DecisionRecord, Record, RequestInfo, StreamEndRecord};
@@ -157,19 +157,125 @@ pub enum ServeError {
 }
 
 /// The upstream client: TLS with the bundled Mozilla roots (works offline and in minimal
-/// containers), HTTP/2 where the upstream offers it, `TCP_NODELAY`.
-fn client(connect_timeout: std::time::Duration) -> HttpsClient {
+/// containers), `TCP_NODELAY`, and HTTP/2 only where the config asks for it
+/// ([`UpstreamHttp2`]: over HTTP/2 an upstream's cap on concurrent streams makes further
+/// requests wait).
+fn client(connect_timeout: std::time::Duration, http2: UpstreamHttp2) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+        .https_or_http();
+    let https = match http2 {
+        UpstreamHttp2::Never => tls.enable_http1().wrap_connector(http),
+        UpstreamHttp2::Negotiate => tls.enable_http1().enable_http2().wrap_connector(http),
+        UpstreamHttp2::PriorKnowledge => tls.enable_http2().wrap_connector(http),
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(http2 == UpstreamHttp2::PriorKnowledge);
+    b.build(https)
+}
+
+/// A worker's upstream clients. Over HTTP/1.1 one hyper client, whose pool keeps a connection
+/// per concurrent request. Over HTTP/2 a hyper client keeps one connection per upstream and,
+/// past the upstream's cap on concurrent streams, queues further requests until a stream ends —
+/// it opens no second connection (hyperium/hyper#2197, #3623), and a model's streamed answer
+/// lasts seconds to minutes. So where HTTP/2 may be spoken each client carries at most
+/// `max_streams` requests in flight to one upstream, and a request that finds every client of
+/// its upstream full gets a new client, which opens a new connection.
+#[derive(Clone)]
+struct Upstreams {
+    connect_timeout: std::time::Duration,
+    http2: UpstreamHttp2,
+    max_streams: usize,
+    /// Clients by upstream (scheme and authority), each with its requests in flight. One
+    /// worker's: the lock is never contended.
+    clients: Arc<std::sync::Mutex<Vec<UpstreamClient>>>,
+}
+
+struct UpstreamClient {
+    upstream: String,
+    client: HttpsClient,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Upstreams {
+    fn new(cfg: &Config) -> Upstreams {
+        Upstreams {
+            connect_timeout: cfg.timeouts.connect,
+            http2: cfg.upstream_http2,
+            max_streams: cfg.upstream_http2_max_streams,
+            clients: Arc::default(),
+        }
+    }
+
+    /// The client to send a request to `uri` with, and (where HTTP/2 may be spoken) the
+    /// request's place in that client's count, to keep until its response body is dropped.
+    fn client(&self, uri: &Uri) -> (HttpsClient, Option<Live>) {
+        let upstream = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if self.http2 == UpstreamHttp2::Never {
+            // HTTP/1.1 only: one client for every upstream, nothing to count.
+            if clients.is_empty() {
+                clients.push(UpstreamClient {
+                    upstream: String::new(),
+                    client: client(self.connect_timeout, self.http2),
+                    in_flight: Arc::default(),
+                });
+            }
+            return (clients[0].client.clone(), None);
+        }
+        let least = clients
+            .iter()
+            .filter(|c| c.upstream == upstream)
+            .min_by_key(|c| c.in_flight.load(Relaxed));
+        let c = match least {
+            Some(c) if c.in_flight.load(Relaxed) < self.max_streams => c,
+            _ => {
+                clients.push(UpstreamClient {
+                    upstream,
+                    client: client(self.connect_timeout, self.http2),
+                    in_flight: Arc::default(),
+                });
+                &clients[clients.len() - 1]
+            }
+        };
+        (c.client.clone(), Some(Live::new(&c.in_flight)))
+    }
+}
+
+/// An upstream response's body, holding its request's place in its client's count of
+/// requests in flight ([`Upstreams`]) until dropped: an HTTP/2 stream ends when its body has
+/// been read to the end or dropped.
+struct UpstreamBody {
+    inner: Incoming,
+    _in_flight: Option<Live>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Server {
@@ -321,8 +427,9 @@ type Accepted = (
     Live,
 );
 
-/// One connection in a worker's count of open connections, until dropped (the connection ended,
-/// failed, or never reached the worker).
+/// One in a count, until dropped: a connection in a worker's count of open connections (until
+/// it ended, failed, or never reached the worker), or a request in an upstream client's count
+/// of requests in flight (until its response body is dropped).
 struct Live(Arc<AtomicUsize>);
 
 impl Live {
@@ -366,7 +473,7 @@ impl Worker {
             .name(format!("verbatim-worker-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    let client = client(shared.cfg.timeouts.connect);
+                    let client = Upstreams::new(&shared.cfg);
                     // Ends when the server has shut down (every connection done) and drops
                     // the sender.
                     while let Some((stream, peer, watcher, live)) = rx.recv().await {
@@ -590,7 +697,7 @@ async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> 
 
 async fn handle(
     shared: Arc<Shared>,
-    client: HttpsClient,
+    client: Upstreams,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     // Liveness and readiness are answered here, never forwarded.
@@ -638,7 +745,7 @@ const AUDIT_REFUSAL: &str =
 
 async fn forward(
     shared: Arc<Shared>,
-    client: &HttpsClient,
+    upstreams: &Upstreams,
     req: Request<Incoming>,
     request_id: String,
 ) -> Response<ProxyBody> {
@@ -769,6 +876,7 @@ async fn forward(
         }
     };
 
+    let (client, in_flight) = upstreams.client(upstream_req.uri());
     let resp = match tokio::time::timeout(cfg.timeouts.first_byte, client.request(upstream_req))
         .await
     {
@@ -804,7 +912,11 @@ async fn forward(
             );
         }
     };
-    let (mut rparts, rbody) = resp.into_parts();
+    let (mut rparts, inner) = resp.into_parts();
+    let rbody = UpstreamBody {
+        inner,
+        _in_flight: in_flight,
+    };
     strip_hop_by_hop(&mut rparts.headers);
     info.upstream_request_id = ["x-request-id", "request-id"]
         .iter()
@@ -1042,7 +1154,7 @@ pub struct PipelineBody {
     decisions: u64,
     /// Released events not yet handed to hyper (one frame each).
     ready: std::collections::VecDeque<Bytes>,
-    upstream: Option<Incoming>,
+    upstream: Option<UpstreamBody>,
     pipeline: Pipeline,
     end: Option<StreamEnd>,
     /// `audit.durable`: a block's record being written and synced; nothing more is sent

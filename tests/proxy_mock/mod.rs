@@ -68,6 +68,8 @@ impl Reply {
 #[derive(Default)]
 pub struct Seen {
     pub requests: Vec<(String, http::HeaderMap, Bytes)>,
+    /// The HTTP version of each request, in the same order.
+    pub versions: Vec<http::Version>,
 }
 
 pub struct Mock {
@@ -77,6 +79,26 @@ pub struct Mock {
     /// Streams whose client went away before the end.
     pub cancelled: Arc<AtomicUsize>,
     pub completed: Arc<AtomicUsize>,
+    /// Connections accepted, and the most responses ever sending at once.
+    pub connections: Arc<AtomicUsize>,
+    pub most_at_once: Arc<AtomicUsize>,
+}
+
+/// One response sending, counted in `now` (and the peak in `most`) until dropped.
+struct Sending(Arc<AtomicUsize>);
+
+impl Sending {
+    fn new(now: &Arc<AtomicUsize>, most: &AtomicUsize) -> Sending {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(n, Ordering::SeqCst);
+        Sending(now.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Mock {
@@ -108,27 +130,40 @@ impl Body for ChannelBody {
 }
 
 pub async fn start(reply: Reply) -> Mock {
+    start_capped(reply, None).await
+}
+
+/// [`start`], with HTTP/2 connections capped at `h2_streams` concurrent streams each
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default otherwise).
+pub async fn start_capped(reply: Reply, h2_streams: Option<u32>) -> Mock {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let reply = Arc::new(Mutex::new(reply));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let cancelled = Arc::new(AtomicUsize::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    let sending = Arc::new(AtomicUsize::new(0));
     let (r2, s2, c2, d2) = (
         reply.clone(),
         seen.clone(),
         cancelled.clone(),
         completed.clone(),
     );
+    let (n2, m2) = (connections.clone(), most_at_once.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            n2.fetch_add(1, Ordering::SeqCst);
             let (r, s, c, d) = (r2.clone(), s2.clone(), c2.clone(), d2.clone());
+            let (m, now) = (m2.clone(), sending.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (r, s, c, d) = (r.clone(), s.clone(), c.clone(), d.clone());
+                    let (m, now) = (m.clone(), now.clone());
                     async move {
                         let (parts, body) = req.into_parts();
                         let body = body
@@ -136,14 +171,20 @@ pub async fn start(reply: Reply) -> Mock {
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        s.lock().unwrap().requests.push((
-                            parts.uri.to_string(),
-                            parts.headers.clone(),
-                            body,
-                        ));
+                        {
+                            let mut seen = s.lock().unwrap();
+                            seen.requests.push((
+                                parts.uri.to_string(),
+                                parts.headers.clone(),
+                                body,
+                            ));
+                            seen.versions.push(parts.version);
+                        }
                         let reply = r.lock().unwrap().clone();
                         let (tx, rx) = mpsc::channel(1);
+                        let at_once = Sending::new(&now, &m);
                         tokio::spawn(async move {
+                            let _at_once = at_once;
                             for (i, chunk) in reply.chunks.iter().enumerate() {
                                 if reply.reset_after == Some(i) {
                                     let _ = tx.send(Err(std::io::Error::other("mock reset"))).await;
@@ -183,9 +224,11 @@ pub async fn start(reply: Reply) -> Mock {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Some(n) = h2_streams {
+                    b.http2().max_concurrent_streams(n);
+                }
+                let _ = b.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -195,6 +238,8 @@ pub async fn start(reply: Reply) -> Mock {
         seen,
         cancelled,
         completed,
+        connections,
+        most_at_once,
     }
 }
 
