@@ -101,6 +101,10 @@ struct RunArgs {
     /// Idle streams opened for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle_streams: usize,
+    /// Also run Verbatim (scanning off and on) speaking HTTP/2 to the mock upstream
+    /// (`--upstream-http2 prior-knowledge`): every stream of a worker on one connection.
+    #[arg(long)]
+    upstream_h2: bool,
     /// Sequential streams per arm for the one-stream scenario (in rounds of 5, interleaved).
     #[arg(long, default_value_t = 20)]
     streams: usize,
@@ -578,7 +582,13 @@ async fn run_mock(listen: SocketAddr) {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 with prior knowledge (`--upstream-h2`) and no cap on the
+            // streams a connection carries: hyper's own default cap (200) would make the
+            // proxy's further requests wait behind open streams (see `UpstreamHttp2`).
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            b.http2().max_concurrent_streams(None);
+            let _ = b
                 .serve_connection(TokioIo::new(stream), hyper::service::service_fn(mock_serve))
                 .await;
         });
@@ -693,12 +703,21 @@ fn start_verbatim(
     a: &RunArgs,
     mock: SocketAddr,
     hold: Option<&str>,
+    h2: bool,
     dir: &Path,
 ) -> (Proc, SocketAddr) {
     let addr = free_port();
-    let log = dir.join(format!("verbatim-{}.log", hold.unwrap_or("off")));
+    let log = dir.join(format!(
+        "verbatim-{}{}.log",
+        hold.unwrap_or("off"),
+        if h2 { "-h2" } else { "" }
+    ));
     let mut cmd = Command::new(&a.verbatim);
     cmd.args(["serve", "--listen", &addr.to_string()])
+        .args([
+            "--upstream-http2",
+            if h2 { "prior-knowledge" } else { "never" },
+        ])
         .args(["--upstream-openai", &format!("http://{mock}")])
         .args(["--upstream-anthropic", &format!("http://{mock}")])
         .env("RUST_LOG", "warn")
@@ -1686,6 +1705,7 @@ fn plot_ladder(
         "verbatim scan off" => GREEN,
         "verbatim scan on" => RED,
         "verbatim scan on, strict" => MAGENTA,
+        "verbatim scan off, HTTP/2 upstream" => YELLOW,
         _ => CYAN,
     };
     for (name, s) in &pts {
@@ -1900,7 +1920,7 @@ fn run(mut a: RunArgs, smoke: bool) {
     }
     add(
         "verbatim scan off",
-        start_verbatim(&a, mock, None, dir.path()),
+        start_verbatim(&a, mock, None, false, dir.path()),
     );
     if !a.indexes.is_empty() {
         // hold=none: the cost of scanning itself; strict: plus the holdback that keeps every
@@ -1909,7 +1929,22 @@ fn run(mut a: RunArgs, smoke: bool) {
             ("verbatim scan on", "none"),
             ("verbatim scan on, strict", "strict"),
         ] {
-            add(name, start_verbatim(&a, mock, Some(hold), dir.path()));
+            add(
+                name,
+                start_verbatim(&a, mock, Some(hold), false, dir.path()),
+            );
+        }
+    }
+    if a.upstream_h2 {
+        add(
+            "verbatim scan off, HTTP/2 upstream",
+            start_verbatim(&a, mock, None, true, dir.path()),
+        );
+        if !a.indexes.is_empty() {
+            add(
+                "verbatim scan on, HTTP/2 upstream",
+                start_verbatim(&a, mock, Some("none"), true, dir.path()),
+            );
         }
     }
     if let Some(l) = &a.litellm {
