@@ -156,11 +156,13 @@ pub enum ServeError {
     Workers(std::io::Error),
 }
 
-/// The upstream client: TLS with the bundled Mozilla roots (works offline and in minimal
-/// containers), `TCP_NODELAY`, and HTTP/2 only where the config asks for it
-/// ([`UpstreamHttp2`]: over HTTP/2 an upstream's cap on concurrent streams makes further
-/// requests wait).
-fn client(connect_timeout: std::time::Duration, http2: UpstreamHttp2) -> HttpsClient {
+/// The upstream connector: TLS with the bundled Mozilla roots (works offline and in minimal
+/// containers), `TCP_NODELAY`, offering HTTP/2 only where the config asks for it
+/// ([`UpstreamHttp2`]).
+fn connector(
+    connect_timeout: std::time::Duration,
+    http2: UpstreamHttp2,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -168,14 +170,11 @@ fn client(connect_timeout: std::time::Duration, http2: UpstreamHttp2) -> HttpsCl
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http();
-    let https = match http2 {
+    match http2 {
         UpstreamHttp2::Never => tls.enable_http1().wrap_connector(http),
         UpstreamHttp2::Negotiate => tls.enable_http1().enable_http2().wrap_connector(http),
         UpstreamHttp2::PriorKnowledge => tls.enable_http2().wrap_connector(http),
-    };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.http2_only(http2 == UpstreamHttp2::PriorKnowledge);
-    b.build(https)
+    }
 }
 
 /// A worker's upstream clients. Over HTTP/1.1 one hyper client, whose pool keeps a connection
@@ -187,7 +186,8 @@ fn client(connect_timeout: std::time::Duration, http2: UpstreamHttp2) -> HttpsCl
 /// its upstream full gets a new client, which opens a new connection.
 #[derive(Clone)]
 struct Upstreams {
-    connect_timeout: std::time::Duration,
+    /// Shared by the clients (its TLS settings and root store once).
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
     http2: UpstreamHttp2,
     max_streams: usize,
     /// Clients by upstream (scheme and authority), each with its requests in flight. One
@@ -204,11 +204,17 @@ struct UpstreamClient {
 impl Upstreams {
     fn new(cfg: &Config) -> Upstreams {
         Upstreams {
-            connect_timeout: cfg.timeouts.connect,
+            connector: connector(cfg.timeouts.connect, cfg.upstream_http2),
             http2: cfg.upstream_http2,
             max_streams: cfg.upstream_http2_max_streams,
             clients: Arc::default(),
         }
+    }
+
+    fn new_client(&self) -> HttpsClient {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.http2_only(self.http2 == UpstreamHttp2::PriorKnowledge);
+        b.build(self.connector.clone())
     }
 
     /// The client to send a request to `uri` with, and (where HTTP/2 may be spoken) the
@@ -225,7 +231,7 @@ impl Upstreams {
             if clients.is_empty() {
                 clients.push(UpstreamClient {
                     upstream: String::new(),
-                    client: client(self.connect_timeout, self.http2),
+                    client: self.new_client(),
                     in_flight: Arc::default(),
                 });
             }
@@ -240,7 +246,7 @@ impl Upstreams {
             _ => {
                 clients.push(UpstreamClient {
                     upstream,
-                    client: client(self.connect_timeout, self.http2),
+                    client: self.new_client(),
                     in_flight: Arc::default(),
                 });
                 &clients[clients.len() - 1]
