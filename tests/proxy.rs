@@ -1411,6 +1411,102 @@ async fn http2_streams_past_the_per_connection_limit_go_on_a_new_connection() {
     assert!((3..=4).contains(&conns), "{conns} connections");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_chooses_http2_by_alpn_and_streams_past_its_cap_get_connections() {
+    // The path towards a hosted provider: TLS (here with a private CA, `upstream.ca_file`),
+    // HTTP/2 chosen by ALPN, streams capped per connection (2 here).
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let upstream = openai_stream(&text, 16);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.delay = Duration::from_millis(25);
+    for (mode, want) in [
+        (UpstreamHttp2::Negotiate, http::Version::HTTP_2),
+        (UpstreamHttp2::Never, http::Version::HTTP_11),
+    ] {
+        let mock = start_capped(reply.clone(), Some(2)).await;
+        let tls = tls_front(mock.addr).await;
+        let p = proxy(&mock, |c| {
+            c.upstream_openai = format!("https://{tls}").parse().unwrap();
+            c.upstream_ca_file = Some("tests/fixtures/tls/ca.pem".into());
+            c.upstream_http2 = mode;
+            c.upstream_http2_max_streams = 2;
+        })
+        .await;
+        expect_whole(chat_streams(p.addr, 6), &upstream).await;
+        let seen = mock.seen.lock().unwrap().versions.clone();
+        assert_eq!(seen, vec![want; 6], "{mode:?}");
+        let at_once = mock.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(at_once, 6, "{mode:?}: streams queued behind the cap");
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_upstream_ca_file_stops_the_proxy_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (path, why) in [
+        (&empty, "holds no PEM certificate"),
+        (&missing, "No such file"),
+    ] {
+        let cfg = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream_ca_file: Some(path.clone()),
+            ..Config::default()
+        };
+        let err = match Server::bind(cfg, vec![Arc::new(Index::open(FIXTURE).unwrap())]).await {
+            Ok(_) => panic!("bound with {}", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("upstream.ca_file")
+                && err.contains(&*path.to_string_lossy())
+                && err.contains(why),
+            "{err}"
+        );
+    }
+}
+
+/// TLS in front of the mock at `to` (the fixture certificate for 127.0.0.1, ALPN `h2` and
+/// `http/1.1`): the bytes after the handshake go to the mock, which tells HTTP/2 from HTTP/1.1
+/// itself, so its counts hold.
+async fn tls_front(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_file_iter("tests/fixtures/tls/server.pem")
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file("tests/fixtures/tls/server.key").unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
 /// The protocols of the ALPN extension of a TLS record holding a ClientHello (none without the
 /// extension).
 fn alpn_offered(record: &[u8]) -> Vec<String> {

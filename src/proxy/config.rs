@@ -16,6 +16,9 @@ pub struct Config {
     pub upstream_anthropic: http::Uri,
     /// Which HTTP version the upstream connections speak (`upstream.http2`).
     pub upstream_http2: UpstreamHttp2,
+    /// Certificates (PEM) to trust for TLS upstreams besides the bundled Mozilla roots
+    /// (`upstream.ca_file`, relative to the config file).
+    pub upstream_ca_file: Option<PathBuf>,
     /// Requests in flight on one HTTP/2 upstream connection before another is opened
     /// (`upstream.http2_max_streams`; see [`UpstreamHttp2`]).
     pub upstream_http2_max_streams: usize,
@@ -54,6 +57,7 @@ impl Default for Config {
             upstream_anthropic: http::Uri::from_static("https://api.anthropic.com"),
             upstream_http2: UpstreamHttp2::Negotiate,
             upstream_http2_max_streams: 100,
+            upstream_ca_file: None,
             indexes: Vec::new(),
             hold: Hold::Strict,
             rules: Rules::default(),
@@ -321,8 +325,17 @@ impl Config {
             r.unknown_keys(
                 u,
                 "upstream",
-                &["openai", "anthropic", "http2", "http2_max_streams"],
+                &[
+                    "openai",
+                    "anthropic",
+                    "http2",
+                    "http2_max_streams",
+                    "ca_file",
+                ],
             );
+            if let Some(v) = r.opt_str(u, "upstream", "ca_file") {
+                c.upstream_ca_file = Some(base.join(v.value));
+            }
             if let Some(v) = r.opt_u64(u, "upstream", "http2_max_streams") {
                 if v.value == 0 {
                     r.problem(v.span, "upstream.http2_max_streams", "must be at least 1");
@@ -482,6 +495,12 @@ mod tests {
             assert_eq!(c.upstream_http2, want);
             assert_eq!(c.upstream_http2_max_streams, 7);
         }
+        let c = Config::parse(
+            Path::new("conf/v.toml"),
+            "[upstream]\nca_file = \"ca.pem\"\n".into(),
+        )
+        .unwrap();
+        assert_eq!(c.upstream_ca_file, Some(PathBuf::from("conf/ca.pem")));
         assert_problems(
             "[upstream]\nopenai = \"ftp://x\"\nhttp2 = \"sometimes\"\nhttp2_max_streams = 0\n",
             &[

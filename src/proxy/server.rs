@@ -44,6 +44,8 @@ pub struct Loaded {
 
 struct Shared {
     cfg: Config,
+    /// TLS settings of upstream connections (the roots to trust), built once at bind.
+    upstream_tls: rustls::ClientConfig,
     loaded: ArcSwap<Loaded>,
     audit: AuditSink,
     metrics: Metrics,
@@ -154,12 +156,56 @@ pub enum ServeError {
     },
     #[error("cannot start the connection worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("upstream.ca_file {}: {reason}", path.display())]
+    UpstreamCa {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
-/// The upstream connector: TLS with the bundled Mozilla roots (works offline and in minimal
-/// containers), `TCP_NODELAY`, offering HTTP/2 only where the config asks for it
-/// ([`UpstreamHttp2`]).
+/// TLS settings for upstream connections: the bundled Mozilla roots (works offline and in
+/// minimal containers), and the certificates of `upstream.ca_file` (PEM) — a private CA in
+/// front of a self-hosted model server.
+fn upstream_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, ServeError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let problem = |reason: String| ServeError::UpstreamCa {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| problem(format!("not a PEM certificate list: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| problem(format!("a certificate cannot be a root: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(problem("holds no PEM certificate".into()));
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServeError::UpstreamCa {
+        path: ca_file
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// The upstream connector: TLS with `tls`'s roots, `TCP_NODELAY`, offering HTTP/2 only where
+/// the config asks for it ([`UpstreamHttp2`]).
 fn connector(
+    tls: rustls::ClientConfig,
     connect_timeout: std::time::Duration,
     http2: UpstreamHttp2,
 ) -> hyper_rustls::HttpsConnector<HttpConnector> {
@@ -168,7 +214,7 @@ fn connector(
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http();
     match http2 {
         UpstreamHttp2::Never => tls.enable_http1().wrap_connector(http),
@@ -202,9 +248,9 @@ struct UpstreamClient {
 }
 
 impl Upstreams {
-    fn new(cfg: &Config) -> Upstreams {
+    fn new(cfg: &Config, tls: &rustls::ClientConfig) -> Upstreams {
         Upstreams {
-            connector: connector(cfg.timeouts.connect, cfg.upstream_http2),
+            connector: connector(tls.clone(), cfg.timeouts.connect, cfg.upstream_http2),
             http2: cfg.upstream_http2,
             max_streams: cfg.upstream_http2_max_streams,
             clients: Arc::default(),
@@ -316,8 +362,10 @@ impl Server {
         };
         let metrics = Metrics::default();
         set_loaded_metrics(&metrics, &loaded);
+        let upstream_tls = upstream_tls(cfg.upstream_ca_file.as_deref())?;
         let shared = Arc::new(Shared {
             cfg,
+            upstream_tls,
             loaded: ArcSwap::from_pointee(loaded),
             audit,
             metrics,
@@ -479,7 +527,7 @@ impl Worker {
             .name(format!("verbatim-worker-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    let client = Upstreams::new(&shared.cfg);
+                    let client = Upstreams::new(&shared.cfg, &shared.upstream_tls);
                     // Ends when the server has shut down (every connection done) and drops
                     // the sender.
                     while let Some((stream, peer, watcher, live)) = rx.recv().await {
