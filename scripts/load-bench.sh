@@ -6,7 +6,8 @@
 #      (scripts/bench-engine.sh's index, bench-data/idx-crates) and 0.37 GB of Linux 6.1 sources
 #      (Debian's linux-source-6.1: kernel/, mm/, fs/, net/, sound/, Documentation/ and
 #      drivers/{net,usb,scsi,media}) — 1.26 GB together;
-#   3. runs `cargo bench --bench load` with every arm, then a soak run.
+#   3. runs `cargo bench --bench load` with every arm (Verbatim also speaking HTTP/2 to the
+#      mock upstream, `--upstream-h2`), then a soak run.
 # Results (load.md, load.json, SVG plots) go to bench-data/load/results/ (not committed);
 # docs/benchmarks.md quotes them. SOAK_SECS=0 skips the soak; SOAK_SECS and SOAK_STREAMS set it.
 set -euo pipefail
@@ -56,6 +57,7 @@ cargo bench --quiet --bench load -- run \
   --nginx "$(command -v nginx || echo /usr/sbin/nginx)" \
   --litellm "$L/venv-litellm/bin/litellm" \
   --index bench-data/idx-crates --index "$L/idx-linux" \
+  --upstream-h2 \
   --prompt-source "$L/linux/linux-source-6.1/kernel" \
   --soak-secs "${SOAK_SECS:-600}" --soak-streams "${SOAK_STREAMS:-300}" \
   --out "$L/results" "$@"
