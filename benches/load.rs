@@ -101,7 +101,7 @@ struct RunArgs {
     /// Idle streams opened for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle_streams: usize,
-    /// Also run Verbatim (scanning off and on) speaking HTTP/2 to the mock upstream
+    /// Also run Verbatim (scanning off, on, and on with strict holdback) speaking HTTP/2 to the mock upstream
     /// (`--upstream-http2 prior-knowledge`): every stream of a worker on one connection.
     #[arg(long)]
     upstream_h2: bool,
@@ -1706,6 +1706,7 @@ fn plot_ladder(
         "verbatim scan on" => RED,
         "verbatim scan on, strict" => MAGENTA,
         "verbatim scan off, HTTP/2 upstream" => YELLOW,
+        "verbatim scan on, strict, HTTP/2 upstream" => RGBColor(150, 90, 0),
         _ => CYAN,
     };
     for (name, s) in &pts {
@@ -1941,10 +1942,12 @@ fn run(mut a: RunArgs, smoke: bool) {
             start_verbatim(&a, mock, None, true, dir.path()),
         );
         if !a.indexes.is_empty() {
-            add(
-                "verbatim scan on, HTTP/2 upstream",
-                start_verbatim(&a, mock, Some("none"), true, dir.path()),
-            );
+            for (name, hold) in [
+                ("verbatim scan on, HTTP/2 upstream", "none"),
+                ("verbatim scan on, strict, HTTP/2 upstream", "strict"),
+            ] {
+                add(name, start_verbatim(&a, mock, Some(hold), true, dir.path()));
+            }
         }
     }
     if let Some(l) = &a.litellm {
