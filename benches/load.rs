@@ -1919,35 +1919,36 @@ fn run(mut a: RunArgs, smoke: bool) {
     if let Some(ng) = &a.nginx {
         add("nginx", start_nginx(ng, mock, dir.path()));
     }
-    add(
-        "verbatim scan off",
-        start_verbatim(&a, mock, None, false, dir.path()),
-    );
-    if !a.indexes.is_empty() {
-        // hold=none: the cost of scanning itself; strict: plus the holdback that keeps every
-        // blocked character back (t units of text, a property of the policy, not of load).
-        for (name, hold) in [
-            ("verbatim scan on", "none"),
-            ("verbatim scan on, strict", "strict"),
-        ] {
-            add(
-                name,
-                start_verbatim(&a, mock, Some(hold), false, dir.path()),
-            );
-        }
-    }
-    if a.upstream_h2 {
-        add(
+    // Scanning off; then hold=none: the cost of scanning itself; strict: plus the holdback
+    // that keeps every blocked character back (t units of text, a property of the policy, not
+    // of load). Over HTTP/1.1 to the mock, and with `--upstream-h2` over HTTP/2 too.
+    let scanning = !a.indexes.is_empty();
+    let verbatim_arms: [(&'static str, Option<&str>, bool, bool); 6] = [
+        ("verbatim scan off", None, false, true),
+        ("verbatim scan on", Some("none"), false, scanning),
+        ("verbatim scan on, strict", Some("strict"), false, scanning),
+        (
             "verbatim scan off, HTTP/2 upstream",
-            start_verbatim(&a, mock, None, true, dir.path()),
-        );
-        if !a.indexes.is_empty() {
-            for (name, hold) in [
-                ("verbatim scan on, HTTP/2 upstream", "none"),
-                ("verbatim scan on, strict, HTTP/2 upstream", "strict"),
-            ] {
-                add(name, start_verbatim(&a, mock, Some(hold), true, dir.path()));
-            }
+            None,
+            true,
+            a.upstream_h2,
+        ),
+        (
+            "verbatim scan on, HTTP/2 upstream",
+            Some("none"),
+            true,
+            a.upstream_h2 && scanning,
+        ),
+        (
+            "verbatim scan on, strict, HTTP/2 upstream",
+            Some("strict"),
+            true,
+            a.upstream_h2 && scanning,
+        ),
+    ];
+    for (name, hold, h2, wanted) in verbatim_arms {
+        if wanted {
+            add(name, start_verbatim(&a, mock, hold, h2, dir.path()));
         }
     }
     if let Some(l) = &a.litellm {
