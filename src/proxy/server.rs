@@ -188,18 +188,10 @@ fn upstream_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfi
             return Err(problem("holds no PEM certificate".into()));
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ServeError::UpstreamCa {
-        path: ca_file
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default(),
-        reason: e.to_string(),
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    // The crate's one crypto provider (ring), as hyper-rustls's own `with_webpki_roots` builds.
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The upstream connector: TLS with `tls`'s roots, `TCP_NODELAY`, offering HTTP/2 only where
@@ -223,26 +215,29 @@ fn connector(
     }
 }
 
-/// A worker's upstream clients. Over HTTP/1.1 one hyper client, whose pool keeps a connection
-/// per concurrent request. Over HTTP/2 a hyper client keeps one connection per upstream and,
-/// past the upstream's cap on concurrent streams, queues further requests until a stream ends —
-/// it opens no second connection (hyperium/hyper#2197, #3623), and a model's streamed answer
-/// lasts seconds to minutes. So where HTTP/2 may be spoken each client carries at most
-/// `max_streams` requests in flight to one upstream, and a request that finds every client of
-/// its upstream full gets a new client, which opens a new connection.
+/// A worker's upstream clients. Over HTTP/1.1 a hyper client's pool keeps a connection per
+/// concurrent request. Over HTTP/2 a hyper client keeps one connection per upstream and, past
+/// the upstream's cap on concurrent streams, queues further requests until a stream ends — it
+/// opens no second connection (hyperium/hyper#2197, #3623), and a model's streamed answer lasts
+/// seconds to minutes. So each client carries at most `max_streams` requests in flight to its
+/// upstream, and a request that finds every client of its upstream full gets a new client,
+/// which opens a new connection.
 #[derive(Clone)]
 struct Upstreams {
     /// Shared by the clients (its TLS settings and root store once).
     connector: hyper_rustls::HttpsConnector<HttpConnector>,
     http2: UpstreamHttp2,
+    /// Requests in flight a client may carry to one upstream (no limit over HTTP/1.1 only,
+    /// where a client's pool opens a connection per concurrent request).
     max_streams: usize,
-    /// Clients by upstream (scheme and authority), each with its requests in flight. One
-    /// worker's: the lock is never contended.
+    /// Clients by upstream, each with its requests in flight. One worker's: the lock is never
+    /// contended.
     clients: Arc<std::sync::Mutex<Vec<UpstreamClient>>>,
 }
 
 struct UpstreamClient {
-    upstream: String,
+    scheme: Option<http::uri::Scheme>,
+    authority: Option<http::uri::Authority>,
     client: HttpsClient,
     in_flight: Arc<AtomicUsize>,
 }
@@ -252,53 +247,39 @@ impl Upstreams {
         Upstreams {
             connector: connector(tls.clone(), cfg.timeouts.connect, cfg.upstream_http2),
             http2: cfg.upstream_http2,
-            max_streams: cfg.upstream_http2_max_streams,
+            max_streams: match cfg.upstream_http2 {
+                UpstreamHttp2::Never => usize::MAX,
+                _ => cfg.upstream_http2_max_streams,
+            },
             clients: Arc::default(),
         }
     }
 
-    fn new_client(&self) -> HttpsClient {
-        let mut b = Client::builder(TokioExecutor::new());
-        b.http2_only(self.http2 == UpstreamHttp2::PriorKnowledge);
-        b.build(self.connector.clone())
-    }
-
-    /// The client to send a request to `uri` with, and (where HTTP/2 may be spoken) the
-    /// request's place in that client's count, to keep until its response body is dropped.
-    fn client(&self, uri: &Uri) -> (HttpsClient, Option<Live>) {
-        let upstream = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str())
-        );
+    /// The client to send a request to `uri` with, and the request's place in that client's
+    /// count, to keep until its response body is dropped.
+    fn client(&self, uri: &Uri) -> (HttpsClient, Live) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if self.http2 == UpstreamHttp2::Never {
-            // HTTP/1.1 only: one client for every upstream, nothing to count.
-            if clients.is_empty() {
-                clients.push(UpstreamClient {
-                    upstream: String::new(),
-                    client: self.new_client(),
-                    in_flight: Arc::default(),
-                });
-            }
-            return (clients[0].client.clone(), None);
-        }
         let least = clients
             .iter()
-            .filter(|c| c.upstream == upstream)
+            .filter(|c| {
+                c.scheme.as_ref() == uri.scheme() && c.authority.as_ref() == uri.authority()
+            })
             .min_by_key(|c| c.in_flight.load(Relaxed));
         let c = match least {
             Some(c) if c.in_flight.load(Relaxed) < self.max_streams => c,
             _ => {
+                let mut b = Client::builder(TokioExecutor::new());
+                b.http2_only(self.http2 == UpstreamHttp2::PriorKnowledge);
                 clients.push(UpstreamClient {
-                    upstream,
-                    client: self.new_client(),
+                    scheme: uri.scheme().cloned(),
+                    authority: uri.authority().cloned(),
+                    client: b.build(self.connector.clone()),
                     in_flight: Arc::default(),
                 });
                 &clients[clients.len() - 1]
             }
         };
-        (c.client.clone(), Some(Live::new(&c.in_flight)))
+        (c.client.clone(), Live::new(&c.in_flight))
     }
 }
 
@@ -307,7 +288,7 @@ impl Upstreams {
 /// been read to the end or dropped.
 struct UpstreamBody {
     inner: Incoming,
-    _in_flight: Option<Live>,
+    _in_flight: Live,
 }
 
 impl Body for UpstreamBody {
@@ -483,7 +464,7 @@ type Accepted = (
 
 /// One in a count, until dropped: a connection in a worker's count of open connections (until
 /// it ended, failed, or never reached the worker), or a request in an upstream client's count
-/// of requests in flight (until its response body is dropped).
+/// of requests in flight (until its response body is dropped, or the request failed).
 struct Live(Arc<AtomicUsize>);
 
 impl Live {
