@@ -127,7 +127,7 @@ struct ServeArgs {
     /// HTTP/2 to the upstream: `negotiate` (the default: where TLS chooses it), `never`
     /// (HTTP/1.1, a connection per concurrent request) or `prior-knowledge` (always, h2c too);
     /// see `upstream.http2_max_streams` in proxy-config/verbatim.toml.
-    #[arg(long, value_parser = ["never", "negotiate", "prior-knowledge"])]
+    #[arg(long, value_parser = verbatim::proxy::config::UpstreamHttp2::NAMES)]
     upstream_http2: Option<String>,
     /// Index directory to scan against (repeatable; replaces the config's list).
     #[arg(long = "index")]

@@ -126,13 +126,16 @@ pub enum UpstreamHttp2 {
 }
 
 impl UpstreamHttp2 {
+    /// The config's and the flag's names, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["never", "negotiate", "prior-knowledge"];
+
     pub fn parse(s: &str) -> Option<UpstreamHttp2> {
-        Some(match s {
-            "never" => UpstreamHttp2::Never,
-            "negotiate" => UpstreamHttp2::Negotiate,
-            "prior-knowledge" => UpstreamHttp2::PriorKnowledge,
-            _ => return None,
-        })
+        let all = [
+            UpstreamHttp2::Never,
+            UpstreamHttp2::Negotiate,
+            UpstreamHttp2::PriorKnowledge,
+        ];
+        Self::NAMES.iter().position(|n| *n == s).map(|i| all[i])
     }
 }
 
@@ -350,8 +353,9 @@ impl Config {
                         v.span,
                         "upstream.http2",
                         format!(
-                            "`{}` is not one of `never`, `negotiate`, `prior-knowledge`",
-                            v.value
+                            "`{}` is not one of `{}`",
+                            v.value,
+                            UpstreamHttp2::NAMES.join("`, `")
                         ),
                     ),
                 }
