@@ -1284,10 +1284,7 @@ async fn built_in_policy_blocks_code_only_on_a_piece_copied_whole() {
 async fn shutdown_lets_streams_in_flight_finish_then_stops_listening() {
     // Connections are served by worker threads; a shutdown must still wait for every stream
     // they carry, whichever worker has it, and then end the workers.
-    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
-    let upstream = openai_stream(&text, 16);
-    let mut reply = Reply::sse(&upstream, 40);
-    reply.delay = Duration::from_millis(15);
+    let (upstream, reply) = paced_unrelated(Duration::from_millis(15));
     let mock = start(reply).await;
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -1391,10 +1388,7 @@ async fn http2_streams_past_the_per_connection_limit_go_on_a_new_connection() {
     // queue a third request until a stream ended — for a model's answer, seconds to minutes.
     // With `upstream.http2_max_streams` at the cap, 6 streams at once run at once, on 3
     // connections (the proxy's two workers each open their own).
-    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
-    let upstream = openai_stream(&text, 16);
-    let mut reply = Reply::sse(&upstream, 40);
-    reply.delay = Duration::from_millis(25);
+    let (upstream, reply) = paced_unrelated(Duration::from_millis(25));
     let mock = start_capped(reply, Some(2)).await;
     let p = proxy(&mock, |c| {
         c.upstream_http2 = UpstreamHttp2::PriorKnowledge;
@@ -1415,10 +1409,7 @@ async fn http2_streams_past_the_per_connection_limit_go_on_a_new_connection() {
 async fn a_tls_upstream_chooses_http2_by_alpn_and_streams_past_its_cap_get_connections() {
     // The path towards a hosted provider: TLS (here with a private CA, `upstream.ca_file`),
     // HTTP/2 chosen by ALPN, streams capped per connection (2 here).
-    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
-    let upstream = openai_stream(&text, 16);
-    let mut reply = Reply::sse(&upstream, 40);
-    reply.delay = Duration::from_millis(25);
+    let (upstream, reply) = paced_unrelated(Duration::from_millis(25));
     for (mode, want) in [
         (UpstreamHttp2::Negotiate, http::Version::HTTP_2),
         (UpstreamHttp2::Never, http::Version::HTTP_11),
@@ -1538,6 +1529,15 @@ fn alpn_offered(record: &[u8]) -> Vec<String> {
         i += 4 + len;
     }
     Vec::new()
+}
+
+/// An unrelated answer's stream, and a reply sending it in 40-byte pieces `every` apart: a
+/// stream that lasts long enough (~40 pieces) for others to be under way with it.
+fn paced_unrelated(every: Duration) -> (Vec<u8>, Reply) {
+    let upstream = openai_stream(&format!("{INTRO}{UNRELATED}{OUTRO}"), 16);
+    let mut reply = Reply::sse(&upstream, 40);
+    reply.delay = every;
+    (upstream, reply)
 }
 
 type Answer = (u16, http::HeaderMap, Bytes);
