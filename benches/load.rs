@@ -101,8 +101,9 @@ struct RunArgs {
     /// Idle streams opened for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle_streams: usize,
-    /// Also run Verbatim (scanning off, on, and on with strict holdback) speaking HTTP/2 to the mock upstream
-    /// (`--upstream-http2 prior-knowledge`): every stream of a worker on one connection.
+    /// Also run Verbatim (scanning off, on, and on with strict holdback) speaking HTTP/2 to the
+    /// mock upstream (`--upstream-http2 prior-knowledge`): a worker's streams share a connection
+    /// up to 100 each.
     #[arg(long)]
     upstream_h2: bool,
     /// Sequential streams per arm for the one-stream scenario (in rounds of 5, interleaved).
@@ -1706,6 +1707,7 @@ fn plot_ladder(
         "verbatim scan on" => RED,
         "verbatim scan on, strict" => MAGENTA,
         "verbatim scan off, HTTP/2 upstream" => YELLOW,
+        "verbatim scan on, HTTP/2 upstream" => RGBColor(230, 120, 0),
         "verbatim scan on, strict, HTTP/2 upstream" => RGBColor(150, 90, 0),
         _ => CYAN,
     };
