@@ -247,8 +247,6 @@ impl RollingKgram {
 #[derive(Debug, Clone)]
 pub struct RollingRenamed {
     k: usize,
-    /// B^i for i < k.
-    pow: Vec<u64>,
     /// Per unit of the window, at `index % k`: its shape as it stands in the window, and the
     /// index of the next occurrence of its name if that is in the window ([`u64::MAX`] if not).
     ring: Vec<(u64, u64)>,
@@ -260,16 +258,30 @@ pub struct RollingRenamed {
     slot: usize,
 }
 
+/// The longest window [`RollingRenamed`] takes (an index's `k` is at most 64).
+pub const RENAMED_MAX_K: usize = 64;
+
+/// B^i for i < [`RENAMED_MAX_K`]: one table for every window rather than a copy in each
+/// (a proxy holds a window per open stream and index).
+static POW: [u64; RENAMED_MAX_K] = {
+    let mut t = [1u64; RENAMED_MAX_K];
+    let mut i = 1;
+    while i < RENAMED_MAX_K {
+        t[i] = t[i - 1].wrapping_mul(KGRAM_BASE);
+        i += 1;
+    }
+    t
+};
+
 impl RollingRenamed {
+    /// A window of `k` units, 1 ≤ k ≤ [`RENAMED_MAX_K`] (clamped into that range).
     pub fn new(k: usize) -> Self {
-        let k = k.max(1);
-        let pow = std::iter::successors(Some(1u64), |p| Some(p.wrapping_mul(KGRAM_BASE)))
-            .take(k)
-            .collect();
+        let k = k.clamp(1, RENAMED_MAX_K);
         RollingRenamed {
             k,
-            pow,
-            ring: vec![(0, u64::MAX); k],
+            // Allocated by the first unit: a scanner has a window per index with the channel,
+            // and a stream of prose never uses it.
+            ring: Vec::new(),
             acc: 0,
             n: 0,
             slot: 0,
@@ -289,6 +301,9 @@ impl RollingRenamed {
     #[inline]
     pub fn push(&mut self, hash: u64, class: UnitClass, prev: u32) -> Option<u64> {
         let k = self.k;
+        if self.ring.is_empty() {
+            self.ring = vec![(0, u64::MAX); k];
+        }
         let i = self.n;
         let slot = self.slot; // i % k, and (i − k) % k
         self.n += 1;
@@ -304,13 +319,13 @@ impl RollingRenamed {
         if i >= k as u64 {
             // Unit i − k leaves from offset 0, where its shape has weight B^(k−1).
             let (shape0, next) = self.ring[slot];
-            self.acc = self.acc.wrapping_sub(shape0.wrapping_mul(self.pow[k - 1]));
+            self.acc = self.acc.wrapping_sub(shape0.wrapping_mul(POW[k - 1]));
             if next != u64::MAX {
                 // Its next occurrence, at offset m, was "the name m back": now it is new.
                 let m = (next - (i - k as u64)) as usize;
                 self.acc = self
                     .acc
-                    .wrapping_sub((m as u64).wrapping_mul(self.pow[k - 1 - m]));
+                    .wrapping_sub((m as u64).wrapping_mul(POW[k - 1 - m]));
                 self.ring[ahead(m)].0 = IDENT_SHAPE; // next % k, next = i − k + m
             }
         }

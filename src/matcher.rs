@@ -643,6 +643,72 @@ impl Candidate {
     }
 }
 
+/// What one index's matcher needs only while a push is being matched: filled and read within
+/// [`Scanner::take_block`], dead between pushes.
+#[derive(Default)]
+struct MatcherScratch {
+    /// Per fresh unit: its k-gram key if the filter may contain it.
+    probes: Vec<Option<u64>>,
+    /// Per fresh unit: its rename-insensitive k-gram key if the filter may contain it.
+    rprobes: Vec<Option<u64>>,
+    /// The filter probes of `probes` and `rprobes`, between `prepare` and `filter`.
+    pos: Vec<crate::index::FilterPos>,
+    rpos: Vec<crate::index::FilterPos>,
+    /// Per fresh unit: whether it completes a k-gram, and if so whether the index marks that
+    /// k-gram's key common (filled only when boilerplate is tracked).
+    commons: Vec<Option<bool>>,
+    /// A seed's alignment (the seed window, and left of it).
+    pairs: Vec<(usize, u32, Cmp)>,
+    left: Vec<(usize, u32, Cmp)>,
+}
+
+/// A push's working buffers: the units it produced, their names' distances, and each index's
+/// [`MatcherScratch`].
+#[derive(Default)]
+struct Scratch {
+    fresh: Vec<Unit>,
+    fresh_prev: Vec<u32>,
+    matchers: Vec<MatcherScratch>,
+}
+
+/// A push is matched to the end before the next starts on the same thread, so the buffers it
+/// works in are kept per thread rather than per scanner. A proxy holds a scanner for every open
+/// stream, most of them idle between events; kept in each, these buffers were 1.6 KB of a
+/// scanner fed 30 one-word pushes over three indexes, 7 KB if the same words came in one push
+/// (`benches/stream_memory.rs`). A pool rather than one
+/// `RefCell`, so a push made from inside another (none is today) would get buffers of its own
+/// rather than a panic.
+mod scratch {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static POOL: RefCell<Vec<super::Scratch>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Units a thread's buffers keep room for between pushes; a larger push (a 64 KiB block of
+    /// `verbatim scan`, ~13,000 units) gives back the excess.
+    const KEEP_UNITS: usize = 1 << 14;
+
+    /// Runs `f` with working buffers for `matchers` indexes.
+    pub(super) fn with<R>(matchers: usize, f: impl FnOnce(&mut super::Scratch) -> R) -> R {
+        let mut s = POOL
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if s.matchers.len() < matchers {
+            s.matchers.resize_with(matchers, Default::default);
+        }
+        let r = f(&mut s);
+        s.fresh.clear();
+        s.fresh.shrink_to(KEEP_UNITS);
+        s.fresh_prev.shrink_to(KEEP_UNITS);
+        // A thread being torn down has no pool any more: the buffers are dropped.
+        let _ = POOL.try_with(|p| p.borrow_mut().push(s));
+        r
+    }
+}
+
 /// Matches one index against the unit stream.
 struct IndexMatcher {
     index: Arc<Index>,
@@ -663,18 +729,8 @@ struct IndexMatcher {
     open_docs: rustc_hash::FxHashMap<u32, u8>,
     roll: RollingKgram,
     roll_channel: Option<Channel>,
-    /// Per fresh unit: its k-gram key if the filter may contain it.
-    probes: Vec<Option<u64>>,
-    /// Per fresh unit: its rename-insensitive k-gram key if the filter may contain it.
-    rprobes: Vec<Option<u64>>,
     /// The rename-insensitive key of the last k code units, rolled.
     rroll: RollingRenamed,
-    /// The filter probes of `probes` and `rprobes`, between `prepare` and `filter`.
-    pos: Vec<crate::index::FilterPos>,
-    rpos: Vec<crate::index::FilterPos>,
-    /// Scratch for a seed's alignment (the seed window, and left of it).
-    pairs: Vec<(usize, u32, Cmp)>,
-    left: Vec<(usize, u32, Cmp)>,
     /// Code units in a row so far, and units since the last abstracted one (identifier or
     /// literal): windows that are not all code or abstract nothing have no key in the index.
     rrun: usize,
@@ -683,9 +739,6 @@ struct IndexMatcher {
     track_boiler: bool,
     /// Widely shared runs are reported too ([`Scanner::set_report_shared`]).
     report_shared: bool,
-    /// Per fresh unit: whether it completes a k-gram, and if so whether the index marks that
-    /// k-gram's key common (filled only when boilerplate is tracked).
-    commons: Vec<Option<bool>>,
     /// A stretch of boilerplate being received: where it starts in the output and how many
     /// units have come since its last boilerplate k-gram. Text that is no evidence — in too
     /// many documents (a license header), or too repetitive to be indexed at all (a table of
@@ -829,10 +882,16 @@ impl IndexMatcher {
     /// Rolls the k-gram keys of `fresh` (continuing from `hist`) and starts loading the filter
     /// lines of all of them, so the filter's cache misses overlap instead of stalling the
     /// per-unit logic one at a time ([`IndexMatcher::filter`] then tests them). Fills
-    /// `self.probes` (and `self.rprobes`, the rename-insensitive keys of code units) with one
+    /// `s.probes` (and `s.rprobes`, the rename-insensitive keys of code units) with one
     /// entry per fresh unit.
-    fn prepare(&mut self, hist: &VecDeque<Unit>, fresh: &[Unit], fprev: &[u32]) {
-        self.probes.clear();
+    fn prepare(
+        &mut self,
+        s: &mut MatcherScratch,
+        hist: &VecDeque<Unit>,
+        fresh: &[Unit],
+        fprev: &[u32],
+    ) {
+        s.probes.clear();
         for (j, u) in fresh.iter().enumerate() {
             let k = self.params.channel(u.channel).k as usize;
             if self.roll_channel != Some(u.channel) {
@@ -844,17 +903,17 @@ impl IndexMatcher {
             } else {
                 hist.len().checked_sub(k - j).map(|i| hist[i].hash)
             };
-            self.probes.push(self.roll.push(u.hash, leaving));
+            s.probes.push(self.roll.push(u.hash, leaving));
         }
-        self.index.prefetch_filter(&self.probes, &mut self.pos);
-        self.rprobes.clear();
+        self.index.prefetch_filter(&s.probes, &mut s.pos);
+        s.rprobes.clear();
         let Some(rp) = self.renamed else { return };
         let k = rp.k as usize;
         for (u, &d) in fresh.iter().zip(fprev) {
             if u.channel != Channel::Code {
                 self.rroll.reset();
                 (self.rrun, self.since_abstract) = (0, usize::MAX);
-                self.rprobes.push(None);
+                s.rprobes.push(None);
                 continue;
             }
             let key = self.rroll.push(u.hash, u.class, d);
@@ -864,28 +923,28 @@ impl IndexMatcher {
             } else {
                 0
             };
-            self.rprobes
+            s.rprobes
                 .push(key.filter(|_| self.rrun >= k && self.since_abstract < k));
         }
-        self.index.prefetch_filter(&self.rprobes, &mut self.rpos);
+        self.index.prefetch_filter(&s.rprobes, &mut s.rpos);
     }
 
     /// The second half of [`IndexMatcher::prepare`]: drops the keys the filter rules out and
     /// starts loading the postings of the rest. Split so that a scan with several indexes
     /// has every index's filter lines in flight at once (one memory latency per push, not
     /// one per index: docs/benchmarks.md).
-    fn filter(&mut self) {
+    fn filter(&self, s: &mut MatcherScratch) {
         let index = &self.index;
-        self.commons.clear();
+        s.commons.clear();
         if self.track_boiler {
-            self.commons
-                .extend(self.probes.iter().map(|k| k.map(|k| index.is_common(k))));
+            s.commons
+                .extend(s.probes.iter().map(|k| k.map(|k| index.is_common(k))));
         }
-        self.index.retain_possible(&mut self.probes, &self.pos);
-        self.index.prefetch_postings(&self.probes);
+        index.retain_possible(&mut s.probes, &s.pos);
+        index.prefetch_postings(&s.probes);
         if self.renamed.is_some() {
-            self.index.retain_possible(&mut self.rprobes, &self.rpos);
-            self.index.prefetch_postings(&self.rprobes);
+            index.retain_possible(&mut s.rprobes, &s.rpos);
+            index.prefetch_postings(&s.rprobes);
         }
     }
 
@@ -963,6 +1022,7 @@ impl IndexMatcher {
     /// the filter says the index may hold them, `commons[j]` whether the exact one is common.
     fn on_unit(
         &mut self,
+        s: &mut MatcherScratch,
         hist: &VecDeque<Unit>,
         j: usize,
         exempt: &FxHashSet<u64>,
@@ -970,15 +1030,15 @@ impl IndexMatcher {
         out: &mut Vec<Finding>,
     ) {
         let Some(unit) = hist.back() else { return };
-        let probe = self.probes[j];
-        let rprobe = self.rprobes.get(j).copied().flatten();
+        let probe = s.probes[j];
+        let rprobe = s.rprobes.get(j).copied().flatten();
         if self.track_boiler {
             let cp = self.params.channel(unit.channel);
             let k = cp.k as usize;
             let h = hist.len();
             // Boilerplate: a common k-gram, or one too repetitive to be indexed (the index's
             // own test over the last k units).
-            let boiler = match self.commons.get(j).copied().flatten() {
+            let boiler = match s.commons.get(j).copied().flatten() {
                 None => false,
                 Some(true) => true,
                 Some(false) => {
@@ -1030,10 +1090,18 @@ impl IndexMatcher {
         if let Some(key) = probe {
             let k = self.params.channel(ch).k as usize;
             let p = self.params.channel(ch).p;
-            self.seed(hist, key, k, p, exempt.contains(&key), false);
+            self.seed(s, hist, key, k, p, exempt.contains(&key), false);
         }
         if let (Some(key), Some(rp)) = (rprobe, self.renamed) {
-            self.seed(hist, key, rp.k as usize, rp.p, exempt.contains(&key), true);
+            self.seed(
+                s,
+                hist,
+                key,
+                rp.k as usize,
+                rp.p,
+                exempt.contains(&key),
+                true,
+            );
         }
     }
 
@@ -1041,8 +1109,10 @@ impl IndexMatcher {
     /// sampled every `p` units in the index — that aligns with the output just received, or
     /// notes the key's rarity on the open run the posting falls in. A `renamed` (rename-
     /// insensitive) key opens runs only when it is rare.
+    #[allow(clippy::too_many_arguments)] // the seed's facts, each a plain value
     fn seed(
         &mut self,
+        s: &mut MatcherScratch,
         hist: &VecDeque<Unit>,
         key: u64,
         k: usize,
@@ -1126,7 +1196,7 @@ impl IndexMatcher {
             // The seed window must align unit for unit (a filter false positive, a hash
             // collision or an inconsistent renaming fails here). Scratch vectors are reused:
             // a structural key may have several postings to verify in one push.
-            let mut pairs = std::mem::take(&mut self.pairs);
+            let mut pairs = std::mem::take(&mut s.pairs);
             pairs.clear();
             let aligned = (0..k).all(|j| {
                 let c = compare(
@@ -1139,11 +1209,11 @@ impl IndexMatcher {
                 c != Cmp::Differ
             });
             if !aligned {
-                self.pairs = pairs;
+                s.pairs = pairs;
                 continue;
             }
             // Extend left through the kept history, across gaps as the right side does.
-            let mut left = std::mem::take(&mut self.left);
+            let mut left = std::mem::take(&mut s.left);
             left.clear();
             extend_left(
                 hist,
@@ -1156,11 +1226,11 @@ impl IndexMatcher {
             );
             left.reverse();
             left.extend_from_slice(&pairs);
-            self.pairs = pairs;
+            s.pairs = pairs;
             let pairs = left;
             // A run starts at its first equal unit.
             let Some(lead) = pairs.iter().position(|&(_, _, c)| c == Cmp::Equal) else {
-                self.left = pairs;
+                s.left = pairs;
                 continue;
             };
             // Renamings made left of the run's first equal unit are not the run's: a name
@@ -1215,7 +1285,7 @@ impl IndexMatcher {
                 cand.commit(&hist[o], hist[o].start, d, c, step, 1, gap);
                 last = (o, d);
             }
-            self.left = pairs;
+            s.left = pairs;
             *self.open_docs.entry(p.doc).or_default() += 1;
             self.open.push(cand);
         }
@@ -1337,8 +1407,6 @@ pub struct Scanner {
     hist: VecDeque<Unit>,
     /// Those distances, when some index has the rename-insensitive channel.
     idents: Option<RecentNames>,
-    fresh: Vec<Unit>,
-    fresh_prev: Vec<u32>,
     findings: Vec<Finding>,
     /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
     t_max: [u32; 2],
@@ -1363,19 +1431,12 @@ impl Scanner {
                 open_docs: rustc_hash::FxHashMap::default(),
                 roll: RollingKgram::new(1),
                 roll_channel: None,
-                probes: Vec::new(),
-                rprobes: Vec::new(),
                 rroll: RollingRenamed::new(ix.params().renamed.map_or(1, |r| r.k as usize)),
                 rrun: 0,
                 since_abstract: usize::MAX,
                 track_boiler: false,
                 report_shared: false,
-                commons: Vec::new(),
                 boiler: None,
-                pos: Vec::new(),
-                rpos: Vec::new(),
-                pairs: Vec::new(),
-                left: Vec::new(),
             })
             .collect();
         let t_of = |c: Channel| {
@@ -1406,8 +1467,6 @@ impl Scanner {
             // proxy keeps a scanner per open stream, most of which never see that many.
             hist: VecDeque::new(),
             idents: renamed_k.map(RecentNames::new),
-            fresh: Vec::new(),
-            fresh_prev: Vec::new(),
             findings: Vec::new(),
             t_max,
             hold_license_runs: true,
@@ -1442,18 +1501,18 @@ impl Scanner {
 
     /// Feeds text.
     pub fn push_str(&mut self, text: &str) {
-        let mut fresh = std::mem::take(&mut self.fresh);
-        self.norm.push_str(text, &mut fresh);
-        self.take_units(&mut fresh);
-        self.fresh = fresh;
+        scratch::with(self.matchers.len(), |s| {
+            self.norm.push_str(text, &mut s.fresh);
+            self.take_units(s);
+        });
     }
 
     /// Feeds raw bytes (UTF-8 sequences may be split across calls).
     pub fn push_bytes(&mut self, bytes: &[u8]) {
-        let mut fresh = std::mem::take(&mut self.fresh);
-        self.norm.push_bytes(bytes, &mut fresh);
-        self.take_units(&mut fresh);
-        self.fresh = fresh;
+        scratch::with(self.matchers.len(), |s| {
+            self.norm.push_bytes(bytes, &mut s.fresh);
+            self.take_units(s);
+        });
     }
 
     /// Ends the stream: open runs are closed and reported. Text pushed after it (an upstream
@@ -1462,10 +1521,10 @@ impl Scanner {
     /// proxy as such — is never found again as the start of a later run (found by the
     /// `pipeline` fuzz target).
     pub fn finish(&mut self) {
-        let mut fresh = std::mem::take(&mut self.fresh);
-        self.norm.finish(&mut fresh);
-        self.take_units(&mut fresh);
-        self.fresh = fresh;
+        scratch::with(self.matchers.len(), |s| {
+            self.norm.finish(&mut s.fresh);
+            self.take_units(s);
+        });
         for (i, m) in self.matchers.iter_mut().enumerate() {
             m.finish(i, &mut self.findings);
             m.roll_channel = None;
@@ -1482,33 +1541,38 @@ impl Scanner {
     /// postings of a block are requested together so their cache misses overlap, and a block
     /// is small enough that they are still in cache when tested — a 64 KiB push is ~13,000
     /// units, whose lines would evict each other before use. Findings do not depend on it.
-    fn take_units(&mut self, fresh: &mut Vec<Unit>) {
+    fn take_units(&mut self, s: &mut Scratch) {
+        let Scratch {
+            fresh,
+            fresh_prev,
+            matchers,
+        } = s;
         for block in fresh.chunks(BLOCK) {
-            self.take_block(block);
+            self.take_block(block, fresh_prev, matchers);
         }
         fresh.clear();
     }
 
-    fn take_block(&mut self, fresh: &[Unit]) {
+    fn take_block(&mut self, fresh: &[Unit], fresh_prev: &mut Vec<u32>, ms: &mut [MatcherScratch]) {
         // Identifier distances: kept only when some index has the rename-insensitive channel
         // (the only reader), so a scan without it pays nothing per unit.
-        self.fresh_prev.clear();
+        fresh_prev.clear();
         if let Some(d) = &mut self.idents {
-            self.fresh_prev.extend(fresh.iter().map(|u| d.next(u)));
+            fresh_prev.extend(fresh.iter().map(|u| d.next(u)));
         }
-        for m in &mut self.matchers {
-            m.prepare(&self.hist, fresh, &self.fresh_prev);
+        for (m, s) in self.matchers.iter_mut().zip(ms.iter_mut()) {
+            m.prepare(s, &self.hist, fresh, fresh_prev);
         }
-        for m in &mut self.matchers {
-            m.filter();
+        for (m, s) in self.matchers.iter().zip(ms.iter_mut()) {
+            m.filter(s);
         }
         for (j, &u) in fresh.iter().enumerate() {
             if self.hist.len() == HISTORY {
                 self.hist.pop_front();
             }
             self.hist.push_back(u);
-            for (i, m) in self.matchers.iter_mut().enumerate() {
-                m.on_unit(&self.hist, j, &self.exempt, i, &mut self.findings);
+            for (i, (m, s)) in self.matchers.iter_mut().zip(ms.iter_mut()).enumerate() {
+                m.on_unit(s, &self.hist, j, &self.exempt, i, &mut self.findings);
             }
         }
     }

@@ -40,7 +40,11 @@ impl SseDecoder {
     }
 
     /// Feeds bytes; returns the events they complete.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        out: &mut impl Extend<SseEvent>,
+    ) -> Result<(), EventTooLarge> {
         self.buf.extend_from_slice(bytes);
         loop {
             match find_event_end(&self.buf, self.searched.saturating_sub(3)) {
@@ -52,7 +56,7 @@ impl SseDecoder {
                     let raw = Bytes::copy_from_slice(&self.buf[..end]);
                     bytes::Buf::advance(&mut self.buf, end);
                     self.searched = 0;
-                    out.push(parse(raw));
+                    out.extend([parse(raw)]);
                 }
                 None => {
                     self.searched = self.buf.len();
