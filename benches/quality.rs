@@ -294,7 +294,7 @@ fn transform(f: Family, span: &str, doc: &Doc, words: &[String], r: &mut Rng) ->
             let mut out = String::new();
             let mut at = 0;
             for u in &units {
-                let (s, e) = (u.start as usize, u.end as usize);
+                let (s, e) = (u.start as usize, u.end() as usize);
                 let tok = &span[s..e];
                 let new = match (f, u.class) {
                     (Family::Renamed, UnitClass::Ident) => {
@@ -329,7 +329,7 @@ fn transform(f: Family, span: &str, doc: &Doc, words: &[String], r: &mut Rng) ->
                     if u.class == UnitClass::Ident && r.chance(pct * 2) {
                         out.push_str(&span[at..u.start as usize]);
                         out.push_str(NAMES[r.below(NAMES.len())]);
-                        at = u.end as usize;
+                        at = u.end() as usize;
                     }
                 }
                 out.push_str(&span[at..]);
@@ -480,7 +480,7 @@ impl<'a> Gen<'a> {
         if !units[a..a + len].iter().all(|u| u.channel == want) {
             return None;
         }
-        let span = &d.text[units[a].start as usize..units[a + len - 1].end as usize];
+        let span = &d.text[units[a].start as usize..units[a + len - 1].end() as usize];
         let span_text = span.to_string();
         let words = std::mem::take(&mut self.words);
         let copied = transform(f, span, d, &words, &mut self.r);
@@ -614,7 +614,7 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
     let units = normalize(&c.text, TextKind::Markdown);
     let span_units: Vec<_> = units
         .iter()
-        .filter(|u| u.start as usize >= c.span.0 && u.end as usize <= c.span.1)
+        .filter(|u| u.start as usize >= c.span.0 && u.end() as usize <= c.span.1)
         .collect();
     let bytes = c.text.as_bytes();
     let overlaps =
@@ -647,9 +647,9 @@ fn scan_case(index: &Arc<Index>, c: &Case, r: &mut Rng) -> (Outcome, Vec<Finding
             if let Some(start) = start {
                 let leaked = span_units
                     .iter()
-                    .filter(|u| u.start >= start && u.end <= released)
+                    .filter(|u| u.start >= start && u.end() <= released)
                     .count();
-                let received = span_units.iter().filter(|u| u.end <= sc.offset()).count();
+                let received = span_units.iter().filter(|u| u.end() <= sc.offset()).count();
                 detected_at = Some((leaked, received));
             }
         }

@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         digest = digest.rotate_left(5)
             ^ u.hash
             ^ u.start.wrapping_mul(31)
-            ^ u.end.wrapping_mul(131)
+            ^ u.end().wrapping_mul(131)
             ^ (u.class as u64) << 7;
         units += 1;
     };

@@ -375,7 +375,7 @@ mod tests {
                 let u = Unit {
                     hash: (x >> 8) % 30,
                     start: i,
-                    end: i + 1,
+                    len: 1,
                     channel: crate::normalize::Channel::Code,
                     class,
                 };
@@ -388,7 +388,7 @@ mod tests {
                 let u = Unit {
                     hash: 1_000 + i,
                     start: i,
-                    end: i + 1,
+                    len: 1,
                     channel: crate::normalize::Channel::Code,
                     class: UnitClass::Ident,
                 };
@@ -427,7 +427,7 @@ mod tests {
                     d.next(&Unit {
                         hash: h,
                         start: 0,
-                        end: 0,
+                        len: 0,
                         channel: crate::normalize::Channel::Code,
                         class: c,
                     })

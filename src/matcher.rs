@@ -566,7 +566,7 @@ impl Candidate {
             }
             c.stretch = 0;
         }
-        c.out_end = u.end;
+        c.out_end = u.end();
         c.out_units += out_units;
         c.doc_end = doc_pos + 1;
         c.matched += matched;
@@ -577,7 +577,7 @@ impl Candidate {
             }
             c.piece += matched;
             if c.piece > c.longest.3 {
-                c.longest = (c.piece_start, u.end, doc_pos + 1 - c.piece, c.piece);
+                c.longest = (c.piece_start, u.end(), doc_pos + 1 - c.piece, c.piece);
             }
         } else {
             c.piece = 0;

@@ -121,7 +121,7 @@ fn embed(
 ) -> (String, (u64, u64), (u64, u64)) {
     let units = normalize(doc, kind);
     let a = a % (units.len() - len);
-    let (ss, se) = (units[a].start, units[a + len - 1].end);
+    let (ss, se) = (units[a].start, units[a + len - 1].end());
     let copied = &doc[ss as usize..se as usize];
     let mut out = String::new();
     for _ in 0..r.below(30) {
@@ -283,7 +283,7 @@ fn exactly_t_units_from_every_position_are_found() {
                 let units = normalize(doc, kind);
                 let p = cp.p as usize;
                 for a in 0..=units.len() - t {
-                    let copied = &doc[units[a].start as usize..units[a + t - 1].end as usize];
+                    let copied = &doc[units[a].start as usize..units[a + t - 1].end() as usize];
                     let text = format!(
                         "{} {copied} {}",
                         f.outside[a % 300],
@@ -337,7 +337,7 @@ fn runs_of_repeated_units_are_not_evidence() {
     let f = fixture(0);
     let doc = &f.code_docs[0];
     let units = normalize(doc, RUST);
-    let copied = &doc[units[10].start as usize..units[60].end as usize];
+    let copied = &doc[units[10].start as usize..units[60].end() as usize];
     let got = scan(&f.index, RUST, &format!("zzz {copied} zzz"));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].units, 51);

@@ -153,7 +153,7 @@ fn round_trip_every_sampled_key_finds_its_posting() {
         for (i, u) in units.iter().enumerate() {
             assert_eq!(
                 ix.unit_span(id as u32, i as u32),
-                Some((u.start as u32, u.end as u32))
+                Some((u.start as u32, u.end() as u32))
             );
         }
         for (key, pos) in sample_keys(&units, &params) {

@@ -89,7 +89,7 @@ fn rename_with(text: &str, consistent: bool, numbers: bool) -> String {
     let mut names: HashMap<&str, String> = HashMap::new();
     let mut at = 0usize;
     for (n, u) in units.iter().enumerate() {
-        let (s, e) = (u.start as usize, u.end as usize);
+        let (s, e) = (u.start as usize, u.end() as usize);
         let tok = &text[s..e];
         let new = match u.class {
             UnitClass::Ident if consistent => {
@@ -115,7 +115,7 @@ fn rename_with(text: &str, consistent: bool, numbers: bool) -> String {
 fn window(doc: &str, kind: TextKind, a: usize, len: usize) -> (usize, usize) {
     let units = normalize(doc, kind);
     let a = a % (units.len() - len);
-    (units[a].start as usize, units[a + len - 1].end as usize)
+    (units[a].start as usize, units[a + len - 1].end() as usize)
 }
 
 fn cuts(len: usize, r: &mut Rng) -> Vec<Vec<usize>> {
@@ -192,7 +192,7 @@ fn a_renamed_copy_with_a_token_changed_is_one_near_finding() {
             // literals (`; } }`, `; )`…) becomes `,`: the two realign the run after the change
             // (names renamed cannot).
             let Some(semi) = units[110..].windows(3).find_map(|w| {
-                (&doc[s..e][w[0].start as usize..w[0].end as usize] == ";"
+                (&doc[s..e][w[0].start as usize..w[0].end() as usize] == ";"
                     && w[1..].iter().all(|u| u.class == UnitClass::Other))
                 .then_some(&w[0])
             }) else {
@@ -625,8 +625,8 @@ fn an_exact_run_followed_by_a_renamed_name_is_still_reported() {
             {
                 continue;
             }
-            let (s, e) = (w[0].start as usize, w[33].end as usize);
-            let (ts, te) = (target.start as usize, target.end as usize);
+            let (s, e) = (w[0].start as usize, w[33].end() as usize);
+            let (ts, te) = (target.start as usize, target.end() as usize);
             let text = format!("{}zzz_renamed{}", &doc[s..ts], &doc[te..e]);
             let got = scan(&f.index, RUST, &text);
             assert!(
@@ -658,7 +658,7 @@ fn a_renaming_left_of_an_exact_run_does_not_break_it() {
             if before.class != UnitClass::Ident || again.is_none_or(|i| i < 28) {
                 continue;
             }
-            let (s, e) = (w[0].start as usize, w[39].end as usize);
+            let (s, e) = (w[0].start as usize, w[39].end() as usize);
             let text = format!("zzz_other {}", &doc[s..e]);
             let got = scan(&f.index, RUST, &text);
             assert!(

@@ -227,7 +227,7 @@ fn char_literals_are_units_and_a_quote_inside_one_opens_no_string() {
     let units = normalize(line, RUST);
     let texts: Vec<&str> = units
         .iter()
-        .map(|u| &line[u.start as usize..u.end as usize])
+        .map(|u| &line[u.start as usize..u.end() as usize])
         .collect();
     assert!(
         texts.contains(&"'\"'") && texts.contains(&"'\\\\'") && texts.contains(&"'a'"),
@@ -238,7 +238,7 @@ fn char_literals_are_units_and_a_quote_inside_one_opens_no_string() {
     let l = "fn f<'a>(x: &'static str, y: &'a T) -> char { '\\u{41}' }";
     let t: Vec<&str> = normalize(l, RUST)
         .iter()
-        .map(|u| &l[u.start as usize..u.end as usize])
+        .map(|u| &l[u.start as usize..u.end() as usize])
         .collect();
     assert_eq!(&t[2..5], ["<", "'", "a"], "{t:?}");
     assert!(t.contains(&"static") && t.contains(&"41"), "{t:?}");
@@ -303,7 +303,7 @@ fn units_map_back_to_their_bytes() {
     let units = normalize(text, TextKind::Markdown);
     let pieces: Vec<&str> = units
         .iter()
-        .map(|u| &text[u.start as usize..u.end as usize])
+        .map(|u| &text[u.start as usize..u.end() as usize])
         .collect();
     assert_eq!(pieces, ["Héllo", "wörld", "x", "=", "'q'", "Bye"]);
 }
@@ -314,7 +314,7 @@ fn invalid_utf8_acts_as_whitespace_and_keeps_offsets() {
     bytes.push(0xff);
     bytes.extend_from_slice(b"beta \xe2\x82 gamma");
     let units = whole(&bytes, TextKind::Markdown);
-    let spans: Vec<(u64, u64)> = units.iter().map(|u| (u.start, u.end)).collect();
+    let spans: Vec<(u64, u64)> = units.iter().map(|u| (u.start, u.end())).collect();
     assert_eq!(spans, [(0, 5), (6, 10), (14, 19)]);
     assert_eq!(
         units[0].hash,
@@ -378,7 +378,7 @@ fn fence_lines_inside_a_block_comment_are_comment_text() {
     let prose: Vec<&str> = md
         .iter()
         .filter(|u| u.channel == verbatim::normalize::Channel::Prose)
-        .map(|u| &answer[u.start as usize..u.end as usize])
+        .map(|u| &answer[u.start as usize..u.end() as usize])
         .collect();
     assert_eq!(prose, ["Here", "it", "is", "That", "is", "the", "struct"]);
 
@@ -387,7 +387,7 @@ fn fence_lines_inside_a_block_comment_are_comment_text() {
     let prose: Vec<&str> = normalize(shell, TextKind::Markdown)
         .iter()
         .filter(|u| u.channel == verbatim::normalize::Channel::Prose)
-        .map(|u| &shell[u.start as usize..u.end as usize])
+        .map(|u| &shell[u.start as usize..u.end() as usize])
         .collect();
     assert_eq!(prose, ["Words", "after"]);
 }
@@ -398,7 +398,7 @@ fn plain_prose_has_no_fences_but_markdown_does() {
     let rst = "Heading\n~~~~~~~\n\nSome words here ``code`` and more.\n";
     let prose: Vec<&str> = normalize(rst, TextKind::Prose)
         .iter()
-        .map(|u| &rst[u.start as usize..u.end as usize])
+        .map(|u| &rst[u.start as usize..u.end() as usize])
         .collect();
     assert_eq!(
         prose,
@@ -468,7 +468,7 @@ mod ascii_segmentation {
                 .collect();
             let got: Vec<(usize, usize)> = normalize(&s, TextKind::Prose)
                 .iter()
-                .map(|u| (u.start as usize, u.end as usize))
+                .map(|u| (u.start as usize, u.end() as usize))
                 .collect();
             prop_assert_eq!(got, want, "text {:?}", s);
         }
@@ -495,7 +495,7 @@ mod ascii_segmentation {
                 .filter(|&(a, b)| s[a..b].trim_matches(|c| c == '_' || c == '\'').chars().any(char::is_alphanumeric))
                 .collect();
             let spans = |units: Vec<verbatim::normalize::Unit>| -> Vec<(usize, usize)> {
-                units.iter().map(|u| (u.start as usize, u.end as usize)).collect()
+                units.iter().map(|u| (u.start as usize, u.end() as usize)).collect()
             };
             prop_assert_eq!(spans(normalize(&s, TextKind::Prose)), want.clone(), "text {:?}", s);
             let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < s.len()).collect();
@@ -605,9 +605,9 @@ mod tool_args {
                 "{}", json
             );
             for (g, w) in got.iter().zip(&want) {
-                let slice = &json[g.start as usize..g.end as usize];
+                let slice = &json[g.start as usize..g.end() as usize];
                 let decoded: String = serde_json::from_str(&format!("\"{slice}\"")).unwrap();
-                prop_assert_eq!(&decoded, &content[w.start as usize..w.end as usize]);
+                prop_assert_eq!(&decoded, &content[w.start as usize..w.end() as usize]);
             }
         }
     }
@@ -729,12 +729,12 @@ mod tool_args {
             assert_eq!(units(json, &every).0, whole, "{json}");
             for u in &whole {
                 assert!(
-                    u.start < u.end && u.end as usize <= json.len(),
+                    u.start < u.end() && u.end() as usize <= json.len(),
                     "{json}: {u:?}"
                 );
                 assert!(
                     json.is_char_boundary(u.start as usize)
-                        && json.is_char_boundary(u.end as usize)
+                        && json.is_char_boundary(u.end() as usize)
                 );
             }
         }

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, cut, "units depend on chunking");
     let text = verbatim::normalize::text_at_same_offsets(body);
     for u in &whole {
-        assert!(u.start < u.end && u.end as usize <= body.len());
-        assert!(text.is_char_boundary(u.start as usize) && text.is_char_boundary(u.end as usize));
+        assert!(u.start < u.end() && u.end() as usize <= body.len());
+        assert!(text.is_char_boundary(u.start as usize) && text.is_char_boundary(u.end() as usize));
     }
 });

@@ -165,7 +165,7 @@ fn process(
             .iter()
             .map(|u| Span {
                 start: u.start as u32,
-                end: u.end as u32,
+                end: u.end() as u32,
             })
             .collect(),
         keys,

@@ -110,7 +110,7 @@ impl CodeLexer {
                             class: UnitClass::Other,
                             hash: single_hashes()[c as usize],
                             start: at + i as u64,
-                            end: at + i as u64 + 1,
+                            len: 1,
                             channel: Channel::Code,
                         });
                         self.line_start = false;
@@ -385,13 +385,7 @@ fn unit(lang: Lang, state: State, tok: &str, start: u64, end: u64) -> Unit {
         State::Str { .. } | State::Char { .. } => UnitClass::Str,
         _ => UnitClass::Other,
     };
-    Unit {
-        class,
-        hash,
-        start,
-        end,
-        channel: Channel::Code,
-    }
+    Unit::new(hash, start, end, Channel::Code, class)
 }
 
 /// Whether `idle` makes ASCII `c` a unit of its own in every language: punctuation that

@@ -673,22 +673,24 @@ impl ArgsNormalizer {
                 i += 1;
             }
             let mut j = i;
-            while j + 1 < map.len() && map[j + 1].dec < u.end {
+            let end = u.end();
+            while j + 1 < map.len() && map[j + 1].dec < end {
                 j += 1;
             }
             // An escape maps as a whole: a unit starting at one starts at its backslash, one
             // ending at one ends after it.
             if let (Some(a), Some(b)) = (map.get(i), map.get(j)) {
-                u.start = if a.esc > 0 {
+                let start = if a.esc > 0 {
                     a.orig
                 } else {
                     a.orig + (u.start - a.dec)
                 };
-                u.end = if b.esc > 0 {
+                let end = if b.esc > 0 {
                     b.orig + u64::from(b.esc)
                 } else {
-                    b.orig + (u.end - b.dec)
+                    b.orig + (end - b.dec)
                 };
+                u = Unit::new(u.hash, start, end, u.channel, u.class);
             }
             out.push(u);
         }

@@ -115,13 +115,13 @@ impl ProseTokenizer {
 fn emit_words(text: &str, base: u64, scratch: &mut String, out: &mut Vec<Unit>) {
     let mut emit = |i: usize, word: &str, hash: Option<u64>| {
         if let Some(hash) = hash {
-            out.push(Unit {
-                class: super::UnitClass::Other,
+            out.push(Unit::new(
                 hash,
-                start: base + i as u64,
-                end: base + (i + word.len()) as u64,
-                channel: Channel::Prose,
-            });
+                base + i as u64,
+                base + (i + word.len()) as u64,
+                Channel::Prose,
+                super::UnitClass::Other,
+            ));
         }
     };
     // UAX #29 always breaks after a newline and no rule looks across one, so each line
