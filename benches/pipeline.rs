@@ -287,7 +287,7 @@ fn main() {
                     d.push(e, &mut out).unwrap();
                     for ev in &out {
                         let v: serde_json::Value =
-                            serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+                            serde_json::from_str(ev.data().unwrap()).unwrap();
                         let delta = &v["choices"][0]["delta"];
                         n += delta["content"]
                             .as_str()

@@ -104,16 +104,17 @@ fn main() {
     // Shared by every stream, as in the proxy.
     let policy = Arc::new(Policy::builtin());
     let exempt = Arc::default();
-    let setup = || ScanSetup {
+    let setup_held = |hold: Hold| ScanSetup {
         indexes: indexes.clone(),
         exempt: Arc::clone(&exempt),
         policy: Arc::clone(&policy),
         scope: Scope::default(),
-        hold: Hold::None,
+        hold,
         max_event_bytes: 1 << 20,
         max_holdback_bytes: 8 << 20,
         max_response_bytes: usize::MAX,
     };
+    let setup = || setup_held(Hold::None);
     let n = a.streams;
     let text: String = (0..a.events).map(|i| format!(" t{i:08}valley")).collect();
     let rows = [
@@ -125,6 +126,16 @@ fn main() {
             "Pipeline, after the events",
             per_item(n, |_| {
                 let mut p = Pipeline::new(Api::ChatCompletions, setup());
+                for w in &words {
+                    let _ = p.push(w);
+                }
+                p
+            }),
+        ),
+        (
+            "Pipeline, strict holdback, after the events",
+            per_item(n, |_| {
+                let mut p = Pipeline::new(Api::ChatCompletions, setup_held(Hold::Strict));
                 for w in &words {
                     let _ = p.push(w);
                 }

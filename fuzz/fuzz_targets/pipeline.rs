@@ -29,8 +29,7 @@ fn stream_texts(api: Api, bytes: &[u8]) -> (BTreeMap<String, String>, BTreeMap<S
     let mut repeated: BTreeMap<String, String> = BTreeMap::new();
     for ev in evs {
         let Some(mut v) = ev
-            .data
-            .as_deref()
+            .data()
             .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
         else {
             continue;

@@ -32,6 +32,14 @@ fuzz_target!(|data: &[u8]| {
             format!("{:?}", whole.0),
             "events depend on chunking"
         );
+        // The fields read back as the text they are (the decoder keeps most as ranges of the
+        // event's bytes).
+        let fields = |evs: &[verbatim::proxy::sse::SseEvent]| -> Vec<(Option<String>, Option<String>)> {
+            evs.iter()
+                .map(|e| (e.event().map(str::to_string), e.data().map(str::to_string)))
+                .collect()
+        };
+        assert_eq!(fields(&ev), fields(&whole.0), "fields depend on chunking");
         assert_eq!(rest, whole.2);
     }
 });

@@ -226,13 +226,13 @@ struct HeldSpan {
 
 #[derive(Debug)]
 struct Held {
-    raw: Bytes,
-    event: Option<String>,
+    /// The event as received (no bytes for one the proxy made).
+    ev: SseEvent,
     json: Option<Value>,
-    /// The event's data when it was read as a [`api::LiteChunk`] and `json` is not built yet
+    /// The event was read as a [`api::LiteChunk`] and `json` is not built from its data yet
     /// (built by [`Held::ensure_json`] only if the event must be rewritten). Such an event
     /// always carries text, so its `spans` are never empty.
-    lazy: Option<String>,
+    lazy: bool,
     /// One span for almost every event (a text delta), inline: no allocation per event.
     spans: smallvec::SmallVec<[HeldSpan; 1]>,
     /// The streams whose texts the event repeats ([`api::for_each_repeated_text`]): it is
@@ -245,10 +245,9 @@ struct Held {
 impl Held {
     fn synthetic(event: Option<&str>, v: Value) -> Held {
         Held {
-            raw: Bytes::new(),
-            event: event.map(str::to_string),
+            ev: SseEvent::named(event),
             json: Some(v),
-            lazy: None,
+            lazy: false,
             spans: smallvec::SmallVec::new(),
             repeats: smallvec::SmallVec::new(),
             changed: true,
@@ -257,15 +256,15 @@ impl Held {
 
     /// Builds `json` from a lite event's data, before the event is rewritten.
     fn ensure_json(&mut self) {
-        if let Some(d) = self.lazy.take() {
-            self.json = serde_json::from_str(&d).ok();
+        if std::mem::take(&mut self.lazy) {
+            self.json = self.ev.data().and_then(|d| serde_json::from_str(d).ok());
         }
     }
 
     fn bytes(&self) -> Bytes {
         match (&self.json, self.changed) {
-            (Some(v), true) => encode(self.event.as_deref(), &v.to_string()),
-            _ => self.raw.clone(),
+            (Some(v), true) => encode(self.ev.event(), &v.to_string()),
+            _ => self.ev.raw.clone(),
         }
     }
 }
@@ -471,9 +470,9 @@ impl Pipeline {
     }
 
     fn emit(&mut self, h: &Held) {
-        if !h.raw.is_empty() {
+        if !h.ev.raw.is_empty() {
             self.events_out += 1;
-            self.held_bytes = self.held_bytes.saturating_sub(h.raw.len());
+            self.held_bytes = self.held_bytes.saturating_sub(h.ev.raw.len());
         }
         self.out.push(h.bytes());
     }
@@ -540,8 +539,8 @@ impl Pipeline {
         } else {
             ev
         };
-        let done = ev.data.as_deref() == Some("[DONE]");
-        let json: Option<Value> = match ev.data.as_deref() {
+        let done = ev.data() == Some("[DONE]");
+        let json: Option<Value> = match ev.data() {
             Some(d) if !done => serde_json::from_str(d).ok(),
             _ => None,
         };
@@ -555,10 +554,9 @@ impl Pipeline {
             }
         }
         let mut held = Held {
-            raw: ev.raw,
-            event: ev.event,
+            ev,
             json,
-            lazy: None,
+            lazy: false,
             spans: smallvec::SmallVec::new(),
             repeats: smallvec::SmallVec::new(),
             changed: false,
@@ -600,7 +598,7 @@ impl Pipeline {
     /// [`Pipeline::on_event`] for a Chat Completions text chunk read without a JSON tree;
     /// the event back if it is not one (the general path then handles it).
     fn on_lite_event(&mut self, ev: SseEvent) -> Result<(), SseEvent> {
-        let Some(lite) = ev.data.as_deref().and_then(api::LiteChunk::parse) else {
+        let Some(lite) = ev.data().and_then(api::LiteChunk::parse) else {
             return Err(ev);
         };
         self.meta.observe_lite(&lite);
@@ -608,10 +606,9 @@ impl Pipeline {
         let span = self.take_text(key, text);
         drop(lite);
         self.hold(Held {
-            raw: ev.raw,
-            event: ev.event,
+            ev,
             json: None,
-            lazy: ev.data,
+            lazy: true,
             spans: smallvec::smallvec![span],
             repeats: smallvec::SmallVec::new(),
             changed: false,
@@ -639,7 +636,7 @@ impl Pipeline {
 
     /// Queues an event until its text is decided.
     fn hold(&mut self, held: Held) {
-        self.held_bytes += held.raw.len();
+        self.held_bytes += held.ev.raw.len();
         self.enqueue(held);
     }
 

@@ -135,13 +135,14 @@ pub fn events(body: &[u8]) -> Vec<(Option<String>, Value)> {
     assert_eq!(d.finish(), None, "response ends mid-event");
     ev.into_iter()
         .filter_map(|e| {
-            let data = e.data?;
+            let data = e.data()?;
+            let event = e.event().map(str::to_string);
             if data == "[DONE]" {
-                return Some((e.event, json!("[DONE]")));
+                return Some((event, json!("[DONE]")));
             }
             Some((
-                e.event,
-                serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                event,
+                serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_string())),
             ))
         })
         .collect()
