@@ -218,8 +218,9 @@ pub struct ScanSetup {
 
 #[derive(Debug, Clone, Copy)]
 struct HeldSpan {
+    /// The stream (its index in `Pipeline::streams`, whose key says where the text is in an
+    /// event).
     stream: usize,
-    key: StreamKey,
     start: u64,
     end: u64,
 }
@@ -628,7 +629,6 @@ impl Pipeline {
         self.markers[s].push(text);
         HeldSpan {
             stream: s,
-            key,
             start,
             end: sc.offset(),
         }
@@ -809,7 +809,7 @@ impl Pipeline {
                 let new = rs.apply(text, sp.start as usize, sp.end as usize, &mut |i| {
                     !std::mem::replace(&mut placed[i], true)
                 });
-                api::set_event_text(api, v, sp.key, &new);
+                api::set_event_text(api, v, self.streams[sp.stream].0, &new);
                 h.changed = true;
             }
         }
@@ -908,7 +908,7 @@ impl Pipeline {
                     } else {
                         String::new()
                     };
-                    api::set_event_text(api, v, sp.key, &keep);
+                    api::set_event_text(api, v, self.streams[sp.stream].0, &keep);
                 }
                 h.changed = true;
                 self.emit(&h);
@@ -926,11 +926,14 @@ impl Pipeline {
     }
 
     /// Queues an event. Room for one first: relaying, the queue holds the event of the push
-    /// being handled and rarely more, and the usual first growth to four slots kept ~700 bytes
-    /// of every idle stream unused.
+    /// being handled and rarely more, and the usual first growth to four slots kept ~600 bytes
+    /// of every idle stream unused. Then by half again rather than doubling: strict holdback
+    /// keeps a stream's last dozen events or so queued while it waits, and doubling left up to
+    /// half the slots (~170 bytes each) unused.
     fn enqueue(&mut self, held: Held) {
-        if self.queue.capacity() == 0 {
-            self.queue.reserve_exact(1);
+        let cap = self.queue.capacity();
+        if self.queue.len() == cap {
+            self.queue.reserve_exact((cap / 2).max(1));
         }
         self.queue.push_back(held);
     }
