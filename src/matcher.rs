@@ -1550,7 +1550,6 @@ impl Scanner {
         for block in fresh.chunks(BLOCK) {
             self.take_block(block, fresh_prev, matchers);
         }
-        fresh.clear();
     }
 
     fn take_block(&mut self, fresh: &[Unit], fresh_prev: &mut Vec<u32>, ms: &mut [MatcherScratch]) {

@@ -130,12 +130,12 @@ impl UpstreamHttp2 {
     pub const NAMES: [&'static str; 3] = ["never", "negotiate", "prior-knowledge"];
 
     pub fn parse(s: &str) -> Option<UpstreamHttp2> {
-        let all = [
-            UpstreamHttp2::Never,
-            UpstreamHttp2::Negotiate,
-            UpstreamHttp2::PriorKnowledge,
-        ];
-        Self::NAMES.iter().position(|n| *n == s).map(|i| all[i])
+        match s {
+            "never" => Some(UpstreamHttp2::Never),
+            "negotiate" => Some(UpstreamHttp2::Negotiate),
+            "prior-knowledge" => Some(UpstreamHttp2::PriorKnowledge),
+            _ => None,
+        }
     }
 }
 
@@ -489,6 +489,10 @@ mod tests {
     #[test]
     fn the_upstream_http_version_is_read_and_checked() {
         assert_eq!(Config::default().upstream_http2, UpstreamHttp2::Negotiate);
+        // The names the flag offers and the error lists are the names `parse` reads.
+        for n in UpstreamHttp2::NAMES {
+            assert!(UpstreamHttp2::parse(n).is_some(), "{n}");
+        }
         for (v, want) in [
             ("never", UpstreamHttp2::Never),
             ("negotiate", UpstreamHttp2::Negotiate),

@@ -89,10 +89,12 @@ impl SseDecoder {
     ) -> Result<(), EventTooLarge> {
         if self.buf.is_empty() {
             // Nothing carried over (the usual case: an upstream frame is whole events): the
-            // events are read from `bytes` itself, and only an unfinished tail is buffered.
-            // Copying every frame into the buffer first was ~9 % of a scanning stream's CPU
-            // per event with 1,000 streams open (`benches/pipeline.rs --interleave 1000`): the
-            // buffers of idle streams are cold, and a copy into cold memory waits for it.
+            // events are read from `bytes` itself, and only an unfinished tail is buffered, so
+            // an idle stream's buffer is never allocated. Copying every frame into the buffer
+            // first showed as 9 % of `benches/pipeline.rs --interleave 1000` in `perf`, but
+            // most of that was the first read of the bench's cold input, which now lands in
+            // the event search: decode and parse alone went from ~850 to ~730 ns an event, the
+            // whole pipeline only ~1 % (docs/benchmarks.md).
             let mut rest = bytes;
             while let Some(end) = find_event_end(rest, 0) {
                 out.extend([parse(Bytes::copy_from_slice(&rest[..end]))]);
