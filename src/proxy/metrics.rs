@@ -2,11 +2,16 @@
 //! Counters are updated where things happen; audit-sink figures are read at scrape time.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 
@@ -19,14 +24,118 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     audit: Family<Labels, Gauge>,
     loaded: Family<Labels, Gauge>,
-    scan_seconds: Histogram,
-    holdback_seconds: Histogram,
+    scan_seconds: FrameHistogram,
+    holdback_seconds: FrameHistogram,
     audit_wait_seconds: Histogram,
 }
 
 /// Buckets from 10 µs to ~10 s, ×≈3 each.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(1e-5, 3.0, 13)
+}
+
+/// A latency histogram observed on every upstream frame of every scanned stream, by every
+/// worker thread: each thread counts into its own cache line of atomic counters, summed when
+/// scraped. prometheus-client's `Histogram` takes a mutex on each observation (its own TODO
+/// asks for atomics); with two workers relaying thousands of frames a second its one lock and
+/// cache line went back and forth between the cores twice a frame (docs/benchmarks.md).
+/// Hand-written because no maintained crate offers a sharded histogram that this registry can
+/// encode; ~60 lines.
+#[derive(Debug, Clone)]
+pub struct FrameHistogram(Arc<FrameShards>);
+
+#[derive(Debug)]
+struct FrameShards {
+    /// Upper bounds in seconds (as exposed) and in nanoseconds (as compared), ascending; a
+    /// last, unbounded bucket follows them.
+    bounds: Box<[f64]>,
+    bounds_ns: Box<[u64]>,
+    shards: Box<[Shard]>,
+}
+
+/// One thread's counters (threads past [`SHARDS`] share, still correctly: the counters are
+/// atomic), alone in its cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+/// Shards of a [`FrameHistogram`]: more than the proxy's worker threads on most machines.
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// This thread's shard, assigned in turn at its first observation.
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % SHARDS
+    };
+}
+
+impl FrameHistogram {
+    fn new(bounds: impl Iterator<Item = f64>) -> FrameHistogram {
+        let bounds: Box<[f64]> = bounds.collect();
+        let bounds_ns: Box<[u64]> = bounds.iter().map(|b| (b * 1e9).round() as u64).collect();
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                buckets: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
+                count: AtomicU64::new(0),
+                sum_ns: AtomicU64::new(0),
+            })
+            .collect();
+        FrameHistogram(Arc::new(FrameShards {
+            bounds,
+            bounds_ns,
+            shards,
+        }))
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let h = &self.0;
+        let b = h.bounds_ns.partition_point(|&bound| bound < ns);
+        let shard = &h.shards[SHARD.with(|s| *s)];
+        shard.buckets[b].fetch_add(1, Relaxed);
+        shard.count.fetch_add(1, Relaxed);
+        shard.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with their upper bounds in seconds).
+    fn totals(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let h = &self.0;
+        let mut buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .map(|&b| (b, 0))
+            .chain([(f64::INFINITY, 0)])
+            .collect();
+        let (mut count, mut sum_ns) = (0u64, 0u64);
+        for s in &h.shards {
+            for (acc, b) in buckets.iter_mut().zip(&s.buckets) {
+                acc.1 += b.load(Relaxed);
+            }
+            count += s.count.load(Relaxed);
+            sum_ns = sum_ns.wrapping_add(s.sum_ns.load(Relaxed));
+        }
+        (sum_ns as f64 / 1e9, count, buckets)
+    }
+}
+
+impl TypedMetric for FrameHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for FrameHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.totals();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -45,8 +154,8 @@ impl Default for Metrics {
         let reloads = Family::default();
         let audit = Family::default();
         let loaded = Family::default();
-        let scan_seconds = Histogram::new(latency_buckets());
-        let holdback_seconds = Histogram::new(latency_buckets());
+        let scan_seconds = FrameHistogram::new(latency_buckets());
+        let holdback_seconds = FrameHistogram::new(latency_buckets());
         let audit_wait_seconds = Histogram::new(latency_buckets());
         registry.register(
             "scan_seconds",
@@ -131,11 +240,11 @@ impl Metrics {
             ]))
             .inc();
     }
-    pub fn scan_time(&self, secs: f64) {
-        self.scan_seconds.observe(secs);
+    pub fn scan_time(&self, d: Duration) {
+        self.scan_seconds.observe(d);
     }
-    pub fn holdback(&self, secs: f64) {
-        self.holdback_seconds.observe(secs);
+    pub fn holdback(&self, d: Duration) {
+        self.holdback_seconds.observe(d);
     }
     pub fn audit_wait(&self, secs: f64) {
         self.audit_wait_seconds.observe(secs);
@@ -180,5 +289,50 @@ impl Metrics {
             s.push_str("# metrics could not be encoded\n");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_histogram_sums_every_threads_observations_into_cumulative_buckets() {
+        let h = FrameHistogram::new([1e-5, 1e-4].into_iter());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let h = h.clone();
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        h.observe(Duration::from_micros(5)); // ≤ 10 µs
+                        h.observe(Duration::from_micros(10)); // on the bound: ≤ 10 µs
+                        h.observe(Duration::from_micros(50)); // ≤ 100 µs
+                        h.observe(Duration::from_secs(2)); // +Inf
+                    }
+                });
+            }
+        });
+        let (sum, count, buckets) = h.totals();
+        assert_eq!(count, 16_000);
+        assert!((sum - 4000.0 * (65e-6 + 2.0)).abs() < 1e-6, "{sum}");
+        assert_eq!(
+            buckets,
+            [(1e-5, 8000), (1e-4, 4000), (f64::INFINITY, 4000)],
+            "per-bucket counts"
+        );
+
+        let mut registry = Registry::default();
+        registry.register("frame_seconds", "test", h.clone());
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE frame_seconds histogram",
+            "frame_seconds_count 16000",
+            "frame_seconds_bucket{le=\"0.00001\"} 8000",
+            "frame_seconds_bucket{le=\"0.0001\"} 12000",
+            "frame_seconds_bucket{le=\"+Inf\"} 16000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
     }
 }

@@ -1224,13 +1224,16 @@ impl PipelineBody {
         all && (ds.is_empty() || !self.shared.audit.refuses())
     }
 
-    /// Observes the holdback time of every upstream frame whose events are all released.
-    fn observe_holdback(&mut self) {
+    /// Observes the holdback time of every upstream frame whose events are all released, as
+    /// of `now`.
+    fn observe_holdback(&mut self, now: std::time::Instant) {
         while let Some(&(n, t)) = self.arrivals.front() {
             if n > self.pipeline.events_out {
                 break;
             }
-            self.shared.metrics.holdback(t.elapsed().as_secs_f64());
+            self.shared
+                .metrics
+                .holdback(now.saturating_duration_since(t));
             self.arrivals.pop_front();
         }
     }
@@ -1324,7 +1327,9 @@ impl Body for PipelineBody {
                     this.ended(StreamEnd::UpstreamError);
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    // One clock read a frame: the idle timer's reference and the scan timer.
+                    // Two clock reads a frame: its arrival (the idle timer's reference, the
+                    // scan and holdback timers' start) and the end of its scan (both timers'
+                    // end).
                     let t0 = std::time::Instant::now();
                     this.last_frame = tokio::time::Instant::from_std(t0);
                     let Ok(data) = frame.into_data() else {
@@ -1332,11 +1337,14 @@ impl Body for PipelineBody {
                     };
                     let seen = this.pipeline.events_in;
                     this.ready.extend(this.pipeline.push(&data));
-                    this.shared.metrics.scan_time(t0.elapsed().as_secs_f64());
+                    let t1 = std::time::Instant::now();
+                    this.shared
+                        .metrics
+                        .scan_time(t1.saturating_duration_since(t0));
                     if this.pipeline.events_in > seen {
                         this.arrivals.push_back((this.pipeline.events_in, t0));
                     }
-                    this.observe_holdback();
+                    this.observe_holdback(t1);
                     if !this.flush_decisions()
                         && this.shared.audit.on_failure() == audit::OnFailure::FailClosed
                     {
