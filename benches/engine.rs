@@ -149,7 +149,7 @@ fn main() {
     let (index_dir, root, unrelated_root) = if smoke {
         println!("test mode: one smoke run on the fixture index; the numbers mean nothing");
         (
-            PathBuf::from("tests/fixtures/index-v4"),
+            PathBuf::from("tests/fixtures/index-v5"),
             PathBuf::from("corpora"),
             PathBuf::from("src"),
         )

@@ -214,7 +214,7 @@ fn main() {
     let index_dir = args
         .index
         .clone()
-        .unwrap_or_else(|| PathBuf::from("tests/fixtures/index-v4"));
+        .unwrap_or_else(|| PathBuf::from("tests/fixtures/index-v5"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

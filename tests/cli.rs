@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_verbatim");
-const FIXTURE: &str = "tests/fixtures/index-v4";
+const FIXTURE: &str = "tests/fixtures/index-v5";
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(BIN)

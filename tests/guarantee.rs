@@ -376,7 +376,7 @@ fn runs_the_caller_supplied_are_marked() {
 /// had released as final.
 #[test]
 fn text_pushed_after_finish_is_matched_afresh() {
-    let index = Arc::new(Index::open("tests/fixtures/index-v4").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
     let code = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     let text = format!("Here:\n\n```rust\n{code}```\n");
     let cut = text.find("pub fn parse_line").unwrap();

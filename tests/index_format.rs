@@ -9,24 +9,27 @@ use std::sync::Arc;
 
 use verbatim::corpus::load_manifests;
 use verbatim::index::build::{BuildOptions, build, sample_keys};
-use verbatim::index::{Index, IndexOpenError, Params};
+use verbatim::index::{FORMAT_VERSION, Index, IndexOpenError, Params};
 use verbatim::matcher::{FindingReport, Scanner};
 use verbatim::normalize::{TextKind, normalize};
 
-const FIXTURE: &str = "tests/fixtures/index-v4";
+const FIXTURE: &str = "tests/fixtures/index-v5";
 /// The same corpora built with the rename-insensitive channel (optional since format 1:
 /// `params.renamed` in the manifest and `classes.bin`; indexes without it still open).
-const FIXTURE_RENAMED: &str = "tests/fixtures/index-v4-renamed";
+const FIXTURE_RENAMED: &str = "tests/fixtures/index-v5-renamed";
 /// Indexes of the earlier formats, as earlier releases built them: refused, with a clear
 /// message (format 2 lexed `'"'` as a quote opening a string to the end of the line; format 3
-/// had a binary fuse filter).
-const FIXTURES_OLD: [(&str, u32); 6] = [
+/// had a binary fuse filter; format 4 kept a line's trailing whitespace in a string literal
+/// that the line ended).
+const FIXTURES_OLD: [(&str, u32); 8] = [
     ("tests/fixtures/index-v1", 1),
     ("tests/fixtures/index-v1-renamed", 1),
     ("tests/fixtures/index-v2", 2),
     ("tests/fixtures/index-v2-renamed", 2),
     ("tests/fixtures/index-v3", 3),
     ("tests/fixtures/index-v3-renamed", 3),
+    ("tests/fixtures/index-v4", 4),
+    ("tests/fixtures/index-v4-renamed", 4),
 ];
 
 /// A sentence copied from `corpora/fixtures/acme-books/chapter-02.md`, reflowed and capitalised.
@@ -185,22 +188,24 @@ fn open_err(dir: &Path) -> String {
 fn another_format_version_fails_with_a_clear_message() {
     let (_t, p) = fixture_copy();
     let m = p.join("manifest.json");
-    let text = std::fs::read_to_string(&m)
-        .unwrap()
-        .replace("\"format_version\": 4", "\"format_version\": 999");
+    let text = std::fs::read_to_string(&m).unwrap().replace(
+        &format!("\"format_version\": {FORMAT_VERSION}"),
+        "\"format_version\": 999",
+    );
     std::fs::write(&m, text).unwrap();
     let e = Index::open(&p).unwrap_err();
     assert!(matches!(
         e,
         IndexOpenError::FormatVersion {
             found: 999,
-            expected: 4,
+            expected: FORMAT_VERSION,
             ..
         }
     ));
     assert!(
-        e.to_string()
-            .contains("has format version 999, this verbatim reads version 4: rebuild it"),
+        e.to_string().contains(&format!(
+            "has format version 999, this verbatim reads version {FORMAT_VERSION}: rebuild it"
+        )),
         "{e}"
     );
 }
@@ -214,7 +219,7 @@ fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
                 e,
                 IndexOpenError::FormatVersion {
                     found,
-                    expected: 4,
+                    expected: FORMAT_VERSION,
                     ..
                 } if found == version
             ),
@@ -222,7 +227,7 @@ fn an_index_of_the_previous_format_is_refused_with_a_clear_message() {
         );
         assert!(
             e.to_string().contains(&format!(
-                "has format version {version}, this verbatim reads version 4: rebuild it"
+                "has format version {version}, this verbatim reads version {FORMAT_VERSION}: rebuild it"
             )),
             "{e}"
         );
@@ -284,7 +289,7 @@ fn damage_is_reported_with_the_file_it_is_in() {
         (
             "filter of another hash count",
             Box::new(|p: &Path| {
-                // Header: magic 8, version 4, pad 4, count 8, seed 8, bits a key 8, hashes 8.
+                // Header: magic 8, version 4 bytes, pad 4, count 8, seed 8, bits a key 8, hashes 8.
                 let path = p.join("filter.bin");
                 let mut b = std::fs::read(&path).unwrap();
                 b[40..48].copy_from_slice(&7u64.to_le_bytes());

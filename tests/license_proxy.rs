@@ -245,7 +245,7 @@ fn redact_everything() -> Policy {
 fn overlapping_redactions_in_a_whole_response_leave_nothing_of_either() {
     let (text, notice) = overlapping_answer();
     let mut s = setup(redact_everything());
-    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v4").unwrap())];
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v5").unwrap())];
     let body = serde_json::to_vec(&openai_json(&text)).unwrap();
     let (changed, decisions) =
         verbatim::proxy::pipeline::scan_response(Api::ChatCompletions, &body, &s);
@@ -296,7 +296,7 @@ fn assert_only_placeholders_between_fences(got: &str) {
 #[test]
 fn overlapping_redactions_in_a_stream_leave_nothing_of_either() {
     let (text, notice) = overlapping_answer();
-    let index = Arc::new(Index::open("tests/fixtures/index-v4").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
     // A Responses stream whose closing events repeat a text that differs from its deltas (here
     // in one word, before the copied code): what they repeat is redacted all the same.
     let differing = String::from_utf8(responses_stream(&text, 3))
@@ -458,7 +458,7 @@ fn a_file_written_through_a_tool_call_is_matched_as_code_and_redacted_inside_its
         serde_json::to_string(a).unwrap(),
         serde_json::to_string(b).unwrap()
     );
-    let index = Arc::new(Index::open("tests/fixtures/index-v4").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
     let check = |what: &str, args_out: &str, decisions: &[verbatim::proxy::pipeline::Decision]| {
         assert!(
             decisions
@@ -584,7 +584,7 @@ fn a_repeated_choice_index_cannot_move_a_redaction_to_another_choice() {
         ],
     });
     let mut s = setup(redact_everything());
-    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v4").unwrap())];
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v5").unwrap())];
     let body = serde_json::to_vec(&v).unwrap();
     let (changed, _) = verbatim::proxy::pipeline::scan_response(Api::ChatCompletions, &body, &s);
     let out: Value = serde_json::from_slice(&changed.expect("redacted")).unwrap();
@@ -706,7 +706,7 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
         r#"{{"file_path": "src/ledger.rs", "content": {}}}"#,
         serde_json::to_string(code).unwrap()
     );
-    let index = Arc::new(Index::open("tests/fixtures/index-v4").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
     let kinds_of = |kinds: &[verbatim::normalize::TextKind]| -> Vec<String> {
         let mut s = setup(Policy::builtin());
         s.indexes = vec![Arc::clone(&index)];
@@ -803,7 +803,7 @@ fn responses_summaries_interpreter_code_and_custom_tool_input_are_scanned() {
     ev(serde_json::json!({"type": "response.completed", "response": {"id": "r", "output": items}}));
 
     let mut s = setup(redact_everything());
-    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v4").unwrap())];
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v5").unwrap())];
     let mut p = Pipeline::new(Api::Responses, s);
     let mut released = Vec::new();
     for chunk in out.as_bytes().chunks(13) {
@@ -883,7 +883,7 @@ fn refusals_are_scanned_and_redacted_wherever_they_appear() {
         .map(|c| c.iter().collect())
         .collect();
     let mut s = setup(redact_everything());
-    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v4").unwrap())];
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v5").unwrap())];
     let run = |api: Api, upstream: String| -> (String, Vec<String>) {
         let mut p = Pipeline::new(api, s.clone());
         let mut released = Vec::new();
@@ -1068,7 +1068,7 @@ fn a_block_cuts_free_form_tool_input_and_empties_json_arguments() {
         {"type": "function_call", "name": "write_file", "arguments": args},
     ]});
     let mut s = setup(policy("version = 1\n[defaults]\naction = \"block\"\n"));
-    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v4").unwrap())];
+    s.indexes = vec![Arc::new(Index::open("tests/fixtures/index-v5").unwrap())];
     let body = serde_json::to_vec(&v).unwrap();
     let (changed, _) = verbatim::proxy::pipeline::scan_response(Api::Responses, &body, &s);
     let out: Value = serde_json::from_slice(&changed.expect("blocked")).unwrap();

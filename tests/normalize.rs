@@ -213,6 +213,39 @@ fn code_is_insensitive_to_whitespace_indentation_and_comments() {
     assert_ne!(hashes("s = \"a b\"", RUST), hashes("s = \"a  b\"", RUST));
 }
 
+/// A string literal that its line ends (a line of a Python docstring or of a Rust string
+/// continued on the next line) leaves out the line's trailing whitespace and a CRLF file's `\r`:
+/// before index format 5, re-indenting such code with trailing spaces (a whitespace case of the
+/// quality benchmark: a docstring re-indented with tabs) or saving it with CRLF line endings
+/// changed those units. Whitespace inside a literal still counts.
+#[test]
+fn a_string_literal_ended_by_its_line_leaves_out_trailing_whitespace() {
+    let base = "def f(names):\n    \"\"\"Removes from names any names\n    used as annotations.\n    \"\"\"\n    return names\n";
+    let variants = [
+        "def f(names):  \n\t\t\"\"\"Removes from names any names  \n\t\tused as annotations.  \n\t\t\"\"\"  \n\t\treturn names  ",
+        "def f(names):\r\n    \"\"\"Removes from names any names\r\n    used as annotations.\r\n    \"\"\"\r\n    return names\r\n",
+    ];
+    let expect = hashes(base, py());
+    for v in variants {
+        assert_eq!(hashes(v, py()), expect, "variant: {v:?}");
+    }
+    // The unit of a line's literal ends at its last non-space character, at the end of the
+    // input too.
+    let text = "x = \"open to the end \t \r\ny = \"and here  ";
+    let units = normalize(text, RUST);
+    let strs: Vec<&str> = units
+        .iter()
+        .map(|u| &text[u.start as usize..u.end() as usize])
+        .filter(|t| t.starts_with('"'))
+        .collect();
+    assert_eq!(strs, ["\"open to the end", "\"and here"]);
+    assert_ne!(
+        hashes("s = \"a b\n", RUST),
+        hashes("s = \"a  b\n", RUST),
+        "inner whitespace is the literal's"
+    );
+}
+
 /// Char literals are one unit where `'` quotes no strings, so a `"` inside one opens no string:
 /// before index format 3, `'"'` made the rest of the line one string unit, trailing spaces and
 /// all, so re-indenting such a line changed it (a whitespace case of the quality benchmark was

@@ -307,7 +307,7 @@ fn license_categories_follow_spdx_metadata_and_expressions() {
 
 #[test]
 fn checked_against_an_index_thresholds_below_t_and_unknown_corpora_are_problems() {
-    let index = Arc::new(Index::open("tests/fixtures/index-v4").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
     let path = Path::new("policies/t.toml");
     let p = Policy::parse(
         path,

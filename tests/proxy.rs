@@ -1136,7 +1136,7 @@ async fn renamed_and_edited_copies_are_blocked_with_their_kind() {
     // The fixture's GPL code with every name changed, and a fixture chapter with words changed:
     // both are blocked like verbatim copies (the built-in long-run rules cover `renamed` and
     // `near`), say which kind of copy they are, and release nothing of the renamed code.
-    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v5-renamed").unwrap());
     let code = renamed_ledger();
     let intro = "Here is a ledger parser for you:\n\n```rust\n";
     let text = format!("{intro}{code}\n```\n");
@@ -1190,7 +1190,7 @@ async fn a_renamed_copy_with_an_operator_changed_is_cited_whole() {
         dir.path(),
         "version = 1\nname = \"cite-code\"\n[[rules]]\nname = \"cite-code\"\naction = \"annotate\"\nwhen = { source = [\"code\"], min_units = 50 }\n",
     );
-    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    let renamed_index = Arc::new(Index::open("tests/fixtures/index-v5-renamed").unwrap());
     let code = renamed_ledger();
     let edited = code.replacen("+=", "-=", 1);
     assert_ne!(edited, code);
@@ -1238,7 +1238,7 @@ fn ledger_with_insertions(every: usize) -> String {
 async fn built_in_policy_blocks_code_only_on_a_piece_copied_whole() {
     // A near copy of 250+ tokens, 0.85+ similar, whose pieces are ~30 tokens (what idioms of
     // unrelated crates share) is cited, not blocked; with pieces twice as long it is blocked.
-    let index = Arc::new(Index::open("tests/fixtures/index-v4-renamed").unwrap());
+    let index = Arc::new(Index::open("tests/fixtures/index-v5-renamed").unwrap());
     for (every, blocked) in [(2, false), (9, true)] {
         let code = ledger_with_insertions(every);
         let text = format!("Here is a ledger parser for you:\n\n```rust\n{code}\n```\n");

@@ -10,7 +10,7 @@ pub fn index() -> Arc<Index> {
     static I: OnceLock<Arc<Index>> = OnceLock::new();
     I.get_or_init(|| {
         let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v4");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/index-v5");
         Arc::new(Index::open(dir).expect("fixture index"))
     })
     .clone()

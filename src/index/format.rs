@@ -15,7 +15,7 @@ use crate::normalize::Channel;
 /// 4: the membership filter is a Bloom filter blocked to one 64-bit word per key
 /// ([`super::bloom`]) instead of a binary fuse filter: one cache line read per probe, not three;
 /// and in `.asm` files the m4 words `dnl` and `C` start comments ([`crate::normalize::Lang`]).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const DOCS: &str = "docs.jsonl";

@@ -188,6 +188,18 @@ impl CodeLexer {
         self.line_start = false;
     }
 
+    /// Emits a string literal that the end of its line (or of the input) ended, without the
+    /// whitespace before that end: a line's trailing whitespace and a CRLF file's `\r` are
+    /// whitespace the code channel ignores everywhere else. Such literals are the lines of
+    /// multi-line strings (Python docstrings, Rust strings continued on the next line) and
+    /// stray quotes; re-indenting a file or saving it with other line endings left them, and
+    /// every copy of them, different units.
+    fn emit_unterminated(&mut self, out: &mut Vec<Unit>) {
+        let kept = self.tok.trim_end().len();
+        self.tok.truncate(kept);
+        self.emit(self.tok_start + kept as u64, out);
+    }
+
     fn start(&mut self, c: char, at: u64, state: State) {
         self.tok.clear();
         self.tok.push(c);
@@ -222,7 +234,7 @@ impl CodeLexer {
             State::Str { quote, escaped } => {
                 if c == '\n' {
                     // Unterminated on this line: the literal ends here.
-                    self.emit(at, out);
+                    self.emit_unterminated(out);
                     self.line_start = true;
                 } else {
                     self.tok.push(c);
@@ -363,9 +375,8 @@ impl CodeLexer {
         match self.state {
             // A block ending in `dnl`: a comment with nothing after it.
             State::Ident if self.lang.comment_words.contains(&self.tok.as_str()) => {}
-            State::Ident | State::Number | State::Str { .. } | State::Slash | State::Dash => {
-                self.emit(end, out)
-            }
+            State::Str { .. } => self.emit_unterminated(out),
+            State::Ident | State::Number | State::Slash | State::Dash => self.emit(end, out),
             _ => {}
         }
         self.tok.clear();

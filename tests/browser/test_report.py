@@ -37,7 +37,7 @@ PLAN = [("COPY", "sk-team-payments", True), ("SHORT", "sk-team-docs", True),
 def make_audit_log(path):
     up = mock.start()
     url = f"http://127.0.0.1:{up.server_address[1]}"
-    p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v4"),
+    p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v5"),
                                    "--upstream-openai", url, "--upstream-anthropic", url, "--audit-log", path])
     try:
         for i, (marker, key, stream) in enumerate(PLAN):

@@ -52,7 +52,7 @@ def servers(tmp_path_factory):
     cfg.write_text('[rules]\ncaller_supplied = "block"\n')
     url = f"http://127.0.0.1:{port}"
     proxy, addr = verbatim_proc.start(["--config", str(cfg),
-                                       "--index", os.path.join(ROOT, "tests/fixtures/index-v4"),
+                                       "--index", os.path.join(ROOT, "tests/fixtures/index-v5"),
                                        "--upstream-openai", url, "--upstream-anthropic", url])
     yield addr, url
     proxy.terminate()

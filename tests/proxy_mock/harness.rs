@@ -18,7 +18,7 @@ use verbatim::proxy::sse::SseDecoder;
 
 use super::Mock;
 
-pub const FIXTURE: &str = "tests/fixtures/index-v4";
+pub const FIXTURE: &str = "tests/fixtures/index-v5";
 /// 49 words of `corpora/fixtures/acme-books/chapter-01.md`: over the 32-word block threshold.
 pub const COPIED: &str = "Marguerite Oduya kept the lighthouse on Carrow Point for eleven winters before she opened the ledger that her predecessor had hidden beneath the third stair. It was bound in green oilcloth and smelled of paraffin and salt, and every page was ruled into columns that nobody had asked for";
 /// 21 words of chapter 2: over t = 12, under 32 — annotated.

@@ -21,7 +21,7 @@ def serve(*extra):
     upstream = mock.start()
     url = f"http://127.0.0.1:{upstream.server_address[1]}"
     try:
-        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v4"), *extra,
+        p, addr = verbatim_proc.start(["--index", os.path.join(ROOT, "tests/fixtures/index-v5"), *extra,
                                        "--upstream-openai", url, "--upstream-anthropic", url],
                                       extra_env={"RUST_LOG": "info"})
     except RuntimeError as e:
