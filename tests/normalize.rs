@@ -26,6 +26,11 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
         ),
         ("apostrophes", "don’t can't won`t ʼtis", TextKind::Markdown),
         (
+            "string literals ended by their line, trailing whitespace and CRLF",
+            "def f():  \r\n\t\"\"\"Docs here  \t\r\n\tmore  \n\t\"\"\"  \nx = \"open \u{a0}",
+            TextKind::Code(Lang::C_LIKE),
+        ),
+        (
             // Found by the normaliser fuzz target: WB3d joins the two spaces and WB4 attaches
             // the Arabic vowel sign to them, so a cut between the spaces changed the units.
             "mark after a run of spaces",
