@@ -54,17 +54,22 @@ struct FrameShards {
 }
 
 /// One thread's counters (threads past [`SHARDS`] share, still correctly: the counters are
-/// atomic), alone in its cache lines.
+/// atomic), inline and alone in their cache lines — counters behind a pointer would be small
+/// heap blocks that the allocator packs side by side, sharing lines between threads again.
 #[derive(Debug)]
 #[repr(align(128))]
 struct Shard {
-    buckets: Box<[AtomicU64]>,
+    /// Per bucket (the bounds', then the unbounded one); only the first `bounds.len() + 1`
+    /// are used.
+    buckets: [AtomicU64; MAX_BUCKETS],
     count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
 /// Shards of a [`FrameHistogram`]: more than the proxy's worker threads on most machines.
 const SHARDS: usize = 16;
+/// Buckets a [`FrameHistogram`] can have, the unbounded one included.
+const MAX_BUCKETS: usize = 16;
 
 thread_local! {
     /// This thread's shard, assigned in turn at its first observation.
@@ -75,12 +80,17 @@ thread_local! {
 }
 
 impl FrameHistogram {
+    /// A histogram with these upper bounds (seconds, ascending; at most `MAX_BUCKETS − 1`).
     fn new(bounds: impl Iterator<Item = f64>) -> FrameHistogram {
         let bounds: Box<[f64]> = bounds.collect();
+        assert!(
+            bounds.len() < MAX_BUCKETS,
+            "a FrameHistogram has at most 15 bounds"
+        );
         let bounds_ns: Box<[u64]> = bounds.iter().map(|b| (b * 1e9).round() as u64).collect();
         let shards = (0..SHARDS)
             .map(|_| Shard {
-                buckets: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
                 count: AtomicU64::new(0),
                 sum_ns: AtomicU64::new(0),
             })
