@@ -673,8 +673,8 @@ impl ArgsNormalizer {
                 i += 1;
             }
             let mut j = i;
-            let end = u.end();
-            while j + 1 < map.len() && map[j + 1].dec < end {
+            let dec_end = u.end();
+            while j + 1 < map.len() && map[j + 1].dec < dec_end {
                 j += 1;
             }
             // An escape maps as a whole: a unit starting at one starts at its backslash, one
@@ -688,7 +688,7 @@ impl ArgsNormalizer {
                 let end = if b.esc > 0 {
                     b.orig + u64::from(b.esc)
                 } else {
-                    b.orig + (end - b.dec)
+                    b.orig + (dec_end - b.dec)
                 };
                 u = Unit::new(u.hash, start, end, u.channel, u.class);
             }

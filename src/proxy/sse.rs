@@ -97,7 +97,7 @@ impl SseDecoder {
             // whole pipeline only ~1 % (docs/benchmarks.md).
             let mut rest = bytes;
             while let Some(end) = find_event_end(rest, 0) {
-                out.extend([parse(Bytes::copy_from_slice(&rest[..end]))]);
+                out.extend([event_of(&rest[..end])]);
                 rest = &rest[end..];
             }
             if rest.is_empty() {
@@ -112,14 +112,10 @@ impl SseDecoder {
         loop {
             match find_event_end(&self.buf, self.searched.saturating_sub(3)) {
                 Some(end) => {
-                    // A copy of its own rather than `split_to(end).freeze()`: a frozen split
-                    // shares the buffer's allocation, so an event held back for a decision
-                    // would keep the whole buffer it came from alive, and the decoder could
-                    // not reuse it.
-                    let raw = Bytes::copy_from_slice(&self.buf[..end]);
+                    let ev = event_of(&self.buf[..end]);
                     bytes::Buf::advance(&mut self.buf, end);
                     self.searched = 0;
-                    out.extend([parse(raw)]);
+                    out.extend([ev]);
                 }
                 None => {
                     self.searched = self.buf.len();
@@ -144,6 +140,14 @@ impl SseDecoder {
         self.searched = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
+}
+
+/// The event whose bytes are `raw`, in a copy of its own rather than a slice of the frame or
+/// `split_to(end).freeze()` of the buffer: either shares an allocation, so an event held back
+/// for a decision would keep the whole frame or buffer it came from alive, and the decoder
+/// could not reuse its buffer.
+fn event_of(raw: &[u8]) -> SseEvent {
+    parse(Bytes::copy_from_slice(raw))
 }
 
 /// End (exclusive) of the first complete event at or after `from`: just past a blank line.
