@@ -173,6 +173,39 @@ fn tree(root: u32) -> Vec<u32> {
     out
 }
 
+/// The mock upstream's process id, once started (for the load generator's CPU figure).
+static MOCK_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU seconds used so far by the load generator: this process (the load client) and the
+/// mock upstream.
+fn load_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    let own = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+    own + MOCK_PID.get().map_or(0.0, |&p| cpu_secs(p))
+}
+
+/// The machine's CPU counters (`/proc/stat`, first line): (busy, total) jiffies over all
+/// cores, busy being everything but idle and iowait.
+fn machine_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 /// CPU seconds (user + system) of a process tree, from each process's CPU-time clock
 /// (nanoseconds, all its threads, living and ended), falling back to `/proc/<pid>/stat` ticks.
 fn cpu_secs(root: u32) -> f64 {
@@ -687,6 +720,7 @@ fn start_mock() -> (Proc, SocketAddr) {
     cmd.args(["mock", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped());
     let mut p = Proc::spawn("mock", cmd);
+    let _ = MOCK_PID.set(p.child.id());
     let mut out = std::io::BufReader::new(p.child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
@@ -834,12 +868,18 @@ struct Rec {
     stalled: usize,
     errors: BTreeMap<String, usize>,
     ttft_ns: Vec<u64>,
+    /// Request sent → response head received (the part of TTFT before any event).
+    head_ns: Vec<u64>,
     lat_ns: Vec<u64>,
     frames: usize,
     events: usize,
     /// Content events that arrived in the same frame as another one.
     merged: usize,
     max_gap_ns: u64,
+    /// Share of the whole machine's CPU in use during the step (all processes, all cores).
+    machine_busy: f64,
+    /// Cores the load generator used during the step: this process and the mock upstream.
+    load_cores: f64,
 }
 
 impl Rec {
@@ -851,6 +891,7 @@ impl Rec {
             *self.errors.entry(k).or_default() += v;
         }
         self.ttft_ns.extend(o.ttft_ns);
+        self.head_ns.extend(o.head_ns);
         self.lat_ns.extend(o.lat_ns);
         self.frames += o.frames;
         self.events += o.events;
@@ -987,6 +1028,7 @@ async fn one_stream(
             .send_request(req)
             .await
             .map_err(|e| format!("request: {e}"))?;
+        rec.head_ns.push(mono_ns() - t0);
         if resp.status() != 200 {
             let st = resp.status().as_u16();
             let _ = resp.into_body().collect().await;
@@ -1070,6 +1112,8 @@ struct Arm {
 /// spread over one pacing period × 10. Returns the record and the proxy's CPU seconds.
 async fn run_users(arm: &Arm, n: usize, r: &Req, secs: f64) -> (Rec, f64, f64) {
     let cpu0 = arm.pid.map(cpu_secs).unwrap_or(0.0);
+    let load0 = load_cpu_secs();
+    let m0 = machine_jiffies();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(secs);
     let spread = Duration::from_millis((r.p.pace_ms * 10).max(50));
@@ -1097,12 +1141,16 @@ async fn run_users(arm: &Arm, n: usize, r: &Req, secs: f64) -> (Rec, f64, f64) {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = arm.pid.map(cpu_secs).unwrap_or(0.0) - cpu0;
+    let m1 = machine_jiffies();
+    rec.machine_busy = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
+    rec.load_cores = (load_cpu_secs() - load0) / wall;
     (rec, cpu, wall)
 }
 
 fn summary(rec: &mut Rec, cpu: f64, wall: f64) -> Value {
     let ttft50 = pct(&mut rec.ttft_ns, 0.5);
     let ttft99 = pct(&mut rec.ttft_ns, 0.99);
+    let head50 = pct(&mut rec.head_ns, 0.5);
     let l50 = pct(&mut rec.lat_ns, 0.5);
     let l99 = pct(&mut rec.lat_ns, 0.99);
     let l999 = pct(&mut rec.lat_ns, 0.999);
@@ -1110,12 +1158,13 @@ fn summary(rec: &mut Rec, cpu: f64, wall: f64) -> Value {
     let v = json!({
         "streams": rec.streams, "ok": rec.ok, "stalled": rec.stalled, "errors": rec.errors,
         "events": rec.events, "frames": rec.frames, "merged_events": rec.merged,
-        "ttft_p50_ms": ttft50, "ttft_p99_ms": ttft99,
+        "ttft_p50_ms": ttft50, "ttft_p99_ms": ttft99, "head_p50_ms": head50,
         "chunk_p50_ms": l50, "chunk_p99_ms": l99, "chunk_p999_ms": l999,
         "chunks_over_30ms": over30, "max_gap_ms": rec.max_gap_ns as f64 / 1e6,
         "proxy_cpu_s": cpu, "wall_s": wall,
         "cpu_us_per_chunk": if rec.events > 0 { cpu * 1e6 / rec.events as f64 } else { f64::NAN },
         "proxy_cores": cpu / wall,
+        "machine_busy": rec.machine_busy, "load_gen_cores": rec.load_cores,
     });
     v
 }
@@ -1126,7 +1175,7 @@ fn summary(rec: &mut Rec, cpu: f64, wall: f64) -> Value {
 fn compare(v: &mut Value, name: &str, direct: Option<&Value>, nginx: Option<&Value>) {
     let num = |x: &Value, k: &str| x[k].as_f64().unwrap_or(f64::NAN);
     if let Some(d) = direct {
-        for k in ["ttft_p50_ms", "chunk_p50_ms", "chunk_p99_ms"] {
+        for k in ["ttft_p50_ms", "head_p50_ms", "chunk_p50_ms", "chunk_p99_ms"] {
             let added = num(v, k) - num(d, k);
             v[format!("added_{k}")] = json!(added);
         }
@@ -1302,7 +1351,7 @@ async fn scenario_ladder(
         .map(|a| (a.name.to_string(), Vec::new()))
         .collect();
     let mut out_of: Vec<bool> = vec![false; c.arms.len()];
-    c.md.push_str("\n#### Concurrency ladder (OpenAI chat streams, 100 events at 50 events/s, users streaming back to back)\n\n| streams | arm | streams ok | stalled | chunk p50 ms | chunk p99 ms | added p99 vs nginx | proxy cores | CPU µs/chunk | vs nginx | PSS MB | sustained |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    c.md.push_str("\n#### Concurrency ladder (OpenAI chat streams, 100 events at 50 events/s, users streaming back to back)\n\n| streams | arm | streams ok | stalled | chunk p50 ms | chunk p99 ms | added p99 vs nginx | TTFT p50 ms (to head) | proxy cores | CPU µs/chunk | vs nginx | PSS MB | machine busy | load generator cores | sustained |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (step, &n) in a.ladder.iter().enumerate() {
         let mut sums: Vec<Option<Value>> = vec![None; c.arms.len()];
         let mut mem: Vec<u64> = vec![0; c.arms.len()];
@@ -1347,13 +1396,15 @@ async fn scenario_ladder(
             v["pss_bytes"] = json!(mem[j]);
             v["sustained"] = json!(sustained(&v));
             c.md.push_str(&format!(
-                "| {n} | {name} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {n} | {name} | {}/{} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} % | {:.2} | {} |\n",
                 v["ok"],
                 v["streams"],
                 v["stalled"],
                 f2(&v["chunk_p50_ms"]),
                 f2(&v["chunk_p99_ms"]),
                 times(rp),
+                f2(&v["ttft_p50_ms"]),
+                f2(&v["head_p50_ms"]),
                 proxy_cell(
                     name,
                     format!("{:.2}", v["proxy_cores"].as_f64().unwrap_or(0.0))
@@ -1364,6 +1415,8 @@ async fn scenario_ladder(
                 ),
                 times(rc),
                 proxy_cell(name, format!("{:.0}", mem[j] as f64 / 1e6)),
+                v["machine_busy"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                v["load_gen_cores"].as_f64().unwrap_or(f64::NAN),
                 if sustained(&v) { "yes" } else { "**no**" },
             ));
             println!("ladder {n} {name}: {}", serde_json::to_string(&v).unwrap());
