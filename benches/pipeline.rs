@@ -8,7 +8,9 @@
 //!
 //! `--interleave N` keeps N streams open and pushes their events round-robin, as a proxy
 //! serving N concurrent streams does: every stream's state and every probe is then cold in
-//! the caches, which a one-stream-at-a-time loop hides.
+//! the caches, which a one-stream-at-a-time loop hides. Events are pushed as the proxy pushes
+//! them (`Pipeline::push_into` its queue of events to send); the allocations made per event
+//! are counted and reported beside the time.
 //!
 //! `--tool-args` sends the same words as a tool call's arguments instead (each stream one call,
 //! `{"path": "notes.md", "content": "…"}`, a word a delta): the per-event price of reading
@@ -32,10 +34,14 @@
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use bytes::Bytes;
 use clap::Parser;
 use verbatim::index::Index;
 use verbatim::policy::Policy;
@@ -43,9 +49,37 @@ use verbatim::proxy::api::Api;
 use verbatim::proxy::pipeline::{Hold, Pipeline, ScanSetup, Scope};
 use verbatim::proxy::sse::SseDecoder;
 
-// The allocator `verbatim serve` uses.
+/// The allocator `verbatim serve` uses, counting its allocations (a relaxed counter beside
+/// each call): allocations per event are a cost a one-stream loop with warm caches hides.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to mimalloc unchanged; only a counter is updated beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        // SAFETY: as above.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: as above.
+        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        // SAFETY: as above.
+        unsafe { mimalloc::MiMalloc.realloc(p, l, n) }
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
 
 #[derive(Parser)]
 struct Args {
@@ -65,6 +99,7 @@ struct Args {
     /// Streams open at once, their events pushed round-robin (1: one stream after another).
     #[arg(long, default_value_t = 1)]
     interleave: usize,
+
     /// The words as tool-call arguments (see the module docs).
     #[arg(long)]
     tool_args: bool,
@@ -273,7 +308,7 @@ fn main() {
     // Groups of `interleave` streams; within a group, event i of every stream, then i + 1.
     let streams: Vec<&[Vec<u8>]> = evs.chunks(per_stream).collect();
     let groups: Vec<&[&[Vec<u8>]]> = streams.chunks(a.interleave.max(1)).collect();
-    let (mut base, mut full) = (Vec::new(), Vec::new());
+    let (mut base, mut full, mut allocs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.reps {
         let t = Instant::now();
         let mut n = 0usize;
@@ -300,29 +335,39 @@ fn main() {
         std::hint::black_box(n);
         base.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
         let t = Instant::now();
+        let a0 = ALLOCS.load(Relaxed);
         let mut out = 0usize;
         for g in &groups {
-            let mut ps: Vec<Pipeline> = g
+            // Each with the queue of released events the proxy keeps for it (`push_into`).
+            let mut ps: Vec<(Pipeline, VecDeque<Bytes>)> = g
                 .iter()
-                .map(|_| Pipeline::new(Api::ChatCompletions, setup.clone()))
+                .map(|_| {
+                    (
+                        Pipeline::new(Api::ChatCompletions, setup.clone()),
+                        VecDeque::new(),
+                    )
+                })
                 .collect();
             for i in 0..per_stream {
-                for (s, p) in g.iter().zip(ps.iter_mut()) {
+                for (s, (p, ready)) in g.iter().zip(ps.iter_mut()) {
                     if let Some(e) = s.get(i) {
-                        out += p.push(e).len();
+                        p.push_into(e, ready);
+                        out += ready.len();
+                        ready.clear();
                     }
                 }
             }
-            for p in &mut ps {
+            for (p, _) in &mut ps {
                 out += p.finish().len();
             }
         }
         std::hint::black_box(out);
         full.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+        allocs.push((ALLOCS.load(Relaxed) - a0) as f64 / evs.len() as f64);
     }
-    let (b, f) = (median(base), median(full));
+    let (b, f, al) = (median(base), median(full), median(allocs));
     println!(
-        "{} events{}, {} indexes, hold={}, {} streams at once: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x)",
+        "{} events{}, {} indexes, hold={}, {} streams at once: SSE decode + JSON parse {b:.0} ns/event; pipeline {f:.0} ns/event ({:.1}x), {al:.2} allocations/event",
         evs.len(),
         if a.tool_args {
             " (tool-call arguments)"

@@ -1117,3 +1117,70 @@ fn strict_holdback_redacts_a_repetitive_start_a_later_run_extends_over() {
         );
     }
 }
+
+/// What a proxy pushes with [`Pipeline::push_into`] (released events appended to its queue of
+/// events not yet sent, which may still hold earlier ones) is what [`Pipeline::push`]
+/// returns, byte for byte and in order: for a stream relayed, one redacted, one blocked, and
+/// ones stopped by the holdback and response limits, in pieces of several sizes.
+#[test]
+fn pushing_into_the_senders_queue_releases_what_push_returns() {
+    let (text, _) = overlapping_answer();
+    let index = Arc::new(Index::open("tests/fixtures/index-v5").unwrap());
+    let block = policy("version = 1\nname = \"block-all\"\n[defaults]\naction = \"block\"\n");
+    let log = policy("version = 1\nname = \"log-all\"\n[defaults]\naction = \"log\"\n");
+    let cases: Vec<(&str, Policy, usize, usize)> = vec![
+        ("relayed", log.clone(), 8 << 20, 64 << 20),
+        ("redact", redact_everything(), 8 << 20, 64 << 20),
+        ("block", block, 8 << 20, 64 << 20),
+        ("holdback limit", redact_everything(), 64, 64 << 20),
+        ("response limit", log, 8 << 20, 600),
+    ];
+    for (name, pol, max_held, max_response) in cases {
+        for (api, upstream) in [
+            (Api::ChatCompletions, openai_stream(&text, 3)),
+            (Api::Responses, responses_stream(&text, 5)),
+        ] {
+            for piece in [1, 7, 64] {
+                let mut s = setup(pol.clone());
+                s.indexes = vec![Arc::clone(&index)];
+                s.max_holdback_bytes = max_held;
+                s.max_response_bytes = max_response;
+                let mut a = Pipeline::new(api, s.clone());
+                let mut b = Pipeline::new(api, s);
+                let (mut returned, mut queued) = (Vec::new(), Vec::new());
+                let mut ready = std::collections::VecDeque::new();
+                for (i, chunk) in upstream.chunks(piece).enumerate() {
+                    returned.extend(a.push(chunk));
+                    b.push_into(chunk, &mut ready);
+                    // The sender is sometimes behind: its queue still holds earlier events.
+                    if i % 3 == 2 {
+                        queued.extend(ready.drain(..));
+                    }
+                    assert_eq!(a.ended(), b.ended(), "{name} {api:?} piece {piece}");
+                }
+                returned.extend(a.finish());
+                queued.extend(ready.drain(..));
+                queued.extend(b.finish());
+                assert_eq!(returned, queued, "{name} {api:?} piece {piece}");
+                assert_eq!(a.refused(), b.refused(), "{name} {api:?} piece {piece}");
+                // Each case does what it is named for.
+                let expected = match name {
+                    "holdback limit" => Some("holdback-limit"),
+                    "response limit" => Some("response-too-large"),
+                    _ => None,
+                };
+                assert_eq!(a.refused(), expected, "{name} {api:?} piece {piece}");
+                // A limit's stop ends the stream as a block does.
+                let stopped = !matches!(name, "relayed" | "redact");
+                assert_eq!(a.ended_by_block(), stopped, "{name} {api:?} piece {piece}");
+                if name == "redact" {
+                    let all = String::from_utf8_lossy(&returned.concat()).to_string();
+                    assert!(
+                        all.contains("[verbatim: redacted"),
+                        "{api:?} {piece}: {all}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -907,11 +907,18 @@ struct LiteChoice<'a> {
     finish_reason: Option<&'a serde_json::value::RawValue>,
 }
 
+/// A JSON string, borrowed from the event where it has no escapes. serde borrows a
+/// `Cow<str>` only where it is the field's own type: an `Option<Cow<str>>` field, even marked
+/// `borrow`, was copied into a `String` for every streamed chunk.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+struct LiteText<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LiteDelta<'a> {
     #[serde(borrow, default)]
-    content: Option<std::borrow::Cow<'a, str>>,
+    content: Option<LiteText<'a>>,
     #[serde(borrow, default)]
     #[allow(dead_code)] // accepted, not used
     role: Option<&'a serde_json::value::RawValue>,
@@ -964,7 +971,7 @@ impl<'a> LiteChunk<'a> {
             ),
             None => (
                 key(ch.index, 0, Part::Text),
-                ch.delta.content.as_deref().unwrap_or(""),
+                ch.delta.content.as_ref().map_or("", |t| &t.0),
             ),
         }
     }
@@ -1283,6 +1290,22 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk's text is borrowed from the event where it has no escapes (no allocation for
+    /// every streamed chunk) and decoded where it has.
+    #[test]
+    fn a_lite_chunks_text_is_borrowed_unless_it_has_escapes() {
+        let plain = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"the valley"},"finish_reason":null}]}"#;
+        let c = LiteChunk::parse(plain).expect("a lite chunk");
+        let text = &c.choices.0.delta.content.as_ref().expect("text").0;
+        assert!(matches!(text, std::borrow::Cow::Borrowed("the valley")));
+        assert_eq!(c.piece().1, "the valley");
+        let escaped = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a\n\"b\""},"finish_reason":null}]}"#;
+        let c = LiteChunk::parse(escaped).expect("a lite chunk");
+        let text = &c.choices.0.delta.content.as_ref().expect("text").0;
+        assert!(matches!(text, std::borrow::Cow::Owned(_)));
+        assert_eq!(c.piece().1, "a\n\"b\"");
+    }
 
     /// A whole Responses response names its streams as the streamed one does: reasoning text
     /// is thinking, summaries and a code interpreter's code are their own parts.

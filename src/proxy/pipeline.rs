@@ -262,10 +262,12 @@ impl Held {
         }
     }
 
-    fn bytes(&self) -> Bytes {
+    /// The bytes to send: the event as it came, moved out (a clone of a `Bytes` made from a
+    /// `Vec` allocates its shared header), or re-encoded if it was changed.
+    fn into_bytes(self) -> Bytes {
         match (&self.json, self.changed) {
             (Some(v), true) => encode(self.ev.event(), &v.to_string()),
-            _ => self.ev.raw.clone(),
+            _ => self.ev.raw,
         }
     }
 }
@@ -303,7 +305,7 @@ pub struct Pipeline {
     redactions: Vec<Redactions>,
     queue: VecDeque<Held>,
     /// Released events, one frame each (the upstream's event framing is kept).
-    out: Vec<Bytes>,
+    out: VecDeque<Bytes>,
     meta: StreamMeta,
     state: State,
     /// Anthropic: citations waiting for the final `message_delta`.
@@ -347,7 +349,7 @@ impl Pipeline {
             hold_markers,
             redactions: Vec::new(),
             queue: VecDeque::new(),
-            out: Vec::new(),
+            out: VecDeque::new(),
             meta: StreamMeta::default(),
             state: State::Relaying,
             pending_cites: Vec::new(),
@@ -383,6 +385,22 @@ impl Pipeline {
 
     /// Feeds upstream bytes; returns the events that may be sent to the client now.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Bytes> {
+        self.scan(bytes);
+        Vec::from(std::mem::take(&mut self.out))
+    }
+
+    /// [`Pipeline::push`], the events released appended to `ready` instead of returned: no
+    /// vector is allocated for them (a proxy pushes every upstream frame of every stream), and
+    /// the pipeline keeps no buffer of its own between pushes — it appends to `ready` itself,
+    /// whose events not yet sent stay ahead of the new ones.
+    pub fn push_into(&mut self, bytes: &[u8], ready: &mut VecDeque<Bytes>) {
+        std::mem::swap(&mut self.out, ready);
+        self.scan(bytes);
+        std::mem::swap(&mut self.out, ready);
+    }
+
+    /// [`Pipeline::push`]'s work; what it releases is left in `self.out`.
+    fn scan(&mut self, bytes: &[u8]) {
         self.bytes_in += bytes.len();
         if self.state == State::Relaying && self.bytes_in > self.setup.max_response_bytes {
             let limit = self.setup.max_response_bytes;
@@ -391,12 +409,14 @@ impl Pipeline {
                 "upstream stream longer than the response limit; stopping it"
             );
             self.release();
-            let mut out = std::mem::take(&mut self.out);
-            out.extend(self.refuse(
-                "response-too-large",
-                &format!("verbatim: output stopped; the response passed {limit} bytes (limits.max_response_bytes)"),
-            ));
-            return out;
+            // `refuse` returns what was released before it, then its events.
+            self.out = self
+                .refuse(
+                    "response-too-large",
+                    &format!("verbatim: output stopped; the response passed {limit} bytes (limits.max_response_bytes)"),
+                )
+                .into();
+            return;
         }
         if self.state == State::Relaying {
             // On the stack: a push is usually one event, and a buffer kept for the next push
@@ -414,10 +434,12 @@ impl Pipeline {
                 // Fail-closed, as at the holdback limit: what was decided is sent, what is
                 // held undecided is not, and the client gets a stop event in its format.
                 tracing::warn!(limit, "upstream event too large; stopping the stream");
-                self.out = self.refuse(
-                    "event-too-large",
-                    &format!("verbatim: output stopped; an upstream event passed {limit} bytes (limits.max_event_bytes)"),
-                );
+                self.out = self
+                    .refuse(
+                        "event-too-large",
+                        &format!("verbatim: output stopped; an upstream event passed {limit} bytes (limits.max_event_bytes)"),
+                    )
+                    .into();
             }
             if self.state == State::Relaying && self.held_bytes > self.setup.max_holdback_bytes {
                 // Fail-closed: what is held is undecided, so none of it is released.
@@ -428,13 +450,14 @@ impl Pipeline {
                 );
                 let limit = self.setup.max_holdback_bytes;
                 // `refuse` returns everything released so far in this push, then its events.
-                self.out = self.refuse(
-                    "holdback-limit",
-                    &format!("verbatim: output stopped; more than {limit} bytes were held back waiting for a decision (limits.max_holdback_bytes)"),
-                );
+                self.out = self
+                    .refuse(
+                        "holdback-limit",
+                        &format!("verbatim: output stopped; more than {limit} bytes were held back waiting for a decision (limits.max_holdback_bytes)"),
+                    )
+                    .into();
             }
         }
-        std::mem::take(&mut self.out)
     }
 
     /// The upstream ended cleanly: everything still held is decided and released, and bytes
@@ -462,20 +485,20 @@ impl Pipeline {
                     self.release_one(h);
                 }
                 if let Some(rest) = rest {
-                    self.out.push(rest);
+                    self.out.push_back(rest);
                 }
                 self.state = State::Ended;
             }
         }
-        std::mem::take(&mut self.out)
+        Vec::from(std::mem::take(&mut self.out))
     }
 
-    fn emit(&mut self, h: &Held) {
+    fn emit(&mut self, h: Held) {
         if !h.ev.raw.is_empty() {
             self.events_out += 1;
             self.held_bytes = self.held_bytes.saturating_sub(h.ev.raw.len());
         }
-        self.out.push(h.bytes());
+        self.out.push_back(h.into_bytes());
     }
 
     /// Ends the stream now, in the provider's format, without relaying what is held: Verbatim
@@ -486,15 +509,15 @@ impl Pipeline {
             self.queue.clear();
             self.held_bytes = 0;
             for (event, v) in api::refusal_events(self.api, &mut self.meta, reason, explanation) {
-                self.out.push(encode(event, &v.to_string()));
+                self.out.push_back(encode(event, &v.to_string()));
             }
             if let Some(done) = api::done_marker(self.api) {
-                self.out.push(encode(None, done));
+                self.out.push_back(encode(None, done));
             }
             self.state = State::Ended;
             self.blocked = true;
         }
-        std::mem::take(&mut self.out)
+        Vec::from(std::mem::take(&mut self.out))
     }
 
     fn stream(&mut self, key: StreamKey) -> usize {
@@ -880,7 +903,7 @@ impl Pipeline {
                 break;
             }
             if let Some(h) = self.queue.pop_front() {
-                self.emit(&h);
+                self.emit(h);
             }
         }
         if let Some(mut h) = self.queue.pop_front() {
@@ -911,15 +934,15 @@ impl Pipeline {
                     api::set_event_text(api, v, self.streams[sp.stream].0, &keep);
                 }
                 h.changed = true;
-                self.emit(&h);
+                self.emit(h);
             }
         }
         self.queue.clear();
         for (event, v) in api::block_events(api, &mut self.meta, cite) {
-            self.out.push(encode(event, &v.to_string()));
+            self.out.push_back(encode(event, &v.to_string()));
         }
         if let Some(done) = api::done_marker(api) {
-            self.out.push(encode(None, done));
+            self.out.push_back(encode(None, done));
         }
         self.state = State::Ended;
         self.blocked = true;
@@ -965,7 +988,7 @@ impl Pipeline {
         if let (false, Some(v)) = (h.repeats.is_empty(), &mut h.json) {
             h.changed |= scrub_repeats(self.api, v, &self.streams, &self.texts, &self.redactions);
         }
-        self.emit(&h);
+        self.emit(h);
     }
 }
 

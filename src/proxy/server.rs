@@ -1336,7 +1336,7 @@ impl Body for PipelineBody {
                         continue;
                     };
                     let seen = this.pipeline.events_in;
-                    this.ready.extend(this.pipeline.push(&data));
+                    this.pipeline.push_into(&data, &mut this.ready);
                     let t1 = std::time::Instant::now();
                     this.shared
                         .metrics
