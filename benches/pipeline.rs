@@ -99,7 +99,6 @@ struct Args {
     /// Streams open at once, their events pushed round-robin (1: one stream after another).
     #[arg(long, default_value_t = 1)]
     interleave: usize,
-
     /// The words as tool-call arguments (see the module docs).
     #[arg(long)]
     tool_args: bool,

@@ -304,7 +304,8 @@ pub struct Pipeline {
     /// the redacted whole.
     redactions: Vec<Redactions>,
     queue: VecDeque<Held>,
-    /// Released events, one frame each (the upstream's event framing is kept).
+    /// Released events, one frame each (the upstream's event framing is kept). During
+    /// [`Pipeline::push_into`] it is the sender's queue, its earlier events first.
     out: VecDeque<Bytes>,
     meta: StreamMeta,
     state: State,
