@@ -62,7 +62,6 @@ struct Shard {
     /// Per bucket (the bounds', then the unbounded one); only the first `bounds.len() + 1`
     /// are used.
     buckets: [AtomicU64; MAX_BUCKETS],
-    count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
@@ -85,13 +84,13 @@ impl FrameHistogram {
         let bounds: Box<[f64]> = bounds.collect();
         assert!(
             bounds.len() < MAX_BUCKETS,
-            "a FrameHistogram has at most 15 bounds"
+            "a FrameHistogram has at most {} bounds",
+            MAX_BUCKETS - 1
         );
         let bounds_ns: Box<[u64]> = bounds.iter().map(|b| (b * 1e9).round() as u64).collect();
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                count: AtomicU64::new(0),
                 sum_ns: AtomicU64::new(0),
             })
             .collect();
@@ -108,11 +107,12 @@ impl FrameHistogram {
         let b = h.bounds_ns.partition_point(|&bound| bound < ns);
         let shard = &h.shards[SHARD.with(|s| *s)];
         shard.buckets[b].fetch_add(1, Relaxed);
-        shard.count.fetch_add(1, Relaxed);
         shard.sum_ns.fetch_add(ns, Relaxed);
     }
 
-    /// (sum in seconds, count, per-bucket counts with their upper bounds in seconds).
+    /// (sum in seconds, count, per-bucket counts with their upper bounds in seconds). Every
+    /// observation counts in exactly one bucket, so the count is their total, not a third
+    /// counter a frame.
     fn totals(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let h = &self.0;
         let mut buckets: Vec<(f64, u64)> = h
@@ -121,14 +121,14 @@ impl FrameHistogram {
             .map(|&b| (b, 0))
             .chain([(f64::INFINITY, 0)])
             .collect();
-        let (mut count, mut sum_ns) = (0u64, 0u64);
+        let mut sum_ns = 0u64;
         for s in &h.shards {
             for (acc, b) in buckets.iter_mut().zip(&s.buckets) {
                 acc.1 += b.load(Relaxed);
             }
-            count += s.count.load(Relaxed);
             sum_ns = sum_ns.wrapping_add(s.sum_ns.load(Relaxed));
         }
+        let count = buckets.iter().map(|b| b.1).sum();
         (sum_ns as f64 / 1e9, count, buckets)
     }
 }
