@@ -34,11 +34,10 @@
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -49,34 +48,11 @@ use verbatim::proxy::api::Api;
 use verbatim::proxy::pipeline::{Hold, Pipeline, ScanSetup, Scope};
 use verbatim::proxy::sse::SseDecoder;
 
-/// The allocator `verbatim serve` uses, counting its allocations (a relaxed counter beside
-/// each call): allocations per event are a cost a one-stream loop with warm caches hides.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is passed to mimalloc unchanged; only a counter is updated beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { mimalloc::MiMalloc.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.realloc(p, l, n) }
-    }
-}
+// The allocator `verbatim serve` uses, counting its allocations: allocations per event are
+// a cost a one-stream loop with warm caches hides.
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{ALLOCS, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

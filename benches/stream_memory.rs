@@ -8,10 +8,9 @@
 //! Under `cargo test --all-targets` (no `--bench`) it runs a tiny smoke pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark's setup failing is fatal
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use clap::Parser;
 use verbatim::index::Index;
@@ -22,35 +21,9 @@ use verbatim::proxy::api::Api;
 use verbatim::proxy::pipeline::{Hold, Pipeline, ScanSetup, Scope};
 use verbatim::proxy::sse::SseDecoder;
 
-/// Live heap bytes.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-/// mimalloc, counting the bytes it has handed out and not had back.
-struct Counting;
-
-// SAFETY: every call is passed to mimalloc unchanged; only a counter is updated beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { mimalloc::MiMalloc.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Relaxed);
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Relaxed);
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Relaxed);
-        // SAFETY: as above.
-        unsafe { mimalloc::MiMalloc.realloc(p, l, new) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{Counting, LIVE};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
