@@ -977,19 +977,35 @@ async fn an_endless_stream_is_stopped_at_the_response_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upstream_event_stops_the_stream_in_the_providers_format() {
-    // Whole text, then one event of 8 KB against a 4 KB limit, then more text: what was
+    // Whole text, then one event of 3 KB against a 1 KB limit, then more text: what was
     // decided before it is relayed, the oversized event and everything after are not, and the
     // client gets a stop event and the stream's end marker rather than a cut connection.
-    let mut up = openai_stream(UNRELATED, 12);
-    let done = up.len() - "data: [DONE]\n\n".len();
-    up.truncate(done);
+    // The upstream writes 100-byte pieces (the event arrives over many reads) or each event
+    // in one write (it arrives whole, in one read: hyper reads 8 KB at a time).
+    let mut before = openai_stream(UNRELATED, 12);
+    let done = before.len() - "data: [DONE]\n\n".len();
+    before.truncate(done);
     let huge = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
-        "model": "mock-model", "choices": [{"index": 0, "delta": {"content": "Z".repeat(8192)}, "finish_reason": null}]});
-    up.extend_from_slice(format!("data: {huge}\n\n").as_bytes());
-    up.extend_from_slice(&openai_stream("after the oversized event", 5));
-    let mock = start(Reply::sse(&up, 100)).await;
+        "model": "mock-model", "choices": [{"index": 0, "delta": {"content": "Z".repeat(3000)}, "finish_reason": null}]});
+    let huge = format!("data: {huge}\n\n").into_bytes();
+    let after = openai_stream("after the oversized event", 5);
+    let up = [&before[..], &huge, &after].concat();
+    for whole_events in [false, true] {
+        let mut reply = Reply::sse(&up, 100);
+        if whole_events {
+            reply.chunks = [before.clone(), huge.clone(), after.clone()]
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
+        }
+        an_oversized_event_stops(reply).await;
+    }
+}
+
+async fn an_oversized_event_stops(reply: Reply) {
+    let mock = start(reply).await;
     let p = proxy(&mock, |c| {
-        c.max_event_bytes = 4096;
+        c.max_event_bytes = 1024;
         c.hold = Hold::None;
     })
     .await;

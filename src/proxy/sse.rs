@@ -97,6 +97,7 @@ impl SseDecoder {
             // whole pipeline only ~1 % (docs/benchmarks.md).
             let mut rest = bytes;
             while let Some(end) = find_event_end(rest, 0) {
+                self.check_event(end)?;
                 out.extend([event_of(&rest[..end])]);
                 rest = &rest[end..];
             }
@@ -112,6 +113,7 @@ impl SseDecoder {
         loop {
             match find_event_end(&self.buf, self.searched.saturating_sub(3)) {
                 Some(end) => {
+                    self.check_event(end)?;
                     let ev = event_of(&self.buf[..end]);
                     bytes::Buf::advance(&mut self.buf, end);
                     self.searched = 0;
@@ -127,7 +129,16 @@ impl SseDecoder {
 
     /// The unfinished event buffered must not pass the limit.
     fn check_size(&self) -> Result<(), EventTooLarge> {
-        if self.buf.len() > self.max_event {
+        self.check_event(self.buf.len())
+    }
+
+    /// An event of `len` bytes, complete or not, must not pass the limit. A complete one is
+    /// checked too, not only one left unfinished: an upstream that sends a whole oversized
+    /// event in one read (or a configured limit below hyper's read size) would otherwise have
+    /// it relayed and scanned whole, the limit a bound on buffering only. The events before it
+    /// are still given out; it and what follows are not.
+    fn check_event(&self, len: usize) -> Result<(), EventTooLarge> {
+        if len > self.max_event {
             return Err(EventTooLarge {
                 limit: self.max_event,
             });
@@ -280,6 +291,35 @@ mod tests {
             d.push(&[b'x'; 17], &mut out),
             Err(EventTooLarge { limit: 16 })
         );
+    }
+
+    #[test]
+    fn a_complete_event_over_the_limit_is_refused_and_the_ones_before_it_kept() {
+        // 16 bytes is the limit; `data: 0123456789\n\n` is 18.
+        let big = b"data: 0123456789\n\n";
+        let small = b"data: ok\n\n";
+        // Whole events in one push (nothing buffered before), and after a buffered tail.
+        for cut in [0, 5] {
+            let (first, rest) = small.split_at(cut);
+            let mut d = SseDecoder::new(16);
+            let mut out = Vec::new();
+            d.push(first, &mut out).unwrap();
+            let mut bytes = rest.to_vec();
+            bytes.extend_from_slice(big);
+            bytes.extend_from_slice(small);
+            assert_eq!(
+                d.push(&bytes, &mut out),
+                Err(EventTooLarge { limit: 16 }),
+                "first push of {cut} bytes"
+            );
+            assert_eq!(out.len(), 1, "only the event before the big one ({cut})");
+            assert_eq!(out[0].data(), Some("ok"));
+        }
+        // At the limit exactly it passes.
+        let mut d = SseDecoder::new(18);
+        let mut out = Vec::new();
+        d.push(big, &mut out).unwrap();
+        assert_eq!(out[0].data(), Some("0123456789"));
     }
 
     #[test]
