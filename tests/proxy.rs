@@ -865,6 +865,88 @@ async fn anthropic_thinking_and_tool_use_blocks_are_relayed_and_scanned() {
     );
 }
 
+/// Anthropic's citations quote their source (`cited_text`, e.g. up to 150 characters of a web
+/// page its web search fetched): the quote reaches the reader, so a protected passage in it is
+/// caught as in the answer's text — streamed (a `citations_delta`) and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_citation_quotes_are_scanned_streamed_and_whole() {
+    let stream = |quote: &str| {
+        let mut out = String::new();
+        let mut ev = |name: &str, v: Value| out.push_str(&format!("event: {name}\ndata: {v}\n\n"));
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+                "role": "assistant", "model": "mock-model", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        );
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "", "citations": []}}),
+        );
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta",
+                "citation": {"type": "web_search_result_location", "cited_text": quote,
+                "url": "https://example.org/story", "title": "A story", "encrypted_index": "e1"}}}),
+        );
+        for w in INTRO.split_inclusive(' ') {
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+            );
+        }
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        );
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 42}}),
+        );
+        ev("message_stop", json!({"type": "message_stop"}));
+        out.into_bytes()
+    };
+    let whole = |quote: &str| {
+        json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "mock-model",
+            "content": [{"type": "text", "text": INTRO, "citations": [
+                {"type": "char_location", "cited_text": UNRELATED, "document_index": 0,
+                 "document_title": "notes", "start_char_index": 0, "end_char_index": 10},
+                {"type": "web_search_result_location", "cited_text": quote,
+                 "url": "https://example.org/story", "title": "A story", "encrypted_index": "e1"}]}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 42}})
+    };
+    let clean = stream(UNRELATED);
+    let mock = start(Reply::sse(&clean, 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "go")).await;
+    assert_eq!(body, Bytes::from(clean), "a clean quote passes untouched");
+
+    *mock.reply.lock().unwrap() = Reply::sse(&stream(COPIED), 64);
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(true, "go")).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya"), "{all}");
+    let evs = events(&body);
+    let stop = evs
+        .iter()
+        .find_map(|(_, v)| v.pointer("/delta/stop_reason"))
+        .expect("a message_delta");
+    assert_eq!(stop, &json!("refusal"), "{all}");
+    assert_eq!(evs.last().unwrap().0.as_deref(), Some("message_stop"));
+
+    let clean = whole(UNRELATED);
+    *mock.reply.lock().unwrap() = Reply::json(200, &clean);
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(false, "go")).await;
+    assert_eq!(body, Bytes::from(clean.to_string()), "byte-identical");
+
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole(COPIED));
+    let (_, _, body) = post(p.addr, "/v1/messages", &msg_req(false, "go")).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya"), "{all}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/stop_reason"), Some(&json!("refusal")), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_silent_upstream_times_out_with_a_clean_end() {
     let ms = Duration::from_millis;

@@ -69,6 +69,13 @@ pub enum Part {
     /// A refusal the model wrote instead of an answer (Chat Completions' `refusal`, Responses'
     /// `refusal` content parts): model text like any other.
     Refusal,
+    /// A passage the provider quotes from a source the answer cites (Anthropic's citations'
+    /// `cited_text`: from the caller's documents, search results, or web pages its web search
+    /// fetched): it reaches the reader beside the answer, so it is scanned like it. Streamed,
+    /// a content block's quotes are one stream (each arrives whole in its `citations_delta`;
+    /// the block ends soon after, so strict holdback waits no longer than for its text);
+    /// in a whole response each citation is a stream of its own (`b` is its index).
+    Quote,
 }
 
 /// Identifies one text stream within a response.
@@ -201,6 +208,10 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                         key(i, 0, Part::Thinking),
                         d.get("thinking").and_then(Value::as_str),
                     ),
+                    Some("citations_delta") => push(
+                        key(i, 0, Part::Quote),
+                        d.pointer("/citation/cited_text").and_then(Value::as_str),
+                    ),
                     _ => {}
                 }
             }
@@ -281,7 +292,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Text => d.get_mut("content"),
                 Part::Thinking => d.get_mut("reasoning_content"),
                 Part::Refusal => d.get_mut("refusal"),
-                Part::Summary | Part::Code => None,
+                Part::Summary | Part::Code | Part::Quote => None,
                 Part::ToolArgs => d
                     .get_mut("tool_calls")?
                     .as_array_mut()?
@@ -304,6 +315,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Text => d.get_mut("text"),
                 Part::ToolArgs => d.get_mut("partial_json"),
                 Part::Thinking => d.get_mut("thinking"),
+                Part::Quote => d.get_mut("citation")?.get_mut("cited_text"),
                 Part::Summary | Part::Code | Part::Refusal => None,
             }
         }
@@ -591,6 +603,17 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                         if let Some(t) = b.get("text").and_then(Value::as_str) {
                             f(key(i as u64, 0, Part::Text), t)
                         }
+                        for (j, c) in b
+                            .get("citations")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
+                            if let Some(t) = c.get("cited_text").and_then(Value::as_str) {
+                                f(key(i as u64, j as u64, Part::Quote), t)
+                            }
+                        }
                     }
                     Some("thinking") => {
                         if let Some(t) = b.get("thinking").and_then(Value::as_str) {
@@ -671,6 +694,11 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     }
                     None
                 }
+                Part::Quote => b
+                    .get_mut("citations")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|c| c.get_mut(k.b as usize))
+                    .and_then(|c| c.get_mut("cited_text")),
                 Part::Summary | Part::Code | Part::Refusal => None,
             }),
     };
@@ -1337,6 +1365,52 @@ mod tests {
         assert_eq!(w["output"][0]["content"][0]["text"], "x");
         assert_eq!(w["output"][0]["summary"][0]["text"], "y");
         assert_eq!(w["output"][1]["code"], "z");
+    }
+
+    /// Anthropic's citations quote their source (`cited_text`): streamed, a block's quotes are
+    /// one stream beside its text; whole, each citation is its own; both can be rewritten.
+    #[test]
+    fn anthropic_citations_quoted_text_is_a_stream_of_its_own() {
+        let cite = |t: &str| {
+            json!({"type": "web_search_result_location", "cited_text": t,
+                   "url": "https://example.org/a", "title": "A", "encrypted_index": "x"})
+        };
+        let mut ev = json!({"type": "content_block_delta", "index": 2,
+            "delta": {"type": "citations_delta", "citation": cite("the quoted words")}});
+        let pieces = event_pieces(Api::Messages, &ev);
+        assert_eq!(
+            pieces,
+            [Piece {
+                key: key(2, 0, Part::Quote),
+                text: "the quoted words".to_string()
+            }]
+        );
+        set_event_text(Api::Messages, &mut ev, key(2, 0, Part::Quote), "[redacted]");
+        assert_eq!(ev["delta"]["citation"]["cited_text"], "[redacted]");
+        assert_eq!(ev["delta"]["citation"]["url"], "https://example.org/a");
+
+        let v = json!({"content": [
+            {"type": "text", "text": "As the page says, "},
+            {"type": "text", "text": "it is so", "citations": [cite("first quote"), cite("second quote")]},
+        ]});
+        let parts: Vec<(u64, u64, Part, String)> = response_pieces(Api::Messages, &v)
+            .into_iter()
+            .map(|p| (p.key.a, p.key.b, p.key.part, p.text))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (0, 0, Part::Text, "As the page says, ".to_string()),
+                (1, 0, Part::Text, "it is so".to_string()),
+                (1, 0, Part::Quote, "first quote".to_string()),
+                (1, 1, Part::Quote, "second quote".to_string()),
+            ]
+        );
+        let mut w = v.clone();
+        set_response_text(Api::Messages, &mut w, key(1, 1, Part::Quote), "[redacted]");
+        assert_eq!(w["content"][1]["citations"][1]["cited_text"], "[redacted]");
+        assert_eq!(w["content"][1]["citations"][0]["cited_text"], "first quote");
+        assert_eq!(w["content"][1]["text"], "it is so");
     }
 
     /// Tool results and earlier tool calls' arguments, for each API; not the other messages.

@@ -1000,7 +1000,9 @@ fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
         Part::Code => TextKind::Code(crate::normalize::Lang::SCRIPT),
-        Part::Text | Part::Thinking | Part::Summary | Part::Refusal => TextKind::Markdown,
+        Part::Text | Part::Thinking | Part::Summary | Part::Refusal | Part::Quote => {
+            TextKind::Markdown
+        }
     }
 }
 
