@@ -43,8 +43,8 @@ struct Args {
     reps: usize,
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Passed by `cargo bench`.
-    #[arg(long)]
+    /// Passed by `cargo bench` (after the arguments given, so it may come twice).
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
 }
 

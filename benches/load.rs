@@ -51,7 +51,7 @@ struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
     /// Passed by `cargo bench`; without it this is a smoke pass.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, overrides_with = "bench")]
     bench: bool,
 }
 
@@ -1973,29 +1973,37 @@ async fn soak(c: &mut Ctx, arm: usize, secs: u64, users: usize, out: &Path) {
     let after = json!({"pss_bytes": pss(pid), "pss_anon_bytes": pss_anon(pid), "fds": fds(pid), "threads": threads(pid)});
     let samples = samples.lock().unwrap().clone();
     let v = summary(&mut rec, cpu, wall);
-    // Flat: the last minute's PSS against the first minute after warm-up.
-    let at = |from: f64, to: f64| {
+    // Flat: the last minute's PSS against the first minute after warm-up. Anonymous memory
+    // (heap, stacks) is what a leak grows; the whole PSS also counts the mapped index's pages
+    // as they are touched for the first time (file-backed, shared, reclaimable), which grows
+    // for as long as new text reaches new postings.
+    let at = |field: &str, from: f64, to: f64| {
         let xs: Vec<f64> = samples
             .iter()
             .filter(|s| (from..to).contains(&s["t_s"].as_f64().unwrap()))
-            .map(|s| s["pss_bytes"].as_f64().unwrap())
+            .map(|s| s[field].as_f64().unwrap())
             .collect();
         xs.iter().sum::<f64>() / xs.len().max(1) as f64
     };
     let total = secs as f64;
-    let early = at(60f64.min(total / 4.0), 120f64.min(total / 2.0));
-    let late = at(total - 60f64.min(total / 4.0), total + 1.0);
+    let (e0, e1) = (60f64.min(total / 4.0), 120f64.min(total / 2.0));
+    let (l0, l1) = (total - 60f64.min(total / 4.0), total + 1.0);
+    let (early, late) = (at("pss_bytes", e0, e1), at("pss_bytes", l0, l1));
+    let (early_anon, late_anon) = (at("pss_anon_bytes", e0, e1), at("pss_anon_bytes", l0, l1));
+    let mb = |v: &Value| v.as_f64().unwrap_or(0.0) / 1e6;
     c.md.push_str(&format!(
-        "\n#### Soak: {users} streams for {secs} s against Verbatim scanning on\n\n| figure | value |\n|---|---|\n| streams | {} ok of {} ({} stalled), {} events |\n| chunk latency | p50 {} ms, p99 {} ms, p99.9 {} ms, max gap {:.1} ms |\n| proxy CPU | {:.2} cores, {:.1} µs per chunk |\n| PSS before / early (after warm-up) / late / after | {:.1} / {:.1} / {:.1} / {:.1} MB |\n| late vs early PSS | {:+.1} % |\n| open fds before / after | {} / {} |\n| threads before / after | {} / {} |\n",
+        "\n#### Soak: {users} streams for {secs} s against Verbatim scanning on\n\n| figure | value |\n|---|---|\n| streams | {} ok of {} ({} stalled), {} events |\n| chunk latency | p50 {} ms, p99 {} ms, p99.9 {} ms, max gap {:.1} ms |\n| proxy CPU | {:.2} cores, {:.1} µs per chunk |\n| anonymous PSS (heap, stacks) before / early (after warm-up) / late / after | {:.1} / {:.1} / {:.1} / {:.1} MB |\n| late vs early, anonymous PSS | {:+.1} % |\n| PSS with the mapped index before / early / late / after | {:.1} / {:.1} / {:.1} / {:.1} MB |\n| late vs early, PSS with the mapped index (its pages touched for the first time) | {:+.1} % |\n| open fds before / after | {} / {} |\n| threads before / after | {} / {} |\n",
         v["ok"], v["streams"], v["stalled"], v["events"],
         f2(&v["chunk_p50_ms"]), f2(&v["chunk_p99_ms"]), f2(&v["chunk_p999_ms"]), v["max_gap_ms"].as_f64().unwrap_or(0.0),
         v["proxy_cores"].as_f64().unwrap_or(0.0), v["cpu_us_per_chunk"].as_f64().unwrap_or(0.0),
-        before["pss_bytes"].as_f64().unwrap() / 1e6, early / 1e6, late / 1e6, after["pss_bytes"].as_f64().unwrap() / 1e6,
+        mb(&before["pss_anon_bytes"]), early_anon / 1e6, late_anon / 1e6, mb(&after["pss_anon_bytes"]),
+        (late_anon / early_anon - 1.0) * 100.0,
+        mb(&before["pss_bytes"]), early / 1e6, late / 1e6, mb(&after["pss_bytes"]),
         (late / early - 1.0) * 100.0,
         before["fds"], after["fds"], before["threads"], after["threads"],
     ));
     plot_soak(&samples, &out.join("soak.svg"));
-    c.out.insert("soak".into(), json!({"streams": users, "secs": secs, "result": v, "before": before, "after": after, "early_pss": early, "late_pss": late, "samples": samples}));
+    c.out.insert("soak".into(), json!({"streams": users, "secs": secs, "result": v, "before": before, "after": after, "early_pss": early, "late_pss": late, "early_pss_anon": early_anon, "late_pss_anon": late_anon, "samples": samples}));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -109,7 +109,8 @@ struct Args {
     /// (another enum, other strings) streamed a word an event (docs/benchmarks.md).
     #[arg(long)]
     long_renamed: Option<usize>,
-    #[arg(long)]
+    /// Passed by `cargo bench` (after the arguments given, so it may come twice).
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
 }
 

@@ -50,7 +50,8 @@ struct Args {
     concurrency: usize,
     #[arg(long)]
     json: Option<PathBuf>,
-    #[arg(long)]
+    /// Passed by `cargo bench` (after the arguments given, so it may come twice).
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
 }
 

@@ -36,7 +36,8 @@ struct Args {
     streams: usize,
     #[arg(long, default_value_t = 30)]
     events: usize,
-    #[arg(long)]
+    /// Passed by `cargo bench` (after the arguments given, so it may come twice).
+    #[arg(long, overrides_with = "bench")]
     bench: bool,
 }
 
