@@ -1184,3 +1184,110 @@ fn pushing_into_the_senders_queue_releases_what_push_returns() {
         }
     }
 }
+
+/// An Anthropic citation's quote is a stream of its own, decided with the event that carries it
+/// whole: under strict holdback neither the quote nor the text after it waits for the content
+/// block to end (with one stream for all of a block's quotes, the quote's last words stayed
+/// undecided, and everything queued behind them, until `content_block_stop`). A quote that
+/// reproduces a license is still found, in its own stream.
+#[test]
+fn a_citation_quote_is_decided_at_its_event_under_strict_holdback() {
+    let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let quote = |text: &str| {
+        ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {
+                "type": "citations_delta", "citation": {"type": "web_search_result_location",
+                "cited_text": text, "url": "https://example.org/a", "title": "A",
+                "encrypted_index": "e"}}}),
+        )
+    };
+    let words = "The valley was mild all week and the farmers planted their barley early because the soil dried out sooner than expected this spring";
+    let mut evs = vec![
+        ev(
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {"id": "m", "type": "message",
+                "role": "assistant", "model": "mock", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": "", "citations": []}}),
+        ),
+        quote("Farmers in the valley planted barley early this year, a local paper reported."),
+    ];
+    for w in words.split_inclusive(' ') {
+        evs.push(ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": w}}),
+        ));
+    }
+    let mit = texts::text_of("MIT").unwrap().text;
+    let mit_quote = mit
+        .split_whitespace()
+        .skip(6)
+        .take(40)
+        .collect::<Vec<_>>()
+        .join(" ");
+    evs.push(quote(&mit_quote));
+    let mut p = Pipeline::new(Api::Messages, setup(Policy::builtin()));
+    let mut out = Vec::new();
+    let mut released_at = Vec::new();
+    for (i, e) in evs.iter().enumerate() {
+        for f in p.push(e.as_bytes()) {
+            released_at.push(i);
+            out.extend_from_slice(&f);
+        }
+    }
+    // The block has not ended. The first quote (event 2) went out with its own push.
+    assert!(released_at.contains(&2), "{released_at:?}");
+    let got = events(&out);
+    assert!(
+        got.iter()
+            .any(|(_, v)| v.pointer("/delta/citation/cited_text").is_some()),
+        "the quote is released before the block ends"
+    );
+    // The text after it flows with strict holdback's usual lag (t − 1 = 11 words), not the
+    // whole block.
+    let text: String = got
+        .iter()
+        .filter_map(|(_, v)| v.pointer("/delta/text").and_then(Value::as_str))
+        .collect();
+    let n = words.split_whitespace().count();
+    assert!(
+        text.split_whitespace().count() >= n - 12,
+        "released {:?} of {n} words",
+        text
+    );
+    // The second quote is 40 words of the MIT license (shared with MIT-0, which the finding may
+    // name): a license-text finding in a stream of its own.
+    let mut rest = Vec::new();
+    for e in [
+        ev(
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ev("message_stop", serde_json::json!({"type": "message_stop"})),
+    ] {
+        for f in p.push(e.as_bytes()) {
+            rest.extend_from_slice(&f);
+        }
+    }
+    for f in p.finish() {
+        rest.extend_from_slice(&f);
+    }
+    out.extend_from_slice(&rest);
+    let cites = citations(&events(&out));
+    assert!(
+        cites.iter().any(|c| c["kind"] == "license-text"
+            && c["license"].as_str().is_some_and(|l| l.starts_with("MIT"))),
+        "{cites:?}"
+    );
+}

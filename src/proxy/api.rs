@@ -71,10 +71,10 @@ pub enum Part {
     Refusal,
     /// A passage the provider quotes from a source the answer cites (Anthropic's citations'
     /// `cited_text`: from the caller's documents, search results, or web pages its web search
-    /// fetched): it reaches the reader beside the answer, so it is scanned like it. Streamed,
-    /// a content block's quotes are one stream (each arrives whole in its `citations_delta`;
-    /// the block ends soon after, so strict holdback waits no longer than for its text);
-    /// in a whole response each citation is a stream of its own (`b` is its index).
+    /// fetched): it reaches the reader beside the answer, so it is scanned like it. Each quote
+    /// is a stream of its own: in a whole response `b` is the citation's index in its block;
+    /// streamed, each arrives whole in its `citations_delta`, and the pipeline numbers it and
+    /// ends its stream with the event ([`event_pieces`] gives `b` = 0).
     Quote,
 }
 

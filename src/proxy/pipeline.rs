@@ -315,6 +315,9 @@ pub struct Pipeline {
     blocked: bool,
     /// The policy's shortest blockable run per channel (prose, code).
     min_block: [Option<u32>; 2],
+    /// Quote streams opened ([`Part::Quote`]): each quote is a stream of its own, decided at
+    /// its event, up to [`MAX_QUOTE_STREAMS`]; later quotes share one more.
+    quotes: u64,
     /// Upstream events seen.
     pub events_in: u64,
     /// Upstream events released (synthetic events not counted): with `events_in`, how many
@@ -356,6 +359,7 @@ impl Pipeline {
             pending_cites: Vec::new(),
             decisions: Vec::new(),
             blocked: false,
+            quotes: 0,
             events_in: 0,
             events_out: 0,
             held_bytes: 0,
@@ -586,9 +590,21 @@ impl Pipeline {
             repeats: smallvec::SmallVec::new(),
             changed: false,
         };
+        let mut quoted = smallvec::SmallVec::<[StreamKey; 1]>::new();
         if let Some(v) = &mut held.json {
             self.meta.observe(api, v);
-            for piece in api::event_pieces(api, v) {
+            for mut piece in api::event_pieces(api, v) {
+                if piece.key.part == Part::Quote {
+                    // A quote arrives whole in its event: a stream of its own, ended with the
+                    // event, so strict holdback keeps neither it nor the text after it waiting
+                    // for the block's end. Past the cap (a response citing without end), the
+                    // rest share one stream, decided as the block ends.
+                    piece.key.b = self.quotes.min(MAX_QUOTE_STREAMS);
+                    if self.quotes < MAX_QUOTE_STREAMS {
+                        self.quotes += 1;
+                        quoted.push(piece.key);
+                    }
+                }
                 held.spans.push(self.take_text(piece.key, &piece.text));
             }
             if !self.pending_cites.is_empty() && api::carries_late_citations(api, v) {
@@ -616,6 +632,9 @@ impl Pipeline {
         // Streams that end with this event: the text it carried is complete.
         if let api::StreamEnds::After(ended) = ends {
             self.finish_streams(|k| ended.contains(&k.a));
+        }
+        if !quoted.is_empty() {
+            self.finish_streams(|k| quoted.contains(k));
         }
         self.decide();
     }
@@ -992,6 +1011,11 @@ impl Pipeline {
         self.emit(h);
     }
 }
+
+/// Quotes a response may open a stream each for (Anthropic citations, [`Part::Quote`]); a
+/// stream is a scanner over every index (~1.3 KB made), so a response citing without end is
+/// bounded.
+const MAX_QUOTE_STREAMS: u64 = 64;
 
 /// How a stream's text is read: tool-call arguments as the JSON they are (their string values
 /// each as the text it holds), a code interpreter's code as Python, everything else as
