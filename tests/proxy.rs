@@ -871,40 +871,18 @@ async fn anthropic_thinking_and_tool_use_blocks_are_relayed_and_scanned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_citation_quotes_are_scanned_streamed_and_whole() {
     let stream = |quote: &str| {
-        let mut out = String::new();
-        let mut ev = |name: &str, v: Value| out.push_str(&format!("event: {name}\ndata: {v}\n\n"));
-        ev(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
-                "role": "assistant", "model": "mock-model", "content": [], "stop_reason": null,
-                "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
-        );
-        ev(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "", "citations": []}}),
-        );
-        ev(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta",
-                "citation": {"type": "web_search_result_location", "cited_text": quote,
-                "url": "https://example.org/story", "title": "A story", "encrypted_index": "e1"}}}),
-        );
-        for w in INTRO.split_inclusive(' ') {
-            ev(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
-            );
-        }
-        ev(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        );
-        ev(
-            "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 42}}),
-        );
-        ev("message_stop", json!({"type": "message_stop"}));
-        out.into_bytes()
+        // The mock's Anthropic stream, with a citation right after its text block starts.
+        let base = String::from_utf8(anthropic_stream(INTRO, 8)).unwrap();
+        let cite = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta",
+            "citation": {"type": "web_search_result_location", "cited_text": quote,
+            "url": "https://example.org/story", "title": "A story", "encrypted_index": "e1"}}});
+        let at = base.find("event: ping").unwrap();
+        format!(
+            "{}event: content_block_delta\ndata: {cite}\n\n{}",
+            &base[..at],
+            &base[at..]
+        )
+        .into_bytes()
     };
     let whole = |quote: &str| {
         json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "mock-model",
