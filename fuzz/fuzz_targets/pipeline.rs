@@ -27,6 +27,7 @@ fn stream_texts(api: Api, bytes: &[u8]) -> (BTreeMap<String, String>, BTreeMap<S
     let _ = d.push(bytes, &mut evs);
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     let mut repeated: BTreeMap<String, String> = BTreeMap::new();
+    let mut quotes = 0u64;
     for ev in evs {
         let Some(mut v) = ev
             .data()
@@ -44,7 +45,15 @@ fn stream_texts(api: Api, bytes: &[u8]) -> (BTreeMap<String, String>, BTreeMap<S
             }
         });
         for p in api::event_pieces(api, &v) {
-            out.entry(format!("{}:{}:{:?}", p.key.a, p.key.b, p.key.part))
+            // The pipeline gives each citation quote a stream of its own, numbered in
+            // arrival order up to 64 (the rest share the 65th).
+            let b = if p.key.part == api::Part::Quote {
+                quotes += 1;
+                (quotes - 1).min(64)
+            } else {
+                p.key.b
+            };
+            out.entry(format!("{}:{}:{:?}", p.key.a, b, p.key.part))
                 .or_default()
                 .push_str(&p.text);
         }
