@@ -1367,8 +1367,9 @@ mod tests {
         assert_eq!(w["output"][1]["code"], "z");
     }
 
-    /// Anthropic's citations quote their source (`cited_text`): streamed, a block's quotes are
-    /// one stream beside its text; whole, each citation is its own; both can be rewritten.
+    /// Anthropic's citations quote their source (`cited_text`): streamed, a quote is a piece of
+    /// its block's `Quote` part (the pipeline gives each its own stream); whole, each citation
+    /// is its own stream; both can be rewritten.
     #[test]
     fn anthropic_citations_quoted_text_is_a_stream_of_its_own() {
         let cite = |t: &str| {
