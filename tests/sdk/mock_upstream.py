@@ -3,7 +3,9 @@ Anthropic messages, streamed or not, with a text chosen by a marker in the last 
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
 shorter passage of chapter-02.md, annotated), TOOL (a tool call whose arguments write
 corpora/fixtures/gpl-code/src/ledger.rs, the GPL fixture file, in the order a model writes them:
-path first), anything else (unrelated text)."""
+path first), CITE-CLEAN or CITE-PROTECTED (Anthropic: unrelated text whose block cites a web page,
+quoting unrelated text or the COPY passage as the citation's `cited_text`), anything else
+(unrelated text)."""
 
 import json
 import os
@@ -32,11 +34,26 @@ def wants_tool(body):
     return isinstance(last, str) and "TOOL" in last
 
 
-def answer_for(body):
+def last_text(body):
     msgs = body.get("messages") or []
     last = msgs[-1]["content"] if msgs else ""
     if isinstance(last, list):
         last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+    return last
+
+
+def citation_for(body):
+    """The web-search citation an Anthropic answer carries, if the request asks for one."""
+    last = last_text(body)
+    if "CITE-" not in last:
+        return None
+    quote = COPIED if "CITE-PROTECTED" in last else UNRELATED
+    return {"type": "web_search_result_location", "cited_text": quote, "url": "https://example.org/story",
+            "title": "A story", "encrypted_index": "enc"}
+
+
+def answer_for(body):
+    last = last_text(body)
     if "COPY" in last:
         return INTRO + COPIED + OUTRO
     if "SHORT" in last:
@@ -117,6 +134,10 @@ class Handler(BaseHTTPRequestHandler):
             block, stop = {"type": "text", "text": text}, "end_turn"
             start = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in pieces(text)]
+            cite = citation_for(body)
+            if cite is not None:
+                block["citations"], start["citations"] = [cite], []
+                deltas.insert(0, {"type": "citations_delta", "citation": cite})
         if not body.get("stream"):
             self.send(200, "application/json", json.dumps({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
                 "content": [block], "stop_reason": stop, "stop_sequence": None,

@@ -133,6 +133,26 @@ def test_anthropic_non_streaming(proxy):
     assert r.stop_reason == "end_turn" and r.content[0].text == mock.INTRO + mock.UNRELATED + mock.OUTRO
 
 
+def test_anthropic_citation_quotes_are_scanned(proxy):
+    # A web-search citation quoting unrelated text passes; the SDK's accumulated block has it.
+    with an(proxy).messages.stream(model="mock-model", max_tokens=100,
+                                   messages=[{"role": "user", "content": "CITE-CLEAN"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert final.stop_reason == "end_turn" and text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+    assert final.content[0].citations[0].cited_text == mock.UNRELATED
+    # Quoting a protected passage: blocked at the quote, nothing of it reaches the SDK.
+    with an(proxy).messages.stream(model="mock-model", max_tokens=100,
+                                   messages=[{"role": "user", "content": "CITE-PROTECTED"}]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "refusal"
+    assert "Oduya" not in final.model_dump_json()
+    r = an(proxy).messages.create(model="mock-model", max_tokens=100,
+                                  messages=[{"role": "user", "content": "CITE-PROTECTED"}])
+    assert r.stop_reason == "refusal"
+    assert "Oduya" not in r.model_dump_json()
+
+
 # Tool calls. A coding agent's write tool gets a GPL file (the fixture's ledger.rs) as JSON
 # arguments. Under the built-in policy the copy is blocked; under a policy that redacts code,
 # the SDKs' own accumulation of the streamed arguments (and of the whole responses) must give
