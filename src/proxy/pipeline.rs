@@ -414,13 +414,10 @@ impl Pipeline {
                 "upstream stream longer than the response limit; stopping it"
             );
             self.release();
-            // `refuse` returns what was released before it, then its events.
-            self.out = self
-                .refuse(
-                    "response-too-large",
-                    &format!("verbatim: output stopped; the response passed {limit} bytes (limits.max_response_bytes)"),
-                )
-                .into();
+            self.stop(
+                "response-too-large",
+                &format!("verbatim: output stopped; the response passed {limit} bytes (limits.max_response_bytes)"),
+            );
             return;
         }
         if self.state == State::Relaying {
@@ -439,12 +436,10 @@ impl Pipeline {
                 // Fail-closed, as at the holdback limit: what was decided is sent, what is
                 // held undecided is not, and the client gets a stop event in its format.
                 tracing::warn!(limit, "upstream event too large; stopping the stream");
-                self.out = self
-                    .refuse(
-                        "event-too-large",
-                        &format!("verbatim: output stopped; an upstream event passed {limit} bytes (limits.max_event_bytes)"),
-                    )
-                    .into();
+                self.stop(
+                    "event-too-large",
+                    &format!("verbatim: output stopped; an upstream event passed {limit} bytes (limits.max_event_bytes)"),
+                );
             }
             if self.state == State::Relaying && self.held_bytes > self.setup.max_holdback_bytes {
                 // Fail-closed: what is held is undecided, so none of it is released.
@@ -454,13 +449,10 @@ impl Pipeline {
                     "holdback limit reached; stopping the stream"
                 );
                 let limit = self.setup.max_holdback_bytes;
-                // `refuse` returns everything released so far in this push, then its events.
-                self.out = self
-                    .refuse(
-                        "holdback-limit",
-                        &format!("verbatim: output stopped; more than {limit} bytes were held back waiting for a decision (limits.max_holdback_bytes)"),
-                    )
-                    .into();
+                self.stop(
+                    "holdback-limit",
+                    &format!("verbatim: output stopped; more than {limit} bytes were held back waiting for a decision (limits.max_holdback_bytes)"),
+                );
             }
         }
     }
@@ -509,6 +501,13 @@ impl Pipeline {
     /// Ends the stream now, in the provider's format, without relaying what is held: Verbatim
     /// cannot go on (a decision could not be recorded and the audit trail is fail-closed).
     pub fn refuse(&mut self, reason: &str, explanation: &str) -> Vec<Bytes> {
+        self.stop(reason, explanation);
+        Vec::from(std::mem::take(&mut self.out))
+    }
+
+    /// [`Pipeline::refuse`]'s work: the stop events are queued after what was released
+    /// before them (in a push, after what it released so far).
+    fn stop(&mut self, reason: &str, explanation: &str) {
         if self.state == State::Relaying {
             self.refused = Some(reason.to_string());
             self.queue.clear();
@@ -522,7 +521,6 @@ impl Pipeline {
             self.state = State::Ended;
             self.blocked = true;
         }
-        Vec::from(std::mem::take(&mut self.out))
     }
 
     fn stream(&mut self, key: StreamKey) -> usize {

@@ -107,7 +107,7 @@ impl SseDecoder {
             self.buf.extend_from_slice(rest);
             // `rest` holds no complete event: searched to its end.
             self.searched = rest.len();
-            return self.check_size();
+            return self.check_event(self.buf.len());
         }
         self.buf.extend_from_slice(bytes);
         loop {
@@ -121,15 +121,10 @@ impl SseDecoder {
                 }
                 None => {
                     self.searched = self.buf.len();
-                    return self.check_size();
+                    return self.check_event(self.buf.len());
                 }
             }
         }
-    }
-
-    /// The unfinished event buffered must not pass the limit.
-    fn check_size(&self) -> Result<(), EventTooLarge> {
-        self.check_event(self.buf.len())
     }
 
     /// An event of `len` bytes, complete or not, must not pass the limit. A complete one is
