@@ -1312,21 +1312,14 @@ async fn scenario_concurrent(c: &mut Ctx, label: &str, r: &Req, arms: &[usize], 
 
 fn report(c: &mut Ctx, label: &str, arms: &[usize], mut recs: Vec<(Rec, f64, f64)>) {
     let mut rows = serde_json::Map::new();
-    let sums: Vec<Value> = recs
+    let mut sums: Vec<Option<Value>> = recs
         .iter_mut()
-        .map(|(r, cpu, w)| summary(r, *cpu, *w))
+        .map(|(r, cpu, w)| Some(summary(r, *cpu, *w)))
         .collect();
-    let named = |n: &str| {
-        arms.iter()
-            .position(|&a| c.arms[a].name == n)
-            .map(|i| sums[i].clone())
-    };
-    let (direct, nginx) = (named("direct"), named("nginx"));
-    let mut sums = sums;
+    let names: Vec<&str> = arms.iter().map(|&a| c.arms[a].name).collect();
+    compare_step(&names, &mut sums);
     c.md.push_str(&format!("\n#### {label}\n\n| arm | streams ok | TTFT p50 ms (added) | chunk p50 ms (added) | chunk p99 ms (added) | vs nginx: added p99 | CPU µs/chunk | vs nginx | events/frame | max gap ms |\n|---|---|---|---|---|---|---|---|---|---|\n"));
-    for (j, v) in sums.iter_mut().enumerate() {
-        let name = c.arms[arms[j]].name;
-        compare(v, name, direct.as_ref(), nginx.as_ref());
+    for (v, name) in sums.iter_mut().flatten().zip(names) {
         let ratio_p99 = v["added_p99_vs_nginx"].as_f64().unwrap_or(f64::NAN);
         let ratio_cpu = v["cpu_per_chunk_vs_nginx"].as_f64().unwrap_or(f64::NAN);
         let epf =
@@ -1355,6 +1348,23 @@ fn report(c: &mut Ctx, label: &str, arms: &[usize], mut recs: Vec<(Rec, f64, f64
     c.out.insert(label.into(), Value::Object(rows));
 }
 
+/// Every arm's summary of one step (`sums[i]` is the arm named `names[i]`, if it ran)
+/// compared with the direct and nginx arms' of the same step ([`compare`]).
+fn compare_step(names: &[&str], sums: &mut [Option<Value>]) {
+    let find = |n: &str| {
+        names
+            .iter()
+            .position(|&x| x == n)
+            .and_then(|i| sums[i].clone())
+    };
+    let (direct, nginx) = (find("direct"), find("nginx"));
+    for (name, v) in names.iter().zip(sums.iter_mut()) {
+        if let Some(v) = v {
+            compare(v, name, direct.as_ref(), nginx.as_ref());
+        }
+    }
+}
+
 /// The goals' ratios to nginx, repeated: at each `--ladder` step, `rounds` rounds of every arm
 /// but LiteLLM (the order rotated each round), each round's CPU per chunk and added per-chunk
 /// p99 divided by nginx's in the same round. One step's ratio moves by up to 0.4 between runs
@@ -1377,18 +1387,9 @@ async fn scenario_ratios(c: &mut Ctx, a: &RunArgs, rounds: usize, secs: f64) {
                 let (mut rec, cpu, wall) = run_users(&c.arms[j], n, &r, secs).await;
                 sums[j] = Some(summary(&mut rec, cpu, wall));
             }
-            let find = |name: &str| {
-                c.arms
-                    .iter()
-                    .position(|x| x.name == name)
-                    .and_then(|i| sums[i].clone())
-            };
-            let (direct, nginx) = (find("direct"), find("nginx"));
+            compare_step(&c.arm_names(), &mut sums);
             for &j in &arms {
-                if let Some(mut v) = sums[j].take() {
-                    compare(&mut v, c.arms[j].name, direct.as_ref(), nginx.as_ref());
-                    per[j].push(v);
-                }
+                per[j].extend(sums[j].take());
             }
             println!("ratios {n}: round {} of {rounds} done", round + 1);
         }
@@ -1485,22 +1486,12 @@ async fn scenario_ladder(
             }
             sums[j] = Some(v);
         }
-        let direct = c
-            .arms
-            .iter()
-            .position(|a| a.name == "direct")
-            .and_then(|d| sums[d].clone());
-        let nginx = c
-            .arms
-            .iter()
-            .position(|a| a.name == "nginx")
-            .and_then(|d| sums[d].clone());
+        compare_step(&c.arm_names(), &mut sums);
         for j in 0..c.arms.len() {
             let Some(mut v) = sums[j].take() else {
                 continue;
             };
             let name = c.arms[j].name;
-            compare(&mut v, name, direct.as_ref(), nginx.as_ref());
             let rp = v["added_p99_vs_nginx"].as_f64().unwrap_or(f64::NAN);
             let rc = v["cpu_per_chunk_vs_nginx"].as_f64().unwrap_or(f64::NAN);
             v["pss_bytes"] = json!(mem[j]);
