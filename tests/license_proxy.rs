@@ -1192,16 +1192,7 @@ fn pushing_into_the_senders_queue_releases_what_push_returns() {
 /// reproduces a license is still found, in its own stream.
 #[test]
 fn a_citation_quote_is_decided_at_its_event_under_strict_holdback() {
-    let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
-    let quote = |text: &str| {
-        ev(
-            "content_block_delta",
-            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {
-                "type": "citations_delta", "citation": {"type": "web_search_result_location",
-                "cited_text": text, "url": "https://example.org/a", "title": "A",
-                "encrypted_index": "e"}}}),
-        )
-    };
+    let (ev, quote) = (sse_event, citation_event);
     let words = "The valley was mild all week and the farmers planted their barley early because the soil dried out sooner than expected this spring";
     let mut evs = vec![
         ev(
@@ -1224,14 +1215,7 @@ fn a_citation_quote_is_decided_at_its_event_under_strict_holdback() {
                 "delta": {"type": "text_delta", "text": w}}),
         ));
     }
-    let mit = texts::text_of("MIT").unwrap().text;
-    let mit_quote = mit
-        .split_whitespace()
-        .skip(6)
-        .take(40)
-        .collect::<Vec<_>>()
-        .join(" ");
-    evs.push(quote(&mit_quote));
+    evs.push(quote(&mit_quote()));
     let mut p = Pipeline::new(Api::Messages, setup(Policy::builtin()));
     let mut out = Vec::new();
     let mut released_at = Vec::new();
@@ -1285,6 +1269,87 @@ fn a_citation_quote_is_decided_at_its_event_under_strict_holdback() {
     }
     out.extend_from_slice(&rest);
     let cites = citations(&events(&out));
+    assert!(
+        cites.iter().any(|c| c["kind"] == "license-text"
+            && c["license"].as_str().is_some_and(|l| l.starts_with("MIT"))),
+        "{cites:?}"
+    );
+}
+
+fn sse_event(name: &str, v: Value) -> String {
+    format!("event: {name}\ndata: {v}\n\n")
+}
+
+/// An Anthropic `citations_delta` of block 0 quoting `text` from a web page.
+fn citation_event(text: &str) -> String {
+    sse_event(
+        "content_block_delta",
+        serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {
+            "type": "citations_delta", "citation": {"type": "web_search_result_location",
+            "cited_text": text, "url": "https://example.org/a", "title": "A",
+            "encrypted_index": "e"}}}),
+    )
+}
+
+/// 40 words of the MIT license (shared with MIT-0).
+fn mit_quote() -> String {
+    let mit = texts::text_of("MIT").unwrap().text;
+    mit.split_whitespace()
+        .skip(6)
+        .take(40)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Past the 64 quotes a response may open a stream each for, the rest share one, decided as
+/// their block ends: a license quoted there is still found.
+#[test]
+fn quotes_past_the_cap_share_a_stream_and_are_still_scanned() {
+    let mut upstream = sse_event(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {"id": "m", "type": "message",
+            "role": "assistant", "model": "mock", "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+    );
+    upstream += &sse_event(
+        "content_block_start",
+        serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": "", "citations": []}}),
+    );
+    for i in 0..70 {
+        upstream += &citation_event(&format!("Page {i} says the valley had a mild week."));
+    }
+    upstream += &citation_event(&mit_quote());
+    upstream += &sse_event(
+        "content_block_stop",
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    );
+    upstream += &sse_event(
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+            "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+    );
+    upstream += &sse_event("message_stop", serde_json::json!({"type": "message_stop"}));
+    let mut p = Pipeline::new(Api::Messages, setup(Policy::builtin()));
+    let mut out = Vec::new();
+    for e in upstream.split_inclusive("\n\n") {
+        for f in p.push(e.as_bytes()) {
+            out.extend_from_slice(&f);
+        }
+    }
+    for f in p.finish() {
+        out.extend_from_slice(&f);
+    }
+    let got = events(&out);
+    let quotes = got
+        .iter()
+        .filter(|(_, v)| v.pointer("/delta/citation/cited_text").is_some())
+        .count();
+    assert_eq!(
+        quotes, 71,
+        "every quote is released (annotated, not blocked)"
+    );
+    let cites = citations(&got);
     assert!(
         cites.iter().any(|c| c["kind"] == "license-text"
             && c["license"].as_str().is_some_and(|l| l.starts_with("MIT"))),
