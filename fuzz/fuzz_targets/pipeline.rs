@@ -13,7 +13,7 @@ use common::{index, redact_all, windows, without_placeholders};
 use libfuzzer_sys::fuzz_target;
 use verbatim::policy::Policy;
 use verbatim::proxy::api::{self, Api};
-use verbatim::proxy::pipeline::{Action, Hold, Pipeline, ScanSetup};
+use verbatim::proxy::pipeline::{Action, Hold, MAX_QUOTE_STREAMS, Pipeline, ScanSetup};
 use verbatim::proxy::sse::SseDecoder;
 
 /// Each text stream's text (`a:b:Part`, as decisions name them) in SSE bytes, as the
@@ -46,10 +46,10 @@ fn stream_texts(api: Api, bytes: &[u8]) -> (BTreeMap<String, String>, BTreeMap<S
         });
         for p in api::event_pieces(api, &v) {
             // The pipeline gives each citation quote a stream of its own, numbered in
-            // arrival order up to 64 (the rest share the 65th).
+            // arrival order up to its cap (the rest share one more).
             let b = if p.key.part == api::Part::Quote {
                 quotes += 1;
-                (quotes - 1).min(64)
+                (quotes - 1).min(MAX_QUOTE_STREAMS)
             } else {
                 p.key.b
             };

@@ -1013,7 +1013,7 @@ impl Pipeline {
 /// Quotes a response may open a stream each for (Anthropic citations, [`Part::Quote`]); a
 /// stream is a scanner over every index (~1.3 KB made), so a response citing without end is
 /// bounded.
-const MAX_QUOTE_STREAMS: u64 = 64;
+pub const MAX_QUOTE_STREAMS: u64 = 64;
 
 /// How a stream's text is read: tool-call arguments as the JSON they are (their string values
 /// each as the text it holds), a code interpreter's code as Python, everything else as
