@@ -2000,3 +2000,77 @@ async fn an_open_run_is_judged_by_the_rule_a_finished_one_is() {
     );
     passes_then_blocked_as_exact(&index, None, &other, &original, "code/table.rs").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_stall_other_streams_on_a_shared_http2_upstream() {
+    // Over HTTP/2 the streams to one upstream share a connection and its flow-control window.
+    // A client that stops reading holds its stream back (backpressure), and what the upstream
+    // already sent for it waits in the proxy, counted against the connection's window until
+    // read. With hyper's defaults (2 MB a stream, 5 MB the connection) three such clients
+    // used up the window, and every other stream on that connection stopped. Here three
+    // clients stop reading 4 MB answers; a fourth stream on the same upstream connection
+    // must still arrive whole.
+    use hyper::client::conn::http2;
+    let big = openai_stream(&UNRELATED.repeat(4 << 20 >> 7), 1000);
+    assert!(big.len() > 4 << 20);
+    let mock = start(Reply::sse(&big, 16 << 10)).await;
+    let p = proxy(&mock, |c| c.upstream_http2 = UpstreamHttp2::PriorKnowledge).await;
+    // One client connection, so every stream is on one worker and so on one upstream
+    // connection. Small stream windows on the client's side (so a stream that is not read
+    // stops the proxy soon) and a connection window large enough that the client's own
+    // connection is not what stalls.
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (mut send, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(64 << 10)
+        .initial_connection_window_size(1 << 30)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = || {
+        http::Request::post(format!("http://{}/v1/chat/completions", p.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+            .unwrap()
+    };
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        send.ready().await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), send.send_request(req()))
+            .await
+            .expect("no response head in 10 s")
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        unread.push(r);
+    }
+    // Time for the upstream to send the unread streams what their windows allow.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        mock.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let (upstream, reply) = paced_unrelated(Duration::ZERO);
+    *mock.reply.lock().unwrap() = reply;
+    send.ready().await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), async {
+        let r = send.send_request(req()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("a stream sharing the upstream connection with unread ones did not arrive in 10 s");
+    assert_eq!(body, Bytes::from(upstream));
+    assert_eq!(
+        mock.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the fourth stream went on a connection of its own"
+    );
+    // Backpressure still reaches the upstream: an unread 4 MB answer is held back by its
+    // stream's window (2 MiB), so the upstream finished only the fourth stream.
+    assert_eq!(
+        mock.completed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "an unread answer was read from the upstream to its end"
+    );
+    drop(unread);
+}

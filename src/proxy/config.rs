@@ -340,8 +340,13 @@ impl Config {
                 c.upstream_ca_file = Some(base.join(v.value));
             }
             if let Some(v) = r.opt_u64(u, "upstream", "http2_max_streams") {
-                if v.value == 0 {
-                    r.problem(v.span, "upstream.http2_max_streams", "must be at least 1");
+                let most = crate::proxy::server::H2_MAX_STREAMS;
+                if v.value == 0 || v.value > most as u64 {
+                    r.problem(
+                        v.span,
+                        "upstream.http2_max_streams",
+                        format!("must be between 1 and {most}"),
+                    );
                 } else {
                     c.upstream_http2_max_streams = v.value as usize;
                 }
@@ -519,6 +524,15 @@ mod tests {
                 "v.toml:4",
                 "upstream.http2_max_streams",
                 "`sometimes` is not one of `never`, `negotiate`, `prior-knowledge`",
+                "must be between 1 and 32768",
+            ],
+        );
+        assert_problems(
+            "[upstream]\nhttp2_max_streams = 32769\n",
+            &[
+                "v.toml:2",
+                "upstream.http2_max_streams",
+                "must be between 1 and 32768",
             ],
         );
     }

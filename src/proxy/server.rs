@@ -233,7 +233,37 @@ struct Upstreams {
     /// Clients by upstream, each with its requests in flight. One worker's: the lock is never
     /// contended.
     clients: Arc<std::sync::Mutex<Vec<UpstreamClient>>>,
+    /// HTTP/2 flow-control windows: (a stream's, the connection's). See [`h2_windows`].
+    h2_windows: (u32, u32),
 }
+
+/// Bytes an HTTP/2 upstream may send on one stream before Verbatim has passed them on: hyper's
+/// default, so a large answer (embeddings, a whole file) arrives as fast as it did.
+pub const H2_STREAM_WINDOW: u32 = 2 << 20;
+
+/// The HTTP/2 flow-control windows of an upstream connection carrying up to `max_streams`
+/// streams: (a stream's, the connection's).
+///
+/// A client that stops reading holds its stream back (backpressure): what the upstream already
+/// sent for it waits in the proxy, counted against both windows until it is read. With hyper's
+/// defaults (2 MiB a stream, 5 MiB the connection) three such clients used the whole
+/// connection's window, and every other stream on the connection stopped with them
+/// (`tests/proxy.rs`, `clients_that_stop_reading_do_not_stall_other_streams_on_a_shared_http2_upstream`).
+/// So the connection's window is the sum of its streams' windows: stalled streams can never
+/// take it all. That is no buffer: a stalled stream still holds at most its own window, as
+/// before. Past the largest window HTTP/2 allows (2³¹ − 1) the streams' windows shrink to fit,
+/// down to the protocol's initial 65,535 bytes at [`H2_MAX_STREAMS`] streams (the most
+/// `upstream.http2_max_streams` accepts).
+pub fn h2_windows(max_streams: usize) -> (u32, u32) {
+    const MAX: u64 = (1 << 31) - 1;
+    let n = max_streams.clamp(1, H2_MAX_STREAMS) as u64;
+    let stream = u64::from(H2_STREAM_WINDOW).min(MAX / n);
+    (stream as u32, (stream * n) as u32)
+}
+
+/// The most streams an HTTP/2 upstream connection may be given (`upstream.http2_max_streams`):
+/// as many windows of 65,535 bytes as HTTP/2's largest window holds ([`h2_windows`]).
+pub const H2_MAX_STREAMS: usize = ((1u64 << 31) - 1) as usize / 65_535;
 
 struct UpstreamClient {
     scheme: Option<http::uri::Scheme>,
@@ -252,6 +282,7 @@ impl Upstreams {
                 _ => cfg.upstream_http2_max_streams,
             },
             clients: Arc::default(),
+            h2_windows: h2_windows(cfg.upstream_http2_max_streams),
         }
     }
 
@@ -269,7 +300,9 @@ impl Upstreams {
             Some(c) if c.in_flight.load(Relaxed) < self.max_streams => c,
             _ => {
                 let mut b = Client::builder(TokioExecutor::new());
-                b.http2_only(self.http2 == UpstreamHttp2::PriorKnowledge);
+                b.http2_only(self.http2 == UpstreamHttp2::PriorKnowledge)
+                    .http2_initial_stream_window_size(self.h2_windows.0)
+                    .http2_initial_connection_window_size(self.h2_windows.1);
                 clients.push(UpstreamClient {
                     scheme: uri.scheme().cloned(),
                     authority: uri.authority().cloned(),
@@ -1396,5 +1429,26 @@ mod tests {
         drop(open);
         assert_eq!(load().collect::<Vec<_>>(), [0, 0, 0]);
         assert_eq!(least_loaded(std::iter::empty()), 0);
+    }
+
+    #[test]
+    fn an_upstream_connections_window_is_the_sum_of_its_streams_windows() {
+        const MAX: u64 = (1 << 31) - 1;
+        assert_eq!(h2_windows(100), (H2_STREAM_WINDOW, 100 * H2_STREAM_WINDOW));
+        assert_eq!(h2_windows(1), (H2_STREAM_WINDOW, H2_STREAM_WINDOW));
+        assert_eq!(h2_windows(0), h2_windows(1));
+        // Past HTTP/2's largest window the streams' windows shrink, the sum still fits.
+        assert_eq!(H2_MAX_STREAMS, 32_768);
+        for n in [1023, 1024, 10_000, H2_MAX_STREAMS] {
+            let (stream, conn) = h2_windows(n);
+            assert!(u64::from(conn) <= MAX, "{n}");
+            assert!(
+                (65_535..=H2_STREAM_WINDOW).contains(&stream),
+                "{n}: {stream}"
+            );
+            assert_eq!(u64::from(stream) * n as u64, u64::from(conn), "{n}");
+        }
+        // The config refuses more; were it given, the windows stay those of the most.
+        assert_eq!(h2_windows(usize::MAX), h2_windows(H2_MAX_STREAMS));
     }
 }
