@@ -2074,3 +2074,60 @@ async fn clients_that_stop_reading_do_not_stall_other_streams_on_a_shared_http2_
     );
     drop(unread);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_does_not_read_does_not_stall_the_clients_other_http2_streams() {
+    // A client speaking HTTP/2 to Verbatim sends every request of a connection over it. A
+    // request body that passes through (an upload) is read only as fast as its upstream takes
+    // it; with hyper's server defaults (1 MiB a stream and 1 MiB the connection) one upload
+    // to an upstream that reads nothing used the connection's whole window, and no other
+    // request of the client's could send its body. The stalled upload here goes to the
+    // Anthropic upstream (an `x-api-key` header), a socket that never reads; a chat request on
+    // the same client connection must still be answered.
+    use hyper::client::conn::http2;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        // Accepts and keeps the connection, reading nothing, until the test ends.
+        let (s, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(s);
+    });
+    let (upstream, reply) = paced_unrelated(Duration::ZERO);
+    let mock = start(reply).await;
+    let p = proxy(&mock, |c| {
+        c.upstream_anthropic = format!("http://{silent_addr}").parse().unwrap();
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (mut send, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // More than the kernel's socket buffers on the way to the silent upstream hold.
+    let upload = http::Request::post(format!("http://{}/v1/files", p.addr))
+        .header("x-api-key", "k")
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(vec![b'x'; 48 << 20])))
+        .unwrap();
+    send.ready().await.unwrap();
+    let stalled = tokio::spawn(send.send_request(upload));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!stalled.is_finished(), "the silent upstream answered");
+    send.ready().await.unwrap();
+    let chat = http::Request::post(format!("http://{}/v1/chat/completions", p.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), async {
+        let r = send.send_request(chat).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("a request behind a stalled upload on the same connection got no answer in 10 s");
+    assert_eq!(body, Bytes::from(upstream));
+    stalled.abort();
+    drop(held);
+}

@@ -238,31 +238,39 @@ struct Upstreams {
 }
 
 /// Bytes an HTTP/2 upstream may send on one stream before Verbatim has passed them on: hyper's
-/// default, so a large answer (embeddings, a whole file) arrives as fast as it did.
+/// client default, so a large answer (embeddings, a whole file) arrives as fast as it did.
 pub const H2_STREAM_WINDOW: u32 = 2 << 20;
 
-/// The HTTP/2 flow-control windows of an upstream connection carrying up to `max_streams`
-/// streams: (a stream's, the connection's).
+/// Bytes an HTTP/2 client may send on one request before Verbatim has passed them on, and the
+/// requests a client connection may have open at once: hyper's server defaults.
+const CLIENT_H2_STREAM_WINDOW: u32 = 1 << 20;
+const CLIENT_H2_MAX_STREAMS: u32 = 200;
+
+/// The HTTP/2 flow-control windows of a connection carrying up to `max_streams` streams whose
+/// windows would be `stream` bytes: (a stream's, the connection's).
 ///
-/// A client that stops reading holds its stream back (backpressure): what the upstream already
-/// sent for it waits in the proxy, counted against both windows until it is read. With hyper's
-/// defaults (2 MiB a stream, 5 MiB the connection) three such clients used the whole
-/// connection's window, and every other stream on the connection stopped with them
-/// (`tests/proxy.rs`, `clients_that_stop_reading_do_not_stall_other_streams_on_a_shared_http2_upstream`).
-/// So the connection's window is the sum of its streams' windows: stalled streams can never
-/// take it all. That is no buffer: a stalled stream still holds at most its own window, as
-/// before. Past the largest window HTTP/2 allows (2³¹ − 1) the streams' windows shrink to fit,
-/// down to the protocol's initial 65,535 bytes at [`H2_MAX_STREAMS`] streams (the most
+/// A stream Verbatim cannot pass on holds still — an answer whose client stopped reading
+/// (backpressure), an upload whose upstream reads nothing — and what the peer already sent on
+/// it waits, counted against both windows until it moves on. With hyper's defaults (upstream
+/// connections: 2 MiB a stream, 5 MiB the connection; client connections: 1 MiB and 1 MiB)
+/// three such streams of an upstream connection, or one of a client's, used the connection's
+/// whole window, and every other stream on it stopped with them (`tests/proxy.rs`,
+/// `clients_that_stop_reading_do_not_stall_other_streams_on_a_shared_http2_upstream`,
+/// `an_upload_the_upstream_does_not_read_does_not_stall_the_clients_other_http2_streams`). So
+/// a connection's window is the sum of its streams' windows: stalled streams can never take
+/// it all. That is a bound, not a buffer: a stalled stream still holds at most its own window,
+/// as before. Past the largest window HTTP/2 allows (2³¹ − 1) the streams' windows shrink to
+/// fit, down to the protocol's initial 65,535 bytes at [`H2_MAX_STREAMS`] streams (the most
 /// `upstream.http2_max_streams` accepts).
-pub fn h2_windows(max_streams: usize) -> (u32, u32) {
+pub fn h2_windows(stream: u32, max_streams: usize) -> (u32, u32) {
     const MAX: u64 = (1 << 31) - 1;
     let n = max_streams.clamp(1, H2_MAX_STREAMS) as u64;
-    let stream = u64::from(H2_STREAM_WINDOW).min(MAX / n);
+    let stream = u64::from(stream).min(MAX / n).max(65_535);
     (stream as u32, (stream * n) as u32)
 }
 
-/// The most streams an HTTP/2 upstream connection may be given (`upstream.http2_max_streams`):
-/// as many windows of 65,535 bytes as HTTP/2's largest window holds ([`h2_windows`]).
+/// The most streams an HTTP/2 connection may be given (`upstream.http2_max_streams`): as many
+/// windows of 65,535 bytes as HTTP/2's largest window holds ([`h2_windows`]).
 pub const H2_MAX_STREAMS: usize = ((1u64 << 31) - 1) as usize / 65_535;
 
 struct UpstreamClient {
@@ -282,7 +290,7 @@ impl Upstreams {
                 _ => cfg.upstream_http2_max_streams,
             },
             clients: Arc::default(),
-            h2_windows: h2_windows(cfg.upstream_http2_max_streams),
+            h2_windows: h2_windows(H2_STREAM_WINDOW, cfg.upstream_http2_max_streams),
         }
     }
 
@@ -628,8 +636,15 @@ where
         _ = stopping.wait_for(|s| *s) => return Ok(()),
     };
     if h2 {
+        // Windows as [`h2_windows`] says: an upload its upstream does not read stops only
+        // itself.
+        let (stream_window, conn_window) =
+            h2_windows(CLIENT_H2_STREAM_WINDOW, CLIENT_H2_MAX_STREAMS as usize);
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
+            .max_concurrent_streams(CLIENT_H2_MAX_STREAMS)
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(conn_window)
             .serve_connection(TokioIo::new(stream), service);
         watcher.watch(conn).await
     } else {
@@ -1432,23 +1447,25 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_connections_window_is_the_sum_of_its_streams_windows() {
+    fn a_connections_window_is_the_sum_of_its_streams_windows() {
         const MAX: u64 = (1 << 31) - 1;
-        assert_eq!(h2_windows(100), (H2_STREAM_WINDOW, 100 * H2_STREAM_WINDOW));
-        assert_eq!(h2_windows(1), (H2_STREAM_WINDOW, H2_STREAM_WINDOW));
-        assert_eq!(h2_windows(0), h2_windows(1));
+        let w = H2_STREAM_WINDOW;
+        assert_eq!(h2_windows(w, 100), (w, 100 * w));
+        assert_eq!(h2_windows(w, 1), (w, w));
+        assert_eq!(h2_windows(w, 0), h2_windows(w, 1));
+        assert_eq!(
+            h2_windows(CLIENT_H2_STREAM_WINDOW, CLIENT_H2_MAX_STREAMS as usize),
+            (1 << 20, 200 << 20)
+        );
         // Past HTTP/2's largest window the streams' windows shrink, the sum still fits.
         assert_eq!(H2_MAX_STREAMS, 32_768);
         for n in [1023, 1024, 10_000, H2_MAX_STREAMS] {
-            let (stream, conn) = h2_windows(n);
+            let (stream, conn) = h2_windows(w, n);
             assert!(u64::from(conn) <= MAX, "{n}");
-            assert!(
-                (65_535..=H2_STREAM_WINDOW).contains(&stream),
-                "{n}: {stream}"
-            );
+            assert!((65_535..=w).contains(&stream), "{n}: {stream}");
             assert_eq!(u64::from(stream) * n as u64, u64::from(conn), "{n}");
         }
         // The config refuses more; were it given, the windows stay those of the most.
-        assert_eq!(h2_windows(usize::MAX), h2_windows(H2_MAX_STREAMS));
+        assert_eq!(h2_windows(w, usize::MAX), h2_windows(w, H2_MAX_STREAMS));
     }
 }
