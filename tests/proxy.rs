@@ -2131,3 +2131,56 @@ async fn an_upload_the_upstream_does_not_read_does_not_stall_the_clients_other_h
     stalled.abort();
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_its_stream_cancels_the_upstream_over_either_http_version() {
+    // A client over HTTP/2 leaves a stream with RST_STREAM, keeping its connection; over
+    // HTTP/1.1 it closes the connection. Either way the upstream stream is cancelled — over
+    // HTTP/2 upstream with RST_STREAM on a connection other streams go on using.
+    use hyper::client::conn::{http1, http2};
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}").repeat(20);
+    for (client_h2, upstream_h2) in [(true, true), (true, false), (false, true)] {
+        let what = format!("client h2 {client_h2}, upstream h2 {upstream_h2}");
+        let mut reply = Reply::sse(&openai_stream(&text, 3), 64);
+        reply.delay = Duration::from_millis(5);
+        let mock = start(reply).await;
+        let p = proxy(&mock, |c| {
+            if upstream_h2 {
+                c.upstream_http2 = UpstreamHttp2::PriorKnowledge;
+            }
+        })
+        .await;
+        let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", p.addr))
+            .header("host", "x")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat_req(true, "go").to_string())))
+            .unwrap();
+        let resp = if client_h2 {
+            let (mut send, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await
+        } else {
+            let (mut send, conn) = http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await
+        }
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{what}");
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no first event"));
+        assert!(first.is_some(), "{what}");
+        drop(body);
+        mock.assert_cancelled().await;
+        assert_eq!(
+            mock.completed.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{what}"
+        );
+    }
+}
