@@ -2184,3 +2184,122 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_over_either_http_ve
         );
     }
 }
+
+/// An HTTP/2 upstream (h2c, prior knowledge) that refuses the first `refuse` streams of each
+/// connection with RST_STREAM REFUSED_STREAM — what a server does with streams past its
+/// concurrency limit, or under load — and answers the others `200` with `body`. Counts the
+/// streams it was sent.
+async fn refusing_h2_upstream(
+    refuse: usize,
+    body: Bytes,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (seen, body) = (seen2.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                let mut n = 0;
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    n += 1;
+                    if n <= refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let body = body.clone();
+                    tokio::spawn(async move {
+                        // Read the request body to its end before answering.
+                        let mut rb = req.into_body();
+                        while let Some(chunk) = rb.data().await {
+                            let chunk = chunk.unwrap();
+                            let _ = rb.flow_control().release_capacity(chunk.len());
+                        }
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "text/event-stream")
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(resp, false).unwrap();
+                        send.send_data(body, true).unwrap();
+                    });
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_http2_upstream_refused_is_sent_again() {
+    // RST_STREAM with REFUSED_STREAM means the upstream did not process the stream at all
+    // (RFC 9113 §8.7), so sending it again is safe, even for a POST. A scanned request's body
+    // is held whole, and so is an empty one: those are sent again (up to three attempts in
+    // all), and the client sees the answer, not a 502. A body that passes through as it
+    // streams in cannot be sent twice: refused, it is a 502 that says so.
+    let upstream = openai_stream(&format!("{INTRO}{UNRELATED}{OUTRO}"), 16);
+    let chat = chat_req(true, "go").to_string();
+    // (method, path, body, streams refused, status wanted, streams the upstream sees)
+    let cases = [
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat.as_str()),
+            1,
+            200,
+            2,
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat.as_str()),
+            2,
+            200,
+            3,
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat.as_str()),
+            3,
+            502,
+            3,
+        ),
+        ("GET", "/v1/models", None, 1, 200, 2),
+        ("POST", "/v1/files", Some("a file's bytes"), 1, 502, 1),
+    ];
+    for (method, path, body, refuse, want_status, want_seen) in cases {
+        let what = format!("{method} {path}, {refuse} refused");
+        let (addr, seen) = refusing_h2_upstream(refuse, Bytes::from(upstream.clone())).await;
+        let mock = start(Reply::json(200, &json!({"unused": true}))).await;
+        let p = proxy(&mock, |c| {
+            c.upstream_openai = format!("http://{addr}").parse().unwrap();
+            c.upstream_http2 = UpstreamHttp2::PriorKnowledge;
+        })
+        .await;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", p.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(status, want_status, "{what}: {text}");
+        if want_status == 200 {
+            assert_eq!(got, Bytes::from(upstream.clone()), "{what}");
+        } else {
+            assert!(text.contains("REFUSED_STREAM"), "{what}: {text}");
+        }
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            want_seen,
+            "{what}"
+        );
+    }
+}

@@ -712,6 +712,55 @@ fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether `e` is the upstream refusing the request's HTTP/2 stream (RST_STREAM with
+/// REFUSED_STREAM): the stream was not processed at all (RFC 9113 §8.7), so the request may
+/// be sent again — what a server does with streams past its concurrency limit before the
+/// client has its settings (a burst on a new connection), or when it sheds load.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(h2) = x.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// Times a request the upstream refuses ([`refused_stream`]) is sent in all.
+pub const REFUSED_ATTEMPTS: u32 = 3;
+
+/// A request as sent upstream, kept to send again: only one whose body Verbatim holds whole
+/// (a scanned request's, read before sending, or an empty one).
+struct Resend {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Resend {
+    fn of(parts: &http::request::Parts, body: Bytes) -> Resend {
+        Resend {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+
+    fn request(&self) -> Request<ProxyBody> {
+        let mut r = Request::new(full(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and others a proxy must not forward as they are.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
@@ -882,9 +931,19 @@ async fn forward(
             AUDIT_REFUSAL,
         );
     }
-    let (upstream_req, setup) = match scan {
+    let (upstream_req, setup, resend) = match scan {
+        // A body that is already at its end (GET, or nothing sent) can be sent again.
+        None if body.is_end_stream() => {
+            let resend = Resend::of(&parts, Bytes::new());
+            (
+                Request::from_parts(parts, full(Bytes::new())),
+                None,
+                Some(resend),
+            )
+        }
         None => (
             Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
+            None,
             None,
         ),
         Some(api) => {
@@ -955,14 +1014,49 @@ async fn forward(
                 max_holdback_bytes: cfg.max_holdback_bytes,
                 max_response_bytes: cfg.max_response_bytes,
             };
-            (Request::from_parts(parts, full(bytes)), Some((api, setup)))
+            let resend = Resend::of(&parts, bytes.clone());
+            (
+                Request::from_parts(parts, full(bytes)),
+                Some((api, setup)),
+                Some(resend),
+            )
         }
     };
 
     let (client, in_flight) = upstreams.client(upstream_req.uri());
-    let resp = match tokio::time::timeout(cfg.timeouts.first_byte, client.request(upstream_req))
-        .await
-    {
+    // A stream the upstream refused is sent again, if its body is held; `first_byte` bounds
+    // all the attempts together.
+    let deadline = tokio::time::Instant::now() + cfg.timeouts.first_byte;
+    let mut req = upstream_req;
+    let mut attempts = 1;
+    let answer = loop {
+        match tokio::time::timeout_at(deadline, client.request(req)).await {
+            Ok(Err(e)) if refused_stream(&e) => match &resend {
+                Some(r) if attempts < REFUSED_ATTEMPTS => {
+                    tracing::debug!(upstream = %base, attempts, "the upstream refused the stream; sending it again");
+                    attempts += 1;
+                    req = r.request();
+                }
+                _ => {
+                    tracing::warn!(upstream = %base, attempts, "the upstream refused the stream");
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        &format!(
+                            "verbatim: the upstream refused the request (HTTP/2 REFUSED_STREAM, {attempts} {})",
+                            if attempts == 1 {
+                                "attempt: its body was streamed and cannot be sent again"
+                            } else {
+                                "attempts"
+                            }
+                        ),
+                    );
+                }
+            },
+            other => break other,
+        }
+    };
+    let resp = match answer {
         Err(_) => {
             tracing::warn!(upstream = %base, timeout = ?cfg.timeouts.first_byte, "upstream did not answer in time");
             return error(
