@@ -2303,3 +2303,53 @@ async fn a_stream_the_http2_upstream_refused_is_sent_again() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_answer_on_a_scanned_route_is_refused_not_relayed_unscanned() {
+    // Verbatim asks the upstream for `accept-encoding: identity` on scanned routes. An upstream
+    // (or a box on the way) that compresses anyway would have its answer relayed unscanned:
+    // the SSE decoder finds no events in gzip and relays what it cannot read, and a JSON
+    // answer that does not parse is relayed as it came. Fail-closed: a 502 that says why, and
+    // none of the body. `identity` is no compression; a route Verbatim does not scan relays
+    // whatever it gets.
+    let text = format!("{INTRO}{UNRELATED}{OUTRO}");
+    let stream = openai_stream(&text, 16);
+    let json_body = openai_json(&text);
+    for (encoding, stream_req, path, want) in [
+        ("gzip", true, "/v1/chat/completions", 502),
+        ("br", false, "/v1/chat/completions", 502),
+        ("identity", true, "/v1/chat/completions", 200),
+        ("gzip", false, "/v1/embeddings", 200),
+    ] {
+        let what = format!("{encoding}, stream {stream_req}, {path}");
+        let mut reply = if stream_req {
+            Reply::sse(&stream, 64)
+        } else {
+            Reply::json(200, &json_body)
+        };
+        reply.headers = vec![("content-encoding", encoding)];
+        let mock = start(reply.clone()).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (status, headers, body) = post(p.addr, path, &chat_req(stream_req, "go")).await;
+        let text_out = String::from_utf8_lossy(&body);
+        assert_eq!(status, want, "{what}: {text_out}");
+        let sent: Vec<u8> = reply.chunks.concat();
+        if want == 502 {
+            assert!(
+                text_out.contains("content-encoding") && text_out.contains(encoding),
+                "{what}: {text_out}"
+            );
+            assert!(
+                !body.windows(20).any(|w| sent.windows(20).any(|s| s == w)),
+                "{what}"
+            );
+        } else {
+            assert_eq!(body.as_ref(), sent.as_slice(), "{what}");
+            assert_eq!(
+                headers.get("content-encoding").map(|v| v.to_str().unwrap()),
+                Some(encoding),
+                "{what}"
+            );
+        }
+    }
+}

@@ -727,6 +727,19 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The content coding of a response other than `identity`, if it has one (RFC 9110 §8.4: a
+/// list, in the order applied).
+fn compressed(h: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("unreadable").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
 /// Times a request the upstream refuses ([`refused_stream`]) is sent in all.
 pub const REFUSED_ATTEMPTS: u32 = 3;
 
@@ -1103,6 +1116,20 @@ async fn forward(
     let Some((api, setup)) = setup.filter(|_| rparts.status.is_success()) else {
         return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
     };
+    // Asked for `identity`, an upstream (or a box on the way) may compress all the same: the
+    // SSE decoder would find no events in it and relay what it cannot read, a JSON answer
+    // that does not parse would be relayed as it came — unscanned either way. Fail-closed.
+    if let Some(coding) = compressed(&rparts.headers) {
+        tracing::warn!(upstream = %base, %coding, "the upstream compressed an answer to be scanned");
+        shared.metrics.stream_end(api.name(), "upstream_compressed");
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!(
+                "verbatim: the upstream sent its answer compressed (content-encoding: {coding}) though asked for none; a compressed answer cannot be scanned"
+            ),
+        );
+    }
     let ctype = rparts
         .headers
         .get(header::CONTENT_TYPE)

@@ -35,6 +35,8 @@ pub struct Reply {
     pub head_delay: Duration,
     /// After this many chunks, go silent for this long (a stalled upstream).
     pub stall: Option<(usize, Duration)>,
+    /// More response headers.
+    pub headers: Vec<(&'static str, &'static str)>,
 }
 
 impl Reply {
@@ -50,6 +52,7 @@ impl Reply {
             reset_after: None,
             head_delay: Duration::ZERO,
             stall: None,
+            headers: Vec::new(),
         }
     }
     pub fn json(status: u16, v: &Value) -> Reply {
@@ -61,6 +64,7 @@ impl Reply {
             reset_after: None,
             head_delay: Duration::ZERO,
             stall: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -215,12 +219,14 @@ pub async fn start_capped(reply: Reply, h2_streams: Option<u32>) -> Mock {
                         if !reply.head_delay.is_zero() {
                             tokio::time::sleep(reply.head_delay).await;
                         }
-                        let resp = Response::builder()
+                        let mut resp = Response::builder()
                             .status(StatusCode::from_u16(reply.status).unwrap())
                             .header("content-type", reply.content_type)
-                            .header("x-request-id", "req_mock_1")
-                            .body(ChannelBody(rx))
-                            .unwrap();
+                            .header("x-request-id", "req_mock_1");
+                        for (k, v) in &reply.headers {
+                            resp = resp.header(*k, *v);
+                        }
+                        let resp = resp.body(ChannelBody(rx)).unwrap();
                         Ok::<_, Infallible>(resp)
                     }
                 });
