@@ -2353,3 +2353,41 @@ async fn a_compressed_answer_on_a_scanned_route_is_refused_not_relayed_unscanned
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_a_known_content_type_is_scanned_as_the_request_asked() {
+    // A scanned route's answer was read as a stream only when labelled `text/event-stream`
+    // and as JSON only when labelled `application/json`; anything else — no content type
+    // at all, as some self-hosted servers send, or `text/plain` — was relayed unscanned.
+    // Now such an answer is read as the request asked for it: a stream if it asked to
+    // stream, JSON otherwise.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    for ctype in ["", "text/plain; charset=utf-8", "application/octet-stream"] {
+        let mut reply = Reply::sse(&openai_stream(&text, 5), 64);
+        reply.content_type = ctype;
+        let mock = start(reply).await;
+        let p = proxy(&mock, |_| {}).await;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(status, 200, "{ctype:?}");
+        let evs = events(&body);
+        let got = openai_text(&evs);
+        assert!(
+            text.starts_with(&got) && got.len() <= INTRO.len(),
+            "{ctype:?}: released {got:?}"
+        );
+        assert_blocked_as(&evs, "exact");
+
+        let mut reply = Reply::json(200, &openai_json(&text));
+        reply.content_type = ctype;
+        *mock.reply.lock().unwrap() = reply;
+        let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+        assert_eq!(status, 200, "{ctype:?}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v.pointer("/choices/0/finish_reason"),
+            Some(&json!("content_filter")),
+            "{ctype:?}"
+        );
+        assert_eq!(v.pointer("/choices/0/message/content"), Some(&json!(INTRO)));
+    }
+}

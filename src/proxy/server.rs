@@ -1136,7 +1136,18 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ctype.starts_with("text/event-stream") {
+    // Read as its label says; an answer labelled neither a stream nor JSON (no content type,
+    // as some self-hosted servers send, or `text/plain`) as the request asked for it — it
+    // was relayed unscanned before.
+    let sse = if ctype.starts_with("text/event-stream") {
+        true
+    } else if ctype.starts_with("application/json") {
+        false
+    } else {
+        tracing::debug!(content_type = %ctype, streamed = info.streamed, "an answer to be scanned has no known content type; read as the request asked");
+        info.streamed
+    };
+    if sse {
         rparts.headers.remove(header::CONTENT_LENGTH);
         let hold = format!("{:?}", setup.hold).to_lowercase();
         let body = PipelineBody {
@@ -1158,65 +1169,62 @@ async fn forward(
         };
         return Response::from_parts(rparts, body.boxed());
     }
-    if ctype.starts_with("application/json") {
-        let read = tokio::time::timeout(
-            cfg.timeouts.idle,
-            Limited::new(rbody, cfg.max_response_bytes).collect(),
-        )
-        .await
-        .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
-        let bytes = match read {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream response could not be read");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    "verbatim: the upstream response could not be read",
-                );
-            }
-        };
-        let (changed, decisions) = scan_response(api, &bytes, &setup);
-        log_decisions(api, &decisions);
-        let hold = format!("{:?}", setup.hold).to_lowercase();
-        let (queued, waits) = record_decisions(&shared, &info, &loaded.policy, &hold, &decisions);
-        let unrecorded = !queued;
-        // `audit.durable`: the block is on disk before the client hears of it.
-        let since = std::time::Instant::now();
-        for w in waits {
-            if !w.await.unwrap_or(false) {
-                tracing::error!(request_id = %info.request_id, "a block's audit record is not confirmed on disk");
-            }
-            shared.metrics.audit_wait(since.elapsed().as_secs_f64());
-        }
-        if unrecorded && shared.audit.on_failure() == audit::OnFailure::FailClosed {
-            shared.metrics.stream_end(api.name(), "audit_failure");
+    let read = tokio::time::timeout(
+        cfg.timeouts.idle,
+        Limited::new(rbody, cfg.max_response_bytes).collect(),
+    )
+    .await
+    .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
+    let bytes = match read {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream response could not be read");
             return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                AUDIT_REFUSAL,
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "verbatim: the upstream response could not be read",
             );
         }
-        let blocked = decisions
-            .iter()
-            .any(|d| d.action == super::pipeline::Action::Block);
-        shared
-            .metrics
-            .stream_end(api.name(), if blocked { "blocked" } else { "completed" });
-        shared.audit.record(Record::StreamEnd(StreamEndRecord {
-            time: audit::now(),
-            request: info,
-            end: if blocked { "blocked" } else { "completed" }.into(),
-            events: 0,
-            decisions: decisions.len() as u64,
-        }));
-        let body = changed.unwrap_or(bytes);
-        rparts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        return Response::from_parts(rparts, full(body));
+    };
+    let (changed, decisions) = scan_response(api, &bytes, &setup);
+    log_decisions(api, &decisions);
+    let hold = format!("{:?}", setup.hold).to_lowercase();
+    let (queued, waits) = record_decisions(&shared, &info, &loaded.policy, &hold, &decisions);
+    let unrecorded = !queued;
+    // `audit.durable`: the block is on disk before the client hears of it.
+    let since = std::time::Instant::now();
+    for w in waits {
+        if !w.await.unwrap_or(false) {
+            tracing::error!(request_id = %info.request_id, "a block's audit record is not confirmed on disk");
+        }
+        shared.metrics.audit_wait(since.elapsed().as_secs_f64());
     }
-    Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed())
+    if unrecorded && shared.audit.on_failure() == audit::OnFailure::FailClosed {
+        shared.metrics.stream_end(api.name(), "audit_failure");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            AUDIT_REFUSAL,
+        );
+    }
+    let blocked = decisions
+        .iter()
+        .any(|d| d.action == super::pipeline::Action::Block);
+    shared
+        .metrics
+        .stream_end(api.name(), if blocked { "blocked" } else { "completed" });
+    shared.audit.record(Record::StreamEnd(StreamEndRecord {
+        time: audit::now(),
+        request: info,
+        end: if blocked { "blocked" } else { "completed" }.into(),
+        events: 0,
+        decisions: decisions.len() as u64,
+    }));
+    let body = changed.unwrap_or(bytes);
+    rparts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(rparts, full(body))
 }
 
 /// A request id of our own: time and a process-wide counter, hashed (unique per process run).
