@@ -2391,3 +2391,80 @@ async fn an_answer_without_a_known_content_type_is_scanned_as_the_request_asked(
         assert_eq!(v.pointer("/choices/0/message/content"), Some(&json!(INTRO)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fetched_later_are_scanned_as_the_answers_they_are() {
+    // A Responses request with `background: true` answers at once with no output; the client
+    // then fetches the answer — `GET /v1/responses/{id}`, or streams it, `?stream=true` — and
+    // a stored chat completion is fetched with `GET /v1/chat/completions/{id}`. Those routes
+    // passed through, so a background answer reached its client unscanned. They are scanned
+    // as the whole or streamed answers they are. A response's input items (the caller's own
+    // text) still pass through.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let stream = responses_stream(&text, 3);
+    let whole = events(&stream)
+        .into_iter()
+        .find(|(n, _)| n.as_deref() == Some("response.completed"))
+        .map(|(_, v)| v["response"].clone())
+        .unwrap();
+    let get = |addr: std::net::SocketAddr, path: &str| {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        async move {
+            let r = client().request(req).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    // Streamed.
+    let mock = start(Reply::sse(&stream, 30)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (status, body) = get(
+        p.addr,
+        "/v1/responses/resp_mock?stream=true&starting_after=0",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    let got = responses_text(&evs);
+    assert!(text.starts_with(&got) && got.len() <= INTRO.len(), "{got}");
+    assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
+    assert_eq!(
+        evs.last().unwrap().0.as_deref(),
+        Some("response.incomplete")
+    );
+    // Whole.
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole);
+    let (status, body) = get(p.addr, "/v1/responses/resp_mock").await;
+    assert_eq!(status, 200);
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya"), "{all}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/incomplete_details/reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    // A stored chat completion.
+    *mock.reply.lock().unwrap() = Reply::json(200, &openai_json(&text));
+    let (status, body) = get(p.addr, "/v1/chat/completions/chatcmpl-mock").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/choices/0/message/content"), Some(&json!(INTRO)));
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    // The caller's own input items, and other routes under a response, pass through.
+    for path in [
+        "/v1/responses/resp_mock/input_items",
+        "/v1/chat/completions/chatcmpl-mock/messages",
+        "/v1/responses",
+    ] {
+        *mock.reply.lock().unwrap() = Reply::json(200, &openai_json(&text));
+        let (status, body) = get(p.addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(body, Bytes::from(openai_json(&text).to_string()), "{path}");
+    }
+}

@@ -10,11 +10,14 @@ use serde_json::{Map, Value, json};
 /// The APIs whose responses are scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
-    /// OpenAI `POST /v1/chat/completions`.
+    /// OpenAI `POST /v1/chat/completions`, and `GET /v1/chat/completions/{id}` (a stored
+    /// completion fetched later: the same object).
     ChatCompletions,
     /// OpenAI legacy `POST /v1/completions`.
     Completions,
-    /// OpenAI `POST /v1/responses`.
+    /// OpenAI `POST /v1/responses`, and `GET /v1/responses/{id}` (a response fetched later —
+    /// how a `background: true` request gets its answer —, whole or `?stream=true`: the same
+    /// object and events).
     Responses,
     /// Anthropic `POST /v1/messages`.
     Messages,
@@ -23,10 +26,13 @@ pub enum Api {
 impl Api {
     /// The scanned API for a request, if any (everything else passes through).
     pub fn route(method: &http::Method, path: &str) -> Option<Api> {
+        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+        if method == http::Method::GET {
+            return Api::fetched(path);
+        }
         if method != http::Method::POST {
             return None;
         }
-        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
         // Accept a deployment prefix before /v1 (e.g. /openai/v1/chat/completions).
         if path.ends_with("/v1/chat/completions") || path == "/chat/completions" {
             Some(Api::ChatCompletions)
@@ -39,6 +45,32 @@ impl Api {
         } else {
             None
         }
+    }
+
+    /// An answer fetched after it was made: `GET …/v1/responses/{id}` or
+    /// `GET …/v1/chat/completions/{id}` (one path segment after the collection; its
+    /// `input_items` or `messages` are the caller's text, and lists are not scanned).
+    fn fetched(path: &str) -> Option<Api> {
+        let (collection, id) = path.rsplit_once('/')?;
+        if id.is_empty() {
+            return None;
+        }
+        let is =
+            |c: &str| collection.ends_with(&format!("/v1/{c}")) || collection == format!("/{c}");
+        if is("responses") {
+            Some(Api::Responses)
+        } else if is("chat/completions") {
+            Some(Api::ChatCompletions)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a request fetching an answer asks for it streamed (`?stream=true`).
+    pub fn query_streams(path_and_query: &str) -> bool {
+        path_and_query
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "stream=true"))
     }
 
     pub fn is_anthropic(self) -> bool {
@@ -1318,6 +1350,54 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_routed_to_the_api_whose_answer_they_get() {
+        use http::Method;
+        let (post, get) = (Method::POST, Method::GET);
+        for (m, path, want) in [
+            (&post, "/v1/chat/completions", Some(Api::ChatCompletions)),
+            (
+                &post,
+                "/openai/v1/chat/completions/",
+                Some(Api::ChatCompletions),
+            ),
+            (&post, "/v1/completions", Some(Api::Completions)),
+            (&post, "/v1/responses", Some(Api::Responses)),
+            (&post, "/v1/messages?beta=true", Some(Api::Messages)),
+            (&get, "/v1/responses/resp_1", Some(Api::Responses)),
+            (
+                &get,
+                "/v1/responses/resp_1?stream=true",
+                Some(Api::Responses),
+            ),
+            (&get, "/responses/resp_1", Some(Api::Responses)),
+            (
+                &get,
+                "/v1/chat/completions/chatcmpl-1",
+                Some(Api::ChatCompletions),
+            ),
+            (&get, "/v1/responses", None),
+            (&get, "/v1/responses/", None),
+            (&get, "/v1/responses/resp_1/input_items", None),
+            (&get, "/v1/chat/completions", None),
+            (&get, "/v1/chat/completions/chatcmpl-1/messages", None),
+            (&get, "/v1/models", None),
+            (&get, "/v1/models/gpt-x", None),
+            (&post, "/v1/responses/resp_1/cancel", None),
+            (&Method::DELETE, "/v1/responses/resp_1", None),
+            (&post, "/v1/embeddings", None),
+        ] {
+            assert_eq!(Api::route(m, path), want, "{m} {path}");
+        }
+        assert!(Api::query_streams("/v1/responses/r?stream=true"));
+        assert!(Api::query_streams(
+            "/v1/responses/r?starting_after=3&stream=true"
+        ));
+        assert!(!Api::query_streams("/v1/responses/r?stream=false"));
+        assert!(!Api::query_streams("/v1/responses/r"));
+        assert!(!Api::query_streams("/v1/responses/r?streams=true"));
+    }
 
     /// A chunk's text is borrowed from the event where it has no escapes (no allocation for
     /// every streamed chunk) and decoded where it has.

@@ -986,6 +986,11 @@ async fn forward(
                 info.model = v.get("model").and_then(|m| m.as_str()).map(str::to_string);
                 info.streamed = api::wants_stream(v);
             }
+            // An answer fetched later (`GET`) asks for a stream in its query.
+            if parts.method == http::Method::GET {
+                info.streamed =
+                    Api::query_streams(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+            }
             let exempt = match &json {
                 Some(v) => {
                     let mut keys = exemptions(
