@@ -1,5 +1,7 @@
-"""A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions and
-Anthropic messages, streamed or not, with a text chosen by a marker in the last user message:
+"""A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions, legacy
+completions, responses (also `background: true`, then fetched by id, whole or streamed) and
+Anthropic messages, streamed or not, with a text chosen by a marker in the last user message
+(a response's `input`, a completion's `prompt`):
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
 shorter passage of chapter-02.md, annotated), TOOL (a tool call whose arguments write
 corpora/fixtures/gpl-code/src/ledger.rs, the GPL fixture file, in the order a model writes them:
@@ -36,7 +38,7 @@ def wants_tool(body):
 
 def last_text(body):
     msgs = body.get("messages") or []
-    last = msgs[-1]["content"] if msgs else ""
+    last = msgs[-1]["content"] if msgs else (body.get("input") or body.get("prompt") or "")
     if isinstance(last, list):
         last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
     return last
@@ -65,6 +67,48 @@ def pieces(text, n=7):
     return [text[i:i + n] for i in range(0, len(text), n)]
 
 
+def response_object(rid, status, text):
+    """A Responses API response object; its text only once `completed`."""
+    item = {"id": "msg_mock", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    return {"id": rid, "object": "response", "created_at": 1700000000, "status": status, "model": "mock-model",
+            "output": [item] if status == "completed" else [], "parallel_tool_calls": True,
+            "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
+            "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0,
+            "background": rid.startswith("resp_bg_")}
+
+
+def response_events(rid, text):
+    """The events of a streamed response."""
+    out, n = [], 0
+    def ev(data):
+        nonlocal n
+        data["sequence_number"] = n
+        n += 1
+        out.append(f"event: {data['type']}\ndata: {json.dumps(data)}\n\n")
+    ev({"type": "response.created", "response": response_object(rid, "in_progress", text)})
+    ev({"type": "response.output_item.added", "output_index": 0,
+        "item": {"id": "msg_mock", "type": "message", "status": "in_progress", "role": "assistant", "content": []}})
+    ev({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": []}})
+    for p in pieces(text):
+        ev({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+            "delta": p, "logprobs": []})
+    part = {"type": "output_text", "text": text, "annotations": []}
+    ev({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+        "text": text, "logprobs": []})
+    ev({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+        "part": part})
+    done = response_object(rid, "completed", text)
+    ev({"type": "response.output_item.done", "output_index": 0, "item": done["output"][0]})
+    ev({"type": "response.completed", "response": done})
+    return "".join(out)
+
+
+# Background responses by id: the text each will have.
+BACKGROUND = {}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # the body ends when the connection closes
 
@@ -81,7 +125,17 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path.startswith("/v1/models"):
+        path, _, query = self.path.partition("?")
+        if path.startswith("/v1/responses/") and path.count("/") == 3:
+            rid = path.rsplit("/", 1)[1]
+            text = BACKGROUND.get(rid)
+            if text is None:
+                self.send(404, "application/json", json.dumps({"error": {"message": "no such response", "type": "not_found"}}))
+            elif "stream=true" in query.split("&"):
+                self.send(200, "text/event-stream", response_events(rid, text))
+            else:
+                self.send(200, "application/json", json.dumps(response_object(rid, "completed", text)))
+        elif self.path.startswith("/v1/models"):
             self.send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
         else:
             self.send(404, "application/json", json.dumps({"error": {"message": "not found", "type": "not_found"}}))
@@ -94,6 +148,10 @@ class Handler(BaseHTTPRequestHandler):
             self.chat(body, text)
         elif self.path.startswith("/v1/messages"):
             self.messages(body, text)
+        elif self.path.startswith("/v1/responses"):
+            self.responses_api(body, text)
+        elif self.path.startswith("/v1/completions"):
+            self.completions(body, text)
         else:
             self.send(404, "application/json", json.dumps({"error": {"message": "not found", "type": "not_found"}}))
 
@@ -121,6 +179,29 @@ class Handler(BaseHTTPRequestHandler):
         for d in deltas:
             chunk(d)
         chunk({}, finish)
+        out.append("data: [DONE]\n\n")
+        self.send(200, "text/event-stream", "".join(out))
+
+    def responses_api(self, body, text):
+        if body.get("background"):
+            rid = f"resp_bg_{len(BACKGROUND)}"
+            BACKGROUND[rid] = text
+            self.send(200, "application/json", json.dumps(response_object(rid, "queued", text)))
+        elif body.get("stream"):
+            self.send(200, "text/event-stream", response_events("resp_mock", text))
+        else:
+            self.send(200, "application/json", json.dumps(response_object("resp_mock", "completed", text)))
+
+    def completions(self, body, text):
+        base = {"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": "mock-model"}
+        if not body.get("stream"):
+            self.send(200, "application/json", json.dumps({**base, "choices": [
+                {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}))
+            return
+        out = ["data: " + json.dumps({**base, "choices": [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}]}) + "\n\n"
+               for p in pieces(text)]
+        out.append("data: " + json.dumps({**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]}) + "\n\n")
         out.append("data: [DONE]\n\n")
         self.send(200, "text/event-stream", "".join(out))
 

@@ -95,6 +95,52 @@ def test_openai_other_endpoints_pass_through(proxy):
     assert [m.id for m in models.data] == ["mock-model"]
 
 
+def test_openai_responses_streamed_and_whole(proxy):
+    c = oa(proxy)
+    events = list(c.responses.create(model="mock-model", input="write PLAIN", stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+    events = list(c.responses.create(model="mock-model", input="write COPY", stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "Oduya" not in text and mock.INTRO.startswith(text)
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "content_filter"
+    r = c.responses.create(model="mock-model", input="write COPY")
+    assert "Oduya" not in r.output_text
+    assert r.incomplete_details.reason == "content_filter"
+    r = c.responses.create(model="mock-model", input="write PLAIN")
+    assert r.output_text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
+def test_openai_background_response_is_scanned_when_fetched(proxy):
+    # `background: true` answers at once with no output; the answer is fetched by id — whole,
+    # or streamed — and is scanned there (it passed through unscanned before 2026-12-07).
+    c = oa(proxy)
+    queued = c.responses.create(model="mock-model", input="write COPY", background=True)
+    assert queued.status == "queued" and queued.output == []
+    r = c.responses.retrieve(queued.id)
+    assert "Oduya" not in r.output_text
+    assert r.incomplete_details.reason == "content_filter"
+    events = list(c.responses.retrieve(queued.id, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "Oduya" not in text and mock.INTRO.startswith(text)
+    assert events[-1].type == "response.incomplete"
+    plain = c.responses.create(model="mock-model", input="write PLAIN", background=True)
+    assert c.responses.retrieve(plain.id).output_text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
+def test_openai_legacy_completions(proxy):
+    c = oa(proxy)
+    chunks = list(c.completions.create(model="mock-model", prompt="write COPY", stream=True))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert "Oduya" not in text and mock.INTRO.startswith(text)
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    r = c.completions.create(model="mock-model", prompt="write COPY")
+    assert r.choices[0].finish_reason == "content_filter" and "Oduya" not in r.choices[0].text
+    r = c.completions.create(model="mock-model", prompt="write PLAIN")
+    assert r.choices[0].text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
 def test_anthropic_stream_passthrough_and_helpers(proxy):
     with an(proxy).messages.stream(model="mock-model", max_tokens=100,
                                    messages=[{"role": "user", "content": "PLAIN"}]) as s:
