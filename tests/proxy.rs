@@ -2468,3 +2468,39 @@ async fn answers_fetched_later_are_scanned_as_the_answers_they_are() {
         assert_eq!(body, Bytes::from(openai_json(&text).to_string()), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
+    // OpenAI-compatible servers that reason (DeepSeek, vLLM) return `reasoning_content`
+    // beside the answer. Streamed, its deltas were scanned; a whole answer's was not.
+    let mut v = openai_json(&format!("{INTRO}{UNRELATED}"));
+    v["choices"][0]["message"]["reasoning_content"] = json!(format!("{INTRO}{COPIED}{OUTRO}"));
+    let mock = start(Reply::json(200, &v)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (status, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
+    let got: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        got.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{got}"
+    );
+    // Redacted in place, the answer itself kept.
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let got: Value = serde_json::from_slice(&body).unwrap();
+    let reasoning = got["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reasoning.starts_with(INTRO)
+            && reasoning.contains("[verbatim: redacted")
+            && !reasoning.contains("Oduya"),
+        "{reasoning}"
+    );
+    assert_eq!(
+        got.pointer("/choices/0/message/content"),
+        Some(&json!(format!("{INTRO}{UNRELATED}")))
+    );
+}

@@ -550,6 +550,11 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 if let Some(t) = m.get("refusal").and_then(Value::as_str) {
                     f(key(i, 0, Part::Refusal), t);
                 }
+                // Reasoning some OpenAI-compatible servers return beside the answer (DeepSeek,
+                // vLLM): scanned when streamed, so whole too.
+                if let Some(t) = m.get("reasoning_content").and_then(Value::as_str) {
+                    f(key(i, 0, Part::Thinking), t);
+                }
                 for tc in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -675,6 +680,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
             .and_then(|m| match k.part {
                 Part::Text => m.get_mut("content"),
                 Part::Refusal => m.get_mut("refusal"),
+                Part::Thinking => m.get_mut("reasoning_content"),
                 _ => m
                     .get_mut("tool_calls")
                     .and_then(Value::as_array_mut)
