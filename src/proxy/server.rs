@@ -741,7 +741,7 @@ fn compressed(h: &HeaderMap) -> Option<String> {
 }
 
 /// Times a request the upstream refuses ([`refused_stream`]) is sent in all.
-pub const REFUSED_ATTEMPTS: u32 = 3;
+const REFUSED_ATTEMPTS: u32 = 3;
 
 /// A request as sent upstream, kept to send again: only one whose body Verbatim holds whole
 /// (a scanned request's, read before sending, or an empty one).
