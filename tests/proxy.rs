@@ -2504,3 +2504,128 @@ async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
         Some(&json!(format!("{INTRO}{UNRELATED}")))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
+    // Everything Verbatim does not scan passes through — a WebSocket too (OpenAI's Realtime
+    // API, which the SDKs open at their base URL). The upgrade reaches the upstream with its
+    // `Upgrade` and `Connection` headers (only `websocket`: an h2c upgrade is still stripped,
+    // see `hop_by_hop_headers_and_headers_named_in_connection_are_not_forwarded`), the 101
+    // comes back, and the bytes after it flow both ways untouched. Not scanned.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        // A mock WebSocket server that answers 101 and then echoes every byte upper-cased.
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        *seen2.lock().unwrap() = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let up: Vec<u8> = buf[..n].to_ascii_uppercase();
+            if s.write_all(&up).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mock = start(Reply::json(200, &json!({"unused": true}))).await;
+    let p = proxy(&mock, |c| {
+        c.upstream_openai = format!("http://{up}").parse().unwrap();
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Authorization: Bearer sk-test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+    })
+    .await
+    .expect("no answer to the upgrade");
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("sec-websocket-accept"),
+        "{head}"
+    );
+    let up_head = seen.lock().unwrap().clone();
+    for want in [
+        "get /v1/realtime?model=gpt-realtime http/1.1",
+        "upgrade: websocket",
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
+        "authorization: bearer sk-test",
+    ] {
+        assert!(up_head.contains(want), "{want} missing upstream: {up_head}");
+    }
+    assert!(
+        up_head
+            .lines()
+            .any(|l| l.starts_with("connection:") && l.contains("upgrade")),
+        "{up_head}"
+    );
+    for msg in [
+        &b"hello realtime"[..],
+        &[0x81, 0x05, b'h', b'e', b'l', b'l', b'o'][..],
+    ] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("no bytes back through the tunnel")
+            .unwrap();
+        assert_eq!(back, msg.to_ascii_uppercase());
+    }
+    // An upstream that does not switch protocols: its answer is relayed as an answer. (The
+    // JSON mock, reached as the Anthropic upstream through `x-api-key`.)
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: k\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("unused") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        got.starts_with("http/1.1 200") && got.contains("{\"unused\":true}"),
+        "{got}"
+    );
+    assert!(!got.contains("upgrade: websocket"), "{got}");
+}

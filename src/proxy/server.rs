@@ -235,6 +235,9 @@ struct Upstreams {
     clients: Arc<std::sync::Mutex<Vec<UpstreamClient>>>,
     /// HTTP/2 flow-control windows: (a stream's, the connection's). See [`h2_windows`].
     h2_windows: (u32, u32),
+    /// HTTP/1.1 only, for WebSocket upgrades ([`tunnel`]): an upgrade is an HTTP/1.1 request,
+    /// whatever version the upstream's other requests use.
+    tunnels: HttpsClient,
 }
 
 /// Bytes an HTTP/2 upstream may send on one stream before Verbatim has passed them on: hyper's
@@ -291,6 +294,11 @@ impl Upstreams {
             },
             clients: Arc::default(),
             h2_windows: h2_windows(H2_STREAM_WINDOW, cfg.upstream_http2_max_streams),
+            tunnels: Client::builder(TokioExecutor::new()).build(connector(
+                tls.clone(),
+                cfg.timeouts.connect,
+                UpstreamHttp2::Never,
+            )),
         }
     }
 
@@ -648,11 +656,25 @@ where
             .serve_connection(TokioIo::new(stream), service);
         watcher.watch(conn).await
     } else {
+        // With upgrades, for WebSockets ([`tunnel`]). hyper-util's graceful shutdown does not
+        // take an upgradeable connection, so the watcher is held until it ends and the
+        // shutdown signal (`stopping`, sent before the graceful shutdown waits) ends it.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header)
-            .serve_connection(TokioIo::new(stream), service);
-        watcher.watch(conn).await
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let _counted = watcher;
+        tokio::pin!(conn);
+        let stop = async {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = stop => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        conn.await
     }
 }
 
@@ -710,6 +732,105 @@ fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = x.source();
     }
     false
+}
+
+/// Whether a header's comma-separated tokens include `token` (case-insensitive).
+fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` asking to upgrade to
+/// `websocket`. Any other upgrade (h2c above all: smuggling) is stripped as hop-by-hop.
+fn wants_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::GET
+        && req.version() == http::Version::HTTP_11
+        && has_token(req.headers(), header::UPGRADE, "websocket")
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
+}
+
+/// Passes a WebSocket through, unscanned (OpenAI's Realtime API, which the SDKs open at their
+/// base URL): the handshake goes to the upstream over HTTP/1.1 with its `Upgrade` and
+/// `Connection`; a `101` comes back to the client, and then the bytes of both sides are copied
+/// to the other until either closes. Any other answer is relayed as an answer.
+async fn tunnel(
+    cfg: &Config,
+    upstreams: &Upstreams,
+    mut req: Request<Incoming>,
+    uri: Uri,
+) -> Response<ProxyBody> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts.uri = uri;
+    let upstream_req = Request::from_parts(parts, full(Bytes::new()));
+    let mut resp = match tokio::time::timeout(
+        cfg.timeouts.first_byte,
+        upstreams.tunnels.request(upstream_req),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "upstream WebSocket handshake failed");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "verbatim: the upstream could not be reached",
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                &format!(
+                    "verbatim: the upstream did not answer within {} ms",
+                    cfg.timeouts.first_byte.as_millis()
+                ),
+            );
+        }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut rparts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        return Response::from_parts(rparts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+    }
+    let upstream_side = hyper::upgrade::on(&mut resp);
+    let (mut rparts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    rparts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    rparts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client_side, upstream_side) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(
+                    client = c.is_ok(),
+                    upstream = u.is_ok(),
+                    "WebSocket upgrade not completed"
+                );
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "WebSocket tunnel ended");
+        }
+    });
+    Response::from_parts(rparts, full(Bytes::new()))
 }
 
 /// Whether `e` is the upstream refusing the request's HTTP/2 stream (RST_STREAM with
@@ -921,6 +1042,9 @@ async fn forward(
             "verbatim: cannot build the upstream URL",
         );
     };
+    if wants_websocket(&req) {
+        return tunnel(cfg, upstreams, req, uri).await;
+    }
     let (mut parts, body) = req.into_parts();
     let mut info = RequestInfo {
         request_id,
