@@ -2628,4 +2628,27 @@ async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
         "{got}"
     );
     assert!(!got.contains("upgrade: websocket"), "{got}");
+    // A WebSocket to a scanned API's path would carry its answers unscanned: refused.
+    for path in ["/v1/responses", "/v1/chat/completions", "/v1/messages"] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(
+            got.starts_with("http/1.1 501") && got.contains("cannot be scanned"),
+            "{path}: {got}"
+        );
+    }
 }

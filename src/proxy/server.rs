@@ -1043,6 +1043,15 @@ async fn forward(
         );
     };
     if wants_websocket(&req) {
+        // A WebSocket to an API whose answers are scanned (a WebSocket mode of the Responses
+        // API) would carry them unscanned: refused, fail-closed.
+        if Api::route(&http::Method::POST, req.uri().path()).is_some() {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported",
+                "verbatim: a WebSocket to an API whose answers Verbatim scans cannot be scanned; use HTTP requests (streamed or not)",
+            );
+        }
         return tunnel(cfg, upstreams, req, uri).await;
     }
     let (mut parts, body) = req.into_parts();
