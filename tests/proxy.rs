@@ -2652,3 +2652,130 @@ async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
         );
     }
 }
+
+/// A Chat Completions answer spoken as audio, streamed: the transcript in pieces of `piece`
+/// characters, each followed by a chunk of (mock) audio data `AUDIO-n`.
+fn openai_audio_stream(transcript: &str, piece: usize) -> Vec<u8> {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-audio", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                   "model": "mock-audio", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut out = chunk(
+        json!({"role": "assistant", "content": null, "refusal": null, "audio": {"id": "audio_mock", "transcript": ""}}),
+        Value::Null,
+    );
+    let chars: Vec<char> = transcript.chars().collect();
+    for (n, c) in chars.chunks(piece).enumerate() {
+        let t: String = c.iter().collect();
+        out.push_str(&chunk(json!({"audio": {"transcript": t}}), Value::Null));
+        out.push_str(&chunk(
+            json!({"audio": {"data": format!("AUDIO-{n}")}}),
+            Value::Null,
+        ));
+    }
+    out.push_str(&chunk(
+        json!({"audio": {"id": "audio_mock", "expires_at": 1_700_003_600}}),
+        json!("stop"),
+    ));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_spoken_as_audio_is_read_by_its_transcript_and_blocked_with_its_audio() {
+    // Chat Completions can answer as audio (`modalities: ["text", "audio"]`): the text is then
+    // the audio's transcript, `delta.audio.transcript` / `message.audio.transcript` — where a
+    // recited passage or lyric shows. It was not read at all. Now it is scanned like text; the
+    // audio cannot be read or redacted, so a block stops the audio after the transcript's
+    // last released piece (strict holdback keeps the audio behind held transcript), a
+    // blocked whole answer loses its audio, and what the policy would redact is blocked.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let clean = openai_audio_stream(&format!("{INTRO}{UNRELATED}{OUTRO}"), 9);
+    let mock = start(Reply::sse(&clean, 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "sing")).await;
+    assert_eq!(
+        body,
+        Bytes::from(clean),
+        "a clean spoken answer is relayed as it came"
+    );
+
+    let piece = 9;
+    *mock.reply.lock().unwrap() = Reply::sse(&openai_audio_stream(&text, piece), 64);
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "sing")).await;
+    let evs = events(&body);
+    let said: String = evs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/audio/transcript")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert!(
+        text.starts_with(&said) && said.len() <= INTRO.len(),
+        "released {said:?}"
+    );
+    assert_blocked_as(&evs, "exact");
+    // Audio after the last released transcript piece did not go out.
+    let released_pieces = said.chars().count().div_ceil(piece);
+    let audio: Vec<&str> = evs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/audio/data")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert!(!audio.is_empty(), "the audio before the passage goes out");
+    for a in audio {
+        let n: usize = a.trim_start_matches("AUDIO-").parse().unwrap();
+        assert!(
+            n < released_pieces,
+            "audio {a} after the released transcript ({released_pieces} pieces)"
+        );
+    }
+
+    // Whole: blocked, the audio gone.
+    let whole = json!({"id": "chatcmpl-audio", "object": "chat.completion", "created": 1_700_000_000, "model": "mock-audio",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+            "audio": {"id": "audio_mock", "data": "AUDIO-ALL", "expires_at": 1_700_003_600, "transcript": text}},
+            "finish_reason": "stop"}]});
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole);
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "sing")).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(
+        !all.contains("Oduya") && !all.contains("AUDIO-ALL"),
+        "{all}"
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(v.pointer("/choices/0/message/audio"), Some(&Value::Null));
+
+    // A policy that redacts blocks a transcript instead, and says why.
+    let mock = start(Reply::json(200, &whole)).await;
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "sing")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    assert_eq!(v.pointer("/choices/0/message/audio"), Some(&Value::Null));
+    assert!(
+        v.pointer("/verbatim/reason")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.contains("audio cannot be redacted")),
+        "{v}"
+    );
+    *mock.reply.lock().unwrap() = Reply::sse(&openai_audio_stream(&text, piece), 64);
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "sing")).await;
+    let evs = events(&body);
+    assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
+    assert_blocked_as(&evs, "exact");
+}

@@ -108,6 +108,12 @@ pub enum Part {
     /// streamed, each arrives whole in its `citations_delta`, and the pipeline numbers it and
     /// ends its stream with the event ([`event_pieces`] gives `b` = 0).
     Quote,
+    /// The transcript of an answer spoken as audio (Chat Completions' audio output:
+    /// `delta.audio.transcript`, `message.audio.transcript`): what the audio says, where a
+    /// recited lyric or passage shows. The audio itself cannot be read, so a finding the
+    /// policy would redact blocks instead (the pipeline's `judged_for`), and a blocked answer
+    /// loses its audio.
+    Transcript,
 }
 
 /// Identifies one text stream within a response.
@@ -167,6 +173,12 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                 push(
                     key(i, 0, Part::Refusal),
                     d.get("refusal").and_then(Value::as_str),
+                );
+                push(
+                    key(i, 0, Part::Transcript),
+                    d.get("audio")
+                        .and_then(|a| a.get("transcript"))
+                        .and_then(Value::as_str),
                 );
                 for tc in d
                     .get("tool_calls")
@@ -324,6 +336,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Text => d.get_mut("content"),
                 Part::Thinking => d.get_mut("reasoning_content"),
                 Part::Refusal => d.get_mut("refusal"),
+                Part::Transcript => d.get_mut("audio")?.get_mut("transcript"),
                 Part::Summary | Part::Code | Part::Quote => None,
                 Part::ToolArgs => d
                     .get_mut("tool_calls")?
@@ -348,7 +361,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::ToolArgs => d.get_mut("partial_json"),
                 Part::Thinking => d.get_mut("thinking"),
                 Part::Quote => d.get_mut("citation")?.get_mut("cited_text"),
-                Part::Summary | Part::Code | Part::Refusal => None,
+                Part::Summary | Part::Code | Part::Refusal | Part::Transcript => None,
             }
         }
     }
@@ -555,6 +568,13 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 if let Some(t) = m.get("reasoning_content").and_then(Value::as_str) {
                     f(key(i, 0, Part::Thinking), t);
                 }
+                if let Some(t) = m
+                    .get("audio")
+                    .and_then(|a| a.get("transcript"))
+                    .and_then(Value::as_str)
+                {
+                    f(key(i, 0, Part::Transcript), t);
+                }
                 for tc in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -681,6 +701,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                 Part::Text => m.get_mut("content"),
                 Part::Refusal => m.get_mut("refusal"),
                 Part::Thinking => m.get_mut("reasoning_content"),
+                Part::Transcript => m.get_mut("audio").and_then(|a| a.get_mut("transcript")),
                 _ => m
                     .get_mut("tool_calls")
                     .and_then(Value::as_array_mut)
@@ -737,7 +758,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     .and_then(Value::as_array_mut)
                     .and_then(|c| c.get_mut(k.b as usize))
                     .and_then(|c| c.get_mut("cited_text")),
-                Part::Summary | Part::Code | Part::Refusal => None,
+                Part::Summary | Part::Code | Part::Refusal | Part::Transcript => None,
             }),
     };
     if let Some(s) = slot {
@@ -1336,6 +1357,12 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
                 .and_then(|cs| cs.get_mut(why.key_a as usize))
             {
                 c["finish_reason"] = json!("content_filter");
+                // The audio says the whole answer, the blocked run with it: it goes.
+                if let Some(m) = c.get_mut("message").and_then(Value::as_object_mut)
+                    && m.get("audio").is_some_and(|a| !a.is_null())
+                {
+                    m.insert("audio".into(), Value::Null);
+                }
             }
         }
         Api::Responses => {

@@ -695,6 +695,7 @@ impl Pipeline {
             &self.texts[stream],
             known,
         )
+        .map(|j| judged_for(self.streams[stream].0.part, j))
     }
 
     fn record(&mut self, stream: usize, v: &Verdict, cite: &Citation) {
@@ -751,7 +752,10 @@ impl Pipeline {
             }
             for m in self.markers[s].take() {
                 let (start, end) = (m.start, m.end);
-                let (cite, v) = judge_marker(&self.setup, self.streams[s].0.a, m);
+                let (cite, v) = judged_for(
+                    self.streams[s].0.part,
+                    judge_marker(&self.setup, self.streams[s].0.a, m),
+                );
                 self.record(s, &v, &cite);
                 match v.effective {
                     Action::Block => return self.block(s, start, &cite),
@@ -1022,9 +1026,12 @@ fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
         Part::Code => TextKind::Code(crate::normalize::Lang::SCRIPT),
-        Part::Text | Part::Thinking | Part::Summary | Part::Refusal | Part::Quote => {
-            TextKind::Markdown
-        }
+        Part::Text
+        | Part::Thinking
+        | Part::Summary
+        | Part::Refusal
+        | Part::Quote
+        | Part::Transcript => TextKind::Markdown,
     }
 }
 
@@ -1335,6 +1342,22 @@ fn judge(
     Some((cite, v))
 }
 
+/// A verdict as it applies to text of `part`: an audio answer's transcript cannot be redacted
+/// alone — the audio would still say what the transcript no longer shows — so what the policy
+/// would redact there is blocked, and the reason says why.
+fn judged_for(part: Part, (mut cite, mut v): (Citation, Verdict)) -> (Citation, Verdict) {
+    if part == Part::Transcript && v.effective == Action::Redact {
+        v.effective = Action::Block;
+        v.reason = format!(
+            "{}; blocked instead of redacted: an answer's audio cannot be redacted",
+            v.reason
+        );
+        cite.action = v.effective.as_str().to_string();
+        cite.reason = v.reason.clone();
+    }
+    (cite, v)
+}
+
 /// The citation of a license marker and the policy's verdict on it.
 fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict) {
     let license = m.expression.clone().unwrap_or_else(|| "NOASSERTION".into());
@@ -1408,6 +1431,7 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
             crate::license::with_regions(s.take_findings(), &setup.indexes, &piece.text)
                 .iter()
                 .filter_map(|(f, id)| judge(setup, piece.key.a, f, &piece.text, id.as_ref()))
+                .map(|j| judged_for(piece.key.part, j))
                 .collect();
         let markers = if tool {
             crate::license::markers::scan_json(&piece.text)
@@ -1417,7 +1441,7 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         judged.extend(
             markers
                 .into_iter()
-                .map(|m| judge_marker(setup, piece.key.a, m)),
+                .map(|m| judged_for(piece.key.part, judge_marker(setup, piece.key.a, m))),
         );
         judged.sort_by_key(|(c, _)| c.output_start);
         // Where the text is cut (the earliest block), and what is redacted before it: ranges
