@@ -2779,3 +2779,81 @@ async fn an_answer_spoken_as_audio_is_read_by_its_transcript_and_blocked_with_it
     assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
     assert_blocked_as(&evs, "exact");
 }
+
+/// OpenAI-style log probabilities for `text`, a token per `piece` characters: each token's
+/// text, its bytes, and one alternative.
+fn logprobs_of(text: &str, piece: usize) -> Value {
+    let chars: Vec<char> = text.chars().collect();
+    let content: Vec<Value> = chars
+        .chunks(piece)
+        .map(|c| {
+            let t: String = c.iter().collect();
+            json!({"token": t, "logprob": -0.1, "bytes": t.as_bytes(),
+                   "top_logprobs": [{"token": t, "logprob": -0.1, "bytes": t.as_bytes()}]})
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_probabilities_do_not_give_back_what_was_blocked_or_redacted() {
+    // With `logprobs: true` every token of the answer comes back a second time, beside the
+    // text: in `choices[i].logprobs.content[].token` (and `.bytes`, and the alternatives in
+    // `top_logprobs`). Cutting or redacting the text and leaving those would hand the copied
+    // passage back token by token. Where a choice's text changes, its log probabilities go.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let mut whole = openai_json(&text);
+    whole["choices"][0]["logprobs"] = logprobs_of(&text, 4);
+    for action in [Action::Block, Action::Redact] {
+        let mock = start(Reply::json(200, &whole)).await;
+        let p = proxy(&mock, |c| c.rules.long_action = action).await;
+        let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+        let all = String::from_utf8_lossy(&body);
+        assert!(
+            !all.contains("Oduya") && !all.contains("oilc"),
+            "{action:?}: {all}"
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v.pointer("/choices/0/logprobs"),
+            Some(&Value::Null),
+            "{action:?}"
+        );
+    }
+    // Streamed and redacted: each rewritten chunk loses its log probabilities.
+    let mut stream = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for c in chars.chunks(4) {
+        let t: String = c.iter().collect();
+        stream.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": t}, "logprobs": logprobs_of(&t, 4), "finish_reason": null}]})
+        ));
+    }
+    stream.push_str("data: [DONE]\n\n");
+    let mock = start(Reply::sse(stream.as_bytes(), 64)).await;
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(all.contains("[verbatim: redacted"), "{all}");
+    assert!(!all.contains("Oduya") && !all.contains("oilc"), "{all}");
+    // Chunks left as they were keep theirs.
+    assert!(all.contains("\"logprobs\":{\"content\""), "{all}");
+
+    // A whole Responses answer: each output text carries its own.
+    let mut resp = events(&responses_stream(&text, 3))
+        .into_iter()
+        .find(|(n, _)| n.as_deref() == Some("response.completed"))
+        .map(|(_, v)| v["response"].clone())
+        .unwrap();
+    resp["output"][0]["content"][0]["logprobs"] = logprobs_of(&text, 4)["content"].clone();
+    let mock = start(Reply::json(200, &resp)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = json!({"model": "mock-model", "input": "a story"});
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya") && !all.contains("oilc"), "{all}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/output/0/content/0/logprobs"), Some(&json!([])));
+}

@@ -371,6 +371,28 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
 pub fn set_event_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
     if let Some(slot) = event_slot(api, v, k) {
         *slot = Value::String(text.to_string());
+        drop_logprobs(v);
+    }
+}
+
+/// Empties every `logprobs` in `v` (an array becomes `[]`, anything else `null`): log
+/// probabilities give every token of a text back a second time (`token`, `bytes`, the
+/// alternatives in `top_logprobs`; Chat Completions, Completions, Responses), so a text that
+/// was cut or redacted must not keep them. Both forms are what the SDKs accept where a
+/// provider sends none.
+pub fn drop_logprobs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "logprobs" {
+                    *x = if x.is_array() { json!([]) } else { Value::Null };
+                } else {
+                    drop_logprobs(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_logprobs),
+        _ => {}
     }
 }
 

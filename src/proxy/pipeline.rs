@@ -1190,7 +1190,11 @@ fn scrub_repeats(
             changed = true;
         }
     });
-    changed | scrub_redacted(v, texts, redactions)
+    let changed = changed | scrub_redacted(v, texts, redactions);
+    if changed {
+        api::drop_logprobs(v);
+    }
+    changed
 }
 
 /// [`Redactions::scrub`] for every stream: whatever in `v` repeats text a redaction took out.
@@ -1500,6 +1504,10 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
     }
     if edits.is_empty() && cites.is_empty() && block.is_none() {
         return (None, decisions);
+    }
+    // A cut or redacted text's tokens must not come back in its log probabilities.
+    if !edits.is_empty() || block.is_some() {
+        api::drop_logprobs(&mut v);
     }
     for (k, t) in edits {
         api::set_response_text(api, &mut v, k, &t);
