@@ -2857,3 +2857,79 @@ async fn log_probabilities_do_not_give_back_what_was_blocked_or_redacted() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v.pointer("/output/0/content/0/logprobs"), Some(&json!([])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deprecated_function_call_is_scanned_like_tool_calls() {
+    // A request's `functions` (deprecated, still served by OpenAI and by OpenAI-compatible
+    // servers) is answered with one `function_call`, not `tool_calls`: its arguments were not
+    // read, so a file written through it passed unscanned. Read as tool-call arguments now,
+    // streamed and whole.
+    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let args = json!({"path": "src/ledger.rs", "content": src}).to_string();
+    let mut stream = String::new();
+    let chars: Vec<char> = args.chars().collect();
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    stream.push_str(&chunk(
+        json!({"role": "assistant", "content": null, "function_call": {"name": "write_file", "arguments": ""}}),
+        Value::Null,
+    ));
+    for c in chars.chunks(11) {
+        let t: String = c.iter().collect();
+        stream.push_str(&chunk(
+            json!({"function_call": {"arguments": t}}),
+            Value::Null,
+        ));
+    }
+    stream.push_str(&chunk(json!({}), json!("function_call")));
+    stream.push_str("data: [DONE]\n\n");
+    let mock = start(Reply::sse(stream.as_bytes(), 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    let got: String = evs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/function_call/arguments")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert!(
+        args.starts_with(&got) && got.len() < args.len() / 2,
+        "released {} of {}",
+        got.len(),
+        args.len()
+    );
+    let last = &evs[evs.len() - 2].1;
+    assert_eq!(
+        last.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{last}"
+    );
+    assert_eq!(
+        last.pointer("/verbatim/finding/doc"),
+        Some(&json!("fixtures/gpl-code/src/ledger.rs"))
+    );
+
+    let whole = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "function_call": {"name": "write_file", "arguments": args}}, "finish_reason": "function_call"}]});
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole);
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    let kept = v
+        .pointer("/choices/0/message/function_call/arguments")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(kept.len() < args.len() / 2, "{kept}");
+}

@@ -141,6 +141,11 @@ fn key(a: u64, b: u64, part: Part) -> StreamKey {
     StreamKey { a, b, part }
 }
 
+/// The `b` of the deprecated single function call's arguments (Chat Completions
+/// `function_call.arguments`, answering a request's `functions`; still served by OpenAI and by
+/// OpenAI-compatible servers), beside the tool calls' (`b` = their index).
+pub const LEGACY_FUNCTION_CALL: u64 = u64::MAX;
+
 /// Text pieces of one streamed event (already parsed from its `data`).
 pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
     let mut out = Vec::new();
@@ -192,6 +197,11 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                         .and_then(Value::as_str);
                     push(key(i, u(tc, "index"), Part::ToolArgs), args);
                 }
+                push(
+                    key(i, LEGACY_FUNCTION_CALL, Part::ToolArgs),
+                    d.pointer("/function_call/arguments")
+                        .and_then(Value::as_str),
+                );
             }
         }
         Api::Completions => {
@@ -338,6 +348,9 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Refusal => d.get_mut("refusal"),
                 Part::Transcript => d.get_mut("audio")?.get_mut("transcript"),
                 Part::Summary | Part::Code | Part::Quote => None,
+                Part::ToolArgs if k.b == LEGACY_FUNCTION_CALL => {
+                    d.get_mut("function_call")?.get_mut("arguments")
+                }
                 Part::ToolArgs => d
                     .get_mut("tool_calls")?
                     .as_array_mut()?
@@ -612,6 +625,12 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                         f(key(i, tc.0 as u64, Part::ToolArgs), t);
                     }
                 }
+                if let Some(t) = m
+                    .pointer("/function_call/arguments")
+                    .and_then(Value::as_str)
+                {
+                    f(key(i, LEGACY_FUNCTION_CALL, Part::ToolArgs), t);
+                }
             }
         }
         Api::Completions => {
@@ -724,6 +743,9 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                 Part::Refusal => m.get_mut("refusal"),
                 Part::Thinking => m.get_mut("reasoning_content"),
                 Part::Transcript => m.get_mut("audio").and_then(|a| a.get_mut("transcript")),
+                Part::ToolArgs if k.b == LEGACY_FUNCTION_CALL => m
+                    .get_mut("function_call")
+                    .and_then(|f| f.get_mut("arguments")),
                 _ => m
                     .get_mut("tool_calls")
                     .and_then(Value::as_array_mut)
