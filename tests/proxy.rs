@@ -2933,3 +2933,62 @@ async fn the_deprecated_function_call_is_scanned_like_tool_calls() {
         .unwrap();
     assert!(kept.len() < args.len() / 2, "{kept}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_a_model_streams_to_a_remote_mcp_tool_are_scanned() {
+    // The Responses API can call a remote MCP server itself: the model writes the call's
+    // arguments, streamed as `response.mcp_call_arguments.delta`. Those deltas were relayed
+    // unread, and the closing item's `arguments` then emptied as a repeat of a stream never
+    // scanned. Now they are tool-call arguments like a function call's.
+    let args = json!({"text": format!("{INTRO}{COPIED}{OUTRO}")}).to_string();
+    let mut out = String::new();
+    let mut n = 0;
+    let mut ev = |mut v: Value| {
+        v["sequence_number"] = json!(n);
+        n += 1;
+        out.push_str(&format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap()
+        ));
+    };
+    let item = |arguments: &str, status: &str| {
+        json!({"id": "mcp_1", "type": "mcp_call", "server_label": "notes", "name": "save",
+               "arguments": arguments, "status": status})
+    };
+    ev(
+        json!({"type": "response.created", "response": {"id": "resp_mcp", "object": "response", "status": "in_progress", "output": []}}),
+    );
+    ev(
+        json!({"type": "response.output_item.added", "output_index": 0, "item": item("", "in_progress")}),
+    );
+    let chars: Vec<char> = args.chars().collect();
+    for c in chars.chunks(7) {
+        let d: String = c.iter().collect();
+        ev(
+            json!({"type": "response.mcp_call_arguments.delta", "output_index": 0, "item_id": "mcp_1", "delta": d}),
+        );
+    }
+    ev(
+        json!({"type": "response.mcp_call_arguments.done", "output_index": 0, "item_id": "mcp_1", "arguments": args}),
+    );
+    ev(
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item(&args, "completed")}),
+    );
+    ev(
+        json!({"type": "response.completed", "response": {"id": "resp_mcp", "object": "response", "status": "completed",
+        "output": [item(&args, "completed")]}}),
+    );
+    let mock = start(Reply::sse(out.as_bytes(), 50)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = json!({"model": "mock-model", "stream": true, "input": "save it"});
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("Oduya") && !all.contains("oilcloth"), "{all}");
+    let evs = events(&body);
+    let (name, last) = evs.last().unwrap();
+    assert_eq!(name.as_deref(), Some("response.incomplete"), "{all}");
+    assert_eq!(
+        last.pointer("/response/incomplete_details/reason"),
+        Some(&json!("content_filter"))
+    );
+}

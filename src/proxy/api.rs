@@ -223,7 +223,9 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                 v.get("delta").and_then(Value::as_str),
             ),
             Some(
-                "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta",
+                "response.function_call_arguments.delta"
+                | "response.custom_tool_call_input.delta"
+                | "response.mcp_call_arguments.delta",
             ) => push(
                 key(u(v, "output_index"), 0, Part::ToolArgs),
                 v.get("delta").and_then(Value::as_str),
@@ -306,6 +308,7 @@ pub fn stream_ends(api: Api, v: Option<&Value>, done: bool) -> StreamEnds {
                 | "response.output_item.done"
                 | "response.function_call_arguments.done"
                 | "response.custom_tool_call_input.done"
+                | "response.mcp_call_arguments.done"
                 | "response.code_interpreter_call_code.done",
             ),
         ) => vec![u(v, "output_index")],
@@ -474,7 +477,7 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
                 f(key(oi, ci, Part::Refusal), t);
             }
         }
-        "response.function_call_arguments.done" => {
+        "response.function_call_arguments.done" | "response.mcp_call_arguments.done" => {
             if let Some(a) = v.get_mut("arguments") {
                 f(key(oi, 0, Part::ToolArgs), a);
             }
