@@ -2992,3 +2992,71 @@ async fn arguments_a_model_streams_to_a_remote_mcp_tool_are_scanned() {
         Some(&json!("content_filter"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_tools_free_form_input_in_chat_completions_is_scanned() {
+    // Chat Completions' custom tools are called with free-form text, `tool_calls[i].custom.input`
+    // instead of `function.arguments`: it was not read. Now it is, as a tool's free-form input
+    // (Markdown: the file in its fence is code).
+    let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let input = format!("Writing src/ledger.rs:\n```rust\n{src}```\n");
+    let whole = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "custom", "custom": {"name": "write_file", "input": input}}]},
+            "finish_reason": "tool_calls"}]});
+    let mock = start(Reply::json(200, &whole)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    let kept = v
+        .pointer("/choices/0/message/tool_calls/0/custom/input")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(kept.len() < input.len() / 2, "{kept}");
+
+    let mut stream = String::new();
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+        )
+    };
+    stream.push_str(&chunk(json!({"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "write_file", "input": ""}}]})));
+    let chars: Vec<char> = input.chars().collect();
+    for c in chars.chunks(13) {
+        let t: String = c.iter().collect();
+        stream.push_str(&chunk(
+            json!({"tool_calls": [{"index": 0, "custom": {"input": t}}]}),
+        ));
+    }
+    stream.push_str("data: [DONE]\n\n");
+    *mock.reply.lock().unwrap() = Reply::sse(stream.as_bytes(), 64);
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    let got: String = evs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.pointer("/choices/0/delta/tool_calls/0/custom/input")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert!(
+        input.starts_with(&got) && got.len() < input.len() / 2,
+        "released {} of {}",
+        got.len(),
+        input.len()
+    );
+    let last = &evs[evs.len() - 2].1;
+    assert_eq!(
+        last.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{last}"
+    );
+}

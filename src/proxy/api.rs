@@ -141,6 +141,23 @@ fn key(a: u64, b: u64, part: Part) -> StreamKey {
     StreamKey { a, b, part }
 }
 
+/// What a Chat Completions tool call's model wrote: a function call's `arguments`, or a custom
+/// tool call's free-form `input` (`{"type": "custom", "custom": {"name", "input"}}`).
+fn call_text(tc: &Value) -> Option<&str> {
+    tc.pointer("/function/arguments")
+        .or_else(|| tc.pointer("/custom/input"))
+        .and_then(Value::as_str)
+}
+
+/// The field [`call_text`] reads, for rewriting.
+fn call_text_mut(tc: &mut Value) -> Option<&mut Value> {
+    if tc.pointer("/function/arguments").is_some() {
+        tc.pointer_mut("/function/arguments")
+    } else {
+        tc.pointer_mut("/custom/input")
+    }
+}
+
 /// The `b` of the deprecated single function call's arguments (Chat Completions
 /// `function_call.arguments`, answering a request's `functions`; still served by OpenAI and by
 /// OpenAI-compatible servers), beside the tool calls' (`b` = their index).
@@ -191,11 +208,7 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                     .into_iter()
                     .flatten()
                 {
-                    let args = tc
-                        .get("function")
-                        .and_then(|f| f.get("arguments"))
-                        .and_then(Value::as_str);
-                    push(key(i, u(tc, "index"), Part::ToolArgs), args);
+                    push(key(i, u(tc, "index"), Part::ToolArgs), call_text(tc));
                 }
                 push(
                     key(i, LEGACY_FUNCTION_CALL, Part::ToolArgs),
@@ -354,13 +367,12 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::ToolArgs if k.b == LEGACY_FUNCTION_CALL => {
                     d.get_mut("function_call")?.get_mut("arguments")
                 }
-                Part::ToolArgs => d
-                    .get_mut("tool_calls")?
-                    .as_array_mut()?
-                    .iter_mut()
-                    .find(|t| u(t, "index") == k.b)?
-                    .get_mut("function")?
-                    .get_mut("arguments"),
+                Part::ToolArgs => call_text_mut(
+                    d.get_mut("tool_calls")?
+                        .as_array_mut()?
+                        .iter_mut()
+                        .find(|t| u(t, "index") == k.b)?,
+                ),
             }
         }
         Api::Completions => v
@@ -620,11 +632,7 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                     .flatten()
                     .enumerate()
                 {
-                    if let Some(t) =
-                        tc.1.get("function")
-                            .and_then(|x| x.get("arguments"))
-                            .and_then(Value::as_str)
-                    {
+                    if let Some(t) = call_text(tc.1) {
                         f(key(i, tc.0 as u64, Part::ToolArgs), t);
                     }
                 }
@@ -753,8 +761,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     .get_mut("tool_calls")
                     .and_then(Value::as_array_mut)
                     .and_then(|t| t.get_mut(k.b as usize))
-                    .and_then(|t| t.get_mut("function"))
-                    .and_then(|f| f.get_mut("arguments")),
+                    .and_then(call_text_mut),
             }),
         Api::Completions => v
             .get_mut("choices")
