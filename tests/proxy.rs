@@ -3060,3 +3060,108 @@ async fn a_custom_tools_free_form_input_in_chat_completions_is_scanned() {
         "{last}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_call_that_writes_a_file_is_scanned() {
+    // The Responses shell tool: the model streams shell commands
+    // (`response.shell_call_command.delta`), which can write a whole file through a heredoc.
+    // They were relayed unread. Read as a script now, streamed and whole.
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    // A function without `#` or `'`: the same units read as a script as read as Rust.
+    let code = file
+        .split_once("pub fn total_owed")
+        .map(|(_, r)| format!("pub fn total_owed{}\n}}", r.split_once("\n}\n").unwrap().0))
+        .unwrap();
+    assert!(!code.contains('#') && !code.contains('\''));
+    let command = format!("cat > src/ledger.rs <<EOF\n{code}\nEOF");
+    let call = |commands: Value, status: &str| {
+        json!({"id": "sh_1", "type": "shell_call", "call_id": "call_1", "status": status,
+               "action": {"commands": commands}})
+    };
+    let mut out = String::new();
+    let mut n = 0;
+    let mut ev = |mut v: Value| {
+        v["sequence_number"] = json!(n);
+        n += 1;
+        out.push_str(&format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap()
+        ));
+    };
+    ev(
+        json!({"type": "response.created", "response": {"id": "r", "object": "response", "status": "in_progress", "output": []}}),
+    );
+    ev(
+        json!({"type": "response.output_item.added", "output_index": 0, "item": call(json!([]), "in_progress")}),
+    );
+    ev(
+        json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 0, "command": "ls"}),
+    );
+    ev(
+        json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 0, "command": "ls"}),
+    );
+    ev(
+        json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 1, "command": ""}),
+    );
+    let chars: Vec<char> = command.chars().collect();
+    for c in chars.chunks(9) {
+        let d: String = c.iter().collect();
+        ev(
+            json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 1, "delta": d}),
+        );
+    }
+    ev(
+        json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 1, "command": command}),
+    );
+    ev(
+        json!({"type": "response.output_item.done", "output_index": 0, "item": call(json!(["ls", command]), "completed")}),
+    );
+    ev(
+        json!({"type": "response.completed", "response": {"id": "r", "object": "response", "status": "completed",
+        "output": [call(json!(["ls", command]), "completed")]}}),
+    );
+    let mock = start(Reply::sse(out.as_bytes(), 50)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = json!({"model": "mock-model", "stream": true, "input": "write the ledger"});
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let evs = events(&body);
+    let got: String = evs
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("response.shell_call_command.delta"))
+        .filter_map(|(_, v)| v["delta"].as_str())
+        .collect();
+    assert!(
+        command.starts_with(&got) && got.len() < command.len() / 2,
+        "released {} of {}",
+        got.len(),
+        command.len()
+    );
+    let (name, last) = evs.last().unwrap();
+    assert_eq!(name.as_deref(), Some("response.incomplete"));
+    assert_eq!(
+        last.pointer("/response/incomplete_details/reason"),
+        Some(&json!("content_filter"))
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"command\":\"ls\""),
+        "the first command went out"
+    );
+
+    // Whole.
+    let whole = json!({"id": "r", "object": "response", "status": "completed", "output": [call(json!(["ls", command]), "completed")]});
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole);
+    let req = json!({"model": "mock-model", "input": "write the ledger"});
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/incomplete_details/reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    let kept = v
+        .pointer("/output/0/action/commands/1")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(kept.len() < command.len() / 2, "{kept}");
+    assert_eq!(v.pointer("/output/0/action/commands/0"), Some(&json!("ls")));
+}

@@ -141,6 +141,15 @@ fn key(a: u64, b: u64, part: Part) -> StreamKey {
     StreamKey { a, b, part }
 }
 
+/// A Responses shell call's commands (`action.commands`), each a stream of code.
+fn shell_commands_mut(item: &mut Value) -> impl Iterator<Item = &mut Value> {
+    item.pointer_mut("/action/commands")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.is_string())
+}
+
 /// What a Chat Completions tool call's model wrote: a function call's `arguments`, or a custom
 /// tool call's free-form `input` (`{"type": "custom", "custom": {"name", "input"}}`).
 fn call_text(tc: &Value) -> Option<&str> {
@@ -243,6 +252,16 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                 key(u(v, "output_index"), 0, Part::ToolArgs),
                 v.get("delta").and_then(Value::as_str),
             ),
+            // The commands of a shell call (the hosted or local shell tool): code a shell runs,
+            // where a file can be written whole (`cat > f <<'EOF'`). Read as a script.
+            Some("response.shell_call_command.delta") => push(
+                key(u(v, "output_index"), u(v, "command_index"), Part::Code),
+                v.get("delta").and_then(Value::as_str),
+            ),
+            Some("response.shell_call_command.added") => push(
+                key(u(v, "output_index"), u(v, "command_index"), Part::Code),
+                v.get("command").and_then(Value::as_str),
+            ),
             Some("response.code_interpreter_call_code.delta") => push(
                 key(u(v, "output_index"), 0, Part::Code),
                 v.get("delta").and_then(Value::as_str),
@@ -322,6 +341,7 @@ pub fn stream_ends(api: Api, v: Option<&Value>, done: bool) -> StreamEnds {
                 | "response.function_call_arguments.done"
                 | "response.custom_tool_call_input.done"
                 | "response.mcp_call_arguments.done"
+                | "response.shell_call_command.done"
                 | "response.code_interpreter_call_code.done",
             ),
         ) => vec![u(v, "output_index")],
@@ -381,7 +401,13 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
             .iter_mut()
             .find(|c| u(c, "index") == k.a)?
             .get_mut("text"),
-        Api::Responses => v.get_mut("delta"),
+        Api::Responses => {
+            if v.get("type").and_then(Value::as_str) == Some("response.shell_call_command.added") {
+                v.get_mut("command")
+            } else {
+                v.get_mut("delta")
+            }
+        }
         Api::Messages => {
             let d = v.get_mut("delta")?;
             match k.part {
@@ -443,6 +469,9 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         if let Some(c) = it.get_mut("code").filter(|c| c.is_string()) {
             f(key(oi, 0, Part::Code), c);
         }
+        for (j, c) in shell_commands_mut(it).enumerate() {
+            f(key(oi, j as u64, Part::Code), c);
+        }
         for (j, p) in it
             .get_mut("summary")
             .and_then(Value::as_array_mut)
@@ -502,6 +531,12 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         "response.code_interpreter_call_code.done" => {
             if let Some(c) = v.get_mut("code") {
                 f(key(oi, 0, Part::Code), c);
+            }
+        }
+        "response.shell_call_command.done" => {
+            let ci = u(v, "command_index");
+            if let Some(c) = v.get_mut("command") {
+                f(key(oi, ci, Part::Code), c);
             }
         }
         "response.reasoning_summary_text.done" => {
@@ -673,6 +708,17 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 if let Some(code) = item.get("code").and_then(Value::as_str) {
                     f(key(oi as u64, 0, Part::Code), code);
                 }
+                for (j, c) in item
+                    .pointer("/action/commands")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if let Some(c) = c.as_str() {
+                        f(key(oi as u64, j as u64, Part::Code), c);
+                    }
+                }
                 for (j, p) in item
                     .get("summary")
                     .and_then(Value::as_array)
@@ -777,7 +823,8 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     let field = responses_tool_fields(item).find(|&(b, _)| b == k.b);
                     field.and_then(|(_, f)| item.get_mut(f))
                 }
-                Part::Code => item.get_mut("code"),
+                Part::Code if item.get("code").is_some() => item.get_mut("code"),
+                Part::Code => shell_commands_mut(item).nth(k.b as usize),
                 Part::Summary => item
                     .get_mut("summary")
                     .and_then(Value::as_array_mut)
