@@ -536,10 +536,12 @@ impl Corpus {
         match self.kind {
             CorpusKind::Prose => match TextKind::from_path(Path::new(rel)) {
                 TextKind::Markdown => TextKind::Markdown,
-                TextKind::Prose | TextKind::Code(_) | TextKind::ToolArgs => TextKind::Prose,
+                TextKind::Prose | TextKind::Code(_) | TextKind::ToolArgs | TextKind::Patch(_) => {
+                    TextKind::Prose
+                }
             },
             CorpusKind::Code => match TextKind::from_path(Path::new(rel)) {
-                TextKind::Code(l) => TextKind::Code(l),
+                TextKind::Code(l) | TextKind::Patch(l) => TextKind::Code(l),
                 TextKind::Markdown | TextKind::Prose | TextKind::ToolArgs => {
                     TextKind::Code(crate::normalize::Lang::C_LIKE)
                 }

@@ -85,6 +85,11 @@ fn chunking_cases() -> Vec<(&'static str, &'static str, TextKind)> {
         ),
         ("empty", "", TextKind::Markdown),
         (
+            "a patch: markers, removed lines, hunk headers, a comment across kept lines",
+            "@@ fn main\n fn main() {\n-    old();\n+    let x = 1; /* spans\n+    two */ new(x);\n+}\n\\ No newline at end of file\n*** End Patch",
+            TextKind::Patch(Lang::C_LIKE),
+        ),
+        (
             "plain prose with tildes",
             "Title\n~~~~~\n```\nnot code\n```\n",
             TextKind::Prose,
@@ -777,4 +782,33 @@ mod tool_args {
             }
         }
     }
+}
+
+#[test]
+fn a_file_written_as_a_patch_reads_as_the_file() {
+    // A file created through a patch tool: every line marked `+`. Its units are the file's,
+    // and each maps back to the same text inside the patch. Removed lines, hunk headers and
+    // the patch's own lines are not read.
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let patch: String = file.lines().map(|l| format!("+{l}\n")).collect();
+    let kind = TextKind::Patch(Lang::C_LIKE);
+    let (want, got) = (normalize(&file, RUST), normalize(&patch, kind));
+    assert!(want.len() > 100);
+    assert_eq!(
+        want.iter().map(|u| (u.hash, u.class)).collect::<Vec<_>>(),
+        got.iter().map(|u| (u.hash, u.class)).collect::<Vec<_>>()
+    );
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(
+            &file[w.start as usize..w.end() as usize],
+            &patch[g.start as usize..g.end() as usize]
+        );
+    }
+    let edited = format!(
+        "*** Begin Patch\n@@ -1,3 +1,3 @@\n-fn gone() {{ removed(); }}\n{patch}\\ No newline at end of file\n*** End Patch\n"
+    );
+    assert_eq!(hashes(&edited, kind), hashes(&patch, kind));
+    // Kept lines (a space) are read too.
+    let kept: String = file.lines().map(|l| format!(" {l}\n")).collect();
+    assert_eq!(hashes(&kept, kind), hashes(&patch, kind));
 }

@@ -3165,3 +3165,109 @@ async fn a_shell_call_that_writes_a_file_is_scanned() {
     assert!(kept.len() < command.len() / 2, "{kept}");
     assert_eq!(v.pointer("/output/0/action/commands/0"), Some(&json!("ls")));
 }
+
+/// A Responses stream in which the model writes `diff` to `path` through the `apply_patch`
+/// tool: the item is announced (its diff empty), then comes whole in `output_item.done`.
+fn apply_patch_stream(path: &str, diff: &str) -> String {
+    let call = |diff: &str, status: &str| {
+        json!({"id": "apc_1", "type": "apply_patch_call", "call_id": "call_1", "status": status,
+               "operation": {"type": "create_file", "path": path, "diff": diff}})
+    };
+    let mut out = String::new();
+    let mut n = 0;
+    let mut ev = |mut v: Value| {
+        v["sequence_number"] = json!(n);
+        n += 1;
+        out.push_str(&format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap()
+        ));
+    };
+    ev(
+        json!({"type": "response.created", "response": {"id": "r", "object": "response", "status": "in_progress", "output": []}}),
+    );
+    ev(
+        json!({"type": "response.output_item.added", "output_index": 0, "item": call("", "in_progress")}),
+    );
+    ev(
+        json!({"type": "response.output_item.done", "output_index": 0, "item": call(diff, "completed")}),
+    );
+    ev(
+        json!({"type": "response.completed", "response": {"id": "r", "object": "response", "status": "completed",
+        "output": [call(diff, "completed")]}}),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_through_the_apply_patch_tool_is_scanned_as_the_file() {
+    // The Responses `apply_patch` tool: the model writes a file as a diff, every line marked
+    // `+`, in an `apply_patch_call` item that comes whole. It was not read; and read as it
+    // is, each line's marker would break every run of code at every line. Now the diff is read
+    // as a patch — the file's lines without their markers, in the language of its path.
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let diff: String = file.lines().map(|l| format!("+{l}\n")).collect();
+    let req = json!({"model": "mock-model", "stream": true, "input": "write the ledger"});
+    // A file of one's own passes as it came.
+    let own: String = (0..40)
+        .map(|i| format!("+fn step_{i}(x: u32) -> u32 {{ x * {i} + {} }}\n", i * 7))
+        .collect();
+    let clean = apply_patch_stream("src/steps.rs", &own);
+    let mock = start(Reply::sse(clean.as_bytes(), 80)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    assert_eq!(body, Bytes::from(clean));
+
+    *mock.reply.lock().unwrap() =
+        Reply::sse(apply_patch_stream("src/ledger.rs", &diff).as_bytes(), 80);
+    let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
+    let all = String::from_utf8_lossy(&body);
+    assert!(!all.contains("total_owed"), "{all}");
+    let evs = events(&body);
+    let (name, last) = evs.last().unwrap();
+    assert_eq!(name.as_deref(), Some("response.incomplete"), "{all}");
+    assert_eq!(
+        last.pointer("/response/incomplete_details/reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(
+        last.pointer("/verbatim/finding/doc")
+            .or_else(|| last.pointer("/response/verbatim/finding/doc")),
+        Some(&json!("fixtures/gpl-code/src/ledger.rs")),
+        "{last}"
+    );
+
+    // Whole, and under a policy that redacts: blocked, as a patch with a redaction in it
+    // would no longer apply.
+    let whole = json!({"id": "r", "object": "response", "status": "completed", "output": [
+        {"id": "apc_1", "type": "apply_patch_call", "call_id": "call_1", "status": "completed",
+         "operation": {"type": "create_file", "path": "src/ledger.rs", "diff": diff}}]});
+    let mock = start(Reply::json(200, &whole)).await;
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(
+        p.addr,
+        "/v1/responses",
+        &json!({"model": "m", "input": "x"}),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v.pointer("/incomplete_details/reason"),
+        Some(&json!("content_filter")),
+        "{v}"
+    );
+    let kept = v
+        .pointer("/output/0/operation/diff")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(
+        kept.len() < diff.len() / 2 && !kept.contains("total_owed"),
+        "{kept}"
+    );
+    assert!(
+        v.pointer("/verbatim/reason")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.contains("would no longer apply")),
+        "{v}"
+    );
+}

@@ -198,6 +198,12 @@ pub enum TextKind {
     /// (code in the language a sibling file name or `language` value names, else Markdown).
     /// For scanning output; documents are never indexed as this.
     ToolArgs,
+    /// A file written as a diff, lines marked `+` (added), ` ` (kept), `-` (removed): the
+    /// added and kept lines read as code in one language without their markers, so a file
+    /// written through a patch tool matches the file; removed lines, hunk headers (`@@`) and a
+    /// patch's own lines (`*** Begin Patch`, `\ No newline at end of file`) are not read. For
+    /// scanning output; documents are never indexed as this.
+    Patch(Lang),
 }
 
 impl TextKind {
@@ -208,6 +214,7 @@ impl TextKind {
             TextKind::Prose => "prose",
             TextKind::Code(_) => "code",
             TextKind::ToolArgs => "tool-args",
+            TextKind::Patch(_) => "patch",
         }
     }
 

@@ -165,6 +165,8 @@ pub struct Normalizer {
     /// Tool-call arguments only: the JSON reader that feeds its strings to a normaliser of
     /// their own.
     args: Option<Box<json::ArgsNormalizer>>,
+    /// A patch only: the rest of the current line is not read ([`Normalizer::push_patch`]).
+    patch_skip: bool,
 }
 
 impl Normalizer {
@@ -181,6 +183,7 @@ impl Normalizer {
             prose: ProseTokenizer::default(),
             code: CodeLexer::new(lang),
             args: (kind == TextKind::ToolArgs).then(|| Box::new(json::ArgsNormalizer::new())),
+            patch_skip: false,
         }
     }
 
@@ -189,7 +192,7 @@ impl Normalizer {
             TextKind::Markdown | TextKind::Prose | TextKind::ToolArgs => {
                 (Mode::Prose, Lang::C_LIKE)
             }
-            TextKind::Code(lang) => (Mode::Code { fence: None }, lang),
+            TextKind::Code(lang) | TextKind::Patch(lang) => (Mode::Code { fence: None }, lang),
         }
     }
 
@@ -201,6 +204,7 @@ impl Normalizer {
         self.kind = kind;
         self.mode = mode;
         self.at_line_start = true;
+        self.patch_skip = false;
         self.prefix.clear();
         self.prefix_start = self.offset;
         self.code.reset(lang);
@@ -296,6 +300,7 @@ impl Normalizer {
         self.offset += s.len() as u64;
         match self.kind {
             TextKind::Code(_) => return self.code.push(s, base, out),
+            TextKind::Patch(_) => return self.push_patch(s, base, out),
             TextKind::Prose => return self.prose.push(s, base, out),
             TextKind::ToolArgs => {
                 if let Some(a) = &mut self.args {
@@ -396,6 +401,40 @@ impl Normalizer {
                 self.at_line_start = true;
                 self.prefix_start = base + i as u64;
             }
+        }
+    }
+
+    /// [`TextKind::Patch`]: each line's first byte says whether the line is read (`+`, ` `:
+    /// the marker skipped; any other first byte but those below: the whole line, a patch
+    /// whose added lines carry no marker) or not (`-`, `@`, `*`, `\\`: the whole line). The
+    /// code lexer sees the read lines' text at its own offsets, so units map back into the
+    /// diff. `at_line_start` says a line's first byte is next; `patch_skip` that the rest of
+    /// the line is not read.
+    fn push_patch(&mut self, s: &str, base: u64, out: &mut Vec<Unit>) {
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if self.at_line_start {
+                self.at_line_start = false;
+                match b[i] {
+                    b'+' | b' ' => {
+                        self.patch_skip = false;
+                        i += 1;
+                        continue;
+                    }
+                    b'-' | b'@' | b'*' | b'\\' => self.patch_skip = true,
+                    _ => self.patch_skip = false,
+                }
+            }
+            let (end, done) = match memchr::memchr(b'\n', &b[i..]) {
+                Some(nl) => (i + nl + 1, true),
+                None => (b.len(), false),
+            };
+            if !self.patch_skip {
+                self.code.push(&s[i..end], base + i as u64, out);
+            }
+            i = end;
+            self.at_line_start = done;
         }
     }
 

@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::normalize::TextKind;
+
 /// The APIs whose responses are scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
@@ -114,6 +116,10 @@ pub enum Part {
     /// policy would redact blocks instead (the pipeline's `judged_for`), and a blocked answer
     /// loses its audio.
     Transcript,
+    /// A file the model writes as a diff through the Responses `apply_patch` tool
+    /// (`apply_patch_call` items: `operation.diff`, in the language of `operation.path`). The
+    /// item arrives whole in `response.output_item.done`; read as [`TextKind::Patch`].
+    Patch,
 }
 
 /// Identifies one text stream within a response.
@@ -131,6 +137,28 @@ pub struct StreamKey {
 pub struct Piece {
     pub key: StreamKey,
     pub text: String,
+    /// How the text is read, where its part alone does not say (a patch: in its file's
+    /// language).
+    pub kind: Option<TextKind>,
+}
+
+/// How an `apply_patch_call` item's diff is read: a patch in the language of its path.
+fn patch_kind(item: &Value) -> TextKind {
+    let path = item
+        .pointer("/operation/path")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match TextKind::from_path(std::path::Path::new(path)) {
+        TextKind::Code(l) => TextKind::Patch(l),
+        _ => TextKind::Patch(crate::normalize::Lang::C_LIKE),
+    }
+}
+
+/// An `apply_patch_call` item's diff.
+fn patch_diff(item: &Value) -> Option<&str> {
+    (item.get("type").and_then(Value::as_str) == Some("apply_patch_call"))
+        .then(|| item.pointer("/operation/diff").and_then(Value::as_str))
+        .flatten()
 }
 
 fn u(v: &Value, k: &str) -> u64 {
@@ -180,6 +208,7 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
             out.push(Piece {
                 key: k,
                 text: t.to_string(),
+                kind: None,
             });
         }
     };
@@ -262,6 +291,19 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                 key(u(v, "output_index"), u(v, "command_index"), Part::Code),
                 v.get("command").and_then(Value::as_str),
             ),
+            Some("response.output_item.done") => {
+                if let Some((it, diff)) = v
+                    .get("item")
+                    .and_then(|it| patch_diff(it).map(|d| (it, d)))
+                    .filter(|(_, d)| !d.is_empty())
+                {
+                    out.push(Piece {
+                        key: key(u(v, "output_index"), 0, Part::Patch),
+                        text: diff.to_string(),
+                        kind: Some(patch_kind(it)),
+                    });
+                }
+            }
             Some("response.code_interpreter_call_code.delta") => push(
                 key(u(v, "output_index"), 0, Part::Code),
                 v.get("delta").and_then(Value::as_str),
@@ -383,7 +425,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::Thinking => d.get_mut("reasoning_content"),
                 Part::Refusal => d.get_mut("refusal"),
                 Part::Transcript => d.get_mut("audio")?.get_mut("transcript"),
-                Part::Summary | Part::Code | Part::Quote => None,
+                Part::Summary | Part::Code | Part::Quote | Part::Patch => None,
                 Part::ToolArgs if k.b == LEGACY_FUNCTION_CALL => {
                     d.get_mut("function_call")?.get_mut("arguments")
                 }
@@ -402,7 +444,11 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
             .find(|c| u(c, "index") == k.a)?
             .get_mut("text"),
         Api::Responses => {
-            if v.get("type").and_then(Value::as_str) == Some("response.shell_call_command.added") {
+            if k.part == Part::Patch {
+                v.pointer_mut("/item/operation/diff")
+            } else if v.get("type").and_then(Value::as_str)
+                == Some("response.shell_call_command.added")
+            {
                 v.get_mut("command")
             } else {
                 v.get_mut("delta")
@@ -415,7 +461,7 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
                 Part::ToolArgs => d.get_mut("partial_json"),
                 Part::Thinking => d.get_mut("thinking"),
                 Part::Quote => d.get_mut("citation")?.get_mut("cited_text"),
-                Part::Summary | Part::Code | Part::Refusal | Part::Transcript => None,
+                Part::Summary | Part::Code | Part::Refusal | Part::Transcript | Part::Patch => None,
             }
         }
     }
@@ -471,6 +517,11 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
         }
         for (j, c) in shell_commands_mut(it).enumerate() {
             f(key(oi, j as u64, Part::Code), c);
+        }
+        if patch_diff(it).is_some()
+            && let Some(d) = it.pointer_mut("/operation/diff")
+        {
+            f(key(oi, 0, Part::Patch), d);
         }
         for (j, p) in it
             .get_mut("summary")
@@ -559,7 +610,9 @@ pub fn for_each_repeated_text(api: Api, v: &mut Value, f: &mut dyn FnMut(StreamK
                 }
             }
         }
-        "response.output_item.done" => {
+        // `.added` too: an item that comes with its text (an `apply_patch_call` with its
+        // diff) must not release it before the text is decided.
+        "response.output_item.done" | "response.output_item.added" => {
             if let Some(it) = v.get_mut("item") {
                 item(oi, it, f);
             }
@@ -605,9 +658,13 @@ pub fn response_pieces(api: Api, v: &Value) -> Vec<Piece> {
     let mut out = Vec::new();
     for_each_response_slot(api, v, |k, t| {
         if !t.is_empty() {
+            let kind = (k.part == Part::Patch)
+                .then(|| v.get("output")?.get(k.a as usize).map(patch_kind))
+                .flatten();
             out.push(Piece {
                 key: k,
                 text: t.to_string(),
+                kind,
             })
         }
     });
@@ -707,6 +764,9 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 }
                 if let Some(code) = item.get("code").and_then(Value::as_str) {
                     f(key(oi as u64, 0, Part::Code), code);
+                }
+                if let Some(d) = patch_diff(item) {
+                    f(key(oi as u64, 0, Part::Patch), d);
                 }
                 for (j, c) in item
                     .pointer("/action/commands")
@@ -823,6 +883,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     let field = responses_tool_fields(item).find(|&(b, _)| b == k.b);
                     field.and_then(|(_, f)| item.get_mut(f))
                 }
+                Part::Patch => item.pointer_mut("/operation/diff"),
                 Part::Code if item.get("code").is_some() => item.get_mut("code"),
                 Part::Code => shell_commands_mut(item).nth(k.b as usize),
                 Part::Summary => item
@@ -859,7 +920,7 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
                     .and_then(Value::as_array_mut)
                     .and_then(|c| c.get_mut(k.b as usize))
                     .and_then(|c| c.get_mut("cited_text")),
-                Part::Summary | Part::Code | Part::Refusal | Part::Transcript => None,
+                Part::Summary | Part::Code | Part::Refusal | Part::Transcript | Part::Patch => None,
             }),
     };
     if let Some(s) = slot {
@@ -1597,7 +1658,8 @@ mod tests {
             pieces,
             [Piece {
                 key: key(2, 0, Part::Quote),
-                text: "the quoted words".to_string()
+                text: "the quoted words".to_string(),
+                kind: None,
             }]
         );
         set_event_text(Api::Messages, &mut ev, key(2, 0, Part::Quote), "[redacted]");

@@ -523,11 +523,13 @@ impl Pipeline {
         }
     }
 
-    fn stream(&mut self, key: StreamKey) -> usize {
+    /// The stream of `key`, opened (read as `kind`, or as its part says) if it is new.
+    fn stream(&mut self, key: StreamKey, kind: Option<TextKind>) -> usize {
         if let Some(i) = self.streams.iter().position(|(k, _)| *k == key) {
             return i;
         }
-        let mut s = Scanner::new(&self.setup.indexes, text_kind(key.part));
+        let kind = kind.unwrap_or_else(|| text_kind(key.part));
+        let mut s = Scanner::new(&self.setup.indexes, kind);
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         s.set_hold_license_runs(self.hold_license);
         s.set_hold_boilerplate(self.setup.hold == Hold::Strict);
@@ -603,7 +605,8 @@ impl Pipeline {
                         quoted.push(piece.key);
                     }
                 }
-                held.spans.push(self.take_text(piece.key, &piece.text));
+                held.spans
+                    .push(self.take_text(piece.key, &piece.text, piece.kind));
             }
             if !self.pending_cites.is_empty() && api::carries_late_citations(api, v) {
                 let cites = std::mem::take(&mut self.pending_cites);
@@ -645,7 +648,7 @@ impl Pipeline {
         };
         self.meta.observe_lite(&lite);
         let (key, text) = lite.piece();
-        let span = self.take_text(key, text);
+        let span = self.take_text(key, text, None);
         drop(lite);
         self.hold(Held {
             ev,
@@ -661,8 +664,8 @@ impl Pipeline {
 
     /// Feeds a piece of an event's text to its stream's scanner, text and marker scanner;
     /// where it lies in that stream.
-    fn take_text(&mut self, key: StreamKey, text: &str) -> HeldSpan {
-        let s = self.stream(key);
+    fn take_text(&mut self, key: StreamKey, text: &str, kind: Option<TextKind>) -> HeldSpan {
+        let s = self.stream(key, kind);
         let sc = &mut self.streams[s].1;
         let start = sc.offset();
         sc.push_str(text);
@@ -1026,6 +1029,7 @@ fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
         Part::Code => TextKind::Code(crate::normalize::Lang::SCRIPT),
+        Part::Patch => TextKind::Patch(crate::normalize::Lang::C_LIKE),
         Part::Text
         | Part::Thinking
         | Part::Summary
@@ -1347,15 +1351,18 @@ fn judge(
 }
 
 /// A verdict as it applies to text of `part`: an audio answer's transcript cannot be redacted
-/// alone — the audio would still say what the transcript no longer shows — so what the policy
-/// would redact there is blocked, and the reason says why.
+/// alone — the audio would still say what the transcript no longer shows — nor a patch, which
+/// would no longer apply; so what the policy would redact there is blocked, and the reason
+/// says why.
 fn judged_for(part: Part, (mut cite, mut v): (Citation, Verdict)) -> (Citation, Verdict) {
-    if part == Part::Transcript && v.effective == Action::Redact {
+    let why = match part {
+        Part::Transcript => "an answer's audio cannot be redacted",
+        Part::Patch => "a patch with a redaction in it would no longer apply",
+        _ => "",
+    };
+    if !why.is_empty() && v.effective == Action::Redact {
         v.effective = Action::Block;
-        v.reason = format!(
-            "{}; blocked instead of redacted: an answer's audio cannot be redacted",
-            v.reason
-        );
+        v.reason = format!("{}; blocked instead of redacted: {why}", v.reason);
         cite.action = v.effective.as_str().to_string();
         cite.reason = v.reason.clone();
     }
@@ -1417,7 +1424,10 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
     let mut edits: Vec<(StreamKey, String)> = Vec::new();
     for piece in api::response_pieces(api, &v) {
         let tool = piece.key.part == Part::ToolArgs;
-        let mut s = Scanner::new(&setup.indexes, text_kind(piece.key.part));
+        let mut s = Scanner::new(
+            &setup.indexes,
+            piece.kind.unwrap_or_else(|| text_kind(piece.key.part)),
+        );
         s.set_exemptions(Arc::clone(&setup.exempt));
         // Whole arguments: a file name anywhere in them names the language (serialised with
         // sorted keys, as a `tool_use` input is here, `content` comes before `path`).
