@@ -230,6 +230,9 @@ enum KindArg {
     /// A tool call's arguments (JSON): each string value read as the text it holds, code in
     /// the language a sibling file name or `language` value names.
     ToolArgs,
+    /// A file written as a diff: added (`+`) and kept (` `) lines read as code without their
+    /// markers, removed lines and headers left out (language from --lang, else C-like).
+    Patch,
 }
 
 #[derive(Args)]
@@ -461,6 +464,7 @@ fn cmd_scan(a: ScanArgs) -> Result<ExitCode> {
         KindArg::Markdown => TextKind::Markdown,
         KindArg::Prose => TextKind::Prose,
         KindArg::ToolArgs => TextKind::ToolArgs,
+        KindArg::Patch => TextKind::Patch(lang.unwrap_or(Lang::C_LIKE)),
         KindArg::Code => {
             TextKind::Code(lang.unwrap_or_else(|| match path.map(TextKind::from_path) {
                 Some(TextKind::Code(l)) => l,

@@ -157,6 +157,54 @@ fn scan_of_tool_call_arguments_reads_the_code_inside_the_json() {
     );
 }
 
+/// `--kind patch`: a file written as a diff (every line marked `+`), as an agent's patch tool
+/// writes it; the finding cites the diff's bytes. Read as code with its markers, each line's
+/// `+` breaks the run at every line and nothing is found.
+#[test]
+fn scan_of_a_patch_reads_the_file_it_writes() {
+    let code = ANSWER
+        .split_once("```rust\n")
+        .and_then(|(_, r)| r.split_once("```"))
+        .unwrap()
+        .0;
+    let patch: String = code.lines().map(|l| format!("+{l}\n")).collect();
+    let scan = |kind: &str| {
+        run(
+            &[
+                "scan",
+                "--index",
+                FIXTURE,
+                "--no-license-index",
+                "--kind",
+                kind,
+                "--lang",
+                "rust",
+                "-",
+            ],
+            Some(&patch),
+        )
+    };
+    let out = scan("patch");
+    let lines = findings(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["doc"], "fixtures/gpl-code/src/ledger.rs");
+    let (s, e) = (
+        lines[0]["output_start"].as_u64().unwrap() as usize,
+        lines[0]["output_end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        patch[s..e].starts_with("pub fn total_owed"),
+        "{}",
+        &patch[s..e]
+    );
+    assert_eq!(lines[0]["kind"], "exact", "{lines:?}");
+    let units = lines[0]["units"].as_u64().unwrap();
+    for f in findings(&scan("code")) {
+        assert_ne!(f["kind"], "exact", "{f}");
+        assert!(f["exact_units"].as_u64().unwrap() < units / 2, "{f}");
+    }
+}
+
 #[test]
 fn scan_of_stdin_with_text_format_and_clean_input() {
     let out = run(

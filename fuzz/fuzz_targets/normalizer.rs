@@ -1,5 +1,5 @@
 //! The normaliser: the same units whatever the chunking (bytes cut anywhere, UTF-8 split),
-//! for prose, markdown, code and tool-call arguments (JSON); never a panic; units on character
+//! for prose, markdown, code, patches and tool-call arguments (JSON); never a panic; units on character
 //! boundaries.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -9,12 +9,16 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let kind = match data[0] % 5 {
-        0 => TextKind::Prose,
-        1 => TextKind::Markdown,
-        2 => TextKind::Code(Lang::C_LIKE),
-        3 => TextKind::Code(Lang::from_name("python").unwrap_or(Lang::C_LIKE)),
-        _ => TextKind::ToolArgs,
+    // Patches on the top bytes, so the seeds kept from before keep their kinds.
+    let kind = match data[0] {
+        250.. => TextKind::Patch(Lang::C_LIKE),
+        b => match b % 5 {
+            0 => TextKind::Prose,
+            1 => TextKind::Markdown,
+            2 => TextKind::Code(Lang::C_LIKE),
+            3 => TextKind::Code(Lang::from_name("python").unwrap_or(Lang::C_LIKE)),
+            _ => TextKind::ToolArgs,
+        },
     };
     let size = (data[1] as usize % 13) + 1;
     let body = &data[2..];
