@@ -2653,16 +2653,76 @@ async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
     }
 }
 
+/// One Chat Completions chunk of choice 0, as an SSE event.
+fn chat_chunk(delta: Value, finish: Value) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "mock-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    )
+}
+
+/// `first`, then `text` in chunks of `piece` characters each put in a delta by `delta`, then
+/// `[DONE]`.
+fn chat_pieces(first: Value, text: &str, piece: usize, delta: impl Fn(String) -> Value) -> String {
+    let mut out = chat_chunk(first, Value::Null);
+    let chars: Vec<char> = text.chars().collect();
+    for c in chars.chunks(piece) {
+        out.push_str(&chat_chunk(delta(c.iter().collect()), Value::Null));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// The texts at `pointer` in `evs`, one after the other.
+fn joined(evs: &[(Option<String>, Value)], pointer: &str) -> String {
+    evs.iter()
+        .filter_map(|(_, v)| v.pointer(pointer).and_then(Value::as_str))
+        .collect()
+}
+
+/// What a stream stopped by a copy released of the text at `pointer` in choice 0's deltas: a
+/// start of `whole`, less than half of it; and the chunk that ended the stream with
+/// `content_filter`, returned.
+fn released_before_block<'a>(
+    evs: &'a [(Option<String>, Value)],
+    pointer: &str,
+    whole: &str,
+) -> &'a Value {
+    let got = joined(evs, pointer);
+    assert!(
+        whole.starts_with(&got) && got.len() < whole.len() / 2,
+        "released {} of {}",
+        got.len(),
+        whole.len()
+    );
+    let last = &evs[evs.len() - 2].1;
+    assert_eq!(
+        last.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter")),
+        "{last}"
+    );
+    last
+}
+
+/// A whole answer stopped by a copy — `content_filter` at `stopped` (a chat choice's
+/// `finish_reason`, a response's `incomplete_details.reason`) — with the text at `pointer` cut
+/// to less than half of `whole`. Returns the answer.
+fn cut_in_whole_answer(body: &[u8], stopped: &str, pointer: &str, whole: &str) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v.pointer(stopped), Some(&json!("content_filter")), "{v}");
+    let kept = v.pointer(pointer).and_then(Value::as_str).unwrap();
+    assert!(kept.len() < whole.len() / 2, "{kept}");
+    v
+}
+
+const CHAT_STOPPED: &str = "/choices/0/finish_reason";
+const RESPONSE_STOPPED: &str = "/incomplete_details/reason";
+
 /// A Chat Completions answer spoken as audio, streamed: the transcript in pieces of `piece`
 /// characters, each followed by a chunk of (mock) audio data `AUDIO-n`.
 fn openai_audio_stream(transcript: &str, piece: usize) -> Vec<u8> {
-    let chunk = |delta: Value, finish: Value| {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-audio", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                   "model": "mock-audio", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        )
-    };
+    let chunk = chat_chunk;
     let mut out = chunk(
         json!({"role": "assistant", "content": null, "refusal": null, "audio": {"id": "audio_mock", "transcript": ""}}),
         Value::Null,
@@ -2707,13 +2767,7 @@ async fn an_answer_spoken_as_audio_is_read_by_its_transcript_and_blocked_with_it
     *mock.reply.lock().unwrap() = Reply::sse(&openai_audio_stream(&text, piece), 64);
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "sing")).await;
     let evs = events(&body);
-    let said: String = evs
-        .iter()
-        .filter_map(|(_, v)| {
-            v.pointer("/choices/0/delta/audio/transcript")
-                .and_then(Value::as_str)
-        })
-        .collect();
+    let said = joined(&evs, "/choices/0/delta/audio/transcript");
     assert!(
         text.starts_with(&said) && said.len() <= INTRO.len(),
         "released {said:?}"
@@ -2866,51 +2920,17 @@ async fn the_deprecated_function_call_is_scanned_like_tool_calls() {
     // streamed and whole.
     let src = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     let args = json!({"path": "src/ledger.rs", "content": src}).to_string();
-    let mut stream = String::new();
-    let chars: Vec<char> = args.chars().collect();
-    let chunk = |delta: Value, finish: Value| {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        )
-    };
-    stream.push_str(&chunk(
+    let stream = chat_pieces(
         json!({"role": "assistant", "content": null, "function_call": {"name": "write_file", "arguments": ""}}),
-        Value::Null,
-    ));
-    for c in chars.chunks(11) {
-        let t: String = c.iter().collect();
-        stream.push_str(&chunk(
-            json!({"function_call": {"arguments": t}}),
-            Value::Null,
-        ));
-    }
-    stream.push_str(&chunk(json!({}), json!("function_call")));
-    stream.push_str("data: [DONE]\n\n");
+        &args,
+        11,
+        |t| json!({"function_call": {"arguments": t}}),
+    );
     let mock = start(Reply::sse(stream.as_bytes(), 64)).await;
     let p = proxy(&mock, |_| {}).await;
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
     let evs = events(&body);
-    let got: String = evs
-        .iter()
-        .filter_map(|(_, v)| {
-            v.pointer("/choices/0/delta/function_call/arguments")
-                .and_then(Value::as_str)
-        })
-        .collect();
-    assert!(
-        args.starts_with(&got) && got.len() < args.len() / 2,
-        "released {} of {}",
-        got.len(),
-        args.len()
-    );
-    let last = &evs[evs.len() - 2].1;
-    assert_eq!(
-        last.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter")),
-        "{last}"
-    );
+    let last = released_before_block(&evs, "/choices/0/delta/function_call/arguments", &args);
     assert_eq!(
         last.pointer("/verbatim/finding/doc"),
         Some(&json!("fixtures/gpl-code/src/ledger.rs"))
@@ -2921,17 +2941,12 @@ async fn the_deprecated_function_call_is_scanned_like_tool_calls() {
             "function_call": {"name": "write_file", "arguments": args}}, "finish_reason": "function_call"}]});
     *mock.reply.lock().unwrap() = Reply::json(200, &whole);
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        v.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter")),
-        "{v}"
+    cut_in_whole_answer(
+        &body,
+        CHAT_STOPPED,
+        "/choices/0/message/function_call/arguments",
+        &args,
     );
-    let kept = v
-        .pointer("/choices/0/message/function_call/arguments")
-        .and_then(Value::as_str)
-        .unwrap();
-    assert!(kept.len() < args.len() / 2, "{kept}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2941,16 +2956,8 @@ async fn arguments_a_model_streams_to_a_remote_mcp_tool_are_scanned() {
     // unread, and the closing item's `arguments` then emptied as a repeat of a stream never
     // scanned. Now they are tool-call arguments like a function call's.
     let args = json!({"text": format!("{INTRO}{COPIED}{OUTRO}")}).to_string();
-    let mut out = String::new();
-    let mut n = 0;
-    let mut ev = |mut v: Value| {
-        v["sequence_number"] = json!(n);
-        n += 1;
-        out.push_str(&format!(
-            "event: {}\ndata: {v}\n\n",
-            v["type"].as_str().unwrap()
-        ));
-    };
+    let mut evs = Vec::new();
+    let mut ev = |v: Value| evs.push(v);
     let item = |arguments: &str, status: &str| {
         json!({"id": "mcp_1", "type": "mcp_call", "server_label": "notes", "name": "save",
                "arguments": arguments, "status": status})
@@ -2978,7 +2985,7 @@ async fn arguments_a_model_streams_to_a_remote_mcp_tool_are_scanned() {
         json!({"type": "response.completed", "response": {"id": "resp_mcp", "object": "response", "status": "completed",
         "output": [item(&args, "completed")]}}),
     );
-    let mock = start(Reply::sse(out.as_bytes(), 50)).await;
+    let mock = start(Reply::sse(responses_events(evs).as_bytes(), 50)).await;
     let p = proxy(&mock, |_| {}).await;
     let req = json!({"model": "mock-model", "stream": true, "input": "save it"});
     let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
@@ -3007,57 +3014,26 @@ async fn a_custom_tools_free_form_input_in_chat_completions_is_scanned() {
     let mock = start(Reply::json(200, &whole)).await;
     let p = proxy(&mock, |_| {}).await;
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        v.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter")),
-        "{v}"
+    cut_in_whole_answer(
+        &body,
+        CHAT_STOPPED,
+        "/choices/0/message/tool_calls/0/custom/input",
+        &input,
     );
-    let kept = v
-        .pointer("/choices/0/message/tool_calls/0/custom/input")
-        .and_then(Value::as_str)
-        .unwrap();
-    assert!(kept.len() < input.len() / 2, "{kept}");
 
-    let mut stream = String::new();
-    let chunk = |delta: Value| {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
-        )
-    };
-    stream.push_str(&chunk(json!({"role": "assistant", "tool_calls": [
-        {"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "write_file", "input": ""}}]})));
-    let chars: Vec<char> = input.chars().collect();
-    for c in chars.chunks(13) {
-        let t: String = c.iter().collect();
-        stream.push_str(&chunk(
-            json!({"tool_calls": [{"index": 0, "custom": {"input": t}}]}),
-        ));
-    }
-    stream.push_str("data: [DONE]\n\n");
+    let stream = chat_pieces(
+        json!({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "write_file", "input": ""}}]}),
+        &input,
+        13,
+        |t| json!({"tool_calls": [{"index": 0, "custom": {"input": t}}]}),
+    );
     *mock.reply.lock().unwrap() = Reply::sse(stream.as_bytes(), 64);
     let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
-    let evs = events(&body);
-    let got: String = evs
-        .iter()
-        .filter_map(|(_, v)| {
-            v.pointer("/choices/0/delta/tool_calls/0/custom/input")
-                .and_then(Value::as_str)
-        })
-        .collect();
-    assert!(
-        input.starts_with(&got) && got.len() < input.len() / 2,
-        "released {} of {}",
-        got.len(),
-        input.len()
-    );
-    let last = &evs[evs.len() - 2].1;
-    assert_eq!(
-        last.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter")),
-        "{last}"
+    released_before_block(
+        &events(&body),
+        "/choices/0/delta/tool_calls/0/custom/input",
+        &input,
     );
 }
 
@@ -3078,16 +3054,8 @@ async fn a_shell_call_that_writes_a_file_is_scanned() {
         json!({"id": "sh_1", "type": "shell_call", "call_id": "call_1", "status": status,
                "action": {"commands": commands}})
     };
-    let mut out = String::new();
-    let mut n = 0;
-    let mut ev = |mut v: Value| {
-        v["sequence_number"] = json!(n);
-        n += 1;
-        out.push_str(&format!(
-            "event: {}\ndata: {v}\n\n",
-            v["type"].as_str().unwrap()
-        ));
-    };
+    let mut evs = Vec::new();
+    let mut ev = |v: Value| evs.push(v);
     ev(
         json!({"type": "response.created", "response": {"id": "r", "object": "response", "status": "in_progress", "output": []}}),
     );
@@ -3120,7 +3088,7 @@ async fn a_shell_call_that_writes_a_file_is_scanned() {
         json!({"type": "response.completed", "response": {"id": "r", "object": "response", "status": "completed",
         "output": [call(json!(["ls", command]), "completed")]}}),
     );
-    let mock = start(Reply::sse(out.as_bytes(), 50)).await;
+    let mock = start(Reply::sse(responses_events(evs).as_bytes(), 50)).await;
     let p = proxy(&mock, |_| {}).await;
     let req = json!({"model": "mock-model", "stream": true, "input": "write the ledger"});
     let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
@@ -3152,18 +3120,25 @@ async fn a_shell_call_that_writes_a_file_is_scanned() {
     *mock.reply.lock().unwrap() = Reply::json(200, &whole);
     let req = json!({"model": "mock-model", "input": "write the ledger"});
     let (_, _, body) = post(p.addr, "/v1/responses", &req).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        v.pointer("/incomplete_details/reason"),
-        Some(&json!("content_filter")),
-        "{v}"
+    let v = cut_in_whole_answer(
+        &body,
+        RESPONSE_STOPPED,
+        "/output/0/action/commands/1",
+        &command,
     );
-    let kept = v
-        .pointer("/output/0/action/commands/1")
-        .and_then(Value::as_str)
-        .unwrap();
-    assert!(kept.len() < command.len() / 2, "{kept}");
     assert_eq!(v.pointer("/output/0/action/commands/0"), Some(&json!("ls")));
+}
+
+/// A Responses stream of `events`, each numbered (`sequence_number`) and named by its type.
+fn responses_events(events: Vec<Value>) -> String {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut v)| {
+            v["sequence_number"] = json!(n);
+            format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap())
+        })
+        .collect()
 }
 
 /// A Responses stream in which the model writes `diff` to `path` through the `apply_patch`
@@ -3173,16 +3148,8 @@ fn apply_patch_stream(path: &str, diff: &str) -> String {
         json!({"id": "apc_1", "type": "apply_patch_call", "call_id": "call_1", "status": status,
                "operation": {"type": "create_file", "path": path, "diff": diff}})
     };
-    let mut out = String::new();
-    let mut n = 0;
-    let mut ev = |mut v: Value| {
-        v["sequence_number"] = json!(n);
-        n += 1;
-        out.push_str(&format!(
-            "event: {}\ndata: {v}\n\n",
-            v["type"].as_str().unwrap()
-        ));
-    };
+    let mut evs = Vec::new();
+    let mut ev = |v: Value| evs.push(v);
     ev(
         json!({"type": "response.created", "response": {"id": "r", "object": "response", "status": "in_progress", "output": []}}),
     );
@@ -3196,7 +3163,7 @@ fn apply_patch_stream(path: &str, diff: &str) -> String {
         json!({"type": "response.completed", "response": {"id": "r", "object": "response", "status": "completed",
         "output": [call(diff, "completed")]}}),
     );
-    out
+    responses_events(evs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3250,12 +3217,7 @@ async fn a_file_written_through_the_apply_patch_tool_is_scanned_as_the_file() {
         &json!({"model": "m", "input": "x"}),
     )
     .await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        v.pointer("/incomplete_details/reason"),
-        Some(&json!("content_filter")),
-        "{v}"
-    );
+    let v = cut_in_whole_answer(&body, RESPONSE_STOPPED, "/output/0/operation/diff", &diff);
     let kept = v
         .pointer("/output/0/operation/diff")
         .and_then(Value::as_str)

@@ -752,6 +752,26 @@ fn wants_websocket<B>(req: &Request<B>) -> bool {
         && has_token(req.headers(), header::CONNECTION, "upgrade")
 }
 
+/// The answer when the upstream did not answer within `timeouts.first_byte`.
+fn no_answer_in_time(cfg: &Config) -> Response<ProxyBody> {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        &format!(
+            "verbatim: the upstream did not answer within {} ms",
+            cfg.timeouts.first_byte.as_millis()
+        ),
+    )
+}
+
+/// A WebSocket handshake's headers for the next hop: the hop-by-hop ones stripped, the upgrade
+/// to `websocket` asked for (or agreed to) again.
+fn websocket_hop(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// Passes a WebSocket through, unscanned (OpenAI's Realtime API, which the SDKs open at their
 /// base URL): the handshake goes to the upstream over HTTP/1.1 with its `Upgrade` and
 /// `Connection`; a `101` comes back to the client, and then the bytes of both sides are copied
@@ -764,13 +784,7 @@ async fn tunnel(
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    websocket_hop(&mut parts.headers);
     parts.uri = uri;
     let upstream_req = Request::from_parts(parts, full(Bytes::new()));
     let mut resp = match tokio::time::timeout(
@@ -789,14 +803,7 @@ async fn tunnel(
             );
         }
         Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                &format!(
-                    "verbatim: the upstream did not answer within {} ms",
-                    cfg.timeouts.first_byte.as_millis()
-                ),
-            );
+            return no_answer_in_time(cfg);
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -806,13 +813,7 @@ async fn tunnel(
     }
     let upstream_side = hyper::upgrade::on(&mut resp);
     let (mut rparts, _) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    rparts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    rparts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    websocket_hop(&mut rparts.headers);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client_side, upstream_side) {
             (Ok(c), Ok(u)) => (c, u),
@@ -1210,14 +1211,7 @@ async fn forward(
     let resp = match answer {
         Err(_) => {
             tracing::warn!(upstream = %base, timeout = ?cfg.timeouts.first_byte, "upstream did not answer in time");
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                &format!(
-                    "verbatim: the upstream did not answer within {} ms",
-                    cfg.timeouts.first_byte.as_millis()
-                ),
-            );
+            return no_answer_in_time(cfg);
         }
         Ok(Ok(r)) => r,
         Ok(Err(e)) if e.is_connect() && connect_timed_out(&e) => {
