@@ -3233,3 +3233,74 @@ async fn a_file_written_through_the_apply_patch_tool_is_scanned_as_the_file() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_as_a_list_of_parts_is_read() {
+    // Some OpenAI-compatible providers give `content` as a list of parts — Mistral's reasoning
+    // models: `[{"type": "thinking", "thinking": [{"type": "text", "text": …}]}, {"type":
+    // "text", "text": …}]`, streamed and whole. Only a string was read, so such an answer went
+    // out unscanned. Its text and reasoning parts are read now, and rewritten in place.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let parts = |thinking: &str, answer: &str| {
+        json!([{"type": "thinking", "thinking": [{"type": "text", "text": thinking}]},
+               {"type": "text", "text": answer}])
+    };
+    let whole = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "magistral",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts("Let me think.", &text)},
+            "finish_reason": "stop"}]});
+    let mock = start(Reply::json(200, &whole)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let v = cut_in_whole_answer(
+        &body,
+        CHAT_STOPPED,
+        "/choices/0/message/content/1/text",
+        &text,
+    );
+    assert_eq!(
+        v.pointer("/choices/0/message/content/0/thinking/0/text"),
+        Some(&json!("Let me think.")),
+        "{v}"
+    );
+    // The copy in the reasoning, redacted there and nowhere else.
+    let whole = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "magistral",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts(&text, UNRELATED)},
+            "finish_reason": "stop"}]});
+    let mock = start(Reply::json(200, &whole)).await;
+    let p = proxy(&mock, |c| c.rules.long_action = Action::Redact).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(false, "go")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let thought = v
+        .pointer("/choices/0/message/content/0/thinking/0/text")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(
+        thought.contains("[verbatim: redacted") && !thought.contains("Oduya"),
+        "{v}"
+    );
+    assert_eq!(
+        v.pointer("/choices/0/message/content/1/text"),
+        Some(&json!(UNRELATED))
+    );
+    // Streamed: each chunk's content a list of one part.
+    let stream = chat_pieces(
+        json!({"role": "assistant", "content": ""}),
+        &text,
+        7,
+        |t| json!({"content": [{"type": "text", "text": t}]}),
+    );
+    let mock = start(Reply::sse(stream.as_bytes(), 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    let (_, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+    let evs = events(&body);
+    let got = joined(&evs, "/choices/0/delta/content/0/text");
+    assert!(
+        text.starts_with(&got) && got.len() <= INTRO.len(),
+        "released {got:?}"
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("Oduya"));
+    assert_eq!(
+        evs[evs.len() - 2].1.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+}

@@ -178,6 +178,61 @@ fn shell_commands_mut(item: &mut Value) -> impl Iterator<Item = &mut Value> {
         .filter(|c| c.is_string())
 }
 
+/// Where the texts of `part` (text or reasoning) are in a Chat Completions content given as a
+/// list of parts — as Mistral's reasoning models answer through its OpenAI-compatible API:
+/// `[{"type": "thinking", "thinking": [{"type": "text", "text": …}]}, {"type": "text", "text": …}]`
+/// — as JSON pointers into `content`, in order. Such content was not read at all before
+/// 2026-12-07 (only a string was).
+fn content_pointers(content: &Value, part: Part) -> Vec<String> {
+    let mut out = Vec::new();
+    for (j, p) in content.as_array().into_iter().flatten().enumerate() {
+        match (p.get("type").and_then(Value::as_str), part) {
+            (Some("text"), Part::Text) if p.get("text").is_some_and(Value::is_string) => {
+                out.push(format!("/{j}/text"));
+            }
+            (Some("thinking"), Part::Thinking) => match p.get("thinking") {
+                Some(Value::String(_)) => out.push(format!("/{j}/thinking")),
+                Some(Value::Array(sub)) => {
+                    for (k, x) in sub.iter().enumerate() {
+                        if x.get("text").is_some_and(Value::is_string) {
+                            out.push(format!("/{j}/thinking/{k}/text"));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The texts of `part` in a content given as parts ([`content_pointers`]), one after the other.
+fn content_parts_text(content: &Value, part: Part) -> Option<String> {
+    let ptrs = content_pointers(content, part);
+    (!ptrs.is_empty()).then(|| {
+        ptrs.iter()
+            .filter_map(|p| content.pointer(p).and_then(Value::as_str))
+            .collect()
+    })
+}
+
+/// Writes `text` as the texts of `part` in a content given as parts: all of it in the first,
+/// the others emptied. False if the content has no such part.
+fn set_content_parts_text(content: &mut Value, part: Part, text: &str) -> bool {
+    let ptrs = content_pointers(content, part);
+    for (n, p) in ptrs.iter().enumerate() {
+        if let Some(slot) = content.pointer_mut(p) {
+            *slot = Value::String(if n == 0 {
+                text.to_string()
+            } else {
+                String::new()
+            });
+        }
+    }
+    !ptrs.is_empty()
+}
+
 /// What a Chat Completions tool call's model wrote: a function call's `arguments`, or a custom
 /// tool call's free-form `input` (`{"type": "custom", "custom": {"name", "input"}}`).
 fn call_text(tc: &Value) -> Option<&str> {
@@ -230,6 +285,14 @@ pub fn event_pieces(api: Api, v: &Value) -> Vec<Piece> {
                     key(i, 0, Part::Thinking),
                     d.get("reasoning_content").and_then(Value::as_str),
                 );
+                if let Some(content) = d.get("content").filter(|c| c.is_array()) {
+                    for part in [Part::Thinking, Part::Text] {
+                        push(
+                            key(i, 0, part),
+                            content_parts_text(content, part).as_deref(),
+                        );
+                    }
+                }
                 push(
                     key(i, 0, Part::Refusal),
                     d.get("refusal").and_then(Value::as_str),
@@ -469,6 +532,20 @@ fn event_slot(api: Api, v: &mut Value, k: StreamKey) -> Option<&mut Value> {
 
 /// Replaces the text of `key` in a streamed event.
 pub fn set_event_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
+    if api == Api::ChatCompletions
+        && matches!(k.part, Part::Text | Part::Thinking)
+        && let Some(content) = v
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
+            .and_then(|cs| cs.iter_mut().find(|c| u(c, "index") == k.a))
+            .and_then(|c| c.get_mut("delta"))
+            .and_then(|d| d.get_mut("content"))
+            .filter(|c| c.is_array())
+        && set_content_parts_text(content, k.part, text)
+    {
+        drop_logprobs(v);
+        return;
+    }
     if let Some(slot) = event_slot(api, v, k) {
         *slot = Value::String(text.to_string());
         drop_logprobs(v);
@@ -702,6 +779,13 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
                 if let Some(t) = m.get("content").and_then(Value::as_str) {
                     f(key(i, 0, Part::Text), t);
                 }
+                if let Some(content) = m.get("content").filter(|c| c.is_array()) {
+                    for part in [Part::Thinking, Part::Text] {
+                        if let Some(t) = content_parts_text(content, part) {
+                            f(key(i, 0, part), &t);
+                        }
+                    }
+                }
                 if let Some(t) = m.get("refusal").and_then(Value::as_str) {
                     f(key(i, 0, Part::Refusal), t);
                 }
@@ -849,6 +933,19 @@ fn for_each_response_slot(api: Api, v: &Value, mut f: impl FnMut(StreamKey, &str
 
 /// Replaces the text of `key` in a whole response (tool-use input is left as JSON).
 pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
+    if api == Api::ChatCompletions
+        && matches!(k.part, Part::Text | Part::Thinking)
+        && let Some(content) = v
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
+            .and_then(|cs| cs.get_mut(k.a as usize))
+            .and_then(|c| c.get_mut("message"))
+            .and_then(|m| m.get_mut("content"))
+            .filter(|c| c.is_array())
+        && set_content_parts_text(content, k.part, text)
+    {
+        return;
+    }
     let slot = match api {
         Api::ChatCompletions => v
             .get_mut("choices")
