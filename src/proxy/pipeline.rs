@@ -693,12 +693,11 @@ impl Pipeline {
     ) -> Option<(Citation, Verdict)> {
         judge(
             &self.setup,
-            self.streams[stream].0.a,
+            self.streams[stream].0,
             f,
             &self.texts[stream],
             known,
         )
-        .map(|j| judged_for(self.streams[stream].0.part, j))
     }
 
     fn record(&mut self, stream: usize, v: &Verdict, cite: &Citation) {
@@ -755,10 +754,7 @@ impl Pipeline {
             }
             for m in self.markers[s].take() {
                 let (start, end) = (m.start, m.end);
-                let (cite, v) = judged_for(
-                    self.streams[s].0.part,
-                    judge_marker(&self.setup, self.streams[s].0.a, m),
-                );
+                let (cite, v) = judge_marker(&self.setup, self.streams[s].0, m);
                 self.record(s, &v, &cite);
                 match v.effective {
                     Action::Block => return self.block(s, start, &cite),
@@ -1307,7 +1303,7 @@ fn replace_in(s: &str, pats: &[(memchr::memmem::Finder<'_>, Option<&str>)]) -> O
 /// license-text run is named by the license its own text is (unless `known` already says).
 fn judge(
     setup: &ScanSetup,
-    key_a: u64,
+    key: StreamKey,
     f: &Finding,
     text: &str,
     known: Option<&Identification>,
@@ -1321,8 +1317,8 @@ fn judge(
             }
         }
     }
-    let mut cite = Citation {
-        key_a,
+    let cite = Citation {
+        key_a: key.a,
         kind: finding_kind(f).to_string(),
         corpus: r.corpus,
         doc: r.doc,
@@ -1344,17 +1340,15 @@ fn judge(
         similarity: (r.similarity < 1.0).then_some(r.similarity),
         marker: None,
     };
-    let v = setup.policy.decide(&facts(&cite, &setup.scope));
-    cite.action = v.effective.as_str().to_string();
-    cite.reason = v.reason.clone();
-    Some((cite, v))
+    Some(decide(setup, key.part, cite))
 }
 
-/// A verdict as it applies to text of `part`: an audio answer's transcript cannot be redacted
-/// alone — the audio would still say what the transcript no longer shows — nor a patch, which
-/// would no longer apply; so what the policy would redact there is blocked, and the reason
-/// says why.
-fn judged_for(part: Part, (mut cite, mut v): (Citation, Verdict)) -> (Citation, Verdict) {
+/// The policy's verdict on `cite`, a citation in text of `part`, written into it. An audio
+/// answer's transcript cannot be redacted alone — the audio would still say what the transcript
+/// no longer shows — nor a patch, which would no longer apply; so what the policy would redact
+/// there is blocked, and the reason says why.
+fn decide(setup: &ScanSetup, part: Part, mut cite: Citation) -> (Citation, Verdict) {
+    let mut v = setup.policy.decide(&facts(&cite, &setup.scope));
     let why = match part {
         Part::Transcript => "an answer's audio cannot be redacted",
         Part::Patch => "a patch with a redaction in it would no longer apply",
@@ -1363,22 +1357,22 @@ fn judged_for(part: Part, (mut cite, mut v): (Citation, Verdict)) -> (Citation, 
     if !why.is_empty() && v.effective == Action::Redact {
         v.effective = Action::Block;
         v.reason = format!("{}; blocked instead of redacted: {why}", v.reason);
-        cite.action = v.effective.as_str().to_string();
-        cite.reason = v.reason.clone();
     }
+    cite.action = v.effective.as_str().to_string();
+    cite.reason = v.reason.clone();
     (cite, v)
 }
 
 /// The citation of a license marker and the policy's verdict on it.
-fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict) {
+fn judge_marker(setup: &ScanSetup, key: StreamKey, m: Marker) -> (Citation, Verdict) {
     let license = m.expression.clone().unwrap_or_else(|| "NOASSERTION".into());
     let rights = if m.expression.is_some() {
         "licensed"
     } else {
         "copyrighted"
     };
-    let mut cite = Citation {
-        key_a,
+    let cite = Citation {
+        key_a: key.a,
         kind: "license-marker".into(),
         corpus: "license-markers".into(),
         doc: match m.kind {
@@ -1406,10 +1400,7 @@ fn judge_marker(setup: &ScanSetup, key_a: u64, m: Marker) -> (Citation, Verdict)
         similarity: None,
         marker: Some(m),
     };
-    let v = setup.policy.decide(&facts(&cite, &setup.scope));
-    cite.action = v.effective.as_str().to_string();
-    cite.reason = v.reason.clone();
-    (cite, v)
+    decide(setup, key.part, cite)
 }
 
 /// Scans a whole (non-streamed) JSON response. Returns the new body if anything had to change,
@@ -1444,8 +1435,7 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         let mut judged: Vec<(Citation, Verdict)> =
             crate::license::with_regions(s.take_findings(), &setup.indexes, &piece.text)
                 .iter()
-                .filter_map(|(f, id)| judge(setup, piece.key.a, f, &piece.text, id.as_ref()))
-                .map(|j| judged_for(piece.key.part, j))
+                .filter_map(|(f, id)| judge(setup, piece.key, f, &piece.text, id.as_ref()))
                 .collect();
         let markers = if tool {
             crate::license::markers::scan_json(&piece.text)
@@ -1455,7 +1445,7 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         judged.extend(
             markers
                 .into_iter()
-                .map(|m| judged_for(piece.key.part, judge_marker(setup, piece.key.a, m))),
+                .map(|m| judge_marker(setup, piece.key, m)),
         );
         judged.sort_by_key(|(c, _)| c.output_start);
         // Where the text is cut (the earliest block), and what is redacted before it: ranges
