@@ -722,16 +722,16 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
 
 /// Whether a connect error is the connect timeout (`timeouts.connect_ms`) expiring.
 fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = cur {
-        if x.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cur = x.source();
-    }
-    false
+    causes(e)
+        .filter_map(|x| x.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// `e` and the errors under it (its `source`s), outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |x| x.source())
 }
 
 /// Whether a header's comma-separated tokens include `token` (case-insensitive).
@@ -839,14 +839,9 @@ async fn tunnel(
 /// be sent again — what a server does with streams past its concurrency limit before the
 /// client has its settings (a burst on a new connection), or when it sheds load.
 fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = cur {
-        if let Some(h2) = x.downcast_ref::<h2::Error>() {
-            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cur = x.source();
-    }
-    false
+    causes(e)
+        .find_map(|x| x.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// The content coding of a response other than `identity`, if it has one (RFC 9110 §8.4: a
