@@ -126,6 +126,22 @@ struct RunArgs {
     /// many times, arms interleaved, each round's ratios taken against nginx in that round.
     #[arg(long, default_value_t = 5)]
     ratio_rounds: usize,
+    /// Drop the operating system's page cache (needs root) before the arms start, so that the
+    /// indexes start cold, as after a reboot or a fresh index: the scanning arm that runs first
+    /// reads what it needs from the disk.
+    #[arg(long)]
+    cold: bool,
+    /// Start Verbatim with `--no-warm`: it takes traffic before its indexes are read into
+    /// the page cache (with `--cold`: the cost of not warming them).
+    #[arg(long)]
+    no_warm: bool,
+}
+
+/// Writes back dirty pages, then drops the page cache.
+fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .unwrap_or_else(|e| panic!("--cold needs to write /proc/sys/vm/drop_caches (root): {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,9 +792,38 @@ fn start_verbatim(
     } else {
         cmd.arg("--no-license-index");
     }
+    if a.no_warm {
+        cmd.arg("--no-warm");
+    }
     let mut p = Proc::spawn("verbatim", cmd);
     wait_listening(addr, &mut p, Some(&log), Duration::from_secs(120));
+    // Traffic once it reports ready, as an orchestrator sends it: its indexes read into the
+    // page cache unless `--no-warm`.
+    wait_ready(addr, Duration::from_secs(300));
     (p, addr)
+}
+
+/// Waits until `GET /readyz` answers 200.
+fn wait_ready(addr: SocketAddr, limit: Duration) {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    loop {
+        let ok = std::net::TcpStream::connect(addr).is_ok_and(|mut c| {
+            let mut head = [0u8; 12];
+            c.write_all(b"GET /readyz HTTP/1.1\r\nhost: verbatim\r\nconnection: close\r\n\r\n")
+                .is_ok()
+                && c.read_exact(&mut head).is_ok()
+                && head.ends_with(b" 200")
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "verbatim on {addr} not ready after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn start_nginx(bin: &Path, mock: SocketAddr, dir: &Path) -> (Proc, SocketAddr) {
@@ -2065,6 +2110,9 @@ fn run(mut a: RunArgs, smoke: bool) {
     }
     std::fs::create_dir_all(&a.out).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    if a.cold {
+        drop_page_cache();
+    }
     let (_mock, mock) = start_mock();
     let mut procs: Vec<Proc> = Vec::new();
     let mut arms = vec![Arm {

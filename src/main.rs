@@ -148,6 +148,10 @@ struct ServeArgs {
     /// Leave out the built-in SPDX license index.
     #[arg(long)]
     no_license_index: bool,
+    /// Do not read the indexes into the page cache at start and before a reload
+    /// (`warm_indexes = false`); lookups then read what they need from the disk as they go.
+    #[arg(long)]
+    no_warm: bool,
 }
 
 #[derive(Subcommand)]
@@ -865,6 +869,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     if a.no_license_index {
         cfg.license_index = false;
     }
+    if a.no_warm {
+        cfg.warm_indexes = false;
+    }
     if cfg.license_index {
         let p = builtin_license_index()?;
         tracing::info!(index = %p.display(), "built-in SPDX license index");
@@ -886,7 +893,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             let handle = server.handle();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    let _ = handle.reload();
+                    // A reload reads its indexes from the disk: not on the runtime's threads.
+                    let h = handle.clone();
+                    let _ = tokio::task::spawn_blocking(move || h.reload()).await;
                 }
             });
         }

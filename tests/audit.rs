@@ -164,14 +164,6 @@ async fn rotation_starts_new_files_between_records_and_keeps_the_newest() {
 /// `/dev/full` accepts the open and refuses every write (ENOSPC): a disk that is full.
 const FULL: &str = "/dev/full";
 
-async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_keeps_serving_and_shows_the_failure() {
     let text = format!("{INTRO}{SHORT}{OUTRO}");

@@ -458,3 +458,38 @@ fn every_fixture_path_names_the_current_format() {
     }
     assert!(stale.is_empty(), "paths to an old fixture: {stale:#?}");
 }
+
+#[test]
+fn warming_reads_every_mapped_file_through_the_files_opened_not_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("idx");
+    copy_dir(Path::new(FIXTURE_RENAMED), &p);
+    let mapped: u64 = [
+        "postings.bin",
+        "units.bin",
+        "spans.bin",
+        "common.bin",
+        "classes.bin",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(p.join(f)).unwrap().len())
+    .sum();
+    let ix = Index::open(&p).unwrap();
+    assert_eq!(ix.mapped_bytes(), mapped);
+    assert!(!ix.is_warm());
+
+    // Told to stop at once, it reads nothing and the index stays cold.
+    assert_eq!(ix.warm(|| true).unwrap(), 0);
+    assert!(!ix.is_warm());
+
+    // A rebuild that replaces the files under their names does not change what the open
+    // index maps, so warming must read what is mapped: the old files, not the new ones.
+    for f in ["postings.bin", "units.bin"] {
+        std::fs::remove_file(p.join(f)).unwrap();
+        std::fs::write(p.join(f), vec![7u8; 3 << 20]).unwrap();
+    }
+    assert_eq!(ix.warm(|| false).unwrap(), mapped);
+    assert!(ix.is_warm());
+    let got = scan_all(&Arc::new(ix), COPIED);
+    assert_eq!(got.len(), 1, "the index still reads its own files: {got:?}");
+}

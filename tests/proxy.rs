@@ -726,6 +726,45 @@ async fn the_proxy_refuses_an_invalid_policy_with_every_problem() {
     );
 }
 
+/// The indexes' mapped files are read into the page cache before the proxy reports ready,
+/// and a reload reads the indexes it opens before swapping them in (a cold index makes a
+/// worker's streams wait on the disk: docs/benchmarks.md); `warm_indexes = false` reads none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_are_read_into_the_page_cache_before_ready_and_before_a_reload_swaps_them_in() {
+    let mock = start(Reply::sse(&openai_stream(UNRELATED, 5), 64)).await;
+    let per_index = Index::open(FIXTURE).unwrap().mapped_bytes();
+    assert!(per_index > 0);
+    for warm in [true, false] {
+        let p = proxy(&mock, |c| {
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+            // Named in the config, so that a reload opens the index again.
+            c.indexes = vec![FIXTURE.into()];
+            c.warm_indexes = warm;
+        })
+        .await;
+        let admin_addr = p.admin.unwrap();
+        // The harness has waited for /readyz (when warming): the whole index has been read.
+        assert_eq!(admin(p.addr, "GET", "/readyz").await.0, 200);
+        let read = async || {
+            let (_, m) = admin(admin_addr, "GET", "/metrics").await;
+            assert!(m.contains("verbatim_index_warming 0\n"), "{m}");
+            m.lines()
+                .find_map(|l| l.strip_prefix("verbatim_index_warm_bytes_total "))
+                .unwrap_or_else(|| panic!("{m}"))
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert_eq!(read().await, if warm { per_index } else { 0 });
+        let (s, body) = admin(admin_addr, "POST", "/admin/reload").await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(read().await, if warm { 2 * per_index } else { 0 });
+        assert_eq!(admin(p.addr, "GET", "/readyz").await.0, 200);
+        let (s, _, body) = post(p.addr, "/v1/chat/completions", &chat_req(true, "go")).await;
+        assert_eq!(s, 200);
+        assert_eq!(openai_text(&events(&body)), UNRELATED);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
     let text = format!("{INTRO}{COPIED}{OUTRO}");

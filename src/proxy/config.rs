@@ -40,6 +40,10 @@ pub struct Config {
     pub tenant_header: Option<http::HeaderName>,
     /// Scan against the built-in SPDX license index too (`verbatim serve` adds it).
     pub license_index: bool,
+    /// Read the indexes' mapped files into the page cache at start (in the background,
+    /// `/readyz` answering 503 until done) and before a reload swaps new ones in, so that no
+    /// lookup waits on the disk with a worker's streams behind it ([`crate::index::Index::warm`]).
+    pub warm_indexes: bool,
     /// Upstream timeouts (`[timeouts]`).
     pub timeouts: Timeouts,
     /// Policy file; without one, `rules` describes the built-in policy.
@@ -69,6 +73,7 @@ impl Default for Config {
             audit: Default::default(),
             tenant_header: None,
             license_index: true,
+            warm_indexes: true,
             timeouts: Timeouts::default(),
             policy: None,
             admin_listen: None,
@@ -174,6 +179,7 @@ const TOP: &[&str] = &[
     "audit",
     "tenant_header",
     "license_index",
+    "warm_indexes",
     "timeouts",
     "upstream",
     "rules",
@@ -251,6 +257,9 @@ impl Config {
         }
         if let Some(b) = r.opt_bool(t, "", "license_index") {
             c.license_index = b.value;
+        }
+        if let Some(b) = r.opt_bool(t, "", "warm_indexes") {
+            c.warm_indexes = b.value;
         }
         if let Some(h) = r.opt_str(t, "", "tenant_header") {
             match http::HeaderName::from_bytes(h.value.as_bytes()) {
@@ -488,6 +497,7 @@ mod tests {
         assert_eq!(c.rules, d.rules);
         assert_eq!(c.upstream_http2, d.upstream_http2);
         assert_eq!(c.upstream_http2_max_streams, d.upstream_http2_max_streams);
+        assert_eq!(c.warm_indexes, d.warm_indexes);
         assert!(c.audit_log.is_none() && c.tenant_header.is_none());
     }
 
@@ -565,6 +575,16 @@ mod tests {
         for w in want {
             assert!(e.contains(w), "missing {w:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn warming_the_indexes_can_be_turned_off_and_takes_only_a_boolean() {
+        let c = Config::parse(Path::new("v.toml"), "warm_indexes = false\n".into()).unwrap();
+        assert!(!c.warm_indexes && Config::default().warm_indexes);
+        assert_problems(
+            "listen = \"nowhere\"\nwarm_indexes = \"no\"\n",
+            &["v.toml:1", "v.toml:2", "warm_indexes"],
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     audit: Family<Labels, Gauge>,
     loaded: Family<Labels, Gauge>,
+    index_warming: Gauge,
+    index_warm_bytes: Counter,
     scan_seconds: FrameHistogram,
     holdback_seconds: FrameHistogram,
     audit_wait_seconds: Histogram,
@@ -164,6 +166,8 @@ impl Default for Metrics {
         let reloads = Family::default();
         let audit = Family::default();
         let loaded = Family::default();
+        let index_warming = Gauge::default();
+        let index_warm_bytes = Counter::default();
         let scan_seconds = FrameHistogram::new(latency_buckets());
         let holdback_seconds = FrameHistogram::new(latency_buckets());
         let audit_wait_seconds = Histogram::new(latency_buckets());
@@ -212,6 +216,16 @@ impl Default for Metrics {
             "The policy and indexes in force (value 1)",
             loaded.clone(),
         );
+        registry.register(
+            "index_warming",
+            "Indexes whose files are being read into the page cache (at start, or before a reload swaps them in); /readyz answers 503 while the ones in force are",
+            index_warming.clone(),
+        );
+        registry.register(
+            "index_warm_bytes",
+            "Bytes of index files read into the page cache ahead of lookups",
+            index_warm_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -220,6 +234,8 @@ impl Default for Metrics {
             reloads,
             audit,
             loaded,
+            index_warming,
+            index_warm_bytes,
             scan_seconds,
             holdback_seconds,
             audit_wait_seconds,
@@ -263,6 +279,17 @@ impl Metrics {
         self.reloads
             .get_or_create(&l(&[("result", if ok { "ok" } else { "rejected" })]))
             .inc();
+    }
+    /// An index starts (`true`) or ends (`false`) being read into the page cache.
+    pub fn index_warming(&self, starts: bool) {
+        if starts {
+            self.index_warming.inc();
+        } else {
+            self.index_warming.dec();
+        }
+    }
+    pub fn index_warm_bytes(&self, n: u64) {
+        self.index_warm_bytes.inc_by(n);
     }
     /// Records which policy and indexes are in force (replacing the previous ones).
     pub fn set_loaded(&self, policy: &str, policy_version: &str, index_ids: &[String]) {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -52,6 +52,9 @@ struct Shared {
     /// Becomes true when the server starts shutting down: a connection that has not sent its
     /// first bytes yet is closed then instead of being waited for.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// True while the indexes the server started with are being read into the page cache
+    /// (`warm_indexes`): `/readyz` answers 503 meanwhile.
+    warming: AtomicBool,
 }
 
 /// A bound, not yet running proxy.
@@ -89,7 +92,17 @@ impl Handle {
             }
             v
         };
-        match policy_for(&s.cfg, &indexes) {
+        let policy = policy_for(&s.cfg, &indexes);
+        if policy.is_ok() && s.cfg.warm_indexes {
+            // Read the new indexes before they take traffic: swapped in cold, every worker's
+            // first lookups would wait on the disk with their streams behind them.
+            for ix in indexes.iter().filter(|ix| !ix.is_warm()) {
+                if let Err(e) = warm(s, ix) {
+                    return s.reload_failed(format!("index {}: {e}", ix.dir().display()));
+                }
+            }
+        }
+        match policy {
             Ok(policy) => {
                 let loaded = Loaded {
                     policy: Arc::new(policy),
@@ -98,12 +111,61 @@ impl Handle {
                 set_loaded_metrics(&s.metrics, &loaded);
                 tracing::info!(policy = %loaded.policy.name, version = %loaded.policy.hash, indexes = loaded.indexes.len(), "reloaded");
                 s.loaded.store(Arc::new(loaded));
+                if s.cfg.warm_indexes {
+                    // What is in force now has been read (above).
+                    s.warming.store(false, Relaxed);
+                }
                 s.metrics.reload(true);
                 Ok(())
             }
             Err(e) => s.reload_failed(e),
         }
     }
+}
+
+/// Reads one index into the page cache ([`Index::warm`]), counted in the metrics; gives up
+/// when the server stops.
+fn warm(s: &Shared, ix: &Index) -> std::io::Result<()> {
+    let stopping = s.stopping.subscribe();
+    s.metrics.index_warming(true);
+    let t = std::time::Instant::now();
+    let r = ix.warm(|| *stopping.borrow());
+    s.metrics.index_warming(false);
+    let bytes = r?;
+    s.metrics.index_warm_bytes(bytes);
+    if ix.is_warm() {
+        tracing::info!(index = %ix.dir().display(), bytes, seconds = t.elapsed().as_secs_f64(), "index read into the page cache");
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the server is stopping"))
+    }
+}
+
+/// Reads the indexes the server starts with into the page cache, on a thread of its own so
+/// that the proxy serves meanwhile (`/readyz` answers 503 until done). It holds the server
+/// weakly and stops when the server stops or a reload has replaced an index it has not read
+/// yet (a reload reads its own). A failure leaves the index cold, which is slower, not wrong:
+/// it is logged and the server reports ready.
+fn spawn_warm(shared: &Arc<Shared>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(shared);
+    let indexes = shared.loaded.load().indexes.clone();
+    std::thread::Builder::new()
+        .name("verbatim-warm".into())
+        .spawn(move || {
+            for ix in indexes {
+                let Some(s) = weak.upgrade() else { return };
+                if !s.loaded.load().indexes.iter().any(|i| Arc::ptr_eq(i, &ix)) {
+                    continue;
+                }
+                if let Err(e) = warm(&s, &ix) {
+                    tracing::warn!(index = %ix.dir().display(), error = %e, "index not read into the page cache; lookups will read from the disk");
+                }
+            }
+            if let Some(s) = weak.upgrade() {
+                s.warming.store(false, Relaxed);
+            }
+        })
+        .map(drop)
 }
 
 impl Shared {
@@ -400,7 +462,12 @@ impl Server {
             audit,
             metrics,
             stopping: tokio::sync::watch::Sender::new(false),
+            warming: AtomicBool::new(false),
         });
+        if shared.cfg.warm_indexes && !shared.loaded.load().indexes.is_empty() {
+            shared.warming.store(true, Relaxed);
+            spawn_warm(&shared).map_err(ServeError::Workers)?;
+        }
         let n = std::thread::available_parallelism().map_or(1, usize::from);
         let workers = (0..n)
             .map(|i| Worker::spawn(i, Arc::clone(&shared)))
@@ -946,7 +1013,11 @@ async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> 
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
-        ("POST", "/admin/reload") => match h.reload() {
+        // A reload reads its indexes from the disk: not on the runtime's threads.
+        ("POST", "/admin/reload") => match tokio::task::spawn_blocking(move || h.reload())
+            .await
+            .unwrap_or_else(|e| Err(format!("reload failed: {e}")))
+        {
             Ok(()) => text(StatusCode::OK, "reloaded\n".into()),
             Err(e) => text(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -997,6 +1068,8 @@ async fn handle(
 fn readiness(shared: &Shared) -> Result<(), &'static str> {
     if shared.audit.refuses() {
         Err("not ready: the audit trail cannot be written (audit.on_failure = fail-closed)")
+    } else if shared.warming.load(Relaxed) {
+        Err("not ready: reading the indexes into the page cache (warm_indexes)")
     } else {
         Ok(())
     }

@@ -52,16 +52,24 @@ pub async fn proxy_with(
     tweak(&mut cfg);
     let mut indexes = vec![Arc::new(Index::open(FIXTURE).unwrap())];
     indexes.extend(more);
+    let warm = cfg.warm_indexes;
     let server = Server::bind(cfg, indexes).await.unwrap();
     let addr = server.local_addr().unwrap();
-    let admin = server.admin_addr();
+    let admin_addr = server.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
+    if warm {
+        // As an orchestrator would: traffic once the indexes are in the page cache.
+        wait_for("ready: the indexes read into the page cache", async || {
+            admin(addr, "GET", "/readyz").await.0 == 200
+        })
+        .await;
+    }
     Proxy {
         addr,
-        admin,
+        admin: admin_addr,
         stop: tx,
     }
 }
@@ -180,6 +188,15 @@ pub async fn audit_records(path: &std::path::Path, n: usize) -> Vec<Value> {
             "audit log has {} records: {text}",
             recs.len()
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to 10 s for `cond`; fails the test after.
+pub async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
