@@ -2509,6 +2509,133 @@ async fn answers_fetched_later_are_scanned_as_the_answers_they_are() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_answers_listed_or_returned_by_other_routes_are_scanned() {
+    // A blocked answer stays stored at the provider (`store: true`, and every Responses
+    // answer by default). Besides fetching it by id, a client could list stored chat
+    // completions, read a conversation's items one by one or all at once, cancel a background
+    // response (which returns its output so far) or update a stored completion's metadata
+    // (which returns the completion): each passed through and gave the passage back.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let clean = format!("{INTRO}{UNRELATED}");
+    let request = |method: &'static str, addr: std::net::SocketAddr, path: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(if method == "POST" {
+                r#"{"metadata":{"k":"v"}}"#
+            } else {
+                ""
+            })))
+            .unwrap();
+        async move {
+            let r = client().request(req).await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert!(!String::from_utf8_lossy(&body).contains("Oduya"), "{v}");
+            (status, v)
+        }
+    };
+    let mock = start(Reply::json(200, &json!({}))).await;
+    let p = proxy(&mock, |_| {}).await;
+
+    // Stored chat completions, listed: each scanned alone; the clean one untouched.
+    let list = json!({"object": "list", "data": [openai_json(&clean), openai_json(&text)],
+        "first_id": "a", "last_id": "b", "has_more": false});
+    *mock.reply.lock().unwrap() = Reply::json(200, &list);
+    let (status, v) = request("GET", p.addr, "/v1/chat/completions?limit=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"][0], openai_json(&clean), "{v}");
+    assert_eq!(
+        v.pointer("/data/1/choices/0/message/content"),
+        Some(&json!(INTRO))
+    );
+    assert_eq!(
+        v.pointer("/data/1/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(v.pointer("/data/1/verbatim/action"), Some(&json!("block")));
+    assert_eq!(v["has_more"], json!(false));
+
+    // A stored completion's metadata updated: the completion comes back.
+    *mock.reply.lock().unwrap() = Reply::json(200, &openai_json(&text));
+    let (status, v) = request("POST", p.addr, "/v1/chat/completions/chatcmpl-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(v.pointer("/choices/0/message/content"), Some(&json!(INTRO)));
+
+    // A background response cancelled: the output it has so far.
+    let stream = responses_stream(&text, 3);
+    let whole = events(&stream)
+        .into_iter()
+        .find(|(n, _)| n.as_deref() == Some("response.completed"))
+        .map(|(_, v)| v["response"].clone())
+        .unwrap();
+    *mock.reply.lock().unwrap() = Reply::json(200, &whole);
+    let (status, v) = request("POST", p.addr, "/v1/responses/resp_1/cancel").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v.pointer("/incomplete_details/reason"),
+        Some(&json!("content_filter"))
+    );
+
+    // A conversation's items: the user's message quoting the book is the caller's own text
+    // and stays; the assistant's copy is cut, its item marked.
+    let message = |role: &str, kind: &str, t: &str| {
+        json!({"type": "message", "id": format!("msg_{role}"), "status": "completed",
+            "role": role, "content": [{"type": kind, "text": t, "annotations": []}]})
+    };
+    let user = message("user", "input_text", &text);
+    let assistant = message("assistant", "output_text", &text);
+    let tool_output = json!({"type": "function_call_output", "call_id": "c1", "output": text});
+    let items = json!({"object": "list",
+        "data": [user.clone(), assistant.clone(), tool_output.clone(), message("assistant", "output_text", &clean)],
+        "first_id": "msg_user", "last_id": "msg_assistant", "has_more": false});
+    *mock.reply.lock().unwrap() = Reply::json(200, &items);
+    let get = async |path: &str| {
+        let req = http::Request::get(format!("http://{}{path}", p.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = client().request(req).await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
+    };
+    let (status, v) = get("/v1/conversations/conv_1/items?order=asc").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["data"][0], user,
+        "the caller's own message is not scanned"
+    );
+    assert_eq!(
+        v["data"][2], tool_output,
+        "nor a tool's output the caller sent"
+    );
+    assert_eq!(
+        v["data"][3], items["data"][3],
+        "a clean answer is untouched"
+    );
+    assert_eq!(
+        v.pointer("/data/1/content/0/text"),
+        Some(&json!(INTRO)),
+        "{v}"
+    );
+    assert_eq!(v.pointer("/data/1/status"), Some(&json!("incomplete")));
+    assert_eq!(v.pointer("/data/1/verbatim/action"), Some(&json!("block")));
+    // One item fetched by its id.
+    *mock.reply.lock().unwrap() = Reply::json(200, &assistant);
+    let (status, v) = request(
+        "GET",
+        p.addr,
+        "/v1/conversations/conv_1/items/msg_assistant",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v.pointer("/content/0/text"), Some(&json!(INTRO)), "{v}");
+    assert_eq!(v.pointer("/verbatim/action"), Some(&json!("block")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
     // OpenAI-compatible servers that reason (DeepSeek, vLLM) return `reasoning_content`
     // beside the answer. Streamed, its deltas were scanned; a whole answer's was not.

@@ -49,15 +49,12 @@ fuzz_target!(|data: &[u8]| {
         // that occur nowhere else in it. (The same words elsewhere — another choice, a tool
         // call's escaped arguments — are that piece's own business.)
         let input: Value = serde_json::from_slice(body).expect("it was read as JSON");
-        let before = api::response_pieces(api, &input);
-        let after = api::response_pieces(api, &out);
+        let before = named_pieces(api, &input);
+        let after = named_pieces(api, &out);
         for d in decisions.iter().filter(|d| d.action == Action::Redact) {
             let c = &d.citation;
-            let Some(piece) = before
-                .iter()
-                .find(|p| format!("{}:{}:{:?}", p.key.a, p.key.b, p.key.part) == d.stream)
-            else {
-                continue;
+            let Some((_, piece)) = before.iter().find(|(name, _)| *name == d.stream) else {
+                panic!("a decision names a stream the response does not have: {}", d.stream);
             };
             if piece
                 .text
@@ -69,8 +66,8 @@ fuzz_target!(|data: &[u8]| {
             let now = without_placeholders(
                 after
                     .iter()
-                    .find(|p| p.key == piece.key)
-                    .map_or("", |p| &p.text),
+                    .find(|(name, _)| *name == d.stream)
+                    .map_or("", |(_, p)| &p.text),
             );
             // In tool-call arguments only string contents are cut (the JSON between them
             // stays): those are what must be gone.
@@ -101,14 +98,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let (Some(b), Ok(input)) = (&changed, serde_json::from_slice::<Value>(body)) {
         let out: Value = serde_json::from_slice(b).expect("a rewritten response is JSON");
-        let after = api::response_pieces(api, &out);
-        for piece in api::response_pieces(api, &input) {
+        let after = named_pieces(api, &out);
+        for (name, piece) in named_pieces(api, &input) {
             if piece.key.part != Part::ToolArgs
                 || serde_json::from_str::<Value>(&piece.text).is_err()
             {
                 continue;
             }
-            if let Some(now) = after.iter().find(|p| p.key == piece.key)
+            if let Some((_, now)) = after.iter().find(|(n, _)| *n == name)
                 && !now.text.is_empty()
             {
                 assert!(
@@ -128,3 +125,40 @@ fuzz_target!(|data: &[u8]| {
         let _ = api::wants_stream(&v);
     }
 });
+
+/// The pieces `scan_response` reads, each named as its decisions name their stream: one
+/// answer's, or each of a list's answers and model-written items (`data[i]/` before the name),
+/// or one item's (read as a response's only output).
+fn named_pieces(api: Api, v: &Value) -> Vec<(String, api::Piece)> {
+    let one = |prefix: &str, api: Api, v: &Value| -> Vec<(String, api::Piece)> {
+        api::response_pieces(api, v)
+            .into_iter()
+            .map(|p| (format!("{prefix}{}:{}:{:?}", p.key.a, p.key.b, p.key.part), p))
+            .collect()
+    };
+    let item = |prefix: &str, v: &Value| {
+        if api::model_wrote(v) {
+            one(prefix, Api::Responses, &serde_json::json!({ "output": [v] }))
+        } else {
+            Vec::new()
+        }
+    };
+    match api::Stored::of(api, v) {
+        api::Stored::Answer => one("", api, v),
+        api::Stored::Item => item("", v),
+        api::Stored::List => v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                let prefix = format!("data[{i}]/");
+                match api::Stored::of(api, e) {
+                    api::Stored::Item => item(&prefix, e),
+                    _ => one(&prefix, api, e),
+                }
+            })
+            .collect(),
+        api::Stored::Other => Vec::new(),
+    }
+}

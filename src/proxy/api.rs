@@ -35,6 +35,9 @@ impl Api {
         if method != http::Method::POST {
             return None;
         }
+        if let Some(api) = Api::returned(path) {
+            return Some(api);
+        }
         // Accept a deployment prefix before /v1 (e.g. /openai/v1/chat/completions).
         if path.ends_with("/v1/chat/completions") || path == "/chat/completions" {
             Some(Api::ChatCompletions)
@@ -49,19 +52,48 @@ impl Api {
         }
     }
 
-    /// An answer fetched after it was made: `GET …/v1/responses/{id}` or
-    /// `GET …/v1/chat/completions/{id}` (one path segment after the collection; its
-    /// `input_items` or `messages` are the caller's text, and lists are not scanned).
+    /// Stored model text fetched after it was made (a blocked answer stays stored at the
+    /// provider, so each of these would give it back): `GET …/v1/responses/{id}` and
+    /// `GET …/v1/chat/completions/{id}` (one answer); `GET …/v1/chat/completions` (a list of
+    /// stored answers); `GET …/v1/conversations/{id}/items[/{item}]` (a conversation's
+    /// items, the model's among them). What [`Stored`] the body is says how it is read.
+    /// Not these: `…/input_items` and `…/messages`, the caller's own text.
     fn fetched(path: &str) -> Option<Api> {
+        let is = |p: &str, c: &str| p.ends_with(&format!("/v1/{c}")) || p == format!("/{c}");
+        if is(path, "chat/completions") {
+            return Some(Api::ChatCompletions);
+        }
         let (collection, id) = path.rsplit_once('/')?;
         if id.is_empty() {
             return None;
         }
-        let is =
-            |c: &str| collection.ends_with(&format!("/v1/{c}")) || collection == format!("/{c}");
-        if is("responses") {
+        if is(collection, "responses") {
             Some(Api::Responses)
-        } else if is("chat/completions") {
+        } else if is(collection, "chat/completions") {
+            Some(Api::ChatCompletions)
+        } else if (id == "items" && conversation(collection))
+            || collection
+                .rsplit_once('/')
+                .is_some_and(|(c, items)| items == "items" && conversation(c))
+        {
+            // A conversation's items, or one of them.
+            Some(Api::Responses)
+        } else {
+            None
+        }
+    }
+
+    /// POSTs that are not requests for an answer but return a stored one:
+    /// `…/v1/responses/{id}/cancel` (a background response, with the output it has so far)
+    /// and `…/v1/chat/completions/{id}` (a stored answer's metadata updated; the answer
+    /// comes back).
+    fn returned(path: &str) -> Option<Api> {
+        let (rest, last) = path.rsplit_once('/')?;
+        let (collection, id) = rest.rsplit_once('/')?;
+        let is = |p: &str, c: &str| p.ends_with(&format!("/v1/{c}")) || p == format!("/{c}");
+        if last == "cancel" && !id.is_empty() && is(collection, "responses") {
+            Some(Api::Responses)
+        } else if !last.is_empty() && is(rest, "chat/completions") {
             Some(Api::ChatCompletions)
         } else {
             None
@@ -87,6 +119,56 @@ impl Api {
             Api::Messages => "messages",
         }
     }
+}
+
+/// Whether `path` (without a trailing slash) is one conversation: `…/v1/conversations/{id}`.
+fn conversation(path: &str) -> bool {
+    path.rsplit_once('/').is_some_and(|(c, id)| {
+        !id.is_empty() && (c.ends_with("/v1/conversations") || c == "/conversations")
+    })
+}
+
+/// What a whole JSON body holds, for [`crate::proxy::pipeline::scan_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// One answer of its API (a chat completion, a response, a message).
+    Answer,
+    /// `{"object": "list", "data": [...]}`: stored answers, or a conversation's items.
+    List,
+    /// One Responses item on its own (a conversation's: it has a `type`, is no response).
+    Item,
+    /// Anything else (an error, a deletion receipt): nothing to scan.
+    Other,
+}
+
+impl Stored {
+    pub fn of(api: Api, v: &Value) -> Stored {
+        let object = v.get("object").and_then(Value::as_str);
+        if object == Some("list") && v.get("data").is_some_and(Value::is_array) {
+            Stored::List
+        } else if api == Api::Responses
+            && v.get("output").is_none()
+            && object != Some("response")
+            && v.get("type").is_some_and(Value::is_string)
+        {
+            Stored::Item
+        } else if v.is_object() {
+            Stored::Answer
+        } else {
+            Stored::Other
+        }
+    }
+}
+
+/// Whether a Responses item is the model's: an assistant message, or an item a response puts
+/// out (a tool call, reasoning); not a message of another role, nor a tool's output or a
+/// call's approval, which the caller sent.
+pub fn model_wrote(item: &Value) -> bool {
+    let kind = item.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind == "message" {
+        return item.get("role").and_then(Value::as_str) == Some("assistant");
+    }
+    !(kind.ends_with("_output") || kind.ends_with("_response") || kind == "item_reference")
 }
 
 /// What kind of text a stream carries.
@@ -1672,11 +1754,33 @@ mod tests {
             (&get, "/v1/responses", None),
             (&get, "/v1/responses/", None),
             (&get, "/v1/responses/resp_1/input_items", None),
-            (&get, "/v1/chat/completions", None),
+            (&get, "/v1/chat/completions", Some(Api::ChatCompletions)),
+            (
+                &get,
+                "/v1/chat/completions?limit=5",
+                Some(Api::ChatCompletions),
+            ),
             (&get, "/v1/chat/completions/chatcmpl-1/messages", None),
+            (
+                &post,
+                "/v1/chat/completions/chatcmpl-1",
+                Some(Api::ChatCompletions),
+            ),
+            (&post, "/v1/responses/resp_1/cancel", Some(Api::Responses)),
+            (&post, "/v1/responses/resp_1/other", None),
+            (&get, "/v1/conversations/conv_1/items", Some(Api::Responses)),
+            (
+                &get,
+                "/v1/conversations/conv_1/items/msg_1",
+                Some(Api::Responses),
+            ),
+            (&get, "/conversations/conv_1/items", Some(Api::Responses)),
+            (&get, "/v1/conversations/conv_1", None),
+            (&get, "/v1/conversations", None),
+            (&get, "/v1/conversations//items", None),
+            (&post, "/v1/conversations/conv_1/items", None),
             (&get, "/v1/models", None),
             (&get, "/v1/models/gpt-x", None),
-            (&post, "/v1/responses/resp_1/cancel", None),
             (&Method::DELETE, "/v1/responses/resp_1", None),
             (&post, "/v1/embeddings", None),
         ] {

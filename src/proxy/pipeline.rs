@@ -1405,15 +1405,76 @@ fn judge_marker(setup: &ScanSetup, key: StreamKey, m: Marker) -> (Citation, Verd
 
 /// Scans a whole (non-streamed) JSON response. Returns the new body if anything had to change,
 /// `None` to relay the upstream bytes as they are, and the decisions made.
+///
+/// Besides one answer, the body may be a list of stored answers (`{"object": "list", "data":
+/// [...]}`: `GET /v1/chat/completions`), or of conversation items, or one item (`GET
+/// /v1/conversations/{id}/items[/{item}]`; see [`api::Stored`]): each answer or model-written
+/// item is scanned and acted on alone, as if fetched by itself.
 pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         return (None, Vec::new());
     };
     let mut decisions = Vec::new();
+    let changed = match api::Stored::of(api, &v) {
+        api::Stored::Answer => scan_value(api, &mut v, setup, "", &mut decisions),
+        api::Stored::List => {
+            let mut changed = false;
+            for (i, e) in v
+                .get_mut("data")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let prefix = format!("data[{i}]/");
+                changed |= match api::Stored::of(api, e) {
+                    api::Stored::Item => scan_item(e, setup, &prefix, &mut decisions),
+                    _ => scan_value(api, e, setup, &prefix, &mut decisions),
+                };
+            }
+            changed
+        }
+        api::Stored::Item => scan_item(&mut v, setup, "", &mut decisions),
+        api::Stored::Other => false,
+    };
+    let body = changed
+        .then(|| serde_json::to_vec(&v).ok().map(Bytes::from))
+        .flatten();
+    (body, decisions)
+}
+
+/// A Responses item stored on its own (a conversation's): scanned as the only output of a
+/// response, what the scan marks on that response moved onto the item. Items the caller
+/// wrote (user, system and developer messages; tool outputs) are its own text, not scanned.
+fn scan_item(item: &mut Value, setup: &ScanSetup, prefix: &str, out: &mut Vec<Decision>) -> bool {
+    if !api::model_wrote(item) {
+        return false;
+    }
+    let mut wrapped = serde_json::json!({ "output": [item.take()] });
+    let changed = scan_value(Api::Responses, &mut wrapped, setup, prefix, out);
+    *item = wrapped["output"][0].take();
+    if let Some(mark) = wrapped.get_mut("verbatim") {
+        if mark.get("action").and_then(Value::as_str) == Some("block") {
+            item["status"] = serde_json::json!("incomplete");
+        }
+        item["verbatim"] = mark.take();
+    }
+    changed
+}
+
+/// Scans one answer in place ([`scan_response`]); true if it changed. Decisions name their
+/// stream after `prefix`.
+fn scan_value(
+    api: Api,
+    v: &mut Value,
+    setup: &ScanSetup,
+    prefix: &str,
+    decisions: &mut Vec<Decision>,
+) -> bool {
     let mut cites = Vec::new();
     let mut block: Option<Citation> = None;
     let mut edits: Vec<(StreamKey, String)> = Vec::new();
-    for piece in api::response_pieces(api, &v) {
+    for piece in api::response_pieces(api, v) {
         let tool = piece.key.part == Part::ToolArgs;
         let mut s = Scanner::new(
             &setup.indexes,
@@ -1463,7 +1524,10 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
                 setup,
                 &v,
                 &cite,
-                format!("{}:{}:{:?}", piece.key.a, piece.key.b, piece.key.part),
+                format!(
+                    "{prefix}{}:{}:{:?}",
+                    piece.key.a, piece.key.b, piece.key.part
+                ),
                 span,
             ));
             match action {
@@ -1503,21 +1567,21 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         }
     }
     if edits.is_empty() && cites.is_empty() && block.is_none() {
-        return (None, decisions);
+        return false;
     }
     // A cut or redacted text's tokens must not come back in its log probabilities.
     if !edits.is_empty() || block.is_some() {
-        api::drop_logprobs(&mut v);
+        api::drop_logprobs(v);
     }
     for (k, t) in edits {
-        api::set_response_text(api, &mut v, k, &t);
+        api::set_response_text(api, v, k, &t);
     }
     if let Some(b) = &block {
-        api::block_value(api, &mut v, b);
+        api::block_value(api, v, b);
     } else {
-        api::annotate_value(api, &mut v, &cites, false);
+        api::annotate_value(api, v, &cites, false);
     }
-    (serde_json::to_vec(&v).ok().map(Bytes::from), decisions)
+    true
 }
 
 #[cfg(test)]
