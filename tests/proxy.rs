@@ -2636,6 +2636,64 @@ async fn stored_answers_listed_or_returned_by_other_routes_are_scanned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_batchs_results_are_scanned_answer_by_answer() {
+    // Anthropic's Message Batches answer each request later; the results come as JSON Lines
+    // from `GET /v1/messages/batches/{id}/results`, each line one request's whole answer. The
+    // route passed through: a batch was a way round every policy. Each answer is now scanned
+    // and acted on as if it had come alone; the other lines stay byte for byte.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let line = |id: &str, result: Value| json!({"custom_id": id, "result": result}).to_string();
+    let ok = |t: &str| json!({"type": "succeeded", "message": anthropic_json(t)});
+    let lines = [
+        line("clean", ok(UNRELATED)),
+        line("copied", ok(&text)),
+        line(
+            "failed",
+            json!({"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": text}}}),
+        ),
+        line("late", json!({"type": "expired"})),
+    ];
+    let body = format!("{}\n", lines.join("\n"));
+    let mock = start(Reply {
+        content_type: "application/binary",
+        chunks: body
+            .as_bytes()
+            .chunks(100)
+            .map(Bytes::copy_from_slice)
+            .collect(),
+        ..Reply::json(200, &json!({}))
+    })
+    .await;
+    let p = proxy(&mock, |_| {}).await;
+    let req = http::Request::get(format!(
+        "http://{}/v1/messages/batches/msgbatch_1/results",
+        p.addr
+    ))
+    .header("anthropic-version", "2023-06-01")
+    .header("x-api-key", "sk-ant-test")
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let r = client().request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.into_body().collect().await.unwrap().to_bytes();
+    let got = String::from_utf8(got.to_vec()).unwrap();
+    let out: Vec<&str> = got.split('\n').collect();
+    assert_eq!(out.len(), 5, "{got}");
+    assert_eq!(out[0], lines[0], "a clean answer's line is kept as it came");
+    let v: Value = serde_json::from_str(out[1]).unwrap();
+    let m = &v["result"]["message"];
+    assert_eq!(m.pointer("/content/0/text"), Some(&json!(INTRO)), "{v}");
+    assert_eq!(m["stop_reason"], json!("refusal"));
+    assert_eq!(m.pointer("/verbatim/action"), Some(&json!("block")));
+    assert_eq!(v["custom_id"], json!("copied"));
+    // An error's message is the provider's (here it echoes text): not an answer, not read.
+    assert_eq!(out[2], lines[2]);
+    assert_eq!(out[3], lines[3]);
+    assert_eq!(out[4], "");
+    assert!(!out[1].contains("Oduya"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
     // OpenAI-compatible servers that reason (DeepSeek, vLLM) return `reasoning_content`
     // beside the answer. Streamed, its deltas were scanned; a whole answer's was not.

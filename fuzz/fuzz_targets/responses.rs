@@ -43,14 +43,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let (changed, decisions) = scan_response(api, body, &setup);
     if let Some(b) = &changed {
-        let out: Value = serde_json::from_slice(b).expect("a rewritten response is JSON");
+        for line in b.split(|&c| c == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+            let _: Value = serde_json::from_slice(line)
+                .or_else(|_| serde_json::from_slice(b))
+                .expect("a rewritten response is JSON, or JSON Lines");
+        }
         // Nothing a redaction covered survives in the piece of text it was found in: each
         // redacted span's pieces ([`windows`]) are looked for in the same piece rewritten, those
         // that occur nowhere else in it. (The same words elsewhere — another choice, a tool
         // call's escaped arguments — are that piece's own business.)
-        let input: Value = serde_json::from_slice(body).expect("it was read as JSON");
-        let before = named_pieces(api, &input);
-        let after = named_pieces(api, &out);
+        let before = named_pieces(api, body);
+        let after = named_pieces(api, b);
         for d in decisions.iter().filter(|d| d.action == Action::Redact) {
             let c = &d.citation;
             let Some((_, piece)) = before.iter().find(|(name, _)| *name == d.stream) else {
@@ -96,10 +99,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let (Some(b), Ok(input)) = (&changed, serde_json::from_slice::<Value>(body)) {
-        let out: Value = serde_json::from_slice(b).expect("a rewritten response is JSON");
-        let after = named_pieces(api, &out);
-        for (name, piece) in named_pieces(api, &input) {
+    if let Some(b) = &changed {
+        let after = named_pieces(api, b);
+        for (name, piece) in named_pieces(api, body) {
             if piece.key.part != Part::ToolArgs
                 || serde_json::from_str::<Value>(&piece.text).is_err()
             {
@@ -129,11 +131,40 @@ fuzz_target!(|data: &[u8]| {
 /// The pieces `scan_response` reads, each named as its decisions name their stream: one
 /// answer's, or each of a list's answers and model-written items (`data[i]/` before the name),
 /// or one item's (read as a response's only output).
-fn named_pieces(api: Api, v: &Value) -> Vec<(String, api::Piece)> {
+fn named_pieces(api: Api, body: &[u8]) -> Vec<(String, api::Piece)> {
+    let parsed = serde_json::from_slice::<Value>(body);
+    if parsed.as_ref().map_or(true, api::batch_result) {
+        // JSON Lines of batch results, each line's answer named `line[i]/…`.
+        let mut out = Vec::new();
+        for (i, line) in body.split(|&c| c == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Ok(mut v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            // Each line's answer is read as one answer (never as a list or an item).
+            if let Some((api, answer)) = api::batch_answer(&mut v) {
+                out.extend(api::response_pieces(api, answer).into_iter().map(|p| {
+                    let name = format!("line[{i}]/{}:{}:{:?}", p.key.a, p.key.b, p.key.part);
+                    (name, p)
+                }));
+            }
+        }
+        return out;
+    }
+    match parsed {
+        Ok(v) => named_value(api, &v),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn named_value(api: Api, v: &Value) -> Vec<(String, api::Piece)> {
     let one = |prefix: &str, api: Api, v: &Value| -> Vec<(String, api::Piece)> {
         api::response_pieces(api, v)
             .into_iter()
-            .map(|p| (format!("{prefix}{}:{}:{:?}", p.key.a, p.key.b, p.key.part), p))
+            .map(|p| {
+                let name = format!("{prefix}{}:{}:{:?}", p.key.a, p.key.b, p.key.part);
+                (name, p)
+            })
             .collect()
     };
     let item = |prefix: &str, v: &Value| {

@@ -63,6 +63,14 @@ impl Api {
         if is(path, "chat/completions") {
             return Some(Api::ChatCompletions);
         }
+        // An Anthropic message batch's results: JSON Lines of whole answers.
+        if let Some(batch) = path.strip_suffix("/results")
+            && let Some((c, id)) = batch.rsplit_once('/')
+            && !id.is_empty()
+            && is(c, "messages/batches")
+        {
+            return Some(Api::Messages);
+        }
         let (collection, id) = path.rsplit_once('/')?;
         if id.is_empty() {
             return None;
@@ -158,6 +166,22 @@ impl Stored {
             Stored::Other
         }
     }
+}
+
+/// Whether `v` is one line of an Anthropic message batch's results (`custom_id`, `result`).
+pub fn batch_result(v: &Value) -> bool {
+    v.get("custom_id").is_some() && v.get("result").is_some()
+}
+
+/// The answer in one line of a message batch's results, `result.message` (a Messages
+/// answer); none for a request that errored, was cancelled or expired.
+///
+/// OpenAI's batch output (`response.body` in each line) comes as a file's content, `GET
+/// /v1/files/{id}/content`, a route that serves every kind of file, so it is not routed here.
+pub fn batch_answer(v: &mut Value) -> Option<(Api, &mut Value)> {
+    v.pointer_mut("/result/message")
+        .filter(|m| m.is_object())
+        .map(|m| (Api::Messages, m))
 }
 
 /// Whether a Responses item is the model's: an assistant message, or an item a response puts
@@ -1779,6 +1803,14 @@ mod tests {
             (&get, "/v1/conversations", None),
             (&get, "/v1/conversations//items", None),
             (&post, "/v1/conversations/conv_1/items", None),
+            (
+                &get,
+                "/v1/messages/batches/msgbatch_1/results",
+                Some(Api::Messages),
+            ),
+            (&get, "/v1/messages/batches/msgbatch_1", None),
+            (&get, "/v1/messages/batches//results", None),
+            (&get, "/v1/files/file_1/content", None),
             (&get, "/v1/models", None),
             (&get, "/v1/models/gpt-x", None),
             (&Method::DELETE, "/v1/responses/resp_1", None),

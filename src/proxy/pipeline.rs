@@ -1408,10 +1408,15 @@ fn judge_marker(setup: &ScanSetup, key: StreamKey, m: Marker) -> (Citation, Verd
 ///
 /// Besides one answer, the body may be a list of stored answers (`{"object": "list", "data":
 /// [...]}`: `GET /v1/chat/completions`), or of conversation items, or one item (`GET
-/// /v1/conversations/{id}/items[/{item}]`; see [`api::Stored`]): each answer or model-written
-/// item is scanned and acted on alone, as if fetched by itself.
+/// /v1/conversations/{id}/items[/{item}]`; see [`api::Stored`]), or batch results (JSON
+/// Lines, one answer a line: `GET /v1/messages/batches/{id}/results`): each answer or
+/// model-written item is scanned and acted on alone, as if fetched by itself.
 pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+    let parsed = serde_json::from_slice::<Value>(body);
+    if parsed.as_ref().map_or(true, api::batch_result) {
+        return scan_lines(body, setup);
+    }
+    let Ok(mut v) = parsed else {
         return (None, Vec::new());
     };
     let mut decisions = Vec::new();
@@ -1441,6 +1446,42 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
         .then(|| serde_json::to_vec(&v).ok().map(Bytes::from))
         .flatten();
     (body, decisions)
+}
+
+/// Batch results, JSON Lines: each line one request's result, its answer scanned and acted
+/// on as if it had come alone ([`api::batch_answer`]: Anthropic's `result.message`),
+/// decisions naming their stream after `line[i]/`. A line that changed is
+/// written anew, the others kept byte for byte. Not JSON Lines (a line that does not parse):
+/// nothing to read, relayed as it came, as any body that is not JSON.
+fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
+    let mut decisions = Vec::new();
+    let mut lines: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let text = line.strip_suffix(b"\r").unwrap_or(line);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            lines.push((line, None));
+            continue;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(text) else {
+            return (None, Vec::new());
+        };
+        let prefix = format!("line[{i}]/");
+        let changed = api::batch_answer(&mut v)
+            .is_some_and(|(api, answer)| scan_value(api, answer, setup, &prefix, &mut decisions));
+        let rewritten = changed.then(|| serde_json::to_vec(&v).ok()).flatten();
+        lines.push((line, rewritten));
+    }
+    if lines.iter().all(|(_, r)| r.is_none()) {
+        return (None, decisions);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    for (i, (line, rewritten)) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(rewritten.as_deref().unwrap_or(line));
+    }
+    (Some(Bytes::from(out)), decisions)
 }
 
 /// A Responses item stored on its own (a conversation's): scanned as the only output of a
