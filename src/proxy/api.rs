@@ -168,6 +168,50 @@ impl Stored {
     }
 }
 
+/// Where an Anthropic message batch object's route starts, for [`point_results_here`]: the
+/// part of `path` before `/v1/messages/batches` when the path is the batches collection, one
+/// batch, or its cancel (not its results, which are scanned; [`Api::route`]).
+pub fn batches_prefix(path: &str) -> Option<&str> {
+    let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+    let at = path.find("/v1/messages/batches")?;
+    let rest = &path[at + "/v1/messages/batches".len()..];
+    let ok = match rest.strip_prefix('/') {
+        None => rest.is_empty(),
+        Some(r) => match r.split_once('/') {
+            None => !r.is_empty(),
+            Some((id, "cancel")) => !id.is_empty(),
+            Some(_) => false,
+        },
+    };
+    ok.then(|| &path[..at])
+}
+
+/// A message batch's `results_url` points at the provider (`https://api.anthropic.com/v1/
+/// messages/batches/{id}/results`), and the official SDKs fetch it as given — straight to the
+/// provider, round the proxy and its scan of the results. Every `results_url` in a batch
+/// object, or in a list of them, whose path is a batch's results is made to point at `here`
+/// (the origin and path prefix the client reached Verbatim by) instead; true if one changed.
+pub fn point_results_here(v: &mut Value, here: &str) -> bool {
+    let one = |b: &mut Value| {
+        let Some(url) = b.get("results_url").and_then(Value::as_str) else {
+            return false;
+        };
+        let Some(at) = url.find("/v1/messages/batches/") else {
+            return false;
+        };
+        let path = &url[at..];
+        if Api::route(&http::Method::GET, path) != Some(Api::Messages) {
+            return false;
+        }
+        b["results_url"] = Value::String(format!("{here}{path}"));
+        true
+    };
+    match v.get_mut("data").and_then(Value::as_array_mut) {
+        Some(list) => list.iter_mut().fold(false, |acc, b| one(b) | acc),
+        None => one(v),
+    }
+}
+
 /// Whether `v` is one line of an Anthropic message batch's results (`custom_id`, `result`).
 pub fn batch_result(v: &Value) -> bool {
     v.get("custom_id").is_some() && v.get("result").is_some()
@@ -1748,6 +1792,45 @@ pub fn block_value(api: Api, v: &mut Value, why: &Citation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batchs_results_url_is_made_to_point_back_at_the_proxy() {
+        for (path, want) in [
+            ("/v1/messages/batches", Some("")),
+            ("/v1/messages/batches?limit=2", Some("")),
+            (
+                "/anthropic/v1/messages/batches/msgbatch_1",
+                Some("/anthropic"),
+            ),
+            ("/v1/messages/batches/msgbatch_1/cancel", Some("")),
+            ("/v1/messages/batches/msgbatch_1/results", None),
+            ("/v1/messages/batches/msgbatch_1/other", None),
+            ("/v1/messages/batchesx", None),
+            ("/v1/messages", None),
+        ] {
+            assert_eq!(batches_prefix(path), want, "{path}");
+        }
+        let url = "https://api.anthropic.com/v1/messages/batches/msgbatch_1/results";
+        let mut one = json!({"id": "msgbatch_1", "results_url": url});
+        assert!(point_results_here(&mut one, "http://127.0.0.1:8080/pre"));
+        assert_eq!(
+            one["results_url"],
+            json!("http://127.0.0.1:8080/pre/v1/messages/batches/msgbatch_1/results")
+        );
+        let mut list = json!({"data": [{"results_url": url}, {"results_url": null},
+            {"results_url": "https://elsewhere.example/file.jsonl"}], "has_more": false});
+        assert!(point_results_here(&mut list, "http://h"));
+        assert_eq!(
+            list["data"][0]["results_url"],
+            json!("http://h/v1/messages/batches/msgbatch_1/results")
+        );
+        assert_eq!(list["data"][1]["results_url"], Value::Null);
+        assert_eq!(
+            list["data"][2]["results_url"],
+            json!("https://elsewhere.example/file.jsonl")
+        );
+        assert!(!point_results_here(&mut json!({"id": "x"}), "http://h"));
+    }
 
     #[test]
     fn requests_are_routed_to_the_api_whose_answer_they_get() {

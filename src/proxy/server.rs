@@ -995,6 +995,70 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
         .ok()
 }
 
+/// For a request about Anthropic message batches (not their results): the origin and path
+/// prefix the client reached Verbatim by, where a batch's `results_url` must point so that
+/// the results come through Verbatim and are scanned ([`api::point_results_here`]). The
+/// scheme is `https` only when a TLS terminator in front says so (`x-forwarded-proto`).
+fn results_here(parts: &http::request::Parts) -> Option<String> {
+    let prefix = api::batches_prefix(parts.uri.path())?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))?;
+    let scheme = match parts.headers.get("x-forwarded-proto") {
+        Some(p) if p.as_bytes().eq_ignore_ascii_case(b"https") => "https",
+        _ => "http",
+    };
+    Some(format!("{scheme}://{host}{prefix}"))
+}
+
+/// A message batch object (or a list of them) relayed with its `results_url` pointing at
+/// Verbatim; a body that is not such JSON is relayed as it came.
+async fn with_results_here(
+    cfg: &Config,
+    mut rparts: http::response::Parts,
+    rbody: UpstreamBody,
+    here: &str,
+) -> Response<ProxyBody> {
+    if compressed(&rparts.headers).is_some() {
+        // Asked for `identity`; a compressed body's results_url cannot be rewritten, and left
+        // as it is the client would fetch the results round Verbatim. Fail-closed.
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "verbatim: the upstream sent a message batch compressed though asked for no compression; its results_url cannot be pointed at Verbatim",
+        );
+    }
+    let read = tokio::time::timeout(
+        cfg.timeouts.idle,
+        Limited::new(rbody, cfg.max_response_bytes).collect(),
+    )
+    .await
+    .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
+    let bytes = match read {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream response could not be read");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "verbatim: the upstream response could not be read",
+            );
+        }
+    };
+    let rewritten = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|mut v| api::point_results_here(&mut v, here).then(|| serde_json::to_vec(&v)))
+        .and_then(Result::ok);
+    let body = rewritten.map_or(bytes, Bytes::from);
+    rparts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(rparts, full(body))
+}
+
 /// The admin listener: metrics, health, reload.
 async fn admin_handle(h: Handle, req: Request<Incoming>) -> Response<ProxyBody> {
     let text = |status: StatusCode, body: String| {
@@ -1124,6 +1188,7 @@ async fn forward(
         return tunnel(cfg, upstreams, req, uri).await;
     }
     let (mut parts, body) = req.into_parts();
+    let here = results_here(&parts);
     let mut info = RequestInfo {
         request_id,
         tenant: tenant(&parts.headers, cfg.tenant_header.as_ref()),
@@ -1139,6 +1204,13 @@ async fn forward(
     // Requests to scanned APIs are read whole (bounded): the stream flag and the caller's own
     // text decide how the response is handled. Everything else streams through untouched.
     let scan = api.filter(|_| !loaded.indexes.is_empty());
+    if here.is_some() {
+        // Its body is rewritten: it must come as it is.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     if scan.is_some() && shared.audit.refuses() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1314,6 +1386,11 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some((api, setup)) = setup.filter(|_| rparts.status.is_success()) else {
+        if let Some(here) =
+            here.filter(|_| rparts.status.is_success() && !loaded.indexes.is_empty())
+        {
+            return with_results_here(cfg, rparts, rbody, &here).await;
+        }
         return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
     };
     // Asked for `identity`, an upstream (or a box on the way) may compress all the same: the

@@ -1,6 +1,7 @@
 """A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions, legacy
-completions, responses (also `background: true`, then fetched by id, whole or streamed) and
-Anthropic messages, streamed or not, with a text chosen by a marker in the last user message
+completions, responses (also `background: true`, then fetched by id, whole or streamed), a list
+of stored completions and a conversation's items, and Anthropic messages, streamed or not, and
+message batches (created, retrieved, their results as JSON Lines), with a text chosen by a marker in the last user message
 (a response's `input`, a completion's `prompt`):
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
 shorter passage of chapter-02.md, annotated), TOOL (a tool call whose arguments write
@@ -107,6 +108,32 @@ def response_events(rid, text):
 
 # Background responses by id: the text each will have.
 BACKGROUND = {}
+# Anthropic message batches by id: (custom_id, text) of each request.
+BATCHES = {}
+
+
+def chat_completion(text):
+    return {"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": "mock-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}}
+
+
+def message_object(text, model="mock-model"):
+    return {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 30}}
+
+
+def batch_object(bid, origin):
+    """A batch that has ended, its `results_url` on the provider's own origin (here the mock's),
+    as Anthropic gives it: a client that fetches it as given goes round the proxy."""
+    n = len(BATCHES.get(bid, []))
+    return {"id": bid, "type": "message_batch", "processing_status": "ended",
+            "request_counts": {"processing": 0, "succeeded": n, "errored": 0, "canceled": 0, "expired": 0},
+            "created_at": "2026-12-07T00:00:00Z", "ended_at": "2026-12-07T00:01:00Z",
+            "expires_at": "2026-12-08T00:00:00Z", "archived_at": None, "cancel_initiated_at": None,
+            "results_url": f"{origin}/v1/messages/batches/{bid}/results"}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -135,6 +162,31 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(200, "text/event-stream", response_events(rid, text))
             else:
                 self.send(200, "application/json", json.dumps(response_object(rid, "completed", text)))
+        elif path.startswith("/v1/messages/batches/"):
+            parts = path.split("/")
+            bid = parts[4]
+            origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if bid not in BATCHES:
+                self.send(404, "application/json", json.dumps({"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}}))
+            elif len(parts) == 6 and parts[5] == "results":
+                lines = [json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": message_object(t)}})
+                         for cid, t in BATCHES[bid]]
+                self.send(200, "application/binary", "\n".join(lines) + "\n")
+            else:
+                self.send(200, "application/json", json.dumps(batch_object(bid, origin)))
+        elif path == "/v1/chat/completions":
+            # Stored completions, listed: one plain, one that copies the protected passage.
+            self.send(200, "application/json", json.dumps({"object": "list", "data": [
+                chat_completion(INTRO + UNRELATED + OUTRO), chat_completion(INTRO + COPIED + OUTRO)],
+                "first_id": "chatcmpl-mock", "last_id": "chatcmpl-mock", "has_more": False}))
+        elif path.startswith("/v1/conversations/") and path.endswith("/items"):
+            # A conversation where the user quoted the passage and the model repeated it.
+            def message(role, kind, text):
+                return {"type": "message", "id": f"msg_{role}", "status": "completed", "role": role,
+                        "content": [{"type": kind, "text": text, **({"annotations": []} if kind == "output_text" else {})}]}
+            self.send(200, "application/json", json.dumps({"object": "list", "data": [
+                message("user", "input_text", COPIED), message("assistant", "output_text", INTRO + COPIED + OUTRO)],
+                "first_id": "msg_user", "last_id": "msg_assistant", "has_more": False}))
         elif self.path.startswith("/v1/models"):
             self.send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
         else:
@@ -146,6 +198,10 @@ class Handler(BaseHTTPRequestHandler):
         text = answer_for(body)
         if self.path.startswith("/v1/chat/completions"):
             self.chat(body, text)
+        elif self.path.startswith("/v1/messages/batches"):
+            bid = f"msgbatch_mock_{len(BATCHES)}"
+            BATCHES[bid] = [(r["custom_id"], answer_for(r["params"])) for r in body.get("requests", [])]
+            self.send(200, "application/json", json.dumps(batch_object(bid, f"http://127.0.0.1:{self.server.server_address[1]}")))
         elif self.path.startswith("/v1/messages"):
             self.messages(body, text)
         elif self.path.startswith("/v1/responses"):

@@ -129,6 +129,34 @@ def test_openai_background_response_is_scanned_when_fetched(proxy):
     assert c.responses.retrieve(plain.id).output_text == mock.INTRO + mock.UNRELATED + mock.OUTRO
 
 
+def test_openai_stored_answers_listed_are_scanned(proxy):
+    # A blocked answer stays stored at the provider; listing stored completions or reading a
+    # conversation's items gave it back (passed through before 2026-12-07, ninth session).
+    c = oa(proxy)
+    stored = c.chat.completions.list().data
+    assert stored[0].choices[0].message.content == mock.INTRO + mock.UNRELATED + mock.OUTRO
+    copied = stored[1].choices[0]
+    assert "Oduya" not in copied.message.content and copied.finish_reason == "content_filter"
+    user, assistant = c.conversations.items.list("conv_mock").data
+    assert user.content[0].text == mock.COPIED, "the user's own message is not the model's text"
+    assert "Oduya" not in assistant.content[0].text and assistant.status == "incomplete"
+
+
+def test_anthropic_batch_results_come_through_the_proxy_and_are_scanned(proxy):
+    # The SDK fetches a batch's `results_url` as the provider gives it — straight to the
+    # provider, round the proxy. Verbatim points it back at itself, and scans each result.
+    c = an(proxy)
+    params = lambda marker: {"model": "mock-model", "max_tokens": 100,
+                             "messages": [{"role": "user", "content": f"write {marker}"}]}
+    batch = c.messages.batches.create(requests=[{"custom_id": "copy", "params": params("COPY")},
+                                                {"custom_id": "plain", "params": params("PLAIN")}])
+    assert c.messages.batches.retrieve(batch.id).results_url.startswith(f"http://{proxy}/v1/messages/batches/")
+    results = {r.custom_id: r.result for r in c.messages.batches.results(batch.id)}
+    copy = results["copy"].message
+    assert "Oduya" not in copy.content[0].text and copy.stop_reason == "refusal"
+    assert results["plain"].message.content[0].text == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
 def test_openai_legacy_completions(proxy):
     c = oa(proxy)
     chunks = list(c.completions.create(model="mock-model", prompt="write COPY", stream=True))
