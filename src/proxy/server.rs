@@ -93,7 +93,12 @@ impl Handle {
             v
         };
         let policy = policy_for(&s.cfg, &indexes);
-        if policy.is_ok() && s.cfg.warm_indexes {
+        if policy.is_ok()
+            && s.cfg.warm_indexes
+            && warm_fits(&indexes)
+                .inspect_err(|why| tracing::warn!("{why}"))
+                .is_ok()
+        {
             // Read the new indexes before they take traffic: swapped in cold, every worker's
             // first lookups would wait on the disk with their streams behind them.
             for ix in indexes.iter().filter(|ix| !ix.is_warm()) {
@@ -123,6 +128,21 @@ impl Handle {
     }
 }
 
+/// Whether the indexes' mapped files fit the memory the machine has available: reading more
+/// than it can cache would evict what was read first (and other processes' pages) and only
+/// delay readiness — such indexes are read as lookups reach them, as with `warm_indexes = false`.
+fn warm_fits(indexes: &[Arc<Index>]) -> Result<(), String> {
+    let need: u64 = indexes.iter().map(|i| i.mapped_bytes()).sum();
+    match crate::procstat::mem_available() {
+        Some(have) if need > have => Err(format!(
+            "the indexes' {:.1} GB are more than the {:.1} GB of memory available: not read into the page cache at start (warm_indexes); lookups will read from the disk",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads one index into the page cache ([`Index::warm`]), counted in the metrics; gives up
 /// when the server stops.
 fn warm(s: &Shared, ix: &Index) -> std::io::Result<()> {
@@ -149,6 +169,11 @@ fn warm(s: &Shared, ix: &Index) -> std::io::Result<()> {
 fn spawn_warm(shared: &Arc<Shared>) -> std::io::Result<()> {
     let weak = Arc::downgrade(shared);
     let indexes = shared.loaded.load().indexes.clone();
+    if let Err(why) = warm_fits(&indexes) {
+        tracing::warn!("{why}");
+        shared.warming.store(false, Relaxed);
+        return Ok(());
+    }
     std::thread::Builder::new()
         .name("verbatim-warm".into())
         .spawn(move || {
