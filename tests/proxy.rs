@@ -2694,6 +2694,91 @@ async fn a_message_batchs_results_are_scanned_answer_by_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_output_file_is_scanned_and_other_files_pass_untouched() {
+    // OpenAI's Batch API answers later: the output is a file, `GET /v1/files/{id}/content`,
+    // JSON Lines of whole answers — the route every kind of file is served on. A file whose
+    // first line is batch output is read whole and each answer scanned as if it had come
+    // alone; any other file streams through byte for byte, however large.
+    let text = format!("{INTRO}{COPIED}{OUTRO}");
+    let line = |id: &str, body: Value| {
+        json!({"id": format!("batch_req_{id}"), "custom_id": id,
+               "response": {"status_code": 200, "request_id": "req_1", "body": body}, "error": null})
+        .to_string()
+    };
+    let lines = [
+        line("clean", openai_json(UNRELATED)),
+        line("copied", openai_json(&text)),
+        json!({"id": "batch_req_x", "custom_id": "failed", "response": null,
+               "error": {"code": "server_error", "message": text}})
+        .to_string(),
+    ];
+    let output = format!("{}\n", lines.join("\n"));
+    let file = |body: Vec<u8>| Reply {
+        content_type: "application/octet-stream",
+        chunks: body.chunks(1000).map(Bytes::copy_from_slice).collect(),
+        ..Reply::json(200, &json!({}))
+    };
+    let mock = start(file(output.clone().into_bytes())).await;
+    let p = proxy(&mock, |c| c.max_response_bytes = 64 << 10).await;
+    let get = async || {
+        let req = http::Request::get(format!("http://{}/v1/files/file-1/content", p.addr))
+            .header("authorization", "Bearer sk-test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = client().request(req).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.into_body().collect().await.unwrap().to_bytes())
+    };
+    let (status, body) = get().await;
+    assert_eq!(status, 200);
+    let got = String::from_utf8(body.to_vec()).unwrap();
+    let out: Vec<&str> = got.split('\n').collect();
+    assert_eq!(out.len(), 4, "{got}");
+    assert_eq!(out[0], lines[0]);
+    let v: Value = serde_json::from_str(out[1]).unwrap();
+    let answer = &v["response"]["body"];
+    assert_eq!(
+        answer.pointer("/choices/0/message/content"),
+        Some(&json!(INTRO)),
+        "{v}"
+    );
+    assert_eq!(
+        answer.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    assert_eq!(
+        out[2], lines[2],
+        "an error line is the provider's, not an answer"
+    );
+    assert!(!out[1].contains("Oduya"));
+
+    // Other files: a fine-tuning file (JSON Lines, not batch output) and a binary file larger
+    // than `max_response_bytes` (no line end in its first 64 KiB) come through untouched.
+    let training = format!(
+        "{}\n",
+        json!({"messages": [{"role": "assistant", "content": text}]})
+    );
+    let binary: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8 | 1).collect();
+    for body in [training.into_bytes(), binary] {
+        *mock.reply.lock().unwrap() = file(body.clone());
+        let (status, got) = get().await;
+        assert_eq!(status, 200);
+        assert!(
+            got == body,
+            "a file that is not batch output is relayed as it is"
+        );
+    }
+    // Batch output past the limit is refused, not relayed unscanned.
+    let big: String = (0..200)
+        .map(|i| format!("{}\n", line(&i.to_string(), openai_json(&text))))
+        .collect();
+    *mock.reply.lock().unwrap() = file(big.into_bytes());
+    let (status, got) = get().await;
+    assert_eq!(status, 502);
+    assert!(!String::from_utf8_lossy(&got).contains("Oduya"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
     // OpenAI-compatible servers that reason (DeepSeek, vLLM) return `reasoning_content`
     // beside the answer. Streamed, its deltas were scanned; a whole answer's was not.

@@ -63,6 +63,12 @@ impl Api {
         if is(path, "chat/completions") {
             return Some(Api::ChatCompletions);
         }
+        // A file's content may be a batch's output, whose lines name their own API
+        // ([`batch_answer`]); the route is read as chat completions, the commonest, only to
+        // be read at all (the server looks at the first line first, [`file_content`]).
+        if file_content(path) {
+            return Some(Api::ChatCompletions);
+        }
         // An Anthropic message batch's results: JSON Lines of whole answers.
         if let Some(batch) = path.strip_suffix("/results")
             && let Some((c, id)) = batch.rsplit_once('/')
@@ -212,20 +218,39 @@ pub fn point_results_here(v: &mut Value, here: &str) -> bool {
     }
 }
 
-/// Whether `v` is one line of an Anthropic message batch's results (`custom_id`, `result`).
+/// Whether `v` is one line of batch results: an Anthropic message batch's (`custom_id` and
+/// `result`) or OpenAI's batch output (`custom_id` and `response`; a batch's input file has
+/// `custom_id` and `body`, no `response`).
 pub fn batch_result(v: &Value) -> bool {
-    v.get("custom_id").is_some() && v.get("result").is_some()
+    v.get("custom_id").is_some() && (v.get("result").is_some() || v.get("response").is_some())
 }
 
-/// The answer in one line of a message batch's results, `result.message` (a Messages
-/// answer); none for a request that errored, was cancelled or expired.
-///
-/// OpenAI's batch output (`response.body` in each line) comes as a file's content, `GET
-/// /v1/files/{id}/content`, a route that serves every kind of file, so it is not routed here.
+/// The answer in one line of batch results, and its API: Anthropic's `result.message` (a
+/// Messages answer); OpenAI's `response.body` (a chat completion, response or completion, by
+/// its `object`). None for a request that errored, was cancelled or expired, or for an
+/// endpoint without text (embeddings).
 pub fn batch_answer(v: &mut Value) -> Option<(Api, &mut Value)> {
-    v.pointer_mut("/result/message")
-        .filter(|m| m.is_object())
-        .map(|m| (Api::Messages, m))
+    if v.pointer("/result/message").is_some_and(Value::is_object) {
+        return Some((Api::Messages, v.pointer_mut("/result/message")?));
+    }
+    let body = v.pointer_mut("/response/body")?;
+    let api = match body.get("object").and_then(Value::as_str)? {
+        "chat.completion" => Api::ChatCompletions,
+        "response" => Api::Responses,
+        "text_completion" => Api::Completions,
+        _ => return None,
+    };
+    Some((api, body))
+}
+
+/// Whether `path` is a file's content, `…/v1/files/{id}/content`: OpenAI serves a batch's
+/// output there (JSON Lines of whole answers), and every other kind of file too, so the
+/// proxy looks at the first line before it reads such a body ([`batch_result`]).
+pub fn file_content(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+    path.strip_suffix("/content")
+        .and_then(|f| f.rsplit_once('/'))
+        .is_some_and(|(c, id)| !id.is_empty() && (c.ends_with("/v1/files") || c == "/files"))
 }
 
 /// Whether a Responses item is the model's: an assistant message, or an item a response puts
@@ -1893,7 +1918,9 @@ mod tests {
             ),
             (&get, "/v1/messages/batches/msgbatch_1", None),
             (&get, "/v1/messages/batches//results", None),
-            (&get, "/v1/files/file_1/content", None),
+            (&get, "/v1/files/file_1/content", Some(Api::ChatCompletions)),
+            (&get, "/v1/files/file_1", None),
+            (&get, "/v1/files//content", None),
             (&get, "/v1/models", None),
             (&get, "/v1/models/gpt-x", None),
             (&Method::DELETE, "/v1/responses/resp_1", None),

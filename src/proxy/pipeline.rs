@@ -1449,8 +1449,8 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
 }
 
 /// Batch results, JSON Lines: each line one request's result, its answer scanned and acted
-/// on as if it had come alone ([`api::batch_answer`]: Anthropic's `result.message`),
-/// decisions naming their stream after `line[i]/`. A line that changed is
+/// on as if it had come alone ([`api::batch_answer`]: Anthropic's `result.message`, OpenAI's
+/// `response.body`), decisions naming their stream after `line[i]/`. A line that changed is
 /// written anew, the others kept byte for byte. Not JSON Lines (a line that does not parse):
 /// nothing to read, relayed as it came, as any body that is not JSON.
 fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
@@ -1466,8 +1466,12 @@ fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) 
             return (None, Vec::new());
         };
         let prefix = format!("line[{i}]/");
-        let changed = api::batch_answer(&mut v)
-            .is_some_and(|(api, answer)| scan_value(api, answer, setup, &prefix, &mut decisions));
+        // Each answer is judged as one of its own API (a policy's `route`).
+        let changed = api::batch_answer(&mut v).is_some_and(|(api, answer)| {
+            let mut line_setup = setup.clone();
+            line_setup.scope.route = Some(api.name().to_string());
+            scan_value(api, answer, &line_setup, &prefix, &mut decisions)
+        });
         let rewritten = changed.then(|| serde_json::to_vec(&v).ok()).flatten();
         lines.push((line, rewritten));
     }

@@ -425,6 +425,8 @@ impl Upstreams {
 struct UpstreamBody {
     inner: Incoming,
     _in_flight: Live,
+    /// Bytes already read from `inner` to look at them ([`first_line`]), given out first.
+    head: Option<Bytes>,
 }
 
 impl Body for UpstreamBody {
@@ -435,16 +437,48 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.head.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(h) = &self.head {
+            let n = h.len() as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(u) = hint.upper() {
+                hint.set_upper(u + n);
+            }
+        }
+        hint
     }
+}
+
+/// Reads the start of `body` to the end of its first line (or 64 KiB, or the body's end),
+/// keeping what it read to be given out first.
+async fn first_line(body: &mut UpstreamBody, idle: std::time::Duration) -> Result<Bytes, BoxError> {
+    let mut buf = Vec::new();
+    while !buf.contains(&b'\n') && buf.len() < 64 << 10 {
+        match tokio::time::timeout(idle, body.inner.frame()).await {
+            Err(_) => return Err("the upstream response did not arrive in time".into()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+    let buf = Bytes::from(buf);
+    body.head = (!buf.is_empty()).then(|| buf.clone());
+    Ok(buf)
 }
 
 impl Server {
@@ -1214,10 +1248,16 @@ async fn forward(
     }
     let (mut parts, body) = req.into_parts();
     let here = results_here(&parts);
+    let file_content = api.is_some() && api::file_content(parts.uri.path());
     let mut info = RequestInfo {
         request_id,
         tenant: tenant(&parts.headers, cfg.tenant_header.as_ref()),
-        route: api.map(Api::name).unwrap_or("passthrough").to_string(),
+        route: match api {
+            _ if file_content => "file-content",
+            Some(a) => a.name(),
+            None => "passthrough",
+        }
+        .to_string(),
         ..RequestInfo::default()
     };
     strip_hop_by_hop(&mut parts.headers);
@@ -1400,9 +1440,10 @@ async fn forward(
         }
     };
     let (mut rparts, inner) = resp.into_parts();
-    let rbody = UpstreamBody {
+    let mut rbody = UpstreamBody {
         inner,
         _in_flight: in_flight,
+        head: None,
     };
     strip_hop_by_hop(&mut rparts.headers);
     info.upstream_request_id = ["x-request-id", "request-id"]
@@ -1431,6 +1472,32 @@ async fn forward(
                 "verbatim: the upstream sent its answer compressed (content-encoding: {coding}) though asked for none; a compressed answer cannot be scanned"
             ),
         );
+    }
+    if file_content {
+        // A file's content: a batch's output is scanned (below, whole, as JSON Lines); any
+        // other file is relayed as it is once its first line shows it is not one.
+        let head = match first_line(&mut rbody, cfg.timeouts.idle).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream response could not be read");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "verbatim: the upstream response could not be read",
+                );
+            }
+        };
+        let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let batch =
+            serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| api::batch_result(&v));
+        if !batch {
+            return Response::from_parts(
+                rparts,
+                rbody.map_err(|e| Box::new(e) as BoxError).boxed(),
+            );
+        }
+        info.streamed = false;
     }
     let ctype = rparts
         .headers

@@ -1,6 +1,6 @@
 """A mock provider (not a real one) for the SDK tests: answers OpenAI chat completions, legacy
 completions, responses (also `background: true`, then fetched by id, whole or streamed), a list
-of stored completions and a conversation's items, and Anthropic messages, streamed or not, and
+of stored completions, a conversation's items and files (a batch's output, or other bytes), and Anthropic messages, streamed or not, and
 message batches (created, retrieved, their results as JSON Lines), with a text chosen by a marker in the last user message
 (a response's `input`, a completion's `prompt`):
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
@@ -174,6 +174,15 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(200, "application/binary", "\n".join(lines) + "\n")
             else:
                 self.send(200, "application/json", json.dumps(batch_object(bid, origin)))
+        elif path.startswith("/v1/files/") and path.endswith("/content"):
+            # A batch's output file (JSON Lines of whole answers), or any other file.
+            if path == "/v1/files/file-batch-output/content":
+                lines = [json.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "error": None,
+                                     "response": {"status_code": 200, "request_id": "req_mock", "body": chat_completion(t)}})
+                         for cid, t in [("plain", INTRO + UNRELATED + OUTRO), ("copy", INTRO + COPIED + OUTRO)]]
+                self.send(200, "application/octet-stream", "\n".join(lines) + "\n")
+            else:
+                self.send(200, "application/octet-stream", bytes(range(256)) * 300)
         elif path == "/v1/chat/completions":
             # Stored completions, listed: one plain, one that copies the protected passage.
             self.send(200, "application/json", json.dumps({"object": "list", "data": [

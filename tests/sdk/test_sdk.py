@@ -142,6 +142,15 @@ def test_openai_stored_answers_listed_are_scanned(proxy):
     assert "Oduya" not in assistant.content[0].text and assistant.status == "incomplete"
 
 
+def test_openai_batch_output_file_is_scanned_and_other_files_pass(proxy):
+    c = oa(proxy)
+    lines = [json.loads(l) for l in c.files.content("file-batch-output").text.splitlines()]
+    plain, copy = (l["response"]["body"]["choices"][0] for l in lines)
+    assert plain["message"]["content"] == mock.INTRO + mock.UNRELATED + mock.OUTRO
+    assert "Oduya" not in copy["message"]["content"] and copy["finish_reason"] == "content_filter"
+    assert c.files.content("file-other").content == bytes(range(256)) * 300
+
+
 def test_anthropic_batch_results_come_through_the_proxy_and_are_scanned(proxy):
     # The SDK fetches a batch's `results_url` as the provider gives it — straight to the
     # provider, round the proxy. Verbatim points it back at itself, and scans each result.
