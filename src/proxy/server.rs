@@ -1073,6 +1073,26 @@ fn results_here(parts: &http::request::Parts) -> Option<String> {
     Some(format!("{scheme}://{host}{prefix}"))
 }
 
+/// An upstream body read whole, within `max_response_bytes` and the idle timeout; past
+/// either, the 502 to send instead (nothing of the body goes out).
+async fn read_whole(cfg: &Config, rbody: UpstreamBody) -> Result<Bytes, Response<ProxyBody>> {
+    tokio::time::timeout(
+        cfg.timeouts.idle,
+        Limited::new(rbody, cfg.max_response_bytes).collect(),
+    )
+    .await
+    .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()))
+    .map(|c| c.to_bytes())
+    .map_err(|e| {
+        tracing::warn!(error = %e, "upstream response could not be read");
+        error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "verbatim: the upstream response could not be read",
+        )
+    })
+}
+
 /// A message batch object (or a list of them) relayed with its `results_url` pointing at
 /// Verbatim; a body that is not such JSON is relayed as it came.
 async fn with_results_here(
@@ -1090,22 +1110,9 @@ async fn with_results_here(
             "verbatim: the upstream sent a message batch compressed though asked for no compression; its results_url cannot be pointed at Verbatim",
         );
     }
-    let read = tokio::time::timeout(
-        cfg.timeouts.idle,
-        Limited::new(rbody, cfg.max_response_bytes).collect(),
-    )
-    .await
-    .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
-    let bytes = match read {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream response could not be read");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                "verbatim: the upstream response could not be read",
-            );
-        }
+    let bytes = match read_whole(cfg, rbody).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let rewritten = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -1538,22 +1545,9 @@ async fn forward(
         };
         return Response::from_parts(rparts, body.boxed());
     }
-    let read = tokio::time::timeout(
-        cfg.timeouts.idle,
-        Limited::new(rbody, cfg.max_response_bytes).collect(),
-    )
-    .await
-    .unwrap_or_else(|_| Err("the upstream response did not arrive in time".into()));
-    let bytes = match read {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream response could not be read");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                "verbatim: the upstream response could not be read",
-            );
-        }
+    let bytes = match read_whole(cfg, rbody).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let (changed, decisions) = scan_response(api, &bytes, &setup);
     log_decisions(api, &decisions);
