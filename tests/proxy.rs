@@ -2719,7 +2719,11 @@ async fn a_batchs_output_file_is_scanned_and_other_files_pass_untouched() {
         ..Reply::json(200, &json!({}))
     };
     let mock = start(file(output.clone().into_bytes())).await;
-    let p = proxy(&mock, |c| c.max_response_bytes = 64 << 10).await;
+    let p = proxy(&mock, |c| {
+        c.max_response_bytes = 64 << 10;
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let get = async || {
         let req = http::Request::get(format!("http://{}/v1/files/file-1/content", p.addr))
             .header("authorization", "Bearer sk-test")
@@ -2776,6 +2780,16 @@ async fn a_batchs_output_file_is_scanned_and_other_files_pass_untouched() {
     let (status, got) = get().await;
     assert_eq!(status, 502);
     assert!(!String::from_utf8_lossy(&got).contains("Oduya"));
+    // Counted as file downloads, not as chat completions.
+    let (_, m) = admin(p.admin.unwrap(), "GET", "/metrics").await;
+    for line in [
+        "verbatim_requests_total{route=\"file-content\",status=\"2xx\"} 3",
+        "verbatim_requests_total{route=\"file-content\",status=\"5xx\"} 1",
+        "verbatim_response_ends_total{route=\"file-content\",end=\"blocked\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+    assert!(!m.contains("route=\"chat-completions\""), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

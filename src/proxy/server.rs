@@ -1054,6 +1054,17 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
         .ok()
 }
 
+/// A request's route as metrics and the audit trail name it: its API's name; `file-content`
+/// for a file's content (read as a batch's output if it is one, [`api::file_content`]);
+/// `passthrough` for the rest.
+fn route_name(api: Option<Api>, path: &str) -> &'static str {
+    match api {
+        Some(_) if api::file_content(path) => "file-content",
+        Some(a) => a.name(),
+        None => "passthrough",
+    }
+}
+
 /// For a request about Anthropic message batches (not their results): the origin and path
 /// prefix the client reached Verbatim by, where a batch's `results_url` must point so that
 /// the results come through Verbatim and are scanned ([`api::point_results_here`]). The
@@ -1181,9 +1192,7 @@ async fn handle(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
     }
-    let route = Api::route(req.method(), req.uri().path())
-        .map(Api::name)
-        .unwrap_or("passthrough");
+    let route = route_name(Api::route(req.method(), req.uri().path()), req.uri().path());
     let id = request_id();
     let mut resp = forward(Arc::clone(&shared), &client, req, id.clone()).await;
     shared.metrics.request(route, resp.status().as_u16());
@@ -1256,15 +1265,11 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let here = results_here(&parts);
     let file_content = api.is_some() && api::file_content(parts.uri.path());
+    let route = route_name(api, parts.uri.path());
     let mut info = RequestInfo {
         request_id,
         tenant: tenant(&parts.headers, cfg.tenant_header.as_ref()),
-        route: match api {
-            _ if file_content => "file-content",
-            Some(a) => a.name(),
-            None => "passthrough",
-        }
-        .to_string(),
+        route: route.to_string(),
         ..RequestInfo::default()
     };
     strip_hop_by_hop(&mut parts.headers);
@@ -1471,7 +1476,7 @@ async fn forward(
     // that does not parse would be relayed as it came — unscanned either way. Fail-closed.
     if let Some(coding) = compressed(&rparts.headers) {
         tracing::warn!(upstream = %base, %coding, "the upstream compressed an answer to be scanned");
-        shared.metrics.stream_end(api.name(), "upstream_compressed");
+        shared.metrics.stream_end(route, "upstream_compressed");
         return error(
             StatusCode::BAD_GATEWAY,
             "upstream_error",
@@ -1504,7 +1509,6 @@ async fn forward(
                 rbody.map_err(|e| Box::new(e) as BoxError).boxed(),
             );
         }
-        info.streamed = false;
     }
     let ctype = rparts
         .headers
@@ -1515,7 +1519,9 @@ async fn forward(
     // Read as its label says; an answer labelled neither a stream nor JSON (no content type,
     // as some self-hosted servers send, or `text/plain`) as the request asked for it — it
     // was relayed unscanned before.
-    let sse = if ctype.starts_with("text/event-stream") {
+    let sse = if file_content {
+        false // batch output (above): JSON Lines, whatever its label
+    } else if ctype.starts_with("text/event-stream") {
         true
     } else if ctype.starts_with("application/json") {
         false
@@ -1563,7 +1569,7 @@ async fn forward(
         shared.metrics.audit_wait(since.elapsed().as_secs_f64());
     }
     if unrecorded && shared.audit.on_failure() == audit::OnFailure::FailClosed {
-        shared.metrics.stream_end(api.name(), "audit_failure");
+        shared.metrics.stream_end(route, "audit_failure");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",
@@ -1575,7 +1581,7 @@ async fn forward(
         .any(|d| d.action == super::pipeline::Action::Block);
     shared
         .metrics
-        .stream_end(api.name(), if blocked { "blocked" } else { "completed" });
+        .stream_end(route, if blocked { "blocked" } else { "completed" });
     shared.audit.record(Record::StreamEnd(StreamEndRecord {
         time: audit::now(),
         request: info,
