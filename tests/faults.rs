@@ -102,6 +102,7 @@ async fn send(addr: std::net::SocketAddr, path: &str, body: String) -> (u16, Str
     let headers = [
         ("authorization", bearer.as_str()),
         ("x-api-key", SECRET),
+        ("api-key", SECRET),
         ("cookie", cookie.as_str()),
     ];
     let (status, _, b) = post_raw(addr, path, &headers, body).await;

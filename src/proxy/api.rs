@@ -38,14 +38,21 @@ impl Api {
         if let Some(api) = Api::returned(path) {
             return Some(api);
         }
-        // Accept a deployment prefix before /v1 (e.g. /openai/v1/chat/completions).
-        if path.ends_with("/v1/chat/completions") || path == "/chat/completions" {
+        // Accept a deployment prefix before /v1 (e.g. /openai/v1/chat/completions), and Azure
+        // OpenAI's deployment paths (`/openai/deployments/{name}/chat/completions`).
+        let deployment = |c: &str| {
+            path.strip_suffix(c)
+                .and_then(|p| p.strip_suffix('/'))
+                .and_then(|p| p.rsplit_once('/'))
+                .is_some_and(|(d, name)| !name.is_empty() && d.ends_with("/openai/deployments"))
+        };
+        if at(path, "chat/completions") || deployment("chat/completions") {
             Some(Api::ChatCompletions)
-        } else if path.ends_with("/v1/completions") || path == "/completions" {
+        } else if at(path, "completions") || deployment("completions") {
             Some(Api::Completions)
-        } else if path.ends_with("/v1/responses") || path == "/responses" {
+        } else if at(path, "responses") {
             Some(Api::Responses)
-        } else if path.ends_with("/v1/messages") || path == "/messages" {
+        } else if at(path, "messages") {
             Some(Api::Messages)
         } else {
             None
@@ -59,7 +66,7 @@ impl Api {
     /// items, the model's among them). What [`Stored`] the body is says how it is read.
     /// Not these: `…/input_items` and `…/messages`, the caller's own text.
     fn fetched(path: &str) -> Option<Api> {
-        let is = |p: &str, c: &str| p.ends_with(&format!("/v1/{c}")) || p == format!("/{c}");
+        let is = at;
         if is(path, "chat/completions") {
             return Some(Api::ChatCompletions);
         }
@@ -104,7 +111,7 @@ impl Api {
     fn returned(path: &str) -> Option<Api> {
         let (rest, last) = path.rsplit_once('/')?;
         let (collection, id) = rest.rsplit_once('/')?;
-        let is = |p: &str, c: &str| p.ends_with(&format!("/v1/{c}")) || p == format!("/{c}");
+        let is = at;
         if last == "cancel" && !id.is_empty() && is(collection, "responses") {
             Some(Api::Responses)
         } else if !last.is_empty() && is(rest, "chat/completions") {
@@ -133,6 +140,16 @@ impl Api {
             Api::Messages => "messages",
         }
     }
+}
+
+/// Whether `path` (without its query or a trailing slash) is the collection `c` of an API:
+/// `…/v1/{c}` (any prefix before `/v1`, a gateway's or Azure's `/openai/v1`), `/{c}` (a base
+/// URL that ends in `/v1`), or Azure OpenAI's `…/openai/{c}` (its Responses API,
+/// `/openai/responses?api-version=…`).
+fn at(path: &str, c: &str) -> bool {
+    path.strip_suffix(c)
+        .and_then(|p| p.strip_suffix('/'))
+        .is_some_and(|p| p.is_empty() || p.ends_with("/v1") || p.ends_with("/openai"))
 }
 
 /// Whether `path` (without a trailing slash) is one conversation: `…/v1/conversations/{id}`.
@@ -1919,6 +1936,28 @@ mod tests {
             (&get, "/v1/messages/batches/msgbatch_1", None),
             (&get, "/v1/messages/batches//results", None),
             (&get, "/v1/files/file_1/content", Some(Api::ChatCompletions)),
+            // Azure OpenAI.
+            (
+                &post,
+                "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+                Some(Api::ChatCompletions),
+            ),
+            (
+                &post,
+                "/openai/deployments/gpt-35/completions",
+                Some(Api::Completions),
+            ),
+            (&post, "/openai/deployments//chat/completions", None),
+            (&post, "/openai/deployments/x/embeddings", None),
+            (
+                &post,
+                "/openai/responses?api-version=2025-04-01-preview",
+                Some(Api::Responses),
+            ),
+            (&get, "/openai/responses/resp_1", Some(Api::Responses)),
+            (&post, "/openai/v1/responses", Some(Api::Responses)),
+            (&post, "/v2/chat/completions", None),
+            (&post, "/xchat/completions", None),
             (&get, "/v1/files/file_1", None),
             (&get, "/v1/files//content", None),
             (&get, "/v1/models", None),

@@ -263,7 +263,12 @@ impl Config {
         }
         if let Some(h) = r.opt_str(t, "", "tenant_header") {
             match http::HeaderName::from_bytes(h.value.as_bytes()) {
-                Ok(n) if !matches!(n.as_str(), "authorization" | "x-api-key" | "cookie") => {
+                Ok(n)
+                    if !matches!(
+                        n.as_str(),
+                        "authorization" | "x-api-key" | "api-key" | "cookie"
+                    ) =>
+                {
                     c.tenant_header = Some(n)
                 }
                 Ok(_) => r.problem(
@@ -585,6 +590,13 @@ mod tests {
             "listen = \"nowhere\"\nwarm_indexes = \"no\"\n",
             &["v.toml:1", "v.toml:2", "warm_indexes"],
         );
+    }
+
+    #[test]
+    fn no_credential_header_can_name_the_tenant() {
+        for h in ["Authorization", "x-api-key", "api-key", "Cookie"] {
+            assert_problems(&format!("tenant_header = \"{h}\"\n"), &["tenant_header"]);
+        }
     }
 
     #[test]

@@ -1623,8 +1623,10 @@ fn tenant(h: &HeaderMap, named: Option<&http::HeaderName>) -> Option<String> {
             ),
         }
     }
+    // Anthropic's, Azure OpenAI's, then a bearer token.
     let key = h
         .get("x-api-key")
+        .or_else(|| h.get("api-key"))
         .or_else(|| h.get(header::AUTHORIZATION))
         .and_then(|v| v.to_str().ok())?;
     let key = key.strip_prefix("Bearer ").unwrap_or(key);

@@ -205,7 +205,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         text = answer_for(body)
-        if self.path.startswith("/v1/chat/completions"):
+        path = self.path.partition("?")[0]
+        if path.startswith("/v1/chat/completions") or (
+                path.startswith("/openai/deployments/") and path.endswith("/chat/completions")):
+            # (Azure OpenAI's deployment path too.)
             self.chat(body, text)
         elif self.path.startswith("/v1/messages/batches"):
             bid = f"msgbatch_mock_{len(BATCHES)}"

@@ -166,6 +166,20 @@ def test_anthropic_batch_results_come_through_the_proxy_and_are_scanned(proxy):
     assert results["plain"].message.content[0].text == mock.INTRO + mock.UNRELATED + mock.OUTRO
 
 
+def test_azure_openai_deployment_paths_are_scanned(proxy):
+    # Azure OpenAI's SDK client posts to /openai/deployments/{deployment}/chat/completions with
+    # an `api-key` header: that path passed through unscanned before 2026-12-07 (ninth session).
+    c = openai.AzureOpenAI(azure_endpoint=f"http://{proxy}", api_version="2024-10-21", api_key="azure-test-key",
+                           max_retries=0, timeout=20)
+    chunks = list(c.chat.completions.create(model="mock-model", stream=True,
+                                            messages=[{"role": "user", "content": "write COPY"}]))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert "Oduya" not in text and mock.INTRO.startswith(text)
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    r = c.chat.completions.create(model="mock-model", messages=[{"role": "user", "content": "write PLAIN"}])
+    assert r.choices[0].message.content == mock.INTRO + mock.UNRELATED + mock.OUTRO
+
+
 def test_openai_legacy_completions(proxy):
     c = oa(proxy)
     chunks = list(c.completions.create(model="mock-model", prompt="write COPY", stream=True))
