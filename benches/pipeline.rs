@@ -146,6 +146,7 @@ fn strict(indexes: Vec<Arc<Index>>, policy: Policy) -> ScanSetup {
         max_event_bytes: 1 << 20,
         max_holdback_bytes: usize::MAX,
         max_response_bytes: usize::MAX,
+        answer_kind: None,
     }
 }
 
@@ -280,6 +281,7 @@ fn main() {
         max_event_bytes: 1 << 20,
         max_holdback_bytes: 8 << 20,
         max_response_bytes: usize::MAX,
+        answer_kind: None,
     };
     // Groups of `interleave` streams; within a group, event i of every stream, then i + 1.
     let streams: Vec<&[Vec<u8>]> = evs.chunks(per_stream).collect();

@@ -87,6 +87,7 @@ fn main() {
         max_event_bytes: 1 << 20,
         max_holdback_bytes: 8 << 20,
         max_response_bytes: usize::MAX,
+        answer_kind: None,
     };
     let setup = || setup_held(Hold::None);
     let n = a.streams;

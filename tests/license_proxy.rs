@@ -138,6 +138,7 @@ fn setup(policy: Policy) -> ScanSetup {
         max_event_bytes: 1 << 20,
         max_holdback_bytes: 8 << 20,
         max_response_bytes: 64 << 20,
+        answer_kind: None,
     }
 }
 

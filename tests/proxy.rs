@@ -2793,6 +2793,72 @@ async fn a_batchs_output_file_is_scanned_and_other_files_pass_untouched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_completion_is_read_as_the_code_its_prompt_is_in() {
+    // Legacy completions and fill-in-the-middle answer with bare code, no Markdown fence. Read
+    // as chat text is (Markdown: code only inside fences) a copy of a GPL file was prose to
+    // the scanner and went out whole. The prompt says what the answer is: code in the
+    // prompt's language.
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let cut = file.find("/// Sums what is owed").unwrap();
+    let (prompt, answer) = file.split_at(cut);
+    let completion = |t: &str| {
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": "mock-model",
+               "choices": [{"index": 0, "text": t, "logprobs": null, "finish_reason": "stop"}]})
+    };
+    let mock = start(Reply::json(200, &completion(answer))).await;
+    let p = proxy(&mock, |_| {}).await;
+    let req =
+        |stream: bool| json!({"model": "m", "prompt": prompt, "max_tokens": 500, "stream": stream});
+    // Whole.
+    let (s, _, body) = post(p.addr, "/v1/completions", &req(false)).await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let got = v
+        .pointer("/choices/0/text")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(
+        !got.contains("total_owed") && answer.starts_with(got),
+        "{v}"
+    );
+    assert_eq!(
+        v.pointer("/choices/0/finish_reason"),
+        Some(&json!("content_filter"))
+    );
+    // Streamed.
+    *mock.reply.lock().unwrap() = Reply::sse(&completions_stream(answer, 7), 64);
+    let (s, _, body) = post(p.addr, "/v1/completions", &req(true)).await;
+    assert_eq!(s, 200);
+    let evs = events(&body);
+    let got: String = evs
+        .iter()
+        .filter_map(|(_, v)| v.pointer("/choices/0/text").and_then(Value::as_str))
+        .collect();
+    assert!(
+        !got.contains("total_owed") && answer.starts_with(&got),
+        "released {got:?}"
+    );
+    // Mistral's fill-in-the-middle route answers as chat completions do.
+    *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(answer, 7), 64);
+    let fim = json!({"model": "codestral", "prompt": prompt, "suffix": "\n", "stream": true});
+    let (s, _, body) = post(p.addr, "/v1/fim/completions", &fim).await;
+    assert_eq!(s, 200);
+    let got = openai_text(&events(&body));
+    assert!(
+        !got.contains("total_owed") && answer.starts_with(&got),
+        "released {got:?}"
+    );
+    // The caller's own code, repeated: caller-supplied, not blocked (the prompt is read as
+    // the same code as the answer).
+    *mock.reply.lock().unwrap() = Reply::json(200, &completion(answer));
+    let own = json!({"model": "m", "prompt": format!("{file}\n// again:\n")});
+    let (s, _, body) = post(p.addr, "/v1/completions", &own).await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.pointer("/choices/0/text"), Some(&json!(answer)), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_beside_a_whole_chat_answer_is_scanned_as_when_streamed() {
     // OpenAI-compatible servers that reason (DeepSeek, vLLM) return `reasoning_content`
     // beside the answer. Streamed, its deltas were scanned; a whole answer's was not.

@@ -90,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
         max_event_bytes: 1 << 16,
         max_holdback_bytes: 1 << 16,
         max_response_bytes: 1 << 20,
+        answer_kind: None,
     };
     let mut p = Pipeline::new(api, setup);
     let (mut released, mut decisions) = (Vec::new(), Vec::new());

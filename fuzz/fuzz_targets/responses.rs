@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         max_event_bytes: 1 << 16,
         max_holdback_bytes: 1 << 16,
         max_response_bytes: 1 << 20,
+        answer_kind: None,
     };
     let (changed, decisions) = scan_response(api, body, &setup);
     if let Some(b) = &changed {

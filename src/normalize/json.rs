@@ -825,6 +825,17 @@ fn sniff(text: &str) -> Option<TextKind> {
     }
 }
 
+/// The code a code-completion request's prompt is in, from the lines of its last 4 KiB (what
+/// the completion continues), as a tool-call value's first lines are read (`#!`, `def `, `fn `,
+/// `#include` …); `None` when they show no code.
+pub fn prompt_code_kind(prompt: &str) -> Option<TextKind> {
+    let mut from = prompt.len().saturating_sub(4096);
+    while !prompt.is_char_boundary(from) {
+        from += 1;
+    }
+    sniff(&prompt[from..])
+}
+
 /// How a request's tool result or earlier tool call's arguments are read for the caller-supplied
 /// exemption, besides as Markdown as every text is (see
 /// [`crate::matcher::exemptions_read`]): JSON as tool-call arguments; other text as the code

@@ -16,8 +16,8 @@ mod lang;
 mod prose;
 
 pub use json::{
-    JsonProjection, escape_contents, is_json_arguments, string_contents_within, tool_args_hint,
-    tool_text_kinds,
+    JsonProjection, escape_contents, is_json_arguments, prompt_code_kind, string_contents_within,
+    tool_args_hint, tool_text_kinds,
 };
 pub use lang::{Lang, TextKind};
 

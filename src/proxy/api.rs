@@ -46,7 +46,11 @@ impl Api {
                 .and_then(|p| p.rsplit_once('/'))
                 .is_some_and(|(d, name)| !name.is_empty() && d.ends_with("/openai/deployments"))
         };
-        if at(path, "chat/completions") || deployment("chat/completions") {
+        // Mistral's fill-in-the-middle code completion answers as chat completions do.
+        if at(path, "chat/completions")
+            || deployment("chat/completions")
+            || at(path, "fim/completions")
+        {
             Some(Api::ChatCompletions)
         } else if at(path, "completions") || deployment("completions") {
             Some(Api::Completions)
@@ -1221,7 +1225,8 @@ pub fn set_response_text(api: Api, v: &mut Value, k: StreamKey, text: &str) {
 /// documents, prompt, input, instructions), for the caller-supplied exemption.
 pub fn request_texts(api: Api, body: &Value) -> Vec<String> {
     let fields: &[&str] = match api {
-        Api::ChatCompletions => &["messages"],
+        // `prompt` and `suffix`: a fill-in-the-middle request (Mistral's), answered as chat.
+        Api::ChatCompletions => &["messages", "prompt", "suffix"],
         Api::Completions => &["prompt", "suffix"],
         Api::Responses => &["input", "instructions"],
         Api::Messages => &["system", "messages"],
@@ -1233,6 +1238,28 @@ pub fn request_texts(api: Api, body: &Value) -> Vec<String> {
         }
     }
     out
+}
+
+/// How the answer's text is read when the request says more than its API does: the
+/// completion of a prompt that is code (legacy completions; fill-in-the-middle, a `prompt`
+/// and a `suffix`) is code in the prompt's language — unfenced, where the default reading
+/// (Markdown: code only inside fences) would read it as prose and miss a copy. The language
+/// is what the prompt's last lines show ([`crate::normalize::prompt_code_kind`]), else the
+/// suffix's; a fill-in-the-middle request that shows none is read as C-like code. `None`: the
+/// API's own reading.
+pub fn answer_kind(body: &Value) -> Option<TextKind> {
+    let prompt = match body.get("prompt")? {
+        Value::String(s) => s.as_str(),
+        Value::Array(a) => a.last()?.as_str()?,
+        _ => return None,
+    };
+    let suffix = body
+        .get("suffix")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty());
+    crate::normalize::prompt_code_kind(prompt)
+        .or_else(|| suffix.and_then(crate::normalize::prompt_code_kind))
+        .or_else(|| suffix.map(|_| TextKind::Code(crate::normalize::Lang::C_LIKE)))
 }
 
 /// The strings of a request that tools produced or were called with: tool results (a file an
@@ -1957,6 +1984,7 @@ mod tests {
             (&get, "/openai/responses/resp_1", Some(Api::Responses)),
             (&post, "/openai/v1/responses", Some(Api::Responses)),
             (&post, "/v2/chat/completions", None),
+            (&post, "/v1/fim/completions", Some(Api::ChatCompletions)),
             (&post, "/xchat/completions", None),
             (&get, "/v1/files/file_1", None),
             (&get, "/v1/files//content", None),

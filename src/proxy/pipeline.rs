@@ -214,6 +214,9 @@ pub struct ScanSetup {
     /// Past this many bytes from the upstream a stream is stopped (an endless stream must not
     /// grow the text Verbatim keeps for redaction and evidence without bound).
     pub max_response_bytes: usize,
+    /// How the answer's text ([`Part::Text`]) is read when the request says (a code
+    /// completion: [`api::answer_kind`]); `None`: as its part says.
+    pub answer_kind: Option<TextKind>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -528,7 +531,7 @@ impl Pipeline {
         if let Some(i) = self.streams.iter().position(|(k, _)| *k == key) {
             return i;
         }
-        let kind = kind.unwrap_or_else(|| text_kind(key.part));
+        let kind = kind.unwrap_or_else(|| self.setup.kind_of(key.part));
         let mut s = Scanner::new(&self.setup.indexes, kind);
         s.set_exemptions(Arc::clone(&self.setup.exempt));
         s.set_hold_license_runs(self.hold_license);
@@ -1021,6 +1024,17 @@ pub const MAX_QUOTE_STREAMS: u64 = 64;
 /// How a stream's text is read: tool-call arguments as the JSON they are (their string values
 /// each as the text it holds), a code interpreter's code as Python, everything else as
 /// Markdown.
+impl ScanSetup {
+    /// How a stream of `part` is read: as the request says for the answer's text
+    /// (`answer_kind`), else as its part says.
+    fn kind_of(&self, part: Part) -> TextKind {
+        match (part, self.answer_kind) {
+            (Part::Text, Some(k)) => k,
+            _ => text_kind(part),
+        }
+    }
+}
+
 fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
@@ -1470,6 +1484,8 @@ fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) 
         let changed = api::batch_answer(&mut v).is_some_and(|(api, answer)| {
             let mut line_setup = setup.clone();
             line_setup.scope.route = Some(api.name().to_string());
+            // The line's request is not in the output: its answer is read as its API says.
+            line_setup.answer_kind = None;
             scan_value(api, answer, &line_setup, &prefix, &mut decisions)
         });
         let rewritten = changed.then(|| serde_json::to_vec(&v).ok()).flatten();
@@ -1523,7 +1539,7 @@ fn scan_value(
         let tool = piece.key.part == Part::ToolArgs;
         let mut s = Scanner::new(
             &setup.indexes,
-            piece.kind.unwrap_or_else(|| text_kind(piece.key.part)),
+            piece.kind.unwrap_or_else(|| setup.kind_of(piece.key.part)),
         );
         s.set_exemptions(Arc::clone(&setup.exempt));
         // Whole arguments: a file name anywhere in them names the language (serialised with

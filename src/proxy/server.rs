@@ -1342,12 +1342,19 @@ async fn forward(
                 info.streamed =
                     Api::query_streams(parts.uri.path_and_query().map_or("", |p| p.as_str()));
             }
+            let answer_kind = json.as_ref().and_then(api::answer_kind);
             let exempt = match &json {
                 Some(v) => {
-                    let mut keys = exemptions(
-                        api::request_texts(api, v).iter().map(String::as_str),
-                        &loaded.indexes,
-                    );
+                    let texts = api::request_texts(api, v);
+                    let mut keys = exemptions(texts.iter().map(String::as_str), &loaded.indexes);
+                    // A code completion's answer is read as code: so is the caller's prompt,
+                    // or the answer repeating it would not be found to be the caller's text.
+                    if let Some(k) = answer_kind {
+                        keys.extend(exemptions_read(
+                            texts.iter().map(|t| (t.as_str(), k)),
+                            &loaded.indexes,
+                        ));
+                    }
                     if api::offers_tools(v) {
                         let tool_texts = api::request_tool_texts(api, v);
                         keys.extend(exemptions_read(
@@ -1382,6 +1389,7 @@ async fn forward(
                 max_event_bytes: cfg.max_event_bytes,
                 max_holdback_bytes: cfg.max_holdback_bytes,
                 max_response_bytes: cfg.max_response_bytes,
+                answer_kind,
             };
             let resend = Resend::of(&parts, bytes.clone());
             (
