@@ -2495,9 +2495,8 @@ async fn answers_fetched_later_are_scanned_as_the_answers_they_are() {
         v.pointer("/choices/0/finish_reason"),
         Some(&json!("content_filter"))
     );
-    // The caller's own input items, and other routes under a response, pass through.
+    // A stored completion's messages (the request's own) and other routes pass through.
     for path in [
-        "/v1/responses/resp_mock/input_items",
         "/v1/chat/completions/chatcmpl-mock/messages",
         "/v1/responses",
     ] {
@@ -2514,7 +2513,8 @@ async fn stored_answers_listed_or_returned_by_other_routes_are_scanned() {
     // answer by default). Besides fetching it by id, a client could list stored chat
     // completions, read a conversation's items one by one or all at once, cancel a background
     // response (which returns its output so far) or update a stored completion's metadata
-    // (which returns the completion): each passed through and gave the passage back.
+    // (which returns the completion), or list a chained response's input items (the earlier
+    // turns' answers among them): each passed through and gave the passage back.
     let text = format!("{INTRO}{COPIED}{OUTRO}");
     let clean = format!("{INTRO}{UNRELATED}");
     let request = |method: &'static str, addr: std::net::SocketAddr, path: &str| {
@@ -2622,6 +2622,15 @@ async fn stored_answers_listed_or_returned_by_other_routes_are_scanned() {
     );
     assert_eq!(v.pointer("/data/1/status"), Some(&json!("incomplete")));
     assert_eq!(v.pointer("/data/1/verbatim/action"), Some(&json!("block")));
+    // A chained response's input items hold the earlier turn's answer.
+    let (status, v) = get("/v1/responses/resp_2/input_items?order=asc").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"][0], user);
+    assert_eq!(
+        v.pointer("/data/1/content/0/text"),
+        Some(&json!(INTRO)),
+        "{v}"
+    );
     // One item fetched by its id.
     *mock.reply.lock().unwrap() = Reply::json(200, &assistant);
     let (status, v) = request(

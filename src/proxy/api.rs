@@ -67,8 +67,9 @@ impl Api {
     /// provider, so each of these would give it back): `GET …/v1/responses/{id}` and
     /// `GET …/v1/chat/completions/{id}` (one answer); `GET …/v1/chat/completions` (a list of
     /// stored answers); `GET …/v1/conversations/{id}/items[/{item}]` (a conversation's
-    /// items, the model's among them). What [`Stored`] the body is says how it is read.
-    /// Not these: `…/input_items` and `…/messages`, the caller's own text.
+    /// items, the model's among them); `GET …/v1/responses/{id}/input_items` (a chained
+    /// response's input holds the earlier turns' answers). What [`Stored`] the body is says
+    /// how it is read. Not `…/chat/completions/{id}/messages`: the request's own messages.
     fn fetched(path: &str) -> Option<Api> {
         let is = at;
         if is(path, "chat/completions") {
@@ -96,6 +97,14 @@ impl Api {
             Some(Api::Responses)
         } else if is(collection, "chat/completions") {
             Some(Api::ChatCompletions)
+        } else if id == "input_items"
+            && collection
+                .rsplit_once('/')
+                .is_some_and(|(c, rid)| !rid.is_empty() && is(c, "responses"))
+        {
+            // A response's input items: with `previous_response_id`, the earlier turns'
+            // answers too (stored whole, a blocked one with them).
+            Some(Api::Responses)
         } else if (id == "items" && conversation(collection))
             || collection
                 .rsplit_once('/')
@@ -1929,7 +1938,12 @@ mod tests {
             ),
             (&get, "/v1/responses", None),
             (&get, "/v1/responses/", None),
-            (&get, "/v1/responses/resp_1/input_items", None),
+            (
+                &get,
+                "/v1/responses/resp_1/input_items",
+                Some(Api::Responses),
+            ),
+            (&get, "/v1/responses//input_items", None),
             (&get, "/v1/chat/completions", Some(Api::ChatCompletions)),
             (
                 &get,
