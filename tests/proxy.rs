@@ -2661,6 +2661,8 @@ async fn a_message_batchs_results_are_scanned_answer_by_answer() {
             json!({"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": text}}}),
         ),
         line("late", json!({"type": "expired"})),
+        // A broken line is relayed as it is; it does not take the scan off the others.
+        r#"{"custom_id": "broken", "result": {"#.to_string(),
     ];
     let body = format!("{}\n", lines.join("\n"));
     let mock = start(Reply {
@@ -2687,7 +2689,7 @@ async fn a_message_batchs_results_are_scanned_answer_by_answer() {
     let got = r.into_body().collect().await.unwrap().to_bytes();
     let got = String::from_utf8(got.to_vec()).unwrap();
     let out: Vec<&str> = got.split('\n').collect();
-    assert_eq!(out.len(), 5, "{got}");
+    assert_eq!(out.len(), 6, "{got}");
     assert_eq!(out[0], lines[0], "a clean answer's line is kept as it came");
     let v: Value = serde_json::from_str(out[1]).unwrap();
     let m = &v["result"]["message"];
@@ -2698,7 +2700,8 @@ async fn a_message_batchs_results_are_scanned_answer_by_answer() {
     // An error's message is the provider's (here it echoes text): not an answer, not read.
     assert_eq!(out[2], lines[2]);
     assert_eq!(out[3], lines[3]);
-    assert_eq!(out[4], "");
+    assert_eq!(out[4], lines[4]);
+    assert_eq!(out[5], "");
     assert!(!out[1].contains("Oduya"));
 }
 

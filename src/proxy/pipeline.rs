@@ -1021,9 +1021,6 @@ impl Pipeline {
 /// bounded.
 pub const MAX_QUOTE_STREAMS: u64 = 64;
 
-/// How a stream's text is read: tool-call arguments as the JSON they are (their string values
-/// each as the text it holds), a code interpreter's code as Python, everything else as
-/// Markdown.
 impl ScanSetup {
     /// How a stream of `part` is read: as the request says for the answer's text
     /// (`answer_kind`), else as its part says.
@@ -1035,6 +1032,9 @@ impl ScanSetup {
     }
 }
 
+/// How a stream's text is read: tool-call arguments as the JSON they are (their string values
+/// each as the text it holds), a code interpreter's code as Python, everything else as
+/// Markdown.
 fn text_kind(part: Part) -> TextKind {
     match part {
         Part::ToolArgs => TextKind::ToolArgs,
@@ -1465,8 +1465,9 @@ pub fn scan_response(api: Api, body: &[u8], setup: &ScanSetup) -> (Option<Bytes>
 /// Batch results, JSON Lines: each line one request's result, its answer scanned and acted
 /// on as if it had come alone ([`api::batch_answer`]: Anthropic's `result.message`, OpenAI's
 /// `response.body`), decisions naming their stream after `line[i]/`. A line that changed is
-/// written anew, the others kept byte for byte. Not JSON Lines (a line that does not parse):
-/// nothing to read, relayed as it came, as any body that is not JSON.
+/// written anew, the others kept byte for byte — a line that is not JSON too (one broken line
+/// must not take the scan off every other; a body that is not JSON at all goes through here
+/// unchanged).
 fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) {
     let mut decisions = Vec::new();
     let mut lines: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
@@ -1477,7 +1478,8 @@ fn scan_lines(body: &[u8], setup: &ScanSetup) -> (Option<Bytes>, Vec<Decision>) 
             continue;
         }
         let Ok(mut v) = serde_json::from_slice::<Value>(text) else {
-            return (None, Vec::new());
+            lines.push((line, None));
+            continue;
         };
         let prefix = format!("line[{i}]/");
         // Each answer is judged as one of its own API (a policy's `route`).
