@@ -52,7 +52,11 @@ impl Api {
             || at(path, "fim/completions")
         {
             Some(Api::ChatCompletions)
-        } else if at(path, "completions") || deployment("completions") {
+        } else if at(path, "completions")
+            || deployment("completions")
+            // DeepSeek's fill-in-the-middle (base URL `https://api.deepseek.com/beta`).
+            || path.strip_suffix("/beta/completions").is_some_and(str::is_empty)
+        {
             Some(Api::Completions)
         } else if at(path, "responses") {
             Some(Api::Responses)
@@ -1999,6 +2003,8 @@ mod tests {
             (&post, "/openai/v1/responses", Some(Api::Responses)),
             (&post, "/v2/chat/completions", None),
             (&post, "/v1/fim/completions", Some(Api::ChatCompletions)),
+            (&post, "/beta/completions", Some(Api::Completions)),
+            (&post, "/x/beta/completions", None),
             (&post, "/xchat/completions", None),
             (&get, "/v1/files/file_1", None),
             (&get, "/v1/files//content", None),
