@@ -2821,35 +2821,26 @@ async fn a_code_completion_is_read_as_the_code_its_prompt_is_in() {
     let p = proxy(&mock, |_| {}).await;
     let req =
         |stream: bool| json!({"model": "m", "prompt": prompt, "max_tokens": 500, "stream": stream});
-    // Whole.
-    let (s, _, body) = post(p.addr, "/v1/completions", &req(false)).await;
-    assert_eq!(s, 200);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let got = v
-        .pointer("/choices/0/text")
-        .and_then(Value::as_str)
-        .unwrap();
-    assert!(
-        !got.contains("total_owed") && answer.starts_with(got),
-        "{v}"
-    );
-    assert_eq!(
-        v.pointer("/choices/0/finish_reason"),
-        Some(&json!("content_filter"))
-    );
-    // DeepSeek's fill-in-the-middle, the same API under its beta base URL.
+    // Whole; and DeepSeek's fill-in-the-middle, the same API under its beta base URL.
     let fim = json!({"model": "deepseek-chat", "prompt": prompt, "suffix": "\n"});
-    let (s, _, body) = post(p.addr, "/beta/completions", &fim).await;
-    assert_eq!(s, 200);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let got = v
-        .pointer("/choices/0/text")
-        .and_then(Value::as_str)
-        .unwrap();
-    assert!(
-        !got.contains("total_owed") && answer.starts_with(got),
-        "{v}"
-    );
+    for (path, body) in [("/v1/completions", req(false)), ("/beta/completions", fim)] {
+        let (s, _, body) = post(p.addr, path, &body).await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let got = v
+            .pointer("/choices/0/text")
+            .and_then(Value::as_str)
+            .unwrap();
+        assert!(
+            !got.contains("total_owed") && answer.starts_with(got),
+            "{path}: {v}"
+        );
+        assert_eq!(
+            v.pointer("/choices/0/finish_reason"),
+            Some(&json!("content_filter")),
+            "{path}"
+        );
+    }
     // Streamed.
     *mock.reply.lock().unwrap() = Reply::sse(&completions_stream(answer, 7), 64);
     let (s, _, body) = post(p.addr, "/v1/completions", &req(true)).await;
