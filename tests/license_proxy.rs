@@ -741,13 +741,8 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
 /// events, `output_item.done`, `response.completed`). They were relayed unscanned.
 #[test]
 fn responses_summaries_interpreter_code_and_custom_tool_input_are_scanned() {
-    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     // A function without `#` or `'`: the same units read as Python as read as Rust.
-    let code = file
-        .split_once("pub fn total_owed")
-        .map(|(_, r)| format!("pub fn total_owed{}", r.split_once("\n}\n").unwrap().0))
-        .unwrap();
-    assert!(!code.contains('#') && !code.contains('\''));
+    let code = ledger_total_owed_open();
     let input = format!("*** Begin Patch\n```rust\n{code}\n}}\n```\n");
     let summary = "I will total what is owed, then write the patch.";
     let mut out = String::new();

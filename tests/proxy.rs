@@ -3447,13 +3447,8 @@ async fn a_shell_call_that_writes_a_file_is_scanned() {
     // The Responses shell tool: the model streams shell commands
     // (`response.shell_call_command.delta`), which can write a whole file through a heredoc.
     // They were relayed unread. Read as a script now, streamed and whole.
-    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
     // A function without `#` or `'`: the same units read as a script as read as Rust.
-    let code = file
-        .split_once("pub fn total_owed")
-        .map(|(_, r)| format!("pub fn total_owed{}\n}}", r.split_once("\n}\n").unwrap().0))
-        .unwrap();
-    assert!(!code.contains('#') && !code.contains('\''));
+    let code = format!("{}\n}}", ledger_total_owed_open());
     let command = format!("cat > src/ledger.rs <<EOF\n{code}\nEOF");
     let call = |commands: Value, status: &str| {
         json!({"id": "sh_1", "type": "shell_call", "call_id": "call_1", "status": status,

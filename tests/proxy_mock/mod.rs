@@ -508,3 +508,16 @@ pub fn anthropic_blocks(thinking: &str, text: &str, tool_json: &str, piece: usiz
     ev("message_stop", json!({"type": "message_stop"}));
     out.into_bytes()
 }
+
+/// The GPL fixture's `total_owed` function (`corpora/fixtures/gpl-code/src/ledger.rs`) up to,
+/// not including, its closing brace. It has no `#` or `'`, so read as a script or as Python
+/// its units are those read as Rust.
+pub fn ledger_total_owed_open() -> String {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let code = file
+        .split_once("pub fn total_owed")
+        .map(|(_, r)| format!("pub fn total_owed{}", r.split_once("\n}\n").unwrap().0))
+        .unwrap();
+    assert!(!code.contains('#') && !code.contains('\''));
+    code
+}
