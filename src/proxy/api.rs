@@ -75,8 +75,7 @@ impl Api {
     /// response's input holds the earlier turns' answers). What [`Stored`] the body is says
     /// how it is read. Not `…/chat/completions/{id}/messages`: the request's own messages.
     fn fetched(path: &str) -> Option<Api> {
-        let is = at;
-        if is(path, "chat/completions") {
+        if at(path, "chat/completions") {
             return Some(Api::ChatCompletions);
         }
         // A file's content may be a batch's output, whose lines name their own API
@@ -89,7 +88,7 @@ impl Api {
         if let Some(batch) = path.strip_suffix("/results")
             && let Some((c, id)) = batch.rsplit_once('/')
             && !id.is_empty()
-            && is(c, "messages/batches")
+            && at(c, "messages/batches")
         {
             return Some(Api::Messages);
         }
@@ -97,14 +96,14 @@ impl Api {
         if id.is_empty() {
             return None;
         }
-        if is(collection, "responses") {
+        if at(collection, "responses") {
             Some(Api::Responses)
-        } else if is(collection, "chat/completions") {
+        } else if at(collection, "chat/completions") {
             Some(Api::ChatCompletions)
         } else if id == "input_items"
             && collection
                 .rsplit_once('/')
-                .is_some_and(|(c, rid)| !rid.is_empty() && is(c, "responses"))
+                .is_some_and(|(c, rid)| !rid.is_empty() && at(c, "responses"))
         {
             // A response's input items: with `previous_response_id`, the earlier turns'
             // answers too (stored whole, a blocked one with them).
@@ -128,10 +127,9 @@ impl Api {
     fn returned(path: &str) -> Option<Api> {
         let (rest, last) = path.rsplit_once('/')?;
         let (collection, id) = rest.rsplit_once('/')?;
-        let is = at;
-        if last == "cancel" && !id.is_empty() && is(collection, "responses") {
+        if last == "cancel" && !id.is_empty() && at(collection, "responses") {
             Some(Api::Responses)
-        } else if !last.is_empty() && is(rest, "chat/completions") {
+        } else if !last.is_empty() && at(rest, "chat/completions") {
             Some(Api::ChatCompletions)
         } else {
             None
@@ -171,9 +169,8 @@ fn at(path: &str, c: &str) -> bool {
 
 /// Whether `path` (without a trailing slash) is one conversation: `…/v1/conversations/{id}`.
 fn conversation(path: &str) -> bool {
-    path.rsplit_once('/').is_some_and(|(c, id)| {
-        !id.is_empty() && (c.ends_with("/v1/conversations") || c == "/conversations")
-    })
+    path.rsplit_once('/')
+        .is_some_and(|(c, id)| !id.is_empty() && at(c, "conversations"))
 }
 
 /// What a whole JSON body holds, for [`crate::proxy::pipeline::scan_response`].
@@ -284,7 +281,7 @@ pub fn file_content(path: &str) -> bool {
     let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
     path.strip_suffix("/content")
         .and_then(|f| f.rsplit_once('/'))
-        .is_some_and(|(c, id)| !id.is_empty() && (c.ends_with("/v1/files") || c == "/files"))
+        .is_some_and(|(c, id)| !id.is_empty() && at(c, "files"))
 }
 
 /// Whether a Responses item is the model's: an assistant message, or an item a response puts
