@@ -1054,12 +1054,15 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
         .ok()
 }
 
+/// The route name of a file's content ([`route_name`]).
+const FILE_CONTENT: &str = "file-content";
+
 /// A request's route as metrics and the audit trail name it: its API's name; `file-content`
 /// for a file's content (read as a batch's output if it is one, [`api::file_content`]);
 /// `passthrough` for the rest.
 fn route_name(api: Option<Api>, path: &str) -> &'static str {
     match api {
-        Some(_) if api::file_content(path) => "file-content",
+        Some(_) if api::file_content(path) => FILE_CONTENT,
         Some(a) => a.name(),
         None => "passthrough",
     }
@@ -1192,9 +1195,11 @@ async fn handle(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
     }
-    let route = route_name(Api::route(req.method(), req.uri().path()), req.uri().path());
+    // Routed once: the API (or none) and its name for metrics and the audit trail.
+    let api = Api::route(req.method(), req.uri().path());
+    let route = route_name(api, req.uri().path());
     let id = request_id();
-    let mut resp = forward(Arc::clone(&shared), &client, req, id.clone()).await;
+    let mut resp = forward(Arc::clone(&shared), &client, req, api, route, id.clone()).await;
     shared.metrics.request(route, resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-verbatim-request-id", v);
@@ -1221,11 +1226,12 @@ async fn forward(
     shared: Arc<Shared>,
     upstreams: &Upstreams,
     req: Request<Incoming>,
+    api: Option<Api>,
+    route: &'static str,
     request_id: String,
 ) -> Response<ProxyBody> {
     let cfg = &shared.cfg;
     let loaded = shared.loaded.load_full();
-    let api = Api::route(req.method(), req.uri().path());
     let anthropic = match api {
         Some(a) => a.is_anthropic(),
         None => {
@@ -1264,8 +1270,7 @@ async fn forward(
     }
     let (mut parts, body) = req.into_parts();
     let here = results_here(&parts);
-    let file_content = api.is_some() && api::file_content(parts.uri.path());
-    let route = route_name(api, parts.uri.path());
+    let file_content = route == FILE_CONTENT;
     let mut info = RequestInfo {
         request_id,
         tenant: tenant(&parts.headers, cfg.tenant_header.as_ref()),
