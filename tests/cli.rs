@@ -106,16 +106,21 @@ fn scan_reports_findings_as_json_lines_and_exits_1() {
     );
 }
 
+/// The Rust code inside [`ANSWER`]'s fence.
+fn answer_code() -> &'static str {
+    ANSWER
+        .split_once("```rust\n")
+        .and_then(|(_, r)| r.split_once("```"))
+        .unwrap()
+        .0
+}
+
 /// `--kind tool-args`: a tool call's arguments (JSON) saved from a log; the file inside the
 /// `content` string is read as Rust (the `path` before it names the language) and the finding
 /// cites the JSON's bytes. Read as Markdown, the escaped code matches nothing.
 #[test]
 fn scan_of_tool_call_arguments_reads_the_code_inside_the_json() {
-    let code = ANSWER
-        .split_once("```rust\n")
-        .and_then(|(_, r)| r.split_once("```"))
-        .unwrap()
-        .0;
+    let code = answer_code();
     let args = format!(
         r#"{{"path": "src/ledger.rs", "content": {}}}"#,
         serde_json::to_string(code).unwrap()
@@ -162,11 +167,7 @@ fn scan_of_tool_call_arguments_reads_the_code_inside_the_json() {
 /// `+` breaks the run at every line and nothing is found.
 #[test]
 fn scan_of_a_patch_reads_the_file_it_writes() {
-    let code = ANSWER
-        .split_once("```rust\n")
-        .and_then(|(_, r)| r.split_once("```"))
-        .unwrap()
-        .0;
+    let code = answer_code();
     let patch: String = code.lines().map(|l| format!("+{l}\n")).collect();
     let scan = |kind: &str| {
         run(
