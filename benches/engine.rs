@@ -291,6 +291,96 @@ fn main() {
     let tool_copied = tool(&pos);
     let tool_unrelated = tool(&neg);
 
+    // Chat answers read as Markdown, with and without the reading of code outside fences
+    // (`Scanner::set_bare_code`), alternated rep by rep: the copied code pasted after a line
+    // of prose without a fence (found only with it), the same code fenced (for reference),
+    // and the prose documents (their code examples turn it on).
+    let markdown = |tail: &dyn Fn(&[u64]) -> serde_json::Value| {
+        let wrap = |docs: &[Doc], fence: bool| -> Vec<Doc> {
+            docs.iter()
+                .map(|d| {
+                    let mut text = b"Here is the file you asked for:\n\n".to_vec();
+                    if fence {
+                        text.extend_from_slice(b"```\n");
+                    }
+                    text.extend_from_slice(&d.text);
+                    if fence {
+                        text.extend_from_slice(b"\n```\n");
+                    }
+                    Doc {
+                        kind: TextKind::Markdown,
+                        text,
+                        path: d.path.clone(),
+                    }
+                })
+                .collect()
+        };
+        let as_markdown = |docs: &[Doc]| -> Vec<Doc> {
+            docs.iter()
+                .map(|d| Doc {
+                    kind: TextKind::Markdown,
+                    text: d.text.clone(),
+                    path: d.path.clone(),
+                })
+                .collect()
+        };
+        let scan_md = |d: &Doc, bare: bool| {
+            let mut s = Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
+            s.set_bare_code(bare);
+            for c in d.text.chunks(chunk) {
+                s.push_bytes(c);
+            }
+            s.finish();
+            s.take_findings().len()
+        };
+        let paired = |docs: &[Doc]| {
+            let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+            let (mut on, mut off, mut f) = (Vec::new(), Vec::new(), [0usize; 2]);
+            for _ in 0..reps {
+                for (bare, rates) in [(true, &mut on), (false, &mut off)] {
+                    let t = Instant::now();
+                    f[usize::from(!bare)] = docs.iter().map(|d| scan_md(d, bare)).sum();
+                    rates.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+                }
+            }
+            let (on, off) = (median(&mut on), median(&mut off));
+            serde_json::json!({
+                "mb": bytes as f64 / 1e6, "scan_mb_s_bare_code_read": on,
+                "scan_mb_s_not_read": off, "read_over_not": on / off,
+                "findings_read": f[0], "findings_not_read": f[1],
+            })
+        };
+        let bare = wrap(&pos, false);
+        let mut lat = [Vec::new(), Vec::new()];
+        let mut budget = 2usize << 20;
+        for d in &bare {
+            if budget == 0 {
+                break;
+            }
+            for (i, on) in [(0, true), (1, false)] {
+                let mut s = Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
+                s.set_bare_code(on);
+                for c in d.text.chunks(32) {
+                    let t = Instant::now();
+                    s.push_bytes(c);
+                    lat[i].push(t.elapsed().as_nanos() as u64);
+                }
+                s.finish();
+            }
+            budget = budget.saturating_sub(d.text.len());
+        }
+        for v in &mut lat {
+            v.sort_unstable();
+        }
+        let [lat_on, lat_off] = &lat;
+        serde_json::json!({
+            "copied_code_unfenced": paired(&bare),
+            "copied_code_fenced": paired(&wrap(&pos, true)),
+            "prose": if prose.is_empty() { serde_json::Value::Null } else { paired(&as_markdown(&prose)) },
+            "copied_code_unfenced_chunk32_ns": {"bare_code_read": tail(lat_on), "not_read": tail(lat_off)},
+        })
+    };
+
     // The caller-supplied exemption of a 1 MB request (its texts' k-gram keys, computed before
     // the request is forwarded): read as Markdown, and as a request that offers tools reads it
     // (Markdown, C-like and script code; JSON texts as tool arguments). Half prose, half code,
@@ -414,6 +504,7 @@ fn main() {
             "p99": percentile(v, 0.99), "p999": percentile(v, 0.999),
         })
     };
+    let markdown_answers = markdown(&tail);
     let anon2 = procstat::rss_anon().unwrap_or(0);
     let file2 = procstat::rss_file().unwrap_or(0);
 
@@ -441,6 +532,7 @@ fn main() {
             "every_text_also_as_code": exempt_all_code,
             "tool_results_also_as_code": exempt_tool_results,
         },
+        "markdown_answers": markdown_answers,
         "tool_args_copied": tool_copied,
         "tool_args_unrelated": tool_unrelated,
         "unrelated": {"normalise_mb_s": norm_neg, "scan_mb_s": scan_neg, "scan_over_normalise": scan_neg / norm_neg, "findings": neg_findings, "license_markers_mb_s": markers_neg},

@@ -1411,6 +1411,11 @@ pub struct Scanner {
     /// Largest `t` of each channel over all indexes (prose, code): the holdback in units.
     t_max: [u32; 2],
     hold_license_runs: bool,
+    /// Markdown: the runs of the text outside fences read as code
+    /// ([`Normalizer::set_bare_code`]), matched apart from the main reading's (whose prose
+    /// units cover the same text) by a scanner of their own whose normaliser is not used;
+    /// made when the first such unit comes, so a prose answer carries none.
+    bare: Option<Box<Scanner>>,
 }
 
 impl Scanner {
@@ -1459,8 +1464,10 @@ impl Scanner {
             .iter()
             .filter_map(|m| m.renamed.map(|r| r.k as usize))
             .max();
+        let mut norm = Normalizer::new(kind);
+        norm.set_bare_code(true);
         Scanner {
-            norm: Normalizer::new(kind),
+            norm,
             matchers,
             exempt: Arc::default(),
             // Grown as units arrive rather than sized up front: 257 units are 8 KB, and a
@@ -1470,6 +1477,34 @@ impl Scanner {
             findings: Vec::new(),
             t_max,
             hold_license_runs: true,
+            bare: None,
+        }
+    }
+
+    /// The scanner of the bare-code reading, as this one is set up.
+    fn bare_track(&self) -> Scanner {
+        let indexes: Vec<Arc<Index>> = self.matchers.iter().map(|m| Arc::clone(&m.index)).collect();
+        let mut b = Scanner::new(&indexes, TextKind::Code(crate::normalize::Lang::C_LIKE));
+        b.exempt = Arc::clone(&self.exempt);
+        b.hold_license_runs = self.hold_license_runs;
+        for (bm, m) in b.matchers.iter_mut().zip(&self.matchers) {
+            bm.track_boiler = m.track_boiler;
+            bm.report_shared = m.report_shared;
+        }
+        b
+    }
+
+    /// Matches the units the bare-code reading has made (see [`Scanner::bare`]).
+    fn take_bare_units(&mut self, s: &mut Scratch) {
+        s.fresh.clear();
+        if !self.norm.take_bare(&mut s.fresh) {
+            return;
+        }
+        if self.bare.is_none() {
+            self.bare = Some(Box::new(self.bare_track()));
+        }
+        if let Some(b) = &mut self.bare {
+            b.take_units(s);
         }
     }
 
@@ -1478,6 +1513,9 @@ impl Scanner {
     /// only cited, and holding a whole license back until it ends would delay it for nothing.
     pub fn set_hold_license_runs(&mut self, hold: bool) {
         self.hold_license_runs = hold;
+        if let Some(b) = &mut self.bare {
+            b.hold_license_runs = hold;
+        }
     }
 
     /// Whether [`Scanner::stable_offset`] holds back boilerplate a later run could extend over
@@ -1488,6 +1526,9 @@ impl Scanner {
             m.track_boiler = hold;
             m.boiler = None;
         }
+        if let Some(b) = &mut self.bare {
+            b.set_hold_boilerplate(hold);
+        }
     }
 
     /// Also reports the short runs many documents share ([`Finding::widely_shared`] set),
@@ -1497,6 +1538,15 @@ impl Scanner {
         for m in &mut self.matchers {
             m.report_shared = on;
         }
+        if let Some(b) = &mut self.bare {
+            b.set_report_shared(on);
+        }
+    }
+
+    /// Whether a Markdown text's code outside fences is read as code too (true by default; see
+    /// [`Normalizer::set_bare_code`]). Set it before the first push.
+    pub fn set_bare_code(&mut self, on: bool) {
+        self.norm.set_bare_code(on);
     }
 
     /// Feeds text.
@@ -1504,6 +1554,7 @@ impl Scanner {
         scratch::with(self.matchers.len(), |s| {
             self.norm.push_str(text, &mut s.fresh);
             self.take_units(s);
+            self.take_bare_units(s);
         });
     }
 
@@ -1512,6 +1563,7 @@ impl Scanner {
         scratch::with(self.matchers.len(), |s| {
             self.norm.push_bytes(bytes, &mut s.fresh);
             self.take_units(s);
+            self.take_bare_units(s);
         });
     }
 
@@ -1524,7 +1576,16 @@ impl Scanner {
         scratch::with(self.matchers.len(), |s| {
             self.norm.finish(&mut s.fresh);
             self.take_units(s);
+            self.take_bare_units(s);
         });
+        if let Some(b) = &mut self.bare {
+            b.finish_runs();
+        }
+        self.finish_runs();
+    }
+
+    /// Closes and reports every open run; nothing reaches back across.
+    fn finish_runs(&mut self) {
         for (i, m) in self.matchers.iter_mut().enumerate() {
             m.finish(i, &mut self.findings);
             m.roll_channel = None;
@@ -1576,8 +1637,15 @@ impl Scanner {
         }
     }
 
-    /// Findings completed so far (each is reported once).
+    /// Findings completed so far (each is reported once), by where they start in the output
+    /// when the bare-code reading found some too.
     pub fn take_findings(&mut self) -> Vec<Finding> {
+        if let Some(b) = &mut self.bare
+            && !b.findings.is_empty()
+        {
+            self.findings.append(&mut b.findings);
+            self.findings.sort_by_key(|f| f.output_start);
+        }
         std::mem::take(&mut self.findings)
     }
 
@@ -1594,7 +1662,15 @@ impl Scanner {
     /// its last common or repetitive k-gram (a run seeded by the text after it would extend
     /// left over it; at most the kept history, beyond which no run extends) are held back.
     pub fn stable_offset(&self) -> u64 {
-        let mut p = self.norm.pending_start();
+        let p = self.held_from(self.norm.pending_start());
+        match &self.bare {
+            Some(b) => b.held_from(p),
+            None => p,
+        }
+    }
+
+    /// `p`, or the earliest offset this scanner's runs and history hold back if earlier.
+    fn held_from(&self, mut p: u64) -> u64 {
         if let Some(last) = self.hist.back() {
             let t = self.t_max[match last.channel {
                 Channel::Prose => 0,
@@ -1627,11 +1703,22 @@ impl Scanner {
 
     /// Treats runs seeded by these k-gram keys as text the caller supplied.
     pub fn set_exemptions(&mut self, exempt: Arc<FxHashSet<u64>>) {
+        if let Some(b) = &mut self.bare {
+            b.exempt = Arc::clone(&exempt);
+        }
         self.exempt = exempt;
     }
 
     /// The runs still open (still growing): where they start in the output, how long they are.
     pub fn open_runs(&self) -> impl Iterator<Item = OpenRun> + '_ {
+        let bare = self
+            .bare
+            .iter()
+            .flat_map(|b| b.track_open_runs().map(|r| OpenRun { bare: true, ..r }));
+        self.track_open_runs().chain(bare)
+    }
+
+    fn track_open_runs(&self) -> impl Iterator<Item = OpenRun> + '_ {
         self.matchers.iter().enumerate().flat_map(|(i, m)| {
             m.open.iter().enumerate().map(move |(slot, c)| OpenRun {
                 output_start: c.out_start,
@@ -1649,6 +1736,7 @@ impl Scanner {
                 doc: c.doc,
                 doc_unit_start: c.doc_start,
                 caller_supplied: c.caller_supplied,
+                bare: false,
             })
         })
     }
@@ -1658,6 +1746,9 @@ impl Scanner {
     /// about (measuring them for every open run on every event would cost the proxy's
     /// per-event path for nothing). `r` is from [`Scanner::open_runs`] since the last push.
     pub fn open_finding(&self, r: &OpenRun) -> Finding {
+        if let Some(b) = self.bare.as_ref().filter(|_| r.bare) {
+            return b.open_finding(&OpenRun { bare: false, ..*r });
+        }
         let m = &self.matchers[r.index];
         let structure = m
             .open
@@ -1707,6 +1798,9 @@ pub struct OpenRun {
     pub doc: u32,
     pub doc_unit_start: u32,
     pub caller_supplied: bool,
+    /// Found by the reading of a Markdown text's code outside fences
+    /// ([`crate::normalize::Normalizer::set_bare_code`]).
+    pub bare: bool,
 }
 
 /// The k-gram keys of text the caller supplied (system prompt, messages, tool results,
@@ -1761,40 +1855,54 @@ pub fn exemptions_read<'a>(
     renamed_ks.dedup();
     let mut keys = FxHashSet::default();
     for (text, kind) in readings {
-        let units = crate::normalize::normalize(text, kind);
-        if !renamed_ks.is_empty() {
-            let prev = prev_distances(&units);
-            for &k in &renamed_ks {
-                // Rolled, as the matcher rolls them (the same keys as `renamed_key` of each
-                // window: `hash::tests::rolling_renamed_key_equals_direct_key`), in O(1) a
-                // unit; hashing each window afresh made a request's code cost k times more.
-                let mut roll = RollingRenamed::new(k);
-                for (u, &d) in units.iter().zip(&prev) {
-                    if u.channel != Channel::Code {
-                        roll.reset();
-                        continue;
-                    }
-                    if let Some(key) = roll.push(u.hash, u.class, d) {
-                        keys.insert(key);
-                    }
-                }
-            }
+        // Markdown's code outside fences is read as code too, as a scanner reads the output.
+        let (units, bare) = crate::normalize::normalize_with_bare(text, kind);
+        for units in [units, bare] {
+            keys_of(&units, &ks, &renamed_ks, &mut keys);
         }
-        for &(channel, k) in &ks {
-            let mut roll = RollingKgram::new(k);
-            for (i, u) in units.iter().enumerate() {
-                if u.channel != channel {
+    }
+    keys
+}
+
+/// The k-gram keys of `units` (one text's units, or its bare-code reading's) with each of
+/// `ks` and of `renamed_ks`, into `keys`.
+fn keys_of(
+    units: &[Unit],
+    ks: &[(Channel, usize)],
+    renamed_ks: &[usize],
+    keys: &mut FxHashSet<u64>,
+) {
+    if !renamed_ks.is_empty() {
+        let prev = prev_distances(units);
+        for &k in renamed_ks {
+            // Rolled, as the matcher rolls them (the same keys as `renamed_key` of each
+            // window: `hash::tests::rolling_renamed_key_equals_direct_key`), in O(1) a
+            // unit; hashing each window afresh made a request's code cost k times more.
+            let mut roll = RollingRenamed::new(k);
+            for (u, &d) in units.iter().zip(&prev) {
+                if u.channel != Channel::Code {
                     roll.reset();
                     continue;
                 }
-                let leaving = i.checked_sub(k).map(|j| units[j].hash);
-                if let Some(key) = roll.push(u.hash, leaving) {
+                if let Some(key) = roll.push(u.hash, u.class, d) {
                     keys.insert(key);
                 }
             }
         }
     }
-    keys
+    for &(channel, k) in ks {
+        let mut roll = RollingKgram::new(k);
+        for (i, u) in units.iter().enumerate() {
+            if u.channel != channel {
+                roll.reset();
+                continue;
+            }
+            let leaving = i.checked_sub(k).map(|j| units[j].hash);
+            if let Some(key) = roll.push(u.hash, leaving) {
+                keys.insert(key);
+            }
+        }
+    }
 }
 
 /// A finding with the facts of its source, as `scan` prints it (one JSON object per line).

@@ -697,8 +697,9 @@ fn a_marker_is_held_until_its_line_ends_when_the_policy_could_block_or_redact_it
 /// An agent that read a file (the tool result reaches the request as plain text) and writes it
 /// back through a tool call: the run is the caller's own text. A request that offers tools has
 /// its tool results read as code too ([`verbatim::normalize::tool_text_kinds`]), so the run in
-/// the arguments is caller-supplied; read as Markdown only, the file was prose and the run in
-/// the arguments was not recognised as the caller's.
+/// the arguments is caller-supplied; read as prose only, the run in the arguments is not
+/// recognised as the caller's. Read as Markdown it is now (its code outside fences is read as
+/// code too, from the line after the first that looks like code); before that it was not.
 #[test]
 fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
     let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
@@ -730,8 +731,9 @@ fn a_file_the_caller_supplied_written_back_through_a_tool_is_caller_supplied() {
     );
     assert_eq!(
         kinds_of(&[verbatim::normalize::TextKind::Markdown]),
-        ["exact"]
+        ["caller-supplied"]
     );
+    assert_eq!(kinds_of(&[verbatim::normalize::TextKind::Prose]), ["exact"]);
 }
 
 /// Responses output items that carry model text besides messages and function calls: a

@@ -3,7 +3,7 @@
 //! position, and at seeded random points; a failure names the split that broke.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use verbatim::normalize::{Lang, Normalizer, TextKind, Unit, normalize};
+use verbatim::normalize::{Channel, Lang, Normalizer, TextKind, Unit, normalize};
 
 const RUST: TextKind = TextKind::Code(Lang::C_LIKE);
 
@@ -811,4 +811,132 @@ fn a_file_written_as_a_patch_reads_as_the_file() {
     // Kept lines (a space) are read too.
     let kept: String = file.lines().map(|l| format!(" {l}\n")).collect();
     assert_eq!(hashes(&kept, kind), hashes(&patch, kind));
+}
+
+/// Both readings of `text` (Markdown read as bare code too), pushed in pieces cut at `cuts`:
+/// the units and the bare-code units.
+fn with_bare(text: &[u8], cuts: &[usize]) -> (Vec<Unit>, Vec<Unit>) {
+    let mut n = Normalizer::new(TextKind::Markdown);
+    n.set_bare_code(true);
+    let (mut out, mut bare) = (Vec::new(), Vec::new());
+    let (mut prev, mut pending) = (0, 0);
+    for &c in cuts.iter().chain(std::iter::once(&text.len())) {
+        n.push_bytes(&text[prev..c], &mut out);
+        let made = bare.len();
+        n.take_bare(&mut bare);
+        // What was final stays so: no later unit of either reading starts before the
+        // pending start the last push reported (strict holdback releases up to it).
+        assert!(
+            bare[made..].iter().all(|u| u.start >= pending),
+            "a bare unit before the pending start {pending} of the last push, pushed to {c}"
+        );
+        pending = n.pending_start();
+        prev = c;
+    }
+    n.finish(&mut out);
+    let made = bare.len();
+    n.take_bare(&mut bare);
+    assert!(bare[made..].iter().all(|u| u.start >= pending));
+    (out, bare)
+}
+
+/// A chat answer's code pasted without a fence is read as code too, from the line after the
+/// first that looks like code, in the language that line shows; the prose reading is the
+/// same as without it; fenced code is not read twice; and the units are the same whatever
+/// way the text is cut. A prose answer makes no bare-code unit at all.
+#[test]
+fn markdown_code_outside_fences_is_read_as_code_too() {
+    let text = "Here is the module, as you asked:\n\
+                \n\
+                use std::collections::HashMap;\n\
+                /// Adds up what is owed.\n\
+                pub fn total(xs: &[u64]) -> u64 {\n    xs.iter().sum() // all of it\n}\n\
+                \n\
+                And in Python:\n\
+                ```python\n\
+                def f(x):\n    return x\n\
+                ```\n\
+                fn after_the_fence() {}\n\
+                That is all of it, and it should compile.\n\
+                Some words that stay prose only\n\
+                x = compute(1)\n\
+                print(x)\n\
+                y = 'a # b'  # a note\n";
+    let bytes = text.as_bytes();
+    let (units, bare) = with_bare(bytes, &[]);
+    assert_eq!(
+        units,
+        normalize(text, TextKind::Markdown),
+        "the Markdown reading is unchanged"
+    );
+    let words: Vec<&str> = bare
+        .iter()
+        .map(|u| &text[u.start as usize..u.end() as usize])
+        .collect();
+    // The `use` line turns the reading on; it starts on the next line. Comments are dropped
+    // as code drops them; the prose line between is read as code too (tokens nothing
+    // matches); the fenced block is not read again; the reading goes on after the fence.
+    let first = words.iter().position(|w| *w == "pub").unwrap();
+    assert_eq!(first, 0, "{words:?}");
+    assert!(
+        !words.contains(&"use") && !words.contains(&"Adds"),
+        "{words:?}"
+    );
+    for w in ["total", "sum", "And", "after_the_fence", "That"] {
+        assert!(words.contains(&w), "{w} not in {words:?}");
+    }
+    assert!(
+        !words.contains(&"def") && !words.contains(&"return"),
+        "{words:?}"
+    );
+    // A sentence of prose stops the reading after its line; a statement starts it again
+    // from the next line, and a line that shows the language (`print(`: script) sets it, so
+    // `#` starts a comment and `'…'` is one string.
+    assert!(
+        !words.contains(&"Some") && !words.contains(&"compute"),
+        "{words:?}"
+    );
+    let tail: Vec<&str> = words[words.iter().position(|w| *w == "print").unwrap()..].to_vec();
+    assert_eq!(tail, ["print", "(", "x", ")", "y", "=", "'a # b'"]);
+    assert!(bare.iter().all(|u| u.channel == Channel::Code));
+    // The same code in a named fence gives the same units as read bare (the language read
+    // from `use …;`: C-like, as `rust` is).
+    let code = "pub fn total(xs: &[u64]) -> u64 {\n    xs.iter().sum() // all of it\n}\n";
+    let fenced: Vec<u64> = normalize(&format!("```rust\n{code}```\n"), TextKind::Markdown)
+        .iter()
+        .map(|u| u.hash)
+        .collect();
+    let bare_code: Vec<u64> = bare
+        .iter()
+        .take_while(|u| u.start < text.find("\n\nAnd").unwrap() as u64)
+        .map(|u| u.hash)
+        .collect();
+    assert_eq!(bare_code, fenced);
+    // Every chunking.
+    for cut in 1..bytes.len() {
+        assert_eq!(
+            with_bare(bytes, &[cut]),
+            (units.clone(), bare.clone()),
+            "split at {cut}"
+        );
+    }
+    let every: Vec<usize> = (1..bytes.len()).collect();
+    assert_eq!(
+        with_bare(bytes, &every),
+        (units.clone(), bare.clone()),
+        "byte by byte"
+    );
+    // A Python answer: `import` says script, so `#` starts a comment.
+    let py_text = "Sure:\n\nimport os\nprint(os.sep)  # the separator\n";
+    let (_, py_bare) = with_bare(py_text.as_bytes(), &[]);
+    let py_words: Vec<&str> = py_bare
+        .iter()
+        .map(|u| &py_text[u.start as usize..u.end() as usize])
+        .collect();
+    assert_eq!(py_words, ["print", "(", "os", ".", "sep", ")"]);
+    // Prose, lists, a colon-ended line, inline code: never read as code.
+    let prose = "The answer, in short:\n\n- first, the keeper rings the bell;\n  then he waits\n\
+                 Use `let x = 1;` there. It ends (as it should).\n";
+    let (_, none) = with_bare(prose.as_bytes(), &[]);
+    assert!(none.is_empty(), "{none:?}");
 }

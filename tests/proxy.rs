@@ -2804,6 +2804,49 @@ async fn a_batchs_output_file_is_scanned_and_other_files_pass_untouched() {
     assert!(!m.contains("route=\"chat-completions\""), "{m}");
 }
 
+/// A chat answer that pastes a GPL file without a Markdown fence (a model told "no
+/// formatting"): read as Markdown only, the code was prose to the scanner and went out whole.
+/// Read as code too from its first code line, it is blocked before its copied run goes out,
+/// at every chunking; the caller's own file, pasted the same way in the request, repeated
+/// back, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_answers_code_without_a_fence_is_read_as_code() {
+    let file = std::fs::read_to_string("corpora/fixtures/gpl-code/src/ledger.rs").unwrap();
+    let answer = format!(
+        "Here is the ledger module, with no formatting as you asked:\n\n{file}\nAnything else?"
+    );
+    let ask = |content: &str| json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": content}]});
+    let mock = start(Reply::sse(&openai_stream(&answer, 7), 64)).await;
+    let p = proxy(&mock, |_| {}).await;
+    for piece in [1, 7, 64] {
+        *mock.reply.lock().unwrap() = Reply::sse(&openai_stream(&answer, piece), 64);
+        let (s, _, body) = post(
+            p.addr,
+            "/v1/chat/completions",
+            &ask("The ledger module, plain text."),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let evs = events(&body);
+        let got = openai_text(&evs);
+        assert!(
+            !got.contains("total_owed") && answer.starts_with(&got),
+            "piece {piece}: released {got:?}"
+        );
+        assert!(
+            evs.iter()
+                .any(|(_, v)| v.pointer("/choices/0/finish_reason")
+                    == Some(&json!("content_filter"))),
+            "piece {piece}: not ended as filtered"
+        );
+    }
+    // The caller pasted the file (no fence either) and asked for it back.
+    let own = format!("Tidy this up, and give it back whole:\n\n{file}");
+    let (s, _, body) = post(p.addr, "/v1/chat/completions", &ask(&own)).await;
+    assert_eq!(s, 200);
+    assert_eq!(openai_text(&events(&body)), answer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_completion_is_read_as_the_code_its_prompt_is_in() {
     // Legacy completions and fill-in-the-middle answer with bare code, no Markdown fence. Read

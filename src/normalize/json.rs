@@ -825,6 +825,15 @@ fn sniff(text: &str) -> Option<TextKind> {
     }
 }
 
+/// The lexical family one line shows by how it begins (see `sniff`), for a Markdown text's
+/// code outside fences (`BareCode`).
+pub(super) fn sniff_line(line: &str) -> Option<Lang> {
+    match sniff(line)? {
+        TextKind::Code(l) => Some(l),
+        _ => None,
+    }
+}
+
 /// The code a code-completion request's prompt is in, from the lines of its last 4 KiB (what
 /// the completion continues), as a tool-call value's first lines are read (`#!`, `def `, `fn `,
 /// `#include` …); `None` when they show no code.

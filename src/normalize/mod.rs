@@ -167,6 +167,172 @@ pub struct Normalizer {
     args: Option<Box<json::ArgsNormalizer>>,
     /// A patch only: the rest of the current line is not read ([`Normalizer::push_patch`]).
     patch_skip: bool,
+    /// Markdown only, when asked ([`Normalizer::set_bare_code`]): the text outside fences
+    /// read a second time, as code.
+    bare: Option<Box<BareCode>>,
+}
+
+/// The longest line [`BareCode`] keeps to tell whether it is code; a longer line is prose.
+const BARE_LINE_MAX: usize = 1024;
+
+/// Markdown's text outside fences read as code too, from the line after one that looks like
+/// code ([`looks_like_code`]) to the line after one that looks like a sentence of prose
+/// ([`looks_like_prose`]): a chat answer's code pasted without a fence.
+///
+/// A second reading, not a switch: a line cannot be told code or prose before it ends, and
+/// holding every prose line back until its newline would delay a streamed paragraph by its
+/// whole length (a paragraph is one line). So the prose reading goes on untouched, and this
+/// one starts at the *next* line once a line has looked like code — decided on whole lines,
+/// so the same whatever way the text is cut; the first line of bare code is read only as
+/// prose (a few tokens of a run that needs dozens). Until a line looks like code it costs a
+/// line scan: a prose answer pays almost nothing. Its units go to [`Normalizer::take_bare`],
+/// to be matched on a run history of their own (`matcher::Scanner`'s `bare` track): mixed
+/// with the prose units of the same text, every change of channel would end a run.
+struct BareCode {
+    /// A line has looked like code, and none since like prose: every line is read.
+    on: bool,
+    /// The language was told from a line (`sniff`), not assumed (C-like) from one that only
+    /// ends as code does; the first line that tells it sets it.
+    lang_known: bool,
+    lexer: CodeLexer,
+    /// The current line so far (`None` past [`BARE_LINE_MAX`]).
+    line: Option<String>,
+    units: Vec<Unit>,
+}
+
+impl BareCode {
+    /// Reads `text` (outside any fence) at offset `at`.
+    fn feed(&mut self, text: &str, mut at: u64) {
+        for piece in text.split_inclusive('\n') {
+            if self.on {
+                self.lexer.push(piece, at, &mut self.units);
+            }
+            at += piece.len() as u64;
+            let done = piece.ends_with('\n');
+            // A whole line is read where it lies; only a line cut by a push is copied.
+            let whole = done && self.line.as_ref().is_some_and(String::is_empty);
+            if !whole && let Some(line) = &mut self.line {
+                if line.len() + piece.len() > BARE_LINE_MAX {
+                    self.line = None;
+                } else {
+                    line.push_str(piece);
+                }
+            }
+            if !done {
+                continue;
+            }
+            let kept = self.line.replace(String::new());
+            // A line longer than any line of code a model writes is a paragraph.
+            let line = match &kept {
+                _ if whole && piece.len() <= BARE_LINE_MAX => Some(piece),
+                Some(l) if !whole => Some(l.as_str()),
+                _ => None,
+            };
+            match line {
+                Some(line) if looks_like_code(line) => {
+                    let sniffed = json::sniff_line(line);
+                    if !self.on || (!self.lang_known && sniffed.is_some()) {
+                        // From the next line on, in the language the line shows (C-like
+                        // when it shows none: it only ended as code does).
+                        self.lexer.flush(at, &mut self.units);
+                        self.lexer.reset(sniffed.unwrap_or(Lang::C_LIKE));
+                        self.on = true;
+                        self.lang_known = sniffed.is_some();
+                    }
+                }
+                Some(line) if !self.on || !looks_like_prose(line) => {}
+                _ if self.on => {
+                    // Prose again: the code read so far ends with this line.
+                    self.lexer.flush(at, &mut self.units);
+                    self.on = false;
+                    self.lang_known = false;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A fence opens at `at`: the code read so far ends there.
+    fn break_at(&mut self, at: u64) {
+        if self.on {
+            self.lexer.flush(at, &mut self.units);
+        }
+        self.line = Some(String::new());
+    }
+}
+
+/// Whether a whole line looks like a sentence of prose: it starts with a capital letter,
+/// has at least five words and ends as a sentence or a lead-in does (`.`, `!`, `?`, `:`,
+/// Markdown emphasis after them allowed). After one the bare-code reading stops, until a line
+/// looks like code again; a comment line (`// Sums what is owed.`) looks like code first.
+fn looks_like_prose(line: &str) -> bool {
+    let t = line.trim().trim_end_matches(['*', '_']);
+    t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.split_ascii_whitespace().nth(4).is_some()
+        && t.ends_with(['.', '!', '?', ':'])
+}
+
+/// Whether a whole line (outside fences) looks like code: it begins as one family's lines do
+/// ([`json::sniff_line`]: `def `, `fn `, `#include` …), or as a comment does (`//`, `/*`),
+/// or it ends as statements and blocks do (`;`, `{`, `}`, `):`, `*/`). Generous on purpose:
+/// a prose line taken for code costs only the reading of the lines after it as code too (a
+/// finding still needs a run of code tokens found in a code corpus); code not taken for code
+/// is missed.
+fn looks_like_code(line: &str) -> bool {
+    let t = line.trim();
+    // Most prose lines: a capital or a digit first, a letter, digit or sentence mark last.
+    // Every test below needs another first or last character.
+    let (Some(first), Some(last)) = (t.bytes().next(), t.bytes().next_back()) else {
+        return false;
+    };
+    if (first.is_ascii_uppercase() || first.is_ascii_digit())
+        && (last.is_ascii_alphanumeric() || matches!(last, b'.' | b'!' | b'?' | b',' | b'"'))
+    {
+        return false;
+    }
+    // A sentence that ends in `;` (`And the earth was without form, and void;`): a capital
+    // first, five words, and none of the brackets or operators a statement that long has.
+    if first.is_ascii_uppercase()
+        && t.split_ascii_whitespace().nth(4).is_some()
+        && !t.bytes().any(|b| b"(){}[]=<>".contains(&b))
+    {
+        return false;
+    }
+    // A list item or a quotation is prose whatever it ends with (`- first, the bell;`).
+    let item = t.strip_prefix(['-', '*', '+', '>']).map_or_else(
+        || {
+            let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && t[digits..].starts_with(['.', ')'])
+        },
+        |rest| rest.starts_with(' '),
+    );
+    if item {
+        return false;
+    }
+    ["//", "/*", "#include", "#define", "#!", "}"]
+        .iter()
+        .any(|p| t.starts_with(p))
+        || [";", "{", "}", "):", "*/"].iter().any(|e| t.ends_with(e))
+        || json::sniff_line(t).is_some()
+        || starts_as_statement(t)
+}
+
+/// `name = …`, `name(…`, `name.field += …`: a line that begins with a lower-case name (dots
+/// allowed) directly followed by an assignment, a call or an index — Python's and shell's
+/// statements end with nothing [`looks_like_code`] sees. Prose lines begin with a capital.
+fn starts_as_statement(t: &str) -> bool {
+    let name = t
+        .bytes()
+        .take_while(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        .count();
+    if name == 0 || !t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        return false;
+    }
+    let rest = t[name..].trim_start_matches(' ');
+    rest.starts_with(['(', '['])
+        || ["=", "+=", "-=", "*=", "|=", ":="]
+            .iter()
+            .any(|op| rest.strip_prefix(op).is_some_and(|r| !r.starts_with('=')))
 }
 
 impl Normalizer {
@@ -184,6 +350,39 @@ impl Normalizer {
             code: CodeLexer::new(lang),
             args: (kind == TextKind::ToolArgs).then(|| Box::new(json::ArgsNormalizer::new())),
             patch_skip: false,
+            bare: None,
+        }
+    }
+
+    /// Markdown only: whether to read the text outside fences as code too — a chat answer's
+    /// code pasted without a fence — from the line after one that looks like code (a
+    /// statement, a block, a comment, a line that begins as one language's do) to the line
+    /// after one that looks like a sentence. Decided on whole lines, so the same whatever way
+    /// the text is cut; the Markdown reading is not changed. Its units are taken with
+    /// [`Normalizer::take_bare`]. Set it before the first push. Nothing for other kinds.
+    pub fn set_bare_code(&mut self, on: bool) {
+        if !on {
+            self.bare = None;
+        } else if self.kind == TextKind::Markdown && self.bare.is_none() {
+            self.bare = Some(Box::new(BareCode {
+                on: false,
+                lang_known: false,
+                lexer: CodeLexer::new(Lang::C_LIKE),
+                line: Some(String::new()),
+                units: Vec::new(),
+            }));
+        }
+    }
+
+    /// Moves the units of the bare-code reading made so far ([`Normalizer::set_bare_code`])
+    /// to `out`; false when there were none.
+    pub fn take_bare(&mut self, out: &mut Vec<Unit>) -> bool {
+        match &mut self.bare {
+            Some(b) if !b.units.is_empty() => {
+                out.append(&mut b.units);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -237,6 +436,9 @@ impl Normalizer {
             p = p.min(s);
         }
         if let Some(s) = self.code.pending_start() {
+            p = p.min(s);
+        }
+        if let Some(s) = self.bare.as_ref().and_then(|b| b.lexer.pending_start()) {
             p = p.min(s);
         }
         p
@@ -351,6 +553,9 @@ impl Normalizer {
                     .unwrap_or(rest.len());
                 if let Some(nl) = memchr::memrchr(b'\n', &rest[..clear]) {
                     self.prose.push(&s[i..i + nl + 1], at, out);
+                    if let Some(b) = &mut self.bare {
+                        b.feed(&s[i..i + nl + 1], at);
+                    }
                     i += nl + 1;
                     self.prefix_start = base + i as u64;
                     continue;
@@ -373,6 +578,9 @@ impl Normalizer {
                     }
                     LineStart::Open(fence) => {
                         self.prose.flush(out);
+                        if let Some(b) = &mut self.bare {
+                            b.break_at(self.prefix_start);
+                        }
                         self.prefix.clear();
                         self.at_line_start = false;
                         self.mode = Mode::FenceInfo {
@@ -440,7 +648,12 @@ impl Normalizer {
 
     fn feed(&mut self, text: &str, at: u64, out: &mut Vec<Unit>) {
         match self.mode {
-            Mode::Prose => self.prose.push(text, at, out),
+            Mode::Prose => {
+                self.prose.push(text, at, out);
+                if let Some(b) = &mut self.bare {
+                    b.feed(text, at);
+                }
+            }
             Mode::Code { .. } => self.code.push(text, at, out),
             Mode::FenceInfo { .. } => {}
         }
@@ -526,6 +739,9 @@ impl Normalizer {
         }
         self.prose.flush(out);
         self.code.flush(self.offset, out);
+        if let Some(b) = &mut self.bare {
+            b.break_at(self.offset);
+        }
     }
 }
 
@@ -544,6 +760,19 @@ pub fn text_at_same_offsets(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
             out.into()
         }
     }
+}
+
+/// Normalises a whole text at once, and reads it as bare code too (Markdown only; see
+/// [`Normalizer::set_bare_code`]): the units, and those of the bare-code reading.
+pub fn normalize_with_bare(text: &str, kind: TextKind) -> (Vec<Unit>, Vec<Unit>) {
+    let mut n = Normalizer::new(kind);
+    n.set_bare_code(true);
+    let mut out = Vec::new();
+    n.push_str(text, &mut out);
+    n.finish(&mut out);
+    let mut bare = Vec::new();
+    n.take_bare(&mut bare);
+    (out, bare)
 }
 
 /// Normalises a whole text at once.
