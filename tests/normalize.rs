@@ -857,6 +857,9 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
                 def f(x):\n    return x\n\
                 ```\n\
                 fn after_the_fence() {}\n\
+                let total_with_a_long_name = first_value_of_the_ledger(alpha, beta) + second_value(gamma, delta);\n\
+                \u{a0}\u{a0}x = f(1) ;  \n\
+                Grüße, the end of it all, with a comma, \u{e9}t\u{e9} ) :\n\
                 That is all of it, and it should compile.\n\
                 Some words that stay prose only\n\
                 x = compute(1)\n\

@@ -172,7 +172,7 @@ pub struct Normalizer {
     bare: Option<Box<BareCode>>,
 }
 
-/// The longest line [`BareCode`] keeps to tell whether it is code; a longer line is prose.
+/// A line longer than this is a paragraph to [`BareCode`], not code.
 const BARE_LINE_MAX: usize = 1024;
 
 /// Markdown's text outside fences read as code too, from the line after one that looks like
@@ -185,7 +185,7 @@ const BARE_LINE_MAX: usize = 1024;
 /// one starts at the *next* line once a line has looked like code — decided on whole lines,
 /// so the same whatever way the text is cut; the first line of bare code is read only as
 /// prose (a few tokens of a run that needs dozens). Until a line looks like code it costs a
-/// line scan: a prose answer pays almost nothing. Its units go to [`Normalizer::take_bare`],
+/// line test: a prose answer pays almost nothing. Its units go to [`Normalizer::take_bare`],
 /// to be matched on a run history of their own (`matcher::Scanner`'s `bare` track): mixed
 /// with the prose units of the same text, every change of channel would end a run.
 struct BareCode {
@@ -195,9 +195,129 @@ struct BareCode {
     /// ends as code does; the first line that tells it sets it.
     lang_known: bool,
     lexer: CodeLexer,
-    /// The current line so far (`None` past [`BARE_LINE_MAX`]).
-    line: Option<String>,
+    /// The current line so far.
+    line: CutLine,
     units: Vec<Unit>,
+}
+
+/// What the line tests read of a line: its start (without its indentation; the whole line
+/// when it is short) and its last non-blank bytes, whether it has five words, and whether it
+/// holds a bracket or an operator.
+struct LineView<'a> {
+    head: &'a str,
+    tail: &'a str,
+    five_words: bool,
+    brackets: bool,
+}
+
+fn is_bracket(b: u8) -> bool {
+    b"(){}[]=<>".contains(&b)
+}
+
+/// Bytes a [`CutLine`] keeps of its line's start (after its indentation) …
+const CUT_HEAD: usize = 96;
+/// … and of its end (its last bytes that are not blanks).
+const CUT_TAIL: usize = 8;
+
+/// The current line, summarised as it comes in rather than copied: a streamed paragraph is
+/// one line, and every open stream is in the middle of one. Fixed size, inside the
+/// [`BareCode`] box (a copy of the line took up to a kilobyte a stream). Blanks are ASCII
+/// blanks here and in every line test, so no test can depend on where a push ended.
+#[derive(Clone, Copy)]
+struct CutLine {
+    head: [u8; CUT_HEAD],
+    tail: [u8; CUT_TAIL],
+    head_len: u8,
+    tail_len: u8,
+    /// Words so far, counted to five.
+    words: u8,
+    /// The last byte seen was part of a word.
+    in_word: bool,
+    brackets: bool,
+    /// Bytes so far.
+    len: usize,
+}
+
+impl CutLine {
+    const EMPTY: CutLine = CutLine {
+        head: [0; CUT_HEAD],
+        tail: [0; CUT_TAIL],
+        head_len: 0,
+        tail_len: 0,
+        words: 0,
+        in_word: false,
+        brackets: false,
+        len: 0,
+    };
+
+    fn push(&mut self, piece: &str) {
+        self.len += piece.len();
+        let mut b = piece.as_bytes();
+        if self.head_len == 0 {
+            b = b.trim_ascii_start();
+        }
+        let h = usize::from(self.head_len);
+        let n = b.len().min(CUT_HEAD - h);
+        self.head[h..h + n].copy_from_slice(&b[..n]);
+        self.head_len = (h + n) as u8;
+        let b = piece.as_bytes();
+        if self.words < 5 {
+            let mut words = piece.split_ascii_whitespace().take(6).count();
+            if self.in_word && b.first().is_some_and(|c| !c.is_ascii_whitespace()) {
+                words -= 1;
+            }
+            self.words = (usize::from(self.words) + words).min(5) as u8;
+        }
+        if let Some(&last) = b.last() {
+            self.in_word = !last.is_ascii_whitespace();
+        }
+        self.brackets = self.brackets || b.iter().copied().any(is_bracket);
+        // The last non-blank bytes: this piece's, after those kept before it.
+        let mut end = [0u8; CUT_TAIL];
+        let mut k = 0;
+        for &c in b
+            .iter()
+            .rev()
+            .filter(|c| !c.is_ascii_whitespace())
+            .take(CUT_TAIL)
+        {
+            k += 1;
+            end[CUT_TAIL - k] = c;
+        }
+        if k > 0 {
+            let keep = (CUT_TAIL - k).min(usize::from(self.tail_len));
+            let old = self.tail;
+            let old_len = usize::from(self.tail_len);
+            let mut tail = [0u8; CUT_TAIL];
+            tail[..keep].copy_from_slice(&old[old_len - keep..old_len]);
+            tail[keep..keep + k].copy_from_slice(&end[CUT_TAIL - k..]);
+            self.tail = tail;
+            self.tail_len = (keep + k) as u8;
+        }
+    }
+
+    /// The line, as the tests read it (`None` past [`BARE_LINE_MAX`]).
+    fn view(&self) -> Option<LineView<'_>> {
+        if self.len > BARE_LINE_MAX {
+            return None;
+        }
+        let head = &self.head[..usize::from(self.head_len)];
+        let head = match std::str::from_utf8(head) {
+            Ok(h) => h,
+            // Cut inside a character: the whole characters before it.
+            Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let mut tail = &self.tail[..usize::from(self.tail_len)];
+        while tail.first().is_some_and(|&c| (0x80..0xC0).contains(&c)) {
+            tail = &tail[1..];
+        }
+        Some(LineView {
+            head: head.trim_ascii_end(),
+            tail: std::str::from_utf8(tail).unwrap_or_default(),
+            five_words: self.words >= 5,
+            brackets: self.brackets,
+        })
+    }
 }
 
 impl BareCode {
@@ -208,29 +328,17 @@ impl BareCode {
                 self.lexer.push(piece, at, &mut self.units);
             }
             at += piece.len() as u64;
-            let done = piece.ends_with('\n');
-            // A whole line is read where it lies; only a line cut by a push is copied.
-            let whole = done && self.line.as_ref().is_some_and(String::is_empty);
-            if !whole && let Some(line) = &mut self.line {
-                if line.len() + piece.len() > BARE_LINE_MAX {
-                    self.line = None;
-                } else {
-                    line.push_str(piece);
-                }
-            }
-            if !done {
+            // Every line is read through the same summary, whole or cut: the tests then see
+            // the same bytes whatever way the text was cut.
+            self.line.push(piece);
+            if !piece.ends_with('\n') {
                 continue;
             }
-            let kept = self.line.replace(String::new());
+            let line = std::mem::replace(&mut self.line, CutLine::EMPTY);
             // A line longer than any line of code a model writes is a paragraph.
-            let line = match &kept {
-                _ if whole && piece.len() <= BARE_LINE_MAX => Some(piece),
-                Some(l) if !whole => Some(l.as_str()),
-                _ => None,
-            };
-            match line {
-                Some(line) if looks_like_code(line) => {
-                    let sniffed = json::sniff_line(line);
+            match line.view() {
+                Some(line) if looks_like_code(&line) => {
+                    let sniffed = json::sniff_line(line.head);
                     if !self.on || (!self.lang_known && sniffed.is_some()) {
                         // From the next line on, in the language the line shows (C-like
                         // when it shows none: it only ended as code does).
@@ -240,7 +348,7 @@ impl BareCode {
                         self.lang_known = sniffed.is_some();
                     }
                 }
-                Some(line) if !self.on || !looks_like_prose(line) => {}
+                Some(line) if !self.on || !looks_like_prose(&line) => {}
                 _ if self.on => {
                     // Prose again: the code read so far ends with this line.
                     self.lexer.flush(at, &mut self.units);
@@ -257,7 +365,7 @@ impl BareCode {
         if self.on {
             self.lexer.flush(at, &mut self.units);
         }
-        self.line = Some(String::new());
+        self.line = CutLine::EMPTY;
     }
 }
 
@@ -265,11 +373,13 @@ impl BareCode {
 /// has at least five words and ends as a sentence or a lead-in does (`.`, `!`, `?`, `:`,
 /// Markdown emphasis after them allowed). After one the bare-code reading stops, until a line
 /// looks like code again; a comment line (`// Sums what is owed.`) looks like code first.
-fn looks_like_prose(line: &str) -> bool {
-    let t = line.trim().trim_end_matches(['*', '_']);
-    t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.split_ascii_whitespace().nth(4).is_some()
-        && t.ends_with(['.', '!', '?', ':'])
+fn looks_like_prose(line: &LineView<'_>) -> bool {
+    line.head.starts_with(|c: char| c.is_ascii_uppercase())
+        && line.five_words
+        && line
+            .tail
+            .trim_end_matches(['*', '_'])
+            .ends_with(['.', '!', '?', ':'])
 }
 
 /// Whether a whole line (outside fences) looks like code: it begins as one family's lines do
@@ -278,11 +388,11 @@ fn looks_like_prose(line: &str) -> bool {
 /// a prose line taken for code costs only the reading of the lines after it as code too (a
 /// finding still needs a run of code tokens found in a code corpus); code not taken for code
 /// is missed.
-fn looks_like_code(line: &str) -> bool {
-    let t = line.trim();
+fn looks_like_code(line: &LineView<'_>) -> bool {
+    let (t, end) = (line.head, line.tail);
     // Most prose lines: a capital or a digit first, a letter, digit or sentence mark last.
     // Every test below needs another first or last character.
-    let (Some(first), Some(last)) = (t.bytes().next(), t.bytes().next_back()) else {
+    let (Some(first), Some(last)) = (t.bytes().next(), end.bytes().next_back()) else {
         return false;
     };
     if (first.is_ascii_uppercase() || first.is_ascii_digit())
@@ -292,10 +402,7 @@ fn looks_like_code(line: &str) -> bool {
     }
     // A sentence that ends in `;` (`And the earth was without form, and void;`): a capital
     // first, five words, and none of the brackets or operators a statement that long has.
-    if first.is_ascii_uppercase()
-        && t.split_ascii_whitespace().nth(4).is_some()
-        && !t.bytes().any(|b| b"(){}[]=<>".contains(&b))
-    {
+    if first.is_ascii_uppercase() && line.five_words && !line.brackets {
         return false;
     }
     // A list item or a quotation is prose whatever it ends with (`- first, the bell;`).
@@ -312,7 +419,7 @@ fn looks_like_code(line: &str) -> bool {
     ["//", "/*", "#include", "#define", "#!", "}"]
         .iter()
         .any(|p| t.starts_with(p))
-        || [";", "{", "}", "):", "*/"].iter().any(|e| t.ends_with(e))
+        || [";", "{", "}", "):", "*/"].iter().any(|e| end.ends_with(e))
         || json::sniff_line(t).is_some()
         || starts_as_statement(t)
 }
@@ -368,7 +475,7 @@ impl Normalizer {
                 on: false,
                 lang_known: false,
                 lexer: CodeLexer::new(Lang::C_LIKE),
-                line: Some(String::new()),
+                line: CutLine::EMPTY,
                 units: Vec::new(),
             }));
         }
