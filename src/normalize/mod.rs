@@ -210,8 +210,12 @@ struct LineView<'a> {
     brackets: bool,
 }
 
-fn is_bracket(b: u8) -> bool {
-    b"(){}[]=<>".contains(&b)
+/// Whether `b` holds one of `(){}[]=<>` (three `memchr3` scans: a byte-by-byte test of nine
+/// characters cost a third of a prose scan).
+fn has_bracket(b: &[u8]) -> bool {
+    memchr::memchr3(b'(', b')', b'=', b).is_some()
+        || memchr::memchr3(b'{', b'}', b'[', b).is_some()
+        || memchr::memchr3(b']', b'<', b'>', b).is_some()
 }
 
 /// Bytes a [`CutLine`] keeps of its line's start (after its indentation) …
@@ -271,7 +275,7 @@ impl CutLine {
         if let Some(&last) = b.last() {
             self.in_word = !last.is_ascii_whitespace();
         }
-        self.brackets = self.brackets || b.iter().copied().any(is_bracket);
+        self.brackets = self.brackets || has_bracket(b);
         // The last non-blank bytes: this piece's, after those kept before it.
         let mut end = [0u8; CUT_TAIL];
         let mut k = 0;
