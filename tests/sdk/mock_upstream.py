@@ -6,7 +6,8 @@ message batches (created, retrieved, their results as JSON Lines), with a text c
 COPY (a passage of corpora/fixtures/acme-books/chapter-01.md, long enough to block), SHORT (a
 shorter passage of chapter-02.md, annotated), TOOL (a tool call whose arguments write
 corpora/fixtures/gpl-code/src/ledger.rs, the GPL fixture file, in the order a model writes them:
-path first), CITE-CLEAN or CITE-PROTECTED (Anthropic: unrelated text whose block cites a web page,
+path first), BARE-CODE (that file pasted into the answer after a line of prose, no Markdown
+fence), CITE-CLEAN or CITE-PROTECTED (Anthropic: unrelated text whose block cites a web page,
 quoting unrelated text or the COPY passage as the citation's `cited_text`), anything else
 (unrelated text)."""
 
@@ -29,6 +30,7 @@ UNRELATED = ("The weather in the valley was mild all week, and the farmers plant
 LEDGER = open(os.path.join(os.path.dirname(__file__), "../../corpora/fixtures/gpl-code/src/ledger.rs"),
               encoding="utf-8").read()
 TOOL_ARGS = '{"path": "src/ledger.rs", "content": ' + json.dumps(LEDGER) + '}'
+BARE_INTRO = "Here is the ledger module, with no formatting as you asked:\n\n"
 
 
 def wants_tool(body):
@@ -57,6 +59,8 @@ def citation_for(body):
 
 def answer_for(body):
     last = last_text(body)
+    if "BARE-CODE" in last:
+        return BARE_INTRO + LEDGER
     if "COPY" in last:
         return INTRO + COPIED + OUTRO
     if "SHORT" in last:

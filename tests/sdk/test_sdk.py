@@ -221,6 +221,21 @@ def test_anthropic_stream_annotate(proxy):
     assert finding["doc"].endswith("chapter-02.md") and finding["license"] == "LicenseRef-Acme-Proprietary"
 
 
+def test_bare_code_in_a_chat_answer_is_blocked(proxy):
+    # The GPL fixture file pasted into the answer without a Markdown fence: read as code too
+    # (not only as prose), so its copy is blocked before it goes out, in both SDKs' streams.
+    answer = mock.BARE_INTRO + mock.LEDGER
+    chunks, text = chat_stream(proxy, "BARE-CODE")
+    assert "total_owed" not in text and answer.startswith(text)
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    with an(proxy).messages.stream(model="mock-model", max_tokens=1000,
+                                   messages=[{"role": "user", "content": "BARE-CODE"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert "total_owed" not in text and answer.startswith(text)
+    assert final.stop_reason == "refusal"
+
+
 def test_anthropic_non_streaming(proxy):
     c = an(proxy)
     r = c.messages.create(model="mock-model", max_tokens=100, messages=[{"role": "user", "content": "COPY"}])
