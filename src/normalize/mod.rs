@@ -176,7 +176,7 @@ pub struct Normalizer {
 const BARE_LINE_MAX: usize = 1024;
 
 /// Markdown's text outside fences read as code too, from the line after one that looks like
-/// code ([`looks_like_code`]) to the line after one that looks like a sentence of prose
+/// code ([`code_line`]) to the line after one that looks like a sentence of prose
 /// ([`looks_like_prose`]): a chat answer's code pasted without a fence.
 ///
 /// A second reading, not a switch: a line cannot be told code or prose before it ends, and
@@ -289,13 +289,10 @@ impl CutLine {
             end[CUT_TAIL - k] = c;
         }
         if k > 0 {
-            let keep = (CUT_TAIL - k).min(usize::from(self.tail_len));
-            let old = self.tail;
-            let old_len = usize::from(self.tail_len);
-            let mut tail = [0u8; CUT_TAIL];
-            tail[..keep].copy_from_slice(&old[old_len - keep..old_len]);
-            tail[keep..keep + k].copy_from_slice(&end[CUT_TAIL - k..]);
-            self.tail = tail;
+            let len = usize::from(self.tail_len);
+            let keep = (CUT_TAIL - k).min(len);
+            self.tail.copy_within(len - keep..len, 0);
+            self.tail[keep..keep + k].copy_from_slice(&end[CUT_TAIL - k..]);
             self.tail_len = (keep + k) as u8;
         }
     }
@@ -340,19 +337,19 @@ impl BareCode {
             }
             let line = std::mem::replace(&mut self.line, CutLine::EMPTY);
             // A line longer than any line of code a model writes is a paragraph.
-            match line.view() {
-                Some(line) if looks_like_code(&line) => {
-                    let sniffed = json::sniff_line(line.head);
-                    if !self.on || (!self.lang_known && sniffed.is_some()) {
-                        // From the next line on, in the language the line shows (C-like
-                        // when it shows none: it only ended as code does).
-                        self.lexer.flush(at, &mut self.units);
-                        self.lexer.reset(sniffed.unwrap_or(Lang::C_LIKE));
-                        self.on = true;
-                        self.lang_known = sniffed.is_some();
-                    }
+            let view = line.view();
+            match view.as_ref().map(|v| (v, code_line(v))) {
+                Some((_, Some(sniffed))) if !self.on || (!self.lang_known && sniffed.is_some()) => {
+                    // From the next line on, in the language the line shows (C-like when it
+                    // shows none: it only ended as code does).
+                    self.lexer.flush(at, &mut self.units);
+                    self.lexer.reset(sniffed.unwrap_or(Lang::C_LIKE));
+                    self.on = true;
+                    self.lang_known = sniffed.is_some();
                 }
-                Some(line) if !self.on || !looks_like_prose(&line) => {}
+                // Code, read already, in a language told or not to be told by this line.
+                Some((_, Some(_))) => {}
+                Some((line, None)) if !self.on || !looks_like_prose(line) => {}
                 _ if self.on => {
                     // Prose again: the code read so far ends with this line.
                     self.lexer.flush(at, &mut self.units);
@@ -386,28 +383,29 @@ fn looks_like_prose(line: &LineView<'_>) -> bool {
             .ends_with(['.', '!', '?', ':'])
 }
 
-/// Whether a whole line (outside fences) looks like code: it begins as one family's lines do
+/// Whether a whole line (outside fences) looks like code, and the language its start shows
+/// (`Some(None)`: code, language not shown): it begins as one family's lines do
 /// ([`json::sniff_line`]: `def `, `fn `, `#include` …), or as a comment does (`//`, `/*`),
 /// or it ends as statements and blocks do (`;`, `{`, `}`, `):`, `*/`). Generous on purpose:
 /// a prose line taken for code costs only the reading of the lines after it as code too (a
 /// finding still needs a run of code tokens found in a code corpus); code not taken for code
 /// is missed.
-fn looks_like_code(line: &LineView<'_>) -> bool {
+fn code_line(line: &LineView<'_>) -> Option<Option<Lang>> {
     let (t, end) = (line.head, line.tail);
     // Most prose lines: a capital or a digit first, a letter, digit or sentence mark last.
     // Every test below needs another first or last character.
     let (Some(first), Some(last)) = (t.bytes().next(), end.bytes().next_back()) else {
-        return false;
+        return None;
     };
     if (first.is_ascii_uppercase() || first.is_ascii_digit())
         && (last.is_ascii_alphanumeric() || matches!(last, b'.' | b'!' | b'?' | b',' | b'"'))
     {
-        return false;
+        return None;
     }
     // A sentence that ends in `;` (`And the earth was without form, and void;`): a capital
     // first, five words, and none of the brackets or operators a statement that long has.
     if first.is_ascii_uppercase() && line.five_words && !line.brackets {
-        return false;
+        return None;
     }
     // A list item or a quotation is prose whatever it ends with (`- first, the bell;`).
     let item = t.strip_prefix(['-', '*', '+', '>']).map_or_else(
@@ -418,19 +416,22 @@ fn looks_like_code(line: &LineView<'_>) -> bool {
         |rest| rest.starts_with(' '),
     );
     if item {
-        return false;
+        return None;
     }
-    ["//", "/*", "#include", "#define", "#!", "}"]
-        .iter()
-        .any(|p| t.starts_with(p))
+    // The language is sniffed once, and only for a line that is not told prose above.
+    let sniffed = json::sniff_line(t);
+    let code = sniffed.is_some()
+        || ["//", "/*", "#include", "#define", "#!", "}"]
+            .iter()
+            .any(|p| t.starts_with(p))
         || [";", "{", "}", "):", "*/"].iter().any(|e| end.ends_with(e))
-        || json::sniff_line(t).is_some()
-        || starts_as_statement(t)
+        || starts_as_statement(t);
+    code.then_some(sniffed)
 }
 
 /// `name = …`, `name(…`, `name.field += …`: a line that begins with a lower-case name (dots
 /// allowed) directly followed by an assignment, a call or an index — Python's and shell's
-/// statements end with nothing [`looks_like_code`] sees. Prose lines begin with a capital.
+/// statements end with nothing [`code_line`] sees. Prose lines begin with a capital.
 fn starts_as_statement(t: &str) -> bool {
     let name = t
         .bytes()
@@ -876,21 +877,21 @@ pub fn text_at_same_offsets(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Normalises a whole text at once, and reads it as bare code too (Markdown only; see
 /// [`Normalizer::set_bare_code`]): the units, and those of the bare-code reading.
 pub fn normalize_with_bare(text: &str, kind: TextKind) -> (Vec<Unit>, Vec<Unit>) {
+    normalize_reading(text, kind, true)
+}
+
+/// Normalises a whole text at once.
+pub fn normalize(text: &str, kind: TextKind) -> Vec<Unit> {
+    normalize_reading(text, kind, false).0
+}
+
+fn normalize_reading(text: &str, kind: TextKind, bare_code: bool) -> (Vec<Unit>, Vec<Unit>) {
     let mut n = Normalizer::new(kind);
-    n.set_bare_code(true);
+    n.set_bare_code(bare_code);
     let mut out = Vec::new();
     n.push_str(text, &mut out);
     n.finish(&mut out);
     let mut bare = Vec::new();
     n.take_bare(&mut bare);
     (out, bare)
-}
-
-/// Normalises a whole text at once.
-pub fn normalize(text: &str, kind: TextKind) -> Vec<Unit> {
-    let mut n = Normalizer::new(kind);
-    let mut out = Vec::new();
-    n.push_str(text, &mut out);
-    n.finish(&mut out);
-    out
 }
