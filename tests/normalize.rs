@@ -942,4 +942,78 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
                  Use `let x = 1;` there. It ends (as it should).\n";
     let (_, none) = with_bare(prose.as_bytes(), &[]);
     assert!(none.is_empty(), "{none:?}");
+    // Running text hard-wrapped after code stops the reading on its first line of eight plain
+    // words, whatever its case and ending — a quoted license is not read as code (it matched
+    // the same text that XML files hold in comments, read as code by a plain lexer). Lines
+    // that look like code are never asked: a comment of many words, a long `from … import`.
+    let quoted = "    return total;\n}\n\nexpat\n\n  Permission is hereby granted, free of charge, to any person obtaining\n  \
+                  a copy of this software and associated documentation files (the\n  \
+                  THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR\n\
+                  x = ledger(1)\n\
+                  # this comment goes on for more than eight plain words in a row\n\
+                  from alpha import beta, gamma, delta, epsilon, zeta, theta, iota\n\
+                  keep_going(2)\n";
+    let qb = quoted.as_bytes();
+    let (_, q) = with_bare(qb, &[]);
+    let qw: Vec<&str> = q
+        .iter()
+        .map(|u| &quoted[u.start as usize..u.end() as usize])
+        .collect();
+    // Read from the line after `return total;` through the line that stops it (a line is
+    // told prose only once it has ended), then from the line after `x = ledger(1)` on.
+    assert_eq!(qw.first(), Some(&"}"), "{qw:?}");
+    let stop = qw.iter().position(|w| *w == "obtaining").unwrap();
+    assert_eq!(qw[stop + 1], "#", "{qw:?}");
+    for w in ["copy", "SOFTWARE", "ledger"] {
+        assert!(!qw.contains(&w), "{w} read as code: {qw:?}");
+    }
+    for w in ["comment", "alpha", "iota", "keep_going"] {
+        assert!(qw.contains(&w), "{w} not read as code: {qw:?}");
+    }
+    for cut in 1..qb.len() {
+        assert_eq!(with_bare(qb, &[cut]).1, q, "split at {cut}");
+    }
+    let every: Vec<usize> = (1..qb.len()).collect();
+    assert_eq!(with_bare(qb, &every).1, q, "byte by byte");
+    // A line that opens a comment starts the reading inside that comment: its lines are not
+    // read as code (a license block pasted before a file matched license texts held as code).
+    let header = "The file, as it is:\n\n/* ========\n * Copyright (c) 1998 The Project.\n \
+                  * Redistribution and use in source and binary forms\n */\n\
+                  int main(void) { return 0; }\n/* one line */\nint after;\n";
+    let (_, h) = with_bare(header.as_bytes(), &[]);
+    let hw: Vec<&str> = h
+        .iter()
+        .map(|u| &header[u.start as usize..u.end() as usize])
+        .collect();
+    assert_eq!(
+        hw,
+        [
+            "int", "main", "(", "void", ")", "{", "return", "0", ";", "}", "int", "after", ";"
+        ]
+    );
+    // A docstring's lines are the code's, however much they look like prose: the reading goes
+    // on through them, and stops on running text after the code.
+    let py = "Here it is:\n\ndef total(xs):\n    \"\"\"Return the sum of the items in the list, ignoring any that are\n    \
+              missing from the ledger or that the caller has marked as void.\n\n    \
+              It is what it is, and it works as documented in the whole project.\n    \"\"\"\n    \
+              return sum(x for x in xs if x is not None)\n\n\
+              The function above adds up the items that are in the ledger and skips\n\
+              the ones that the caller marked, as the project asks it to do now\n";
+    let pb = py.as_bytes();
+    let (_, p) = with_bare(pb, &[]);
+    let pw: Vec<&str> = p
+        .iter()
+        .map(|u| &py[u.start as usize..u.end() as usize])
+        .collect();
+    let ret = pw
+        .iter()
+        .position(|w| *w == "return")
+        .expect("read through the docstring");
+    assert_eq!(pw[ret + 1], "sum", "{pw:?}");
+    // The first line of running text is read (a line is told prose once it has ended), the
+    // next is not.
+    assert!(pw.contains(&"adds") && !pw.contains(&"asks"), "{pw:?}");
+    for cut in 1..pb.len() {
+        assert_eq!(with_bare(pb, &[cut]).1, p, "split at {cut}");
+    }
 }

@@ -79,6 +79,15 @@ impl CodeLexer {
         }
     }
 
+    /// Goes on as if it had just read `/*` (in a language with such comments): the bare-code
+    /// reading starts on the line after one that opens a comment, which the lexer never saw.
+    pub(crate) fn open_block_comment(&mut self) {
+        debug_assert!(self.tok.is_empty());
+        if self.lang.c_comments {
+            self.state = State::BlockComment { star: false };
+        }
+    }
+
     /// Inside a `/* … */` comment.
     pub(crate) fn in_block_comment(&self) -> bool {
         matches!(self.state, State::BlockComment { .. })

@@ -194,6 +194,9 @@ struct BareCode {
     /// The language was told from a line (`sniff`), not assumed (C-like) from one that only
     /// ends as code does; the first line that tells it sets it.
     lang_known: bool,
+    /// Inside a triple-quoted string (a docstring) opened on a line read since: its lines are
+    /// the code's, whatever they look like, so no prose test stops the reading there.
+    in_string: bool,
     lexer: CodeLexer,
     /// The current line so far.
     line: CutLine,
@@ -208,6 +211,25 @@ struct LineView<'a> {
     tail: &'a str,
     five_words: bool,
     brackets: bool,
+    /// `head` is the whole line (without its indentation).
+    whole: bool,
+}
+
+/// Whether a line opens or closes a triple-quoted string (`"""`, `'''`): an odd number of
+/// them in a line read whole; in a longer one, one at its start or at its end but not both.
+fn toggles_triple_quote(line: &LineView<'_>) -> bool {
+    const Q: [&str; 2] = ["\"\"\"", "'''"];
+    if line.whole {
+        return Q
+            .iter()
+            .map(|q| line.head.matches(q).count())
+            .sum::<usize>()
+            % 2
+            == 1;
+    }
+    let starts = Q.iter().any(|q| line.head.starts_with(q));
+    let ends = Q.iter().any(|q| line.tail.ends_with(q));
+    starts != ends
 }
 
 /// Whether `b` holds one of `(){}[]=<>` (three `memchr3` scans: a byte-by-byte test of nine
@@ -317,6 +339,7 @@ impl CutLine {
             tail: std::str::from_utf8(tail).unwrap_or_default(),
             five_words: self.words >= 5,
             brackets: self.brackets,
+            whole: usize::from(self.head_len) < CUT_HEAD,
         })
     }
 }
@@ -338,23 +361,36 @@ impl BareCode {
             let line = std::mem::replace(&mut self.line, CutLine::EMPTY);
             // A line longer than any line of code a model writes is a paragraph.
             let view = line.view();
+            // A line that opens, continues or closes a docstring is the code's.
+            let in_string = self.in_string;
+            if self.on && view.as_ref().is_some_and(toggles_triple_quote) {
+                self.in_string = !self.in_string;
+            }
+            let in_string = in_string || self.in_string;
             match view.as_ref().map(|v| (v, code_line(v))) {
-                Some((_, Some(sniffed))) if !self.on || (!self.lang_known && sniffed.is_some()) => {
+                Some((v, Some(sniffed))) if !self.on || (!self.lang_known && sniffed.is_some()) => {
                     // From the next line on, in the language the line shows (C-like when it
                     // shows none: it only ended as code does).
                     self.lexer.flush(at, &mut self.units);
                     self.lexer.reset(sniffed.unwrap_or(Lang::C_LIKE));
+                    // A line that opens a comment and does not close it (a license block's
+                    // `/* ====`): the lines after it are the comment's, not code.
+                    if !self.on && v.head.starts_with("/*") && !v.tail.ends_with("*/") {
+                        self.lexer.open_block_comment();
+                    }
                     self.on = true;
                     self.lang_known = sniffed.is_some();
+                    self.in_string = false;
                 }
                 // Code, read already, in a language told or not to be told by this line.
                 Some((_, Some(_))) => {}
-                Some((line, None)) if !self.on || !looks_like_prose(line) => {}
+                Some((line, None)) if !self.on || in_string || !looks_like_prose(line) => {}
                 _ if self.on => {
                     // Prose again: the code read so far ends with this line.
                     self.lexer.flush(at, &mut self.units);
                     self.on = false;
                     self.lang_known = false;
+                    self.in_string = false;
                 }
                 _ => {}
             }
@@ -366,21 +402,63 @@ impl BareCode {
         if self.on {
             self.lexer.flush(at, &mut self.units);
         }
+        self.in_string = false;
         self.line = CutLine::EMPTY;
     }
 }
 
 /// Whether a whole line looks like a sentence of prose: it starts with a capital letter,
 /// has at least five words and ends as a sentence or a lead-in does (`.`, `!`, `?`, `:`,
-/// Markdown emphasis after them allowed). After one the bare-code reading stops, until a line
-/// looks like code again; a comment line (`// Sums what is owed.`) looks like code first.
+/// Markdown emphasis after them allowed) — or it is running text ([`running_text`]) with no
+/// bracket or operator. After one the bare-code reading stops, until a line looks like code
+/// again; a comment line (`// Sums what is owed.`) looks like code first.
 fn looks_like_prose(line: &LineView<'_>) -> bool {
-    line.head.starts_with(|c: char| c.is_ascii_uppercase())
+    let sentence = line.head.starts_with(|c: char| c.is_ascii_uppercase())
         && line.five_words
         && line
             .tail
             .trim_end_matches(['*', '_'])
-            .ends_with(['.', '!', '?', ':'])
+            .ends_with(['.', '!', '?', ':']);
+    sentence || (!line.brackets && running_text(line.head))
+}
+
+/// Plain words a line's start needs to be [`running_text`].
+const RUNNING_WORDS: usize = 8;
+
+/// Whether a line's start is running text hard-wrapped, whatever its case or its ending: a
+/// plain word first, and at least [`RUNNING_WORDS`] plain words making four fifths of its
+/// words (a plain word: two or more letters, lower case after the first or all capitals, an
+/// inner `'` or `-` and sentence marks around it allowed). A wrapped paragraph's lines begin
+/// in lower case and end mid-sentence, so the sentence test of [`looks_like_prose`] sees none
+/// of them: a license quoted after a code block (`Permission is hereby granted, free of
+/// charge, to any person obtaining` …) was read as code to its end, and matched the same text
+/// held as code by files a plain lexer reads (XML comments). Only lines that do not look like
+/// code ([`code_line`]) are asked, so a comment (`# …`, `// …`, ` * …`: not a plain word
+/// first) or a statement of many words (`from a import b, c, …`) never stops the reading.
+fn running_text(head: &str) -> bool {
+    let plain = |w: &str| {
+        let w = w
+            .trim_start_matches(['"', '\'', '`'])
+            .trim_end_matches([',', '.', ';', ':', '!', '?', '"', '\'', '`']);
+        let b = w.as_bytes();
+        let inner_ok = |c: &u8| c.is_ascii_alphabetic() || *c == b'\'' || *c == b'-';
+        b.len() >= 2
+            && b[0].is_ascii_alphabetic()
+            && b[b.len() - 1].is_ascii_alphabetic()
+            && b.iter().all(inner_ok)
+            && (b[1..].iter().all(|c| !c.is_ascii_uppercase())
+                || b.iter().all(|c| !c.is_ascii_lowercase()))
+    };
+    let mut words = head.split_ascii_whitespace();
+    if !words.next().is_some_and(plain) {
+        return false;
+    }
+    let (mut n, mut p) = (1usize, 1usize);
+    for w in words {
+        n += 1;
+        p += usize::from(plain(w));
+    }
+    p >= RUNNING_WORDS && p * 5 >= n * 4
 }
 
 /// Whether a whole line (outside fences) looks like code, and the language its start shows
@@ -479,6 +557,7 @@ impl Normalizer {
             self.bare = Some(Box::new(BareCode {
                 on: false,
                 lang_known: false,
+                in_string: false,
                 lexer: CodeLexer::new(Lang::C_LIKE),
                 line: CutLine::EMPTY,
                 units: Vec::new(),
