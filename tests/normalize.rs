@@ -840,6 +840,24 @@ fn with_bare(text: &[u8], cuts: &[usize]) -> (Vec<Unit>, Vec<Unit>) {
     (out, bare)
 }
 
+/// Both readings of `text` as [`with_bare`] makes them whole, checked to be the same at every
+/// split and byte by byte: the units, the bare-code units, and the text of each of those.
+fn read_bare(text: &str) -> (Vec<Unit>, Vec<Unit>, Vec<&str>) {
+    let bytes = text.as_bytes();
+    let whole = with_bare(bytes, &[]);
+    for cut in 1..bytes.len() {
+        assert_eq!(with_bare(bytes, &[cut]), whole, "split at {cut}");
+    }
+    let every: Vec<usize> = (1..bytes.len()).collect();
+    assert_eq!(with_bare(bytes, &every), whole, "byte by byte");
+    let (units, bare) = whole;
+    let words = bare
+        .iter()
+        .map(|u| &text[u.start as usize..u.end() as usize])
+        .collect();
+    (units, bare, words)
+}
+
 /// A chat answer's code pasted without a fence is read as code too, from the line after the
 /// first that looks like code, in the language that line shows; the prose reading is the
 /// same as without it; fenced code is not read twice; and the units are the same whatever
@@ -865,17 +883,12 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
                 x = compute(1)\n\
                 print(x)\n\
                 y = 'a # b'  # a note\n";
-    let bytes = text.as_bytes();
-    let (units, bare) = with_bare(bytes, &[]);
+    let (units, bare, words) = read_bare(text);
     assert_eq!(
         units,
         normalize(text, TextKind::Markdown),
         "the Markdown reading is unchanged"
     );
-    let words: Vec<&str> = bare
-        .iter()
-        .map(|u| &text[u.start as usize..u.end() as usize])
-        .collect();
     // The `use` line turns the reading on; it starts on the next line. Comments are dropped
     // as code drops them; the prose line between is read as code too (tokens nothing
     // matches); the fenced block is not read again; the reading goes on after the fence.
@@ -915,32 +928,14 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
         .map(|u| u.hash)
         .collect();
     assert_eq!(bare_code, fenced);
-    // Every chunking.
-    for cut in 1..bytes.len() {
-        assert_eq!(
-            with_bare(bytes, &[cut]),
-            (units.clone(), bare.clone()),
-            "split at {cut}"
-        );
-    }
-    let every: Vec<usize> = (1..bytes.len()).collect();
-    assert_eq!(
-        with_bare(bytes, &every),
-        (units.clone(), bare.clone()),
-        "byte by byte"
-    );
     // A Python answer: `import` says script, so `#` starts a comment.
     let py_text = "Sure:\n\nimport os\nprint(os.sep)  # the separator\n";
-    let (_, py_bare) = with_bare(py_text.as_bytes(), &[]);
-    let py_words: Vec<&str> = py_bare
-        .iter()
-        .map(|u| &py_text[u.start as usize..u.end() as usize])
-        .collect();
+    let (_, _, py_words) = read_bare(py_text);
     assert_eq!(py_words, ["print", "(", "os", ".", "sep", ")"]);
     // Prose, lists, a colon-ended line, inline code: never read as code.
     let prose = "The answer, in short:\n\n- first, the keeper rings the bell;\n  then he waits\n\
                  Use `let x = 1;` there. It ends (as it should).\n";
-    let (_, none) = with_bare(prose.as_bytes(), &[]);
+    let (_, none, _) = read_bare(prose);
     assert!(none.is_empty(), "{none:?}");
     // Running text hard-wrapped after code stops the reading on its first line of eight plain
     // words, whatever its case and ending — a quoted license is not read as code (it matched
@@ -953,12 +948,7 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
                   # this comment goes on for more than eight plain words in a row\n\
                   from alpha import beta, gamma, delta, epsilon, zeta, theta, iota\n\
                   keep_going(2)\n";
-    let qb = quoted.as_bytes();
-    let (_, q) = with_bare(qb, &[]);
-    let qw: Vec<&str> = q
-        .iter()
-        .map(|u| &quoted[u.start as usize..u.end() as usize])
-        .collect();
+    let (_, _, qw) = read_bare(quoted);
     // Read from the line after `return total;` through the line that stops it (a line is
     // told prose only once it has ended), then from the line after `x = ledger(1)` on.
     assert_eq!(qw.first(), Some(&"}"), "{qw:?}");
@@ -970,21 +960,12 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
     for w in ["comment", "alpha", "iota", "keep_going"] {
         assert!(qw.contains(&w), "{w} not read as code: {qw:?}");
     }
-    for cut in 1..qb.len() {
-        assert_eq!(with_bare(qb, &[cut]).1, q, "split at {cut}");
-    }
-    let every: Vec<usize> = (1..qb.len()).collect();
-    assert_eq!(with_bare(qb, &every).1, q, "byte by byte");
     // A line that opens a comment starts the reading inside that comment: its lines are not
     // read as code (a license block pasted before a file matched license texts held as code).
     let header = "The file, as it is:\n\n/* ========\n * Copyright (c) 1998 The Project.\n \
                   * Redistribution and use in source and binary forms\n */\n\
                   int main(void) { return 0; }\n/* one line */\nint after;\n";
-    let (_, h) = with_bare(header.as_bytes(), &[]);
-    let hw: Vec<&str> = h
-        .iter()
-        .map(|u| &header[u.start as usize..u.end() as usize])
-        .collect();
+    let (_, _, hw) = read_bare(header);
     assert_eq!(
         hw,
         [
@@ -999,12 +980,7 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
               return sum(x for x in xs if x is not None)\n\n\
               The function above adds up the items that are in the ledger and skips\n\
               the ones that the caller marked, as the project asks it to do now\n";
-    let pb = py.as_bytes();
-    let (_, p) = with_bare(pb, &[]);
-    let pw: Vec<&str> = p
-        .iter()
-        .map(|u| &py[u.start as usize..u.end() as usize])
-        .collect();
+    let (_, _, pw) = read_bare(py);
     let ret = pw
         .iter()
         .position(|w| *w == "return")
@@ -1013,7 +989,4 @@ fn markdown_code_outside_fences_is_read_as_code_too() {
     // The first line of running text is read (a line is told prose once it has ended), the
     // next is not.
     assert!(pw.contains(&"adds") && !pw.contains(&"asks"), "{pw:?}");
-    for cut in 1..pb.len() {
-        assert_eq!(with_bare(pb, &[cut]).1, p, "split at {cut}");
-    }
 }

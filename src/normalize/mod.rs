@@ -362,11 +362,11 @@ impl BareCode {
             // A line longer than any line of code a model writes is a paragraph.
             let view = line.view();
             // A line that opens, continues or closes a docstring is the code's.
-            let in_string = self.in_string;
+            let was_in_string = self.in_string;
             if self.on && view.as_ref().is_some_and(toggles_triple_quote) {
                 self.in_string = !self.in_string;
             }
-            let in_string = in_string || self.in_string;
+            let in_string = was_in_string || self.in_string;
             match view.as_ref().map(|v| (v, code_line(v))) {
                 Some((v, Some(sniffed))) if !self.on || (!self.lang_known && sniffed.is_some()) => {
                     // From the next line on, in the language the line shows (C-like when it
