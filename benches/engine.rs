@@ -221,15 +221,19 @@ fn main() {
         }
         n.finish(&mut out);
     };
-    let findings = std::cell::Cell::new(0usize);
-    let scan = |d: &Doc| {
+    // A whole document scanned (a Markdown one with its code outside fences read as code too,
+    // the default, or not): its findings.
+    let scan_with = |d: &Doc, bare: bool| {
         let mut s = Scanner::new(std::slice::from_ref(&index), d.kind);
+        s.set_bare_code(bare);
         for c in d.text.chunks(chunk) {
             s.push_bytes(c);
         }
         s.finish();
-        findings.set(findings.get() + s.take_findings().len());
+        s.take_findings().len()
     };
+    let findings = std::cell::Cell::new(0usize);
+    let scan = |d: &Doc| findings.set(findings.get() + scan_with(d, true));
     let norm_pos = throughput(&pos, reps, norm);
     let scan_pos = throughput(&pos, reps, scan);
     let pos_findings = findings.replace(0) / reps;
@@ -290,96 +294,6 @@ fn main() {
     };
     let tool_copied = tool(&pos);
     let tool_unrelated = tool(&neg);
-
-    // Chat answers read as Markdown, with and without the reading of code outside fences
-    // (`Scanner::set_bare_code`), alternated rep by rep: the copied code pasted after a line
-    // of prose without a fence (found only with it), the same code fenced (for reference),
-    // and the prose documents (their code examples turn it on).
-    let markdown = |tail: &dyn Fn(&[u64]) -> serde_json::Value| {
-        let wrap = |docs: &[Doc], fence: bool| -> Vec<Doc> {
-            docs.iter()
-                .map(|d| {
-                    let mut text = b"Here is the file you asked for:\n\n".to_vec();
-                    if fence {
-                        text.extend_from_slice(b"```\n");
-                    }
-                    text.extend_from_slice(&d.text);
-                    if fence {
-                        text.extend_from_slice(b"\n```\n");
-                    }
-                    Doc {
-                        kind: TextKind::Markdown,
-                        text,
-                        path: d.path.clone(),
-                    }
-                })
-                .collect()
-        };
-        let as_markdown = |docs: &[Doc]| -> Vec<Doc> {
-            docs.iter()
-                .map(|d| Doc {
-                    kind: TextKind::Markdown,
-                    text: d.text.clone(),
-                    path: d.path.clone(),
-                })
-                .collect()
-        };
-        let scan_md = |d: &Doc, bare: bool| {
-            let mut s = Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
-            s.set_bare_code(bare);
-            for c in d.text.chunks(chunk) {
-                s.push_bytes(c);
-            }
-            s.finish();
-            s.take_findings().len()
-        };
-        let paired = |docs: &[Doc]| {
-            let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
-            let (mut on, mut off, mut f) = (Vec::new(), Vec::new(), [0usize; 2]);
-            for _ in 0..reps {
-                for (bare, rates) in [(true, &mut on), (false, &mut off)] {
-                    let t = Instant::now();
-                    f[usize::from(!bare)] = docs.iter().map(|d| scan_md(d, bare)).sum();
-                    rates.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
-                }
-            }
-            let (on, off) = (median(&mut on), median(&mut off));
-            serde_json::json!({
-                "mb": bytes as f64 / 1e6, "scan_mb_s_bare_code_read": on,
-                "scan_mb_s_not_read": off, "read_over_not": on / off,
-                "findings_read": f[0], "findings_not_read": f[1],
-            })
-        };
-        let bare = wrap(&pos, false);
-        let mut lat = [Vec::new(), Vec::new()];
-        let mut budget = 2usize << 20;
-        for d in &bare {
-            if budget == 0 {
-                break;
-            }
-            for (i, on) in [(0, true), (1, false)] {
-                let mut s = Scanner::new(std::slice::from_ref(&index), TextKind::Markdown);
-                s.set_bare_code(on);
-                for c in d.text.chunks(32) {
-                    let t = Instant::now();
-                    s.push_bytes(c);
-                    lat[i].push(t.elapsed().as_nanos() as u64);
-                }
-                s.finish();
-            }
-            budget = budget.saturating_sub(d.text.len());
-        }
-        for v in &mut lat {
-            v.sort_unstable();
-        }
-        let [lat_on, lat_off] = &lat;
-        serde_json::json!({
-            "copied_code_unfenced": paired(&bare),
-            "copied_code_fenced": paired(&wrap(&pos, true)),
-            "prose": if prose.is_empty() { serde_json::Value::Null } else { paired(&as_markdown(&prose)) },
-            "copied_code_unfenced_chunk32_ns": {"bare_code_read": tail(lat_on), "not_read": tail(lat_off)},
-        })
-    };
 
     // The caller-supplied exemption of a 1 MB request (its texts' k-gram keys, computed before
     // the request is forwarded): read as Markdown, and as a request that offers tools reads it
@@ -458,8 +372,9 @@ fn main() {
     // Each chunk's time is also kept by workload: the interleaved p99 is set by copied code
     // (text in many documents opens many runs), and the two tails differ by an order of
     // magnitude.
-    let time_chunks = |d: &Doc, out: &mut Vec<u64>| {
+    let time_chunks = |d: &Doc, bare: bool, out: &mut Vec<u64>| {
         let mut s = Scanner::new(std::slice::from_ref(&index), d.kind);
+        s.set_bare_code(bare);
         for c in d.text.chunks(32) {
             let t = Instant::now();
             s.push_bytes(c);
@@ -474,7 +389,7 @@ fn main() {
             if budget == 0 {
                 break;
             }
-            time_chunks(d, out);
+            time_chunks(d, true, out);
             budget = budget.saturating_sub(d.text.len());
         }
     }
@@ -484,7 +399,7 @@ fn main() {
         if budget == 0 {
             break;
         }
-        time_chunks(d, &mut lat_prose);
+        time_chunks(d, true, &mut lat_prose);
         budget = budget.saturating_sub(d.text.len());
     }
     for v in [
@@ -504,7 +419,57 @@ fn main() {
             "p99": percentile(v, 0.99), "p999": percentile(v, 0.999),
         })
     };
-    let markdown_answers = markdown(&tail);
+
+    // Chat answers read as Markdown, with and without the reading of code outside fences
+    // (`Scanner::set_bare_code`), alternated rep by rep: the copied code pasted after a line
+    // of prose without a fence (found only with it), the same code fenced (for reference),
+    // and the prose documents (their code examples turn it on).
+    let as_markdown = |docs: &[Doc], before: &[u8], after: &[u8]| -> Vec<Doc> {
+        docs.iter()
+            .map(|d| Doc {
+                kind: TextKind::Markdown,
+                text: [before, &d.text[..], after].concat(),
+                path: d.path.clone(),
+            })
+            .collect()
+    };
+    let paired = |docs: &[Doc]| {
+        let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+        let (mut on, mut off, mut f) = (Vec::new(), Vec::new(), [0usize; 2]);
+        for _ in 0..reps {
+            for (bare, rates) in [(true, &mut on), (false, &mut off)] {
+                let t = Instant::now();
+                f[usize::from(!bare)] = docs.iter().map(|d| scan_with(d, bare)).sum();
+                rates.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+            }
+        }
+        let (on, off) = (median(&mut on), median(&mut off));
+        serde_json::json!({
+            "mb": bytes as f64 / 1e6, "scan_mb_s_bare_code_read": on,
+            "scan_mb_s_not_read": off, "read_over_not": on / off,
+            "findings_read": f[0], "findings_not_read": f[1],
+        })
+    };
+    const INTRO: &[u8] = b"Here is the file you asked for:\n\n";
+    let unfenced = as_markdown(&pos, INTRO, b"");
+    let (mut lat_on, mut lat_off) = (Vec::new(), Vec::new());
+    let mut budget = 2usize << 20;
+    for d in &unfenced {
+        if budget == 0 {
+            break;
+        }
+        time_chunks(d, true, &mut lat_on);
+        time_chunks(d, false, &mut lat_off);
+        budget = budget.saturating_sub(d.text.len());
+    }
+    lat_on.sort_unstable();
+    lat_off.sort_unstable();
+    let markdown_answers = serde_json::json!({
+        "copied_code_unfenced": paired(&unfenced),
+        "copied_code_fenced": paired(&as_markdown(&pos, &[INTRO, b"```\n"].concat(), b"\n```\n")),
+        "prose": if prose.is_empty() { serde_json::Value::Null } else { paired(&as_markdown(&prose, b"", b"")) },
+        "copied_code_unfenced_chunk32_ns": {"bare_code_read": tail(&lat_on), "not_read": tail(&lat_off)},
+    });
     let anon2 = procstat::rss_anon().unwrap_or(0);
     let file2 = procstat::rss_file().unwrap_or(0);
 
